@@ -1,0 +1,46 @@
+# Fresh machine, two commands: `make demo` and `make test`. Both build .venv/ first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?= -n 2
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install test test-fast demo quality style bench clean
+
+install: $(STAMP)
+
+# torch is installed first and pinned through constraints.txt so that nothing resolves a CUDA build.
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -c constraints.txt -e ".[deepspeed,quant,eval,peft,dev]"
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS) tests
+
+# Skips the multi-process and DeepSpeed tests.
+test-fast: install
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow" tests
+
+demo: install
+	$(VENV)/bin/hf-unlearn demo --output_dir outputs/demo
+
+bench: install
+	$(VENV)/bin/hf-unlearn bench --output bench.json
+
+quality: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+style: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) outputs build *.egg-info

@@ -1,0 +1,5 @@
+from hf_unlearn.cli import main
+
+
+if __name__ == "__main__":
+    main()
