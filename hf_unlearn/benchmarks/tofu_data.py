@@ -1,0 +1,76 @@
+"""TOFU splits from the Hub (`locuslab/TOFU`) or from a local folder of `<config>.json` JSON Lines files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from datasets import Dataset, load_dataset
+
+from hf_unlearn.data import check_columns
+
+
+HUB_ID = "locuslab/TOFU"
+PERCENTS = ("01", "05", "10")
+QA = ("question", "answer")
+PERTURBED = (*QA, "paraphrased_answer", "perturbed_answer")
+
+TOFU_CONFIGS: dict[str, tuple[str, ...]] = {
+    "full": QA,
+    **{f"forget{p}": QA for p in PERCENTS},
+    **{f"retain{100 - int(p)}": QA for p in PERCENTS},
+    **{f"holdout{p}": QA for p in PERCENTS},
+    **{f"forget{p}_perturbed": PERTURBED for p in PERCENTS},
+    "retain_perturbed": PERTURBED,
+    "real_authors": (*QA, "option1", "option2", "option3", "option4"),
+    "world_facts": (*QA, "option1", "option2", "option3", "option4"),
+    "real_authors_perturbed": (*QA, "perturbed_answer"),
+    "world_facts_perturbed": (*QA, "perturbed_answer"),
+}
+
+
+def tofu_split_names(forget_split: str = "forget10") -> dict[str, str]:
+    """The config names that go with a forget split: retain, holdout and the perturbed evaluation sets."""
+    if forget_split not in {f"forget{p}" for p in PERCENTS}:
+        raise ValueError(f"Unknown TOFU forget split {forget_split!r}; choose one of forget01, forget05, forget10.")
+    pct = forget_split[-2:]
+    return {
+        "forget": forget_split,
+        "retain": f"retain{100 - int(pct)}",
+        "holdout": f"holdout{pct}",
+        "forget_perturbed": f"{forget_split}_perturbed",
+        "retain_perturbed": "retain_perturbed",
+        "real_authors": "real_authors_perturbed",
+        "world_facts": "world_facts_perturbed",
+    }
+
+
+def default_tofu_dir() -> Path | None:
+    """A local TOFU copy: `$HF_UNLEARN_TOFU_DIR`, else `../shared/data/tofu` beside the checkout, if present."""
+    env = os.environ.get("HF_UNLEARN_TOFU_DIR")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "data" / "tofu")
+    return next((c for c in candidates if (c / "full.json").is_file()), None)
+
+
+def load_tofu(config_name: str, data_dir: str | Path | None = None) -> Dataset:
+    """Load one TOFU config by name, from `data_dir` (JSON Lines named `<config>.json`) or else from the Hub."""
+    if config_name not in TOFU_CONFIGS:
+        raise ValueError(f"Unknown TOFU split {config_name!r}; available: {', '.join(TOFU_CONFIGS)}.")
+    if data_dir is None:
+        rows = load_dataset(HUB_ID, config_name, split="train")
+        source = f"{HUB_ID}:{config_name}"
+    else:
+        path = Path(data_dir) / f"{config_name}.json"
+        if not path.is_file():
+            present = sorted(p.stem for p in Path(data_dir).glob("*.json")) if Path(data_dir).is_dir() else []
+            raise FileNotFoundError(f"{path} not found; splits present in {data_dir}: {', '.join(present) or 'none'}.")
+        try:
+            rows = load_dataset("json", data_files=str(path), split="train")
+        except Exception as err:  # datasets raises several types for malformed JSON; keep the file name in view
+            raise ValueError(f"{path}: unreadable as JSON Lines ({type(err).__name__}: {err}).") from err
+        source = str(path)
+    check_columns(rows, TOFU_CONFIGS[config_name], source)
+    if config_name.startswith("forget") and len(rows) == 0:
+        raise ValueError(f"{source}: the forget split is empty.")
+    return rows
