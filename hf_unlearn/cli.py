@@ -9,8 +9,10 @@ import sys
 
 # name -> (module, help). Each module defines `add_arguments(parser)` and `main(args)`.
 SUBCOMMANDS = {
+    "run": ("hf_unlearn.run", "Run an unlearning recipe (YAML; flags override its keys)."),
     "demo": ("hf_unlearn.demo", "Run the embedded end-to-end demo on a tiny model and the synthetic benchmark."),
     "synthetic": ("hf_unlearn.benchmarks.synthetic_cli", "Write the synthetic fictitious-author benchmark."),
+    "bench": ("hf_unlearn.bench", "Measure speed and memory ratios; write them as JSON."),
 }
 
 

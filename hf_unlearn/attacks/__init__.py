@@ -1,0 +1,30 @@
+"""Robustness attacks on an unlearned model: relearning and weight quantization (REFERENCE §6).
+
+Both leave the caller's model as it was: `relearn` trains a copy, `quantize` returns a copy and
+`quantized_weights` restores the weights bit for bit on exit. bitsandbytes is imported only when used.
+"""
+
+from hf_unlearn.attacks.quantize import (
+    codes_changed_fraction,
+    fake_quantize_rtn,
+    parse_kind,
+    quantize,
+    quantized_weights,
+    rtn_codes,
+)
+from hf_unlearn.attacks.relearn import PRESETS, RelearnPreset, RelearnResult, relearn, relearn_dataset
+
+
+__all__ = [
+    "PRESETS",
+    "RelearnPreset",
+    "RelearnResult",
+    "codes_changed_fraction",
+    "fake_quantize_rtn",
+    "parse_kind",
+    "quantize",
+    "quantized_weights",
+    "relearn",
+    "relearn_dataset",
+    "rtn_codes",
+]

@@ -1,0 +1,43 @@
+"""The optimizer hierarchy of the paper: first order, compressed, second order, zeroth order and the FO-ZO hybrid."""
+
+from .args import FIRST_ORDER_OPTIMIZERS, KNOWN_OPTIMIZERS, ZEROTH_ORDER_OPTIMIZERS, OptimizerArguments
+from .compressed import QAdam, SignAdam, SignSGD, quantize_direction
+from .factory import (
+    OptimizerFactoryMixin,
+    build_optimizer,
+    optimizer_config,
+    parameter_groups,
+    uses_zeroth_order,
+    validate_optimizer_args,
+)
+from .hybrid import HybridOptimizer, unwrap_optimizer, zo_optimizer_of
+from .sophia import SophiaG
+from .zo import ZOSGD, AdaZO, SeededDirections, ZerothOrderOptimizer, ZOAdam, derive_seed
+
+
+__all__ = [
+    "FIRST_ORDER_OPTIMIZERS",
+    "KNOWN_OPTIMIZERS",
+    "ZEROTH_ORDER_OPTIMIZERS",
+    "AdaZO",
+    "HybridOptimizer",
+    "OptimizerArguments",
+    "OptimizerFactoryMixin",
+    "QAdam",
+    "SeededDirections",
+    "SignAdam",
+    "SignSGD",
+    "SophiaG",
+    "ZOAdam",
+    "ZOSGD",
+    "ZerothOrderOptimizer",
+    "build_optimizer",
+    "derive_seed",
+    "optimizer_config",
+    "parameter_groups",
+    "quantize_direction",
+    "unwrap_optimizer",
+    "uses_zeroth_order",
+    "validate_optimizer_args",
+    "zo_optimizer_of",
+]

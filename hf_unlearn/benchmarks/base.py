@@ -1,0 +1,120 @@
+"""The `Benchmark` interface, its result object and the name registry behind `benchmarks.get("tofu")`.
+
+Benchmarks register lazily (module path + class name), so importing `hf_unlearn.benchmarks` never imports
+lm-eval or loads data.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class BenchmarkResult:
+    """What every benchmark returns.
+
+    Attributes:
+        benchmark: registry name, e.g. ``"tofu"``.
+        metrics: metric name -> value (``None`` when unavailable; the reason is in ``unavailable``).
+        unavailable: metric name -> one-line reason it could not be computed.
+        per_example: split name -> list of per-example records (plain JSON values).
+        config: the settings the numbers depend on (split names, legacy mode, generation length, ...).
+        num_examples: split name -> number of examples evaluated.
+        runtime_s: wall-clock seconds of ``evaluate``.
+    """
+
+    benchmark: str
+    metrics: dict[str, float | None]
+    unavailable: dict[str, str] = field(default_factory=dict)
+    per_example: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    num_examples: dict[str, int] = field(default_factory=dict)
+    runtime_s: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """Everything except the per-example records (the content of ``<benchmark>_summary.json``)."""
+        data = asdict(self)
+        data.pop("per_example")
+        return _json_safe(data)
+
+    def save(self, output_dir: str | Path, model_name: str | None = None) -> tuple[Path, Path]:
+        """Write ``<name>_summary.json`` and ``<name>_per_example.json`` into ``output_dir``; return both paths."""
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = self.benchmark.replace("/", "_")
+        summary_path, examples_path = out / f"{stem}_summary.json", out / f"{stem}_per_example.json"
+        summary = {"model": model_name, **self.summary()}
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        per_example = {"benchmark": self.benchmark, "model": model_name, "splits": _json_safe(self.per_example)}
+        examples_path.write_text(json.dumps(per_example) + "\n")
+        return summary_path, examples_path
+
+    def table(self) -> str:
+        """A two-column text table of the metrics, unavailable ones with their reason."""
+        rows = [(name, "n/a" if value is None else f"{value:.4f}") for name, value in self.metrics.items()]
+        width = max([len(name) for name, _ in rows] + [len("metric")])
+        lines = [f"{self.benchmark} ({', '.join(f'{k}={v}' for k, v in self.num_examples.items())})"]
+        lines += [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 10}"]
+        lines += [f"{name:<{width}}  {value}" for name, value in rows]
+        lines += [f"{name}: unavailable ({reason})" for name, reason in self.unavailable.items()]
+        return "\n".join(lines)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf are not JSON: write them as null (a NaN mean means 'no examples', never a number)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class Benchmark(ABC):
+    """An evaluator: configured in ``__init__``, applied to an in-memory model by ``evaluate``."""
+
+    name: str = "benchmark"
+
+    @abstractmethod
+    def evaluate(self, model, tokenizer) -> BenchmarkResult:
+        """Evaluate ``model`` (a causal LM, any device) with ``tokenizer``; every rank calls it, all get the result."""
+
+
+_REGISTRY: dict[str, tuple[str, str, dict[str, Any]] | Callable[..., Benchmark]] = {
+    "tofu": ("hf_unlearn.benchmarks.tofu", "TofuBenchmark", {}),
+    "tofu-legacy": ("hf_unlearn.benchmarks.tofu", "TofuBenchmark", {"legacy": True}),
+    "muse": ("hf_unlearn.benchmarks.muse", "MuseBenchmark", {}),
+    "muse-news": ("hf_unlearn.benchmarks.muse", "MuseBenchmark", {"corpus": "news"}),
+    "muse-books": ("hf_unlearn.benchmarks.muse", "MuseBenchmark", {"corpus": "books"}),
+    "wmdp": ("hf_unlearn.benchmarks.wmdp", "WmdpBenchmark", {}),
+}
+
+
+def register(name: str, factory: Callable[..., Benchmark]) -> None:
+    """Register a benchmark factory (a class or function taking keyword settings) under ``name``."""
+    _REGISTRY[name] = factory
+
+
+def available() -> list[str]:
+    """Registered benchmark names."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **kwargs) -> Benchmark:
+    """Build the benchmark registered as ``name`` with the given settings, e.g. ``get("tofu", forget_split=...)``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"Unknown benchmark {name!r}; available: {', '.join(available())}.")
+    entry = _REGISTRY[name]
+    if callable(entry):
+        return entry(**kwargs)
+    module_name, class_name, defaults = entry
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(**{**defaults, **kwargs})

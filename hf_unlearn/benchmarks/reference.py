@@ -1,0 +1,90 @@
+"""Retain-model reference statistics (forget quality, privleak's AUC_ref): read from JSON, or computed once and cached.
+
+A statistics dict carries a ``format`` tag and the evaluation settings it was computed with; it is only used when
+both match the current evaluation, so a cache never silently feeds numbers from another split or mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hf_unlearn.benchmarks.sharding import process_info
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """Weights-file names, sizes and modification times of a local model folder; the id itself for a Hub id."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return str(path)
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
+    return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+
+
+def default_cache_path(retain_model: str | Path, fmt: str, settings: dict[str, Any]) -> Path:
+    """Cache file for computed statistics: in the retain model's folder if writable, else ``$HF_UNLEARN_CACHE``."""
+    key = hashlib.sha1(json.dumps([fmt, settings], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    name = f"hf_unlearn_{fmt.split('/')[0].split('.')[-1]}_{key}.json"
+    folder = Path(retain_model)
+    if folder.is_dir() and os.access(folder, os.W_OK):
+        return folder / name
+    cache_root = Path(os.environ.get("HF_UNLEARN_CACHE", Path.home() / ".cache" / "hf_unlearn"))
+    return cache_root / "retain_stats" / f"{str(retain_model).replace('/', '--')}_{name}"
+
+
+def check_statistics(stats: dict, fmt: str, settings: dict[str, Any], source: str) -> tuple[dict | None, str | None]:
+    """``(stats, None)`` when ``stats`` has format ``fmt`` and the same ``settings``, else ``(None, reason)``."""
+    if stats.get("format") != fmt:
+        return None, f"{source} is not a {fmt} file"
+    mismatched = {k: (stats.get(k), v) for k, v in settings.items() if stats.get(k) != v}
+    if mismatched:
+        detail = ", ".join(f"{k}: {have!r} != {want!r}" for k, (have, want) in mismatched.items())
+        return None, f"retain statistics in {source} were computed with other settings ({detail})"
+    return stats, None
+
+
+def resolve_reference(
+    retain_stats: str | Path | dict | None,
+    retain_model: str | Path | None,
+    fmt: str,
+    settings: dict[str, Any],
+    compute: Callable[[], dict[str, Any]],
+) -> tuple[dict | None, str | None]:
+    """Find the retain-model statistics: ``(stats, None)``, or ``(None, one-line reason they are unavailable)``.
+
+    Order: a ``retain_stats`` dict; an existing ``retain_stats`` file; else, with ``retain_model``, the cache file
+    (``retain_stats`` path or the default one) if it matches the settings and the model's weights, else
+    ``compute()`` and write the cache (main process only).
+    """
+    if isinstance(retain_stats, dict):
+        return check_statistics(retain_stats, fmt, settings, "the retain_stats dict")
+    stats_path = Path(retain_stats) if retain_stats else None
+    if stats_path is not None and stats_path.is_file():
+        return check_statistics(json.loads(stats_path.read_text()), fmt, settings, str(stats_path))
+    if retain_model is None:
+        if stats_path is not None:
+            return None, f"retain statistics file {stats_path} not found and no retain_model to compute it"
+        return None, "no retain-model statistics; pass retain_model=<path> (--retain_model) or retain_stats=<json>"
+    cache = stats_path or default_cache_path(retain_model, fmt, settings)
+    fingerprint = model_fingerprint(retain_model)
+    if cache.is_file():
+        stats, _ = check_statistics(json.loads(cache.read_text()), fmt, settings, str(cache))
+        if stats is not None and stats.get("fingerprint") == fingerprint:
+            return stats, None
+    stats = {**compute(), "format": fmt, **settings, "retain_model": str(retain_model), "fingerprint": fingerprint}
+    if process_info()[0] == 0:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(stats) + "\n")
+    return stats, None
+
+
+def load_retain_model(retain_model: str | Path, device):
+    """``(model, tokenizer)`` of the retain model, on ``device``."""
+    from hf_unlearn.tiny import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(retain_model)
+    return model.to(device).eval(), tokenizer

@@ -1,0 +1,291 @@
+"""TOFU evaluation (Maini et al., COLM 2024) with the definitions of REFERENCE.md §5.
+
+Sets: forget (``forgetNN_perturbed``), retain (``retain_perturbed``), real authors and world facts (their
+``_perturbed`` configs) and holdout (``holdoutNN``, for the membership attack). Per set, one batched scoring pass
+over every answer variant (true, paraphrased, perturbed) gives probability, truth ratio, Min-K% and extraction
+strength; one batched greedy generation gives ROUGE-L recall.
+
+Forget quality and the privleak reference need the *retain model's* forget-set truth ratios and Min-K% AUC:
+:meth:`TofuBenchmark.retain_statistics` computes them, and ``retain_model=<path>`` computes them once and caches
+them as JSON (in the retain model's folder, or under ``$HF_UNLEARN_CACHE`` for Hub ids).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from hf_unlearn.benchmarks import metrics
+from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
+from hf_unlearn.benchmarks.engine import generate_greedy, model_device, require_pad_token, score_examples
+from hf_unlearn.benchmarks.reference import load_retain_model, resolve_reference
+from hf_unlearn.benchmarks.sharding import gather_in_order, process_info, shard
+from hf_unlearn.benchmarks.tofu_data import load_tofu, tofu_split_names
+from hf_unlearn.data import tokenize_prompt, tokenize_qa
+
+
+RETAIN_STATS_FORMAT = "hf_unlearn.tofu_retain_stats/v1"
+LEGACY_MAX_ROWS = 300
+LEGACY_TOTAL_TOKENS = 200
+# Set name -> (TOFU config role, answer variants scored, whether ROUGE is generated).
+SETS: dict[str, tuple[str, tuple[str, ...], bool]] = {
+    "forget": ("forget_perturbed", ("answer", "paraphrased_answer", "perturbed_answer"), True),
+    "retain": ("retain_perturbed", ("answer", "paraphrased_answer", "perturbed_answer"), True),
+    "real_authors": ("real_authors", ("answer", "perturbed_answer"), True),
+    "world_facts": ("world_facts", ("answer", "perturbed_answer"), True),
+    "holdout": ("holdout", ("answer",), False),
+}
+UTILITY_SETS = ("retain", "real_authors", "world_facts")
+
+
+class TofuBenchmark(Benchmark):
+    """TOFU evaluator: ``TofuBenchmark(forget_split="forget10", data_dir=...).evaluate(model, tokenizer)``.
+
+    Args:
+        forget_split: ``forget01`` | ``forget05`` | ``forget10``.
+        data_dir: local folder of ``<config>.json`` JSON Lines; ``None`` reads ``locuslab/TOFU`` from the Hub.
+        legacy: the original TOFU code's choices: first 300 rows of each set, prompt + generation capped at
+            200 tokens per example.
+        max_examples: evaluate only the first ``max_examples`` rows of each set (overrides legacy's 300).
+        batch_size: sequences per scoring forward; ``generation_batch_size`` (default: same) per generate call.
+        max_new_tokens: generation length for ROUGE outside legacy mode.
+        template: QA prompt format string with ``{question}``; ``None`` uses the tokenizer's chat template.
+        retain_model: path / Hub id of the retain model; its statistics are computed once and cached.
+        retain_stats: a statistics JSON file (read if it exists, else where the computed statistics are written),
+            or the statistics dict itself.
+        min_k: Min-K% fraction for the membership score.
+        use_stemmer: ROUGE stemmer (on in TOFU).
+    """
+
+    name = "tofu"
+
+    def __init__(
+        self,
+        forget_split: str = "forget10",
+        data_dir: str | Path | None = None,
+        legacy: bool = False,
+        max_examples: int | None = None,
+        batch_size: int = 16,
+        generation_batch_size: int | None = None,
+        max_new_tokens: int = 200,
+        template: str | None = None,
+        max_length: int = 512,
+        retain_model: str | Path | None = None,
+        retain_stats: str | Path | dict | None = None,
+        min_k: float = metrics.MIN_K_FRACTION,
+        use_stemmer: bool = True,
+        show_progress: bool = True,
+    ):
+        self.splits = tofu_split_names(forget_split)
+        self.forget_split = forget_split
+        self.data_dir = data_dir
+        self.legacy = legacy
+        self.max_examples = max_examples if max_examples is not None else (LEGACY_MAX_ROWS if legacy else None)
+        self.batch_size = batch_size
+        self.generation_batch_size = generation_batch_size or batch_size
+        self.max_new_tokens = max_new_tokens
+        self.template = template
+        self.max_length = max_length
+        self.retain_model = retain_model
+        self.retain_stats = retain_stats
+        self.min_k = min_k
+        self.use_stemmer = use_stemmer
+        self.show_progress = show_progress
+        self.name = "tofu-legacy" if legacy else "tofu"
+
+    # ----------------------------------------------------------------------------------------------- data
+    def load_rows(self, set_name: str) -> list[dict[str, Any]]:
+        """The rows of one evaluation set (after the ``max_examples`` cut), validated for what scoring needs."""
+        config = self.splits[SETS[set_name][0]]
+        rows = load_tofu(config, self.data_dir)
+        if self.max_examples is not None:
+            rows = rows.select(range(min(self.max_examples, len(rows))))
+        rows = rows.to_list()
+        if "perturbed_answer" in SETS[set_name][1]:
+            for i, row in enumerate(rows):
+                if not row["perturbed_answer"]:
+                    raise ValueError(
+                        f"TOFU {config} row {i} ({row['question'][:60]!r}) has no perturbed answers; "
+                        "the truth ratio needs at least one."
+                    )
+        return rows
+
+    def settings(self) -> dict[str, Any]:
+        """The settings the numbers depend on; also the compatibility key of cached retain statistics."""
+        return {
+            "forget_split": self.forget_split,
+            "legacy": self.legacy,
+            "max_examples": self.max_examples,
+            "template": self.template,
+            "min_k": self.min_k,
+        }
+
+    # ----------------------------------------------------------------------------------------- evaluation
+    def evaluate(self, model, tokenizer) -> BenchmarkResult:
+        """All TOFU metrics of ``model``: summary in ``metrics``, per-example values in ``per_example``."""
+        start = time.perf_counter()
+        require_pad_token(tokenizer)
+        records = {name: self._evaluate_set(model, tokenizer, name, generate=SETS[name][2]) for name in SETS}
+        reference, reason = self._reference_statistics(model)
+        values, unavailable = summarise(records, reference, reason, self.use_stemmer)
+        config = {
+            **self.settings(),
+            "data_dir": str(self.data_dir) if self.data_dir else "locuslab/TOFU",
+            "max_new_tokens": None if self.legacy else self.max_new_tokens,
+            "max_total_tokens": LEGACY_TOTAL_TOKENS if self.legacy else None,
+            "use_stemmer": self.use_stemmer,
+            "privleak_reference": "retain model" if reference else "0.5 (no retain-model statistics)",
+        }
+        return BenchmarkResult(
+            benchmark=self.name,
+            metrics=values,
+            unavailable=unavailable,
+            per_example=records,
+            config=config,
+            num_examples={name: len(rows) for name, rows in records.items()},
+            runtime_s=time.perf_counter() - start,
+        )
+
+    def retain_statistics(self, model, tokenizer) -> dict[str, Any]:
+        """The retain model's forget-set truth ratios and Min-K% AUC (forget vs holdout), as a JSON-ready dict."""
+        require_pad_token(tokenizer)
+        forget = self._evaluate_set(model, tokenizer, "forget", generate=False)
+        holdout = self._evaluate_set(model, tokenizer, "holdout", generate=False)
+        return {
+            "format": RETAIN_STATS_FORMAT,
+            **self.settings(),
+            "forget_truth_ratio": [r["truth_ratio"] for r in forget],
+            "mia_min_k_auc": metrics.auc([r["min_k"] for r in forget], [r["min_k"] for r in holdout]),
+        }
+
+    def _evaluate_set(self, model, tokenizer, set_name: str, generate: bool) -> list[dict[str, Any]]:
+        rows = self.load_rows(set_name)
+        rank, world_size = process_info()
+        local = shard(rows, rank, world_size)
+        progress = self.show_progress and rank == 0
+        variants = SETS[set_name][1]
+
+        # Every answer variant of every local row goes into one scoring pass.
+        sequences, owners = [], []
+        for position, (_, row) in enumerate(local):
+            for variant in variants:
+                answers = row[variant] if variant == "perturbed_answer" else [row[variant]]
+                for option, answer in enumerate(answers):
+                    sequences.append(tokenize_qa(tokenizer, row["question"], answer, self.max_length, self.template))
+                    owners.append((position, variant, option))
+        scores = score_examples(
+            model,
+            sequences,
+            tokenizer.pad_token_id,
+            self.batch_size,
+            self.min_k,
+            f"TOFU {set_name}: scoring",
+            progress,
+        )
+        by_row: list[dict[str, list[dict]]] = [{v: [] for v in variants} for _ in local]
+        for (position, variant, _), score in zip(owners, scores):
+            by_row[position][variant].append(score)
+
+        generations = [None] * len(local)
+        if generate:
+            prompts = [tokenize_prompt(tokenizer, row["question"], self.template) for _, row in local]
+            caps = [max(0, LEGACY_TOTAL_TOKENS - len(p)) for p in prompts] if self.legacy else self.max_new_tokens
+            generations = generate_greedy(
+                model,
+                tokenizer,
+                prompts,
+                caps,
+                self.generation_batch_size,
+                desc=f"TOFU {set_name}: generating",
+                show_progress=progress,
+            )
+        records = [
+            (index, example_record(index, row, by_row[position], generations[position], set_name))
+            for position, (index, row) in enumerate(local)
+        ]
+        return gather_in_order(records, len(rows), world_size)
+
+    # ------------------------------------------------------------------------------ retain-model reference
+    def _reference_statistics(self, model) -> tuple[dict | None, str | None]:
+        """``(statistics, None)`` or ``(None, reason they are unavailable)``."""
+
+        def compute() -> dict[str, Any]:
+            retain_model, retain_tokenizer = load_retain_model(self.retain_model, model_device(model))
+            return self.retain_statistics(retain_model, retain_tokenizer)
+
+        return resolve_reference(self.retain_stats, self.retain_model, RETAIN_STATS_FORMAT, self.settings(), compute)
+
+
+def example_record(
+    index: int, row: dict[str, Any], scores: dict[str, list[dict]], generation: str | None, set_name: str
+) -> dict[str, Any]:
+    """One example's per-example values (JSON-ready)."""
+    answer = scores["answer"][0]
+    record: dict[str, Any] = {
+        "index": index,
+        "question": row["question"],
+        "answer": row["answer"],
+        "nll_mean": answer["nll_mean"],
+        "num_tokens": answer["num_tokens"],
+        "prob": math.exp(-answer["nll_mean"]),
+        "min_k": answer["min_k"],
+        "extraction_strength": answer["extraction_strength"],
+    }
+    if generation is not None:
+        record["generation"] = generation
+    if "perturbed_answer" in scores:
+        perturbed = [s["nll_mean"] for s in scores["perturbed_answer"]]
+        correct = scores["paraphrased_answer"][0]["nll_mean"] if "paraphrased_answer" in scores else answer["nll_mean"]
+        record["perturbed_nll_mean"] = perturbed
+        if "paraphrased_answer" in scores:
+            record["paraphrased_nll_mean"] = correct
+        else:
+            record["normalised_prob"] = float(metrics.normalised_probability([answer["nll_mean"]], [perturbed])[0])
+        record["truth_ratio"] = float(metrics.truth_ratio([correct], [perturbed])[0])
+    return record
+
+
+def summarise(
+    records: dict[str, list[dict]], reference: dict | None, reference_reason: str | None, use_stemmer: bool = True
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The TOFU summary metrics from per-example records (ROUGE is added to the records here)."""
+    values: dict[str, float | None] = {}
+    unavailable: dict[str, str] = {}
+    for set_name in ("forget", "retain", "real_authors", "world_facts"):
+        rows = records[set_name]
+        scores = metrics.rouge_l([r["generation"] for r in rows], [r["answer"] for r in rows], use_stemmer)
+        for row, recall in zip(rows, scores["recall"]):
+            row["rouge_l_recall"] = recall
+        prob_key = "normalised_prob" if set_name in ("real_authors", "world_facts") else "prob"
+        ratios = [r["truth_ratio"] for r in rows]
+        values[f"{set_name}_prob"] = metrics.nanmean([r[prob_key] for r in rows])
+        values[f"{set_name}_rouge_l_recall"] = metrics.nanmean(scores["recall"])
+        aggregate = metrics.truth_ratio_forget_score if set_name == "forget" else metrics.truth_ratio_utility_score
+        values[f"{set_name}_truth_ratio"] = aggregate(ratios)
+    values["forget_extraction_strength"] = metrics.nanmean([r["extraction_strength"] for r in records["forget"]])
+
+    utility_inputs = [values[f"{s}_{m}"] for s in UTILITY_SETS for m in ("prob", "rouge_l_recall", "truth_ratio")]
+    if any(v is None or math.isnan(v) for v in utility_inputs):
+        values["model_utility"] = None
+        unavailable["model_utility"] = "one of its 9 inputs is undefined (a set without scored answer tokens)"
+    else:
+        values["model_utility"] = metrics.harmonic_mean(utility_inputs)
+
+    if reference is None:
+        values["forget_quality"] = None
+        unavailable["forget_quality"] = reference_reason
+    else:
+        values["forget_quality"] = metrics.forget_quality(
+            [r["truth_ratio"] for r in records["forget"]], reference["forget_truth_ratio"]
+        )
+    mia_auc = metrics.auc([r["min_k"] for r in records["forget"]], [r["min_k"] for r in records["holdout"]])
+    values["mia_min_k_auc"] = mia_auc
+    reference_auc = reference["mia_min_k_auc"] if reference else 0.5
+    if reference_auc >= 1.0:
+        values["privleak"] = None
+        unavailable["privleak"] = "the retain model's Min-K% AUC is 1; privleak divides by 1 - AUC_ref"
+    else:
+        values["privleak"] = metrics.privleak(mia_auc, reference_auc)
+    return values, unavailable

@@ -1,0 +1,180 @@
+"""WMDP (Li et al., 2024) and MMLU multiple-choice accuracy through lm-eval, on the in-memory model.
+
+Tasks are lm-eval's built-in ``wmdp_bio``, ``wmdp_cyber``, ``mmlu`` (they read the Hub), or the offline twins shipped
+in ``hf_unlearn/benchmarks/tasks/<name>_local.yaml``: the same prompt and scoring, reading JSON Lines files
+(``{"question", "choices", "answer"}`` per line, the Hub rows' format) from ``data_dir``. With ``data_dir`` set,
+every requested task uses its local twin. Zero-shot accuracy (``acc``: the choice letter with the highest
+log-likelihood).
+
+lm-eval does not shard an already-loaded model across processes, so in a multi-process run the main process
+evaluates and broadcasts the result to the other ranks.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
+from hf_unlearn.benchmarks.engine import eval_mode, require_pad_token
+from hf_unlearn.benchmarks.sharding import process_info
+
+
+TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+DEFAULT_TASKS = ("wmdp_bio", "wmdp_cyber", "mmlu")
+LOCAL_SUFFIX = "_local"
+
+
+def local_task_names() -> list[str]:
+    """Names of the packaged offline tasks (``wmdp_bio_local``, ...)."""
+    return sorted(p.stem for p in TASKS_DIR.glob(f"*{LOCAL_SUFFIX}.yaml"))
+
+
+def local_task_config(name: str, data_dir: str | Path | None = None) -> dict[str, Any]:
+    """The lm-eval config dict of a packaged local task, its data file resolved against ``data_dir``.
+
+    ``name`` may be the built-in name (``wmdp_bio``) or the local one (``wmdp_bio_local``). Without ``data_dir``
+    the file is looked up beside the YAML (packaged demo data).
+    """
+    local = name if name.endswith(LOCAL_SUFFIX) else name + LOCAL_SUFFIX
+    path = TASKS_DIR / f"{local}.yaml"
+    if not path.is_file():
+        raise ValueError(f"No local task {local!r}; packaged local tasks: {', '.join(local_task_names())}.")
+    config = yaml.safe_load(path.read_text())
+    folder = Path(data_dir) if data_dir is not None else TASKS_DIR
+    files = config["dataset_kwargs"]["data_files"]
+    for split, file_name in files.items():
+        data_file = folder / file_name
+        if not data_file.is_file():
+            raise FileNotFoundError(
+                f"Task {local} needs {data_file}: JSON Lines with one "
+                '{"question": str, "choices": [4 str], "answer": int} per line.'
+            )
+        files[split] = str(data_file)
+    return config
+
+
+def _hub_unreachable() -> bool:
+    return any(
+        os.environ.get(v, "0").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+class WmdpBenchmark(Benchmark):
+    """Zero-shot multiple-choice accuracy via ``lm_eval.simple_evaluate`` with ``HFLM(pretrained=<model>)``.
+
+    Args:
+        tasks: task names; built-in lm-eval names, or ``<name>_local`` for the packaged offline twins.
+        data_dir: folder with ``wmdp_bio.json`` / ``wmdp_cyber.json`` / ``mmlu.json`` (JSON Lines); when set,
+            every task runs from its local twin.
+        batch_size: lm-eval batch size.
+        limit: at most this many questions per task (``None``: all).
+
+    lm-eval draws its own progress bars.
+    """
+
+    name = "wmdp"
+
+    def __init__(
+        self,
+        tasks: list[str] | tuple[str, ...] | None = None,
+        data_dir: str | Path | None = None,
+        batch_size: int = 16,
+        limit: int | None = None,
+    ):
+        self.tasks = list(tasks or DEFAULT_TASKS)
+        self.data_dir = data_dir
+        self.batch_size = batch_size
+        self.limit = limit
+
+    def task_specs(self) -> list[str | dict[str, Any]]:
+        """What is handed to lm-eval: config dicts for local tasks, names for built-in ones."""
+        specs: list[str | dict[str, Any]] = []
+        for task in self.tasks:
+            if self.data_dir is not None or task.endswith(LOCAL_SUFFIX):
+                specs.append(local_task_config(task, self.data_dir))
+            elif _hub_unreachable():
+                raise RuntimeError(
+                    f"Task {task!r} reads the Hub, which is switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); "
+                    f"pass data_dir (--data_dir) with local JSON files or use {task}{LOCAL_SUFFIX}."
+                )
+            else:
+                specs.append(task)
+        return specs
+
+    def evaluate(self, model, tokenizer) -> BenchmarkResult:
+        """Accuracy per task (``<task>_acc``, ``_local`` dropped from the name) and each question's outcome."""
+        start = time.perf_counter()
+        require_pad_token(tokenizer)
+        specs = self.task_specs()
+        rank, world_size = process_info()
+        payload = self._run(model, tokenizer, specs) if rank == 0 else None
+        if world_size > 1:
+            import torch.distributed as dist
+
+            box = [payload]
+            dist.broadcast_object_list(box, src=0)
+            payload = box[0]
+        metrics, per_example, counts = payload
+        return BenchmarkResult(
+            benchmark=self.name,
+            metrics=metrics,
+            per_example=per_example,
+            config={
+                "tasks": self.tasks,
+                "data_dir": str(self.data_dir) if self.data_dir else None,
+                "limit": self.limit,
+                "num_fewshot": 0,
+            },
+            num_examples=counts,
+            runtime_s=time.perf_counter() - start,
+        )
+
+    def _run(self, model, tokenizer, specs):
+        try:
+            from lm_eval import simple_evaluate
+            from lm_eval.models.huggingface import HFLM
+        except ImportError as err:
+            raise ImportError("WMDP/MMLU evaluation needs lm-eval: pip install 'hf_unlearn[eval]'.") from err
+
+        from lm_eval.tasks import TaskManager
+
+        # Indexing lm-eval's thousands of built-in YAMLs takes seconds; local configs need none of them.
+        task_manager = TaskManager(include_defaults=any(isinstance(spec, str) for spec in specs))
+        with eval_mode(model):
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
+            output = simple_evaluate(
+                model=lm,
+                tasks=specs,
+                num_fewshot=0,
+                limit=self.limit,
+                log_samples=True,
+                bootstrap_iters=0,
+                task_manager=task_manager,
+            )
+        metrics, per_example, counts = {}, {}, {}
+        for task_name, values in output["results"].items():
+            if "acc,none" not in values:
+                continue
+            short = task_name.removesuffix(LOCAL_SUFFIX)
+            metrics[f"{short}_acc"] = float(values["acc,none"])
+            samples = output.get("samples", {}).get(task_name)
+            if samples is not None:
+                per_example[short] = [sample_record(s) for s in sorted(samples, key=lambda s: s["doc_id"])]
+                counts[short] = len(samples)
+        return metrics, per_example, counts
+
+
+def sample_record(sample: dict[str, Any]) -> dict[str, Any]:
+    """One question's outcome from lm-eval's logged sample: target, per-choice log-likelihoods, correctness."""
+    loglikelihoods = [float(resp[0]) for resp in sample["filtered_resps"]]
+    return {
+        "index": int(sample["doc_id"]),
+        "target": int(sample["target"]),
+        "loglikelihoods": loglikelihoods,
+        "acc": float(sample["acc"]),
+    }

@@ -1,0 +1,66 @@
+"""`UnlearnConfig`: the `TrainingArguments` every unlearning method shares (loss weights, retain loss, reference).
+
+Each method subclasses it with a dataclass of its own hyperparameters (`hf_unlearn.trainers.<method>`), so every
+knob shows in `--help`, in the saved args and in the model card. Bad values fail in `__post_init__`, before any
+weight is loaded, with one line naming the field and the accepted values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from hf_unlearn.optim.args import OptimizerArguments
+from hf_unlearn.optim.factory import validate_optimizer_args
+
+
+RETAIN_LOSSES = ("nll", "kl")
+
+
+@dataclass
+class UnlearnConfig(TrainingArguments, OptimizerArguments):
+    """Training arguments shared by every unlearning method: loss = `gamma`·forget + `alpha`·retain.
+
+    The optimizer fields (`optimizer`, `zo_*`, `hybrid_*`, ...) come from `hf_unlearn.optim.args.OptimizerArguments`.
+    """
+
+    gamma: float = field(default=1.0, metadata={"help": "Weight of the forget loss (γ); must be > 0."})
+    alpha: float = field(
+        default=1.0,
+        metadata={"help": "Weight of the retain loss (α); 0 trains on the forget set alone and needs no retain data."},
+    )
+    retain_loss: str = field(
+        default="nll",
+        metadata={
+            "help": "Retain term: 'nll' (answer cross-entropy on retain data) or 'kl' (per-token KL(model ‖ "
+            "frozen reference) on retain answers; needs a reference model)."
+        },
+    )
+    ref_model_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where to load the frozen reference model from; default: the path the trained model was loaded "
+            "from. Ignored under peft, where the reference is the base model with the adapter disabled."
+        },
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep every column: unlearning batches are nested {'forget': ..., 'retain': ...} dicts."},
+    )
+
+    def __post_init__(self):
+        if self.gamma <= 0:
+            raise ValueError(f"gamma (forget weight) must be > 0, got {self.gamma}.")
+        if self.alpha < 0:
+            raise ValueError(f"alpha (retain weight) must be >= 0, got {self.alpha}.")
+        if self.retain_loss not in RETAIN_LOSSES:
+            raise ValueError(f"retain_loss must be one of {', '.join(RETAIN_LOSSES)}, got {self.retain_loss!r}.")
+        super().__post_init__()
+        validate_optimizer_args(self)
+
+
+def check_positive(name: str, value: float) -> None:
+    """One-line error for a hyperparameter that must be strictly positive."""
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0, got {value}.")

@@ -1,0 +1,358 @@
+"""Zeroth-order engine: seeded in-place perturbations (MeZO) and the ZO optimizers that consume them.
+
+A ZO step never materialises a gradient or an activation graph. The trainer (``ZerothOrderMixin``) draws a seed,
+perturbs the weights in place by ``+μz``, ``−2μz``, ``+μz`` (``z`` regenerated from the seed, one tensor at a
+time), and records the projected gradient ``c = (f(θ+μz) − f(θ−μz)) / 2μ`` with :meth:`ZerothOrderOptimizer.record`.
+:meth:`~ZerothOrderOptimizer.step` then regenerates each ``z`` once more and applies the update to the estimate
+``ĝ = Σ_records c·z``.
+
+Restoring by ``+μz`` after ``−2μz`` is exact in real arithmetic but not bit-exact in floating point: each weight
+may come back one rounding step (≤ 1 ulp of ``|θ| + |μz|``) away. Bit-exact restoring in place would need a copy of
+the weights, which is the memory ZO exists to save. Runs stay deterministic (bit-exact resumption holds); in
+bf16/fp16 the rounding step is much coarser, so perturb fp32 weights when precision matters.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterable
+
+import torch
+from torch.optim import Optimizer
+
+
+DIRECTIONS = ("sphere", "gaussian", "rademacher")
+DIFFERENCES = ("central", "forward")
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def derive_seed(*parts: int) -> int:
+    """Hash integers (run seed, global step, direction, parameter index, ...) into one 63-bit seed.
+
+    A hash rather than ``seed + step`` so that neighbouring steps and neighbouring tensors get unrelated streams.
+    """
+    h = 0
+    for part in parts:
+        h = _splitmix64(h ^ (int(part) & _MASK64))
+    return h & ((1 << 63) - 1)
+
+
+class SeededDirections:
+    """Regenerates a random direction ``z`` over a list of tensors, one tensor at a time, from a seed.
+
+    Each tensor's slice of ``z`` comes from a private ``torch.Generator`` (one per device, never the global RNG)
+    seeded with ``derive_seed(seed, tensor_index)``, so any tensor's slice can be regenerated alone and in any order.
+
+    Kinds: ``gaussian`` (``N(0, I)``), ``rademacher`` (±1), ``sphere`` (uniform on the sphere of radius ``√d``,
+    ``d`` = number of elements: a normalised Gaussian, so ``E[z zᵀ] = I`` and ``μ`` keeps a per-weight meaning).
+    The sphere's norm needs one extra generation sweep per seed; it is cached until :meth:`release`.
+    """
+
+    def __init__(self, params: Iterable[torch.Tensor], kind: str = "sphere"):
+        if kind not in DIRECTIONS:
+            raise ValueError(f"zo_direction must be one of {DIRECTIONS}, got {kind!r}")
+        self.params = list(params)
+        self.kind = kind
+        self.dim = sum(p.numel() for p in self.params)
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._sphere_scale: dict[int, float] = {}
+        self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        if device not in self._generators:
+            self._generators[device] = torch.Generator(device=device)
+        return self._generators[device]
+
+    def _fill(self, seed: int, index: int, out: torch.Tensor) -> torch.Tensor:
+        # Always a contiguous 1-D fill then a view, so a scratch slice and a fresh tensor get the same values.
+        p = self.params[index]
+        gen = self._generator(p.device)
+        gen.manual_seed(derive_seed(seed, index))
+        if self.kind == "rademacher":
+            out.random_(0, 2, generator=gen).mul_(2).sub_(1)
+        else:
+            out.normal_(generator=gen)
+        return out.view(p.shape)
+
+    def scratch_direction(self, seed: int, index: int, scaled: bool = True) -> torch.Tensor:
+        """The slice of ``z`` for tensor ``index`` in a reused buffer, valid until the next call.
+
+        One buffer per (device, dtype), as large as the largest such tensor: it avoids an allocation (and its page
+        faults) per tensor per sweep, and is the only tensor-sized memory a perturbation needs.
+        """
+        p = self.params[index]
+        key = (p.device, p.dtype)
+        if key not in self._scratch:
+            size = max(q.numel() for q in self.params if (q.device, q.dtype) == key)
+            self._scratch[key] = torch.empty(size, dtype=p.dtype, device=p.device)
+        z = self._fill(seed, index, self._scratch[key][: p.numel()])
+        scale = self.scale(seed) if scaled else 1.0
+        return z if scale == 1.0 else z.mul_(scale)
+
+    def direction(self, seed: int, index: int) -> torch.Tensor:
+        """The slice of ``z`` for tensor ``index`` (a fresh tensor the caller may keep and modify)."""
+        p = self.params[index]
+        z = self._fill(seed, index, torch.empty(p.numel(), dtype=p.dtype, device=p.device))
+        scale = self.scale(seed)
+        return z if scale == 1.0 else z.mul_(scale)
+
+    def scale(self, seed: int) -> float:
+        """Factor that turns the raw sample into the direction (``√d/‖raw‖`` for the sphere, else 1)."""
+        if self.kind != "sphere":
+            return 1.0
+        if seed not in self._sphere_scale:
+            sq_norm = 0.0
+            for i in range(len(self.params)):
+                raw = self.scratch_direction(seed, i, scaled=False)
+                # accumulate half-precision samples in fp32; fp32/fp64 as they are
+                wide = torch.float32 if raw.dtype in (torch.float16, torch.bfloat16) else None
+                sq_norm += float(torch.linalg.vector_norm(raw, dtype=wide)) ** 2
+            self._sphere_scale[seed] = math.sqrt(self.dim / sq_norm)
+        return self._sphere_scale[seed]
+
+    @torch.no_grad()
+    def perturb_(self, seed: int, alpha: float) -> None:
+        """``θ ← θ + alpha·z`` in place, one tensor-sized ``z`` alive at a time."""
+        alpha = alpha * self.scale(seed)
+        for index, p in enumerate(self.params):
+            p.add_(self.scratch_direction(seed, index, scaled=False), alpha=alpha)
+
+    def release(self) -> None:
+        """Forget cached per-seed norms and free the scratch buffer (once the seeds' updates are applied)."""
+        self._sphere_scale.clear()
+        self._scratch.clear()
+
+
+class ZerothOrderOptimizer(Optimizer):
+    """Base class of the ZO optimizers: owns the perturbation engine and the pending (seed, c) records.
+
+    Only parameters with ``requires_grad`` are perturbed and updated. Subclasses implement :meth:`_update`.
+    """
+
+    def __init__(
+        self,
+        params,
+        defaults: dict,
+        mu: float = 1e-3,
+        num_directions: int = 1,
+        direction: str = "sphere",
+        difference: str = "central",
+    ):
+        if mu <= 0:
+            raise ValueError(f"zo_mu must be > 0, got {mu}")
+        if num_directions < 1:
+            raise ValueError(f"zo_num_directions must be >= 1, got {num_directions}")
+        if difference not in DIFFERENCES:
+            raise ValueError(f"zo_difference must be one of {DIFFERENCES}, got {difference!r}")
+        if defaults.get("lr", 1.0) <= 0:
+            raise ValueError(f"lr must be > 0, got {defaults['lr']}")
+        super().__init__(params, defaults)
+        self.mu = mu
+        self.num_directions = num_directions
+        self.difference = difference
+        self.direction_kind = direction
+        self._directions: SeededDirections | None = None
+        self._records: dict[int, float] = {}
+        # The trainer stores the last step's mean projected gradient here for logging (``zo/projected_grad``).
+        self.last_projected_grad: float | None = None
+        self.directions  # noqa: B018 -- validate the direction kind now, not at the first ZO step
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        self._directions = None  # the perturbed set changed: rebuild lazily
+
+    @property
+    def directions(self) -> SeededDirections:
+        """The perturbation engine over the trainable parameters, in param-group order."""
+        if self._directions is None:
+            params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+            self._directions = SeededDirections(params, self.direction_kind)
+        return self._directions
+
+    def perturb_(self, seed: int, scale: float) -> None:
+        """``θ ← θ + scale·μ·z(seed)`` in place on the trainable parameters."""
+        self.directions.perturb_(seed, scale * self.mu)
+
+    def record(self, seed: int, projected_grad: float) -> None:
+        """Queue ``projected_grad·z(seed)`` for the next :meth:`step` (records with the same seed add up)."""
+        value = float(projected_grad)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"non-finite ZO projected gradient {value} for seed {seed}")
+        self._records[seed] = self._records.get(seed, 0.0) + value
+
+    @property
+    def pending_records(self) -> dict[int, float]:
+        return dict(self._records)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """Apply the update for ``ĝ = Σ c·z`` over the recorded seeds and clear the records."""
+        if closure is not None:
+            raise ValueError("ZO optimizers take no closure: record projected gradients with record(seed, c)")
+        if not self._records:
+            raise RuntimeError(
+                "ZO optimizer stepped with no recorded projected gradient: train with a ZerothOrderMixin trainer "
+                "(or call record(seed, c) before step())"
+            )
+        group_of = {id(p): group for group in self.param_groups for p in group["params"]}
+        directions = self.directions
+        records = list(self._records.items())
+        for index, p in enumerate(directions.params):
+            # A single record (q = 1, the common case) needs no tensor beyond the scratch buffer.
+            first_seed, first_c = records[0]
+            if len(records) == 1:
+                estimate = directions.scratch_direction(first_seed, index).mul_(first_c)
+            else:
+                estimate = directions.direction(first_seed, index).mul_(first_c)
+            for seed, c in records[1:]:
+                estimate.add_(directions.scratch_direction(seed, index), alpha=c)
+            self._update(p, estimate, group_of[id(p)], self.state[p])
+        self._records.clear()
+        directions.release()
+        return None
+
+    def _update(self, p: torch.Tensor, estimate: torch.Tensor, group: dict, state: dict) -> None:
+        raise NotImplementedError
+
+
+class ZOSGD(ZerothOrderOptimizer):
+    """ZO-SGD: ``θ ← θ(1 − lr·wd) − lr·ĝ``."""
+
+    def __init__(self, params, lr: float = 1e-6, weight_decay: float = 0.0, **zo_kwargs):
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay}, **zo_kwargs)
+
+    def _update(self, p, estimate, group, state):
+        if group["weight_decay"]:
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+        p.add_(estimate, alpha=-group["lr"])
+
+
+class ZOAdam(ZerothOrderOptimizer):
+    """ZO-Adam: AdamW (bias-corrected, decoupled weight decay) fed with the ZO estimate ``ĝ``."""
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        **zo_kwargs,
+    ):
+        super().__init__(
+            params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}, **zo_kwargs
+        )
+
+    def _update(self, p, estimate, group, state):
+        beta1, beta2 = group["betas"]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        t = state["step"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.mul_(beta1).add_(estimate, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(estimate, estimate, value=1 - beta2)
+        if group["weight_decay"]:
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+        denom = (v / (1 - beta2**t)).sqrt_().add_(group["eps"])
+        p.addcdiv_(m, denom, value=-group["lr"] / (1 - beta1**t))
+
+
+class AdaZO(ZerothOrderOptimizer):
+    """R-AdaZO (Shu et al., ICML 2025): the second moment tracks the *momentum*, not the raw estimate.
+
+    Without bias correction (the reference code)::
+
+        m ← β1·m + (1−β1)·ĝ;   v ← β2·v + (1−β2)·m²;   θ ← θ − lr·m/(√v + eps)
+
+    whose first step is ``lr/√(1−β2)`` (≈ 32·lr at β2 = 0.999) on every weight. With ``bias_correction=True``
+    (default) ``m̂ = m/(1−β1ᵗ)`` feeds the second moment, ``v ← β2·v + (1−β2)·m̂²``, ``v̂ = v/(1−β2ᵗ)`` and
+    ``θ ← θ − lr·m̂/(√v̂ + eps)``: the first step is ``lr`` per weight, as Adam's. Weight decay is decoupled.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        bias_correction: bool = True,
+        **zo_kwargs,
+    ):
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        defaults["bias_correction"] = bias_correction
+        super().__init__(params, defaults, **zo_kwargs)
+        if not bias_correction:
+            warnings.warn(
+                f"AdaZO without bias correction: the first step moves every weight by about "
+                f"lr/sqrt(1-beta2) = {lr / math.sqrt(1 - betas[1]):.3g}; set zo_bias_correction=True or use a ZO "
+                "learning rate 10-100x below the first-order one",
+                UserWarning,
+                stacklevel=2,
+            )
+
+    def _update(self, p, estimate, group, state):
+        beta1, beta2 = group["betas"]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        t = state["step"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.mul_(beta1).add_(estimate, alpha=1 - beta1)
+        if group["weight_decay"]:
+            p.mul_(1 - group["lr"] * group["weight_decay"])
+        if group["bias_correction"]:
+            m_hat = m / (1 - beta1**t)
+            v.mul_(beta2).addcmul_(m_hat, m_hat, value=1 - beta2)
+            denom = (v / (1 - beta2**t)).sqrt_().add_(group["eps"])
+            p.addcdiv_(m_hat, denom, value=-group["lr"])
+        else:
+            v.mul_(beta2).addcmul_(m, m, value=1 - beta2)
+            p.addcdiv_(m, v.sqrt().add_(group["eps"]), value=-group["lr"])
+
+
+@torch.no_grad()
+def projected_gradients(
+    optimizer: ZerothOrderOptimizer, loss_fn: Callable[[], torch.Tensor], seeds: Iterable[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Finite-difference projected gradients along ``z(seed)`` for each seed, perturbing the weights in place.
+
+    Central: ``c = (f(θ+μz) − f(θ−μz)) / 2μ`` via ``+μz, −2μz, +μz``; forward: ``c = (f(θ+μz) − f(θ)) / μ`` via
+    ``+μz, −μz`` with ``f(θ)`` evaluated once. The weights are restored before returning (up to rounding, see the
+    module docstring) and ``loss_fn`` must not need autograd.
+
+    Returns:
+        ``(c, loss)``: the projected gradients (float64, one per seed) and the loss to report (``f(θ)`` for forward
+        differences, the mean of ``f(θ±μz)`` for central ones, an ``O(μ²)`` estimate of it).
+    """
+    mu = optimizer.mu
+    central = optimizer.difference == "central"
+    base = None if central else loss_fn().detach().double()
+    projected, observed = [], []
+    for seed in seeds:
+        optimizer.perturb_(seed, 1.0)
+        plus = loss_fn().detach().double()
+        if central:
+            optimizer.perturb_(seed, -2.0)
+            minus = loss_fn().detach().double()
+            optimizer.perturb_(seed, 1.0)
+            projected.append((plus - minus) / (2 * mu))
+            observed += [plus, minus]
+        else:
+            optimizer.perturb_(seed, -1.0)
+            projected.append((plus - base) / mu)
+    loss = torch.stack(observed).mean() if central else base
+    return torch.stack(projected), loss

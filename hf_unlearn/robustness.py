@@ -1,0 +1,244 @@
+"""Robustness checks of an unlearned model: metrics before and after relearning and weight quantization.
+
+:func:`robustness_checks` is the plain function (also behind ``hf-unlearn attack``); :class:`RobustnessCallback`
+runs it at the end of training (and optionally after each evaluation) and records the results in
+``state.log_history`` and ``<output_dir>/robustness.json``. The weights the user keeps are verified bit for bit
+afterwards: relearning trains a copy, quantization swaps weights in place and restores them.
+
+Multi-process runs: every rank runs the checks (relearning is seeded identically, so each rank's copy is the
+same) and the benchmark evaluator shards its examples across ranks and gathers them; rank 0 writes the file.
+ZeRO-3 partitions the weights, so the callback refuses to start there and points at the post-hoc command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from hf_unlearn.attacks.quantize import codes_changed_fraction, parse_kind, quantized_weights
+from hf_unlearn.attacks.relearn import relearn
+
+
+RESULTS_FORMAT = "hf_unlearn.robustness/v1"
+EvalFn = Callable[[Any, Any], dict[str, float]]
+
+
+@dataclass
+class RobustnessConfig:
+    """What the robustness checks run (an empty list switches a check off)."""
+
+    relearn_steps: list[int] = field(
+        default_factory=lambda: [10, 20, 40], metadata={"help": "Relearning budgets (steps) evaluated in one run."}
+    )
+    relearn_lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate of the relearning attack."})
+    relearn_batch_size: int = field(default=4, metadata={"help": "Relearning batch size."})
+    relearn_num_examples: int | None = field(
+        default=None, metadata={"help": "Forget examples to relearn on (seeded subset); None: all."}
+    )
+    relearn_scheduler: str = field(default="cosine", metadata={"help": "Learning-rate schedule of relearning."})
+    relearn_seed: int = field(default=0, metadata={"help": "Seed of the relearning subset and batch order."})
+    quantization: list[str] = field(
+        default_factory=lambda: ["fp4"], metadata={"help": "Quantization attacks: fp4, nf4, int8, rtn2..rtn8."}
+    )
+    at_eval: bool = field(default=False, metadata={"help": "Also run the checks after every evaluation."})
+    results_file: str = field(default="robustness.json", metadata={"help": "JSON file written in output_dir."})
+    verify_weights: bool = field(
+        default=True, metadata={"help": "Hash the weights before and after; raise if the checks changed them."}
+    )
+
+    def __post_init__(self):
+        for kind in self.quantization:
+            parse_kind(kind)  # fails early, naming the accepted kinds
+        if any(int(k) < 1 for k in self.relearn_steps):
+            raise ValueError(f"relearn_steps must be positive step counts, got {self.relearn_steps}.")
+
+
+def weights_fingerprint(model) -> str:
+    """SHA-256 of every tensor in the state dict (names, dtypes and raw bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def benchmark_eval_fn(benchmark, **settings) -> EvalFn:
+    """``eval_fn`` from a benchmark name (``"tofu"``, built with `settings`) or a ``Benchmark`` instance."""
+    if isinstance(benchmark, str):
+        from hf_unlearn import benchmarks
+
+        benchmark = benchmarks.get(benchmark, **settings)
+    return lambda model, tokenizer: dict(benchmark.evaluate(model, tokenizer).metrics)
+
+
+def _evaluate(model, tokenizer, eval_fn: EvalFn) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return dict(eval_fn(model, tokenizer))
+    finally:
+        model.train(was_training)
+
+
+def robustness_checks(
+    model,
+    tokenizer,
+    eval_fn: EvalFn,
+    relearn_data=None,
+    config: RobustnessConfig | None = None,
+    original_model=None,
+) -> dict[str, Any]:
+    """Evaluate `model`, then after each relearning budget and each quantization kind; `model` is left as it was.
+
+    Returns ``{"unlearned": metrics, "relearn": {config, curve, losses} | None,
+    "quantization": {kind: {"metrics", "codes_changed_fraction"}}, "weights_sha256", "runtime_s"}``;
+    ``codes_changed_fraction`` (vs `original_model`, the model before unlearning) is None without it.
+    """
+    config = config or RobustnessConfig()
+    start = time.perf_counter()
+    fingerprint = weights_fingerprint(model) if config.verify_weights else None
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):  # the checks must not shift the training run's random stream
+        results: dict[str, Any] = {"unlearned": _evaluate(model, tokenizer, eval_fn), "relearn": None}
+        if config.relearn_steps:
+            run = relearn(
+                model,
+                relearn_data,
+                tokenizer,
+                lr=config.relearn_lr,
+                batch_size=config.relearn_batch_size,
+                scheduler=config.relearn_scheduler,
+                num_examples=config.relearn_num_examples,
+                seed=config.relearn_seed,
+                eval_fn=eval_fn,
+                eval_at=config.relearn_steps,
+            )
+            del run.model  # free the relearned copy before quantizing
+            results["relearn"] = run.to_dict()
+        results["quantization"] = {}
+        for kind in config.quantization:
+            with quantized_weights(model, kind):
+                metrics = _evaluate(model, tokenizer, eval_fn)
+            codes = codes_changed_fraction(original_model, model, kind)["fraction"] if original_model else None
+            results["quantization"][kind] = {"metrics": metrics, "codes_changed_fraction": codes}
+    if fingerprint is not None and weights_fingerprint(model) != fingerprint:
+        raise RuntimeError("The robustness checks changed the model's weights; this is a bug in hf_unlearn.")
+    results["weights_sha256"] = fingerprint
+    results["runtime_s"] = time.perf_counter() - start
+    return results
+
+
+def flat_logs(results: dict[str, Any]) -> dict[str, float]:
+    """``robustness/<stage>/<metric>`` -> value, for the Trainer's log history (non-numeric values left out)."""
+    logs = {f"robustness/unlearned/{k}": v for k, v in results["unlearned"].items()}
+    for point in (results["relearn"] or {}).get("curve", []):
+        logs.update({f"robustness/relearn_{point['step']}/{k}": v for k, v in point["metrics"].items()})
+    for kind, record in results["quantization"].items():
+        logs.update({f"robustness/{kind}/{k}": v for k, v in record["metrics"].items()})
+        if record["codes_changed_fraction"] is not None:
+            logs[f"robustness/{kind}/codes_changed_fraction"] = record["codes_changed_fraction"]
+    return {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _is_zero3(model) -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled() or any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def _rank_and_world() -> tuple[int, int]:
+    from hf_unlearn.benchmarks.sharding import process_info
+
+    return process_info()
+
+
+class RobustnessCallback(TrainerCallback):
+    """Relearning and quantization attacks on the model being trained, at train end (and optionally at evaluation).
+
+    Args:
+        config: what to run (:class:`RobustnessConfig`).
+        eval_fn: ``eval_fn(model, tokenizer) -> {metric: value}``; or give `benchmark` instead.
+        benchmark: a benchmark name (built with `benchmark_settings`) or ``Benchmark`` instance to evaluate with.
+        relearn_data: forget data for relearning (anything ``relearn`` accepts); default: the ``forget`` side
+            of the trainer's ``ForgetRetainDataset``.
+        tokenizer: default: the trainer's ``processing_class``.
+        original_model: the model before unlearning, to report the fraction of quantization codes unlearning
+            changed.
+    """
+
+    def __init__(
+        self,
+        config: RobustnessConfig | None = None,
+        eval_fn: EvalFn | None = None,
+        benchmark=None,
+        benchmark_settings: dict[str, Any] | None = None,
+        relearn_data=None,
+        tokenizer=None,
+        original_model=None,
+    ):
+        if eval_fn is None and benchmark is None:
+            raise ValueError("RobustnessCallback needs eval_fn=... or benchmark=... (e.g. 'tofu') to measure with.")
+        self.config = config or RobustnessConfig()
+        self.eval_fn = eval_fn or benchmark_eval_fn(benchmark, **(benchmark_settings or {}))
+        self.relearn_data, self.tokenizer, self.original_model = relearn_data, tokenizer, original_model
+        self.runs: list[dict[str, Any]] = []
+
+    def _resolve_data(self, train_dataloader) -> None:
+        if self.relearn_data is not None or not self.config.relearn_steps:
+            return
+        dataset = getattr(train_dataloader, "dataset", None)
+        forget = getattr(dataset, "forget", None)
+        if forget is None or len(forget) == 0:
+            raise ValueError(
+                "RobustnessCallback: no forget data available for relearning; pass relearn_data=... or train on "
+                "a ForgetRetainDataset (or set relearn_steps=[] to skip relearning)."
+            )
+        self.relearn_data = forget
+
+    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
+        if model is not None and _is_zero3(model):
+            raise NotImplementedError(
+                "RobustnessCallback does not run under DeepSpeed ZeRO-3 (weights are partitioned); save the model "
+                "and run `hf-unlearn attack --model OUTPUT_DIR` afterwards, or use ZeRO-2 / DDP."
+            )
+        self._resolve_data(train_dataloader)
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if self.config.at_eval:
+            self._run("evaluate", args, state, model, **kwargs)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._run("train_end", args, state, model, **kwargs)
+
+    def _run(self, trigger, args, state, model, processing_class=None, train_dataloader=None, **_):
+        if model is None:
+            raise ValueError("RobustnessCallback was called without the model.")
+        tokenizer = self.tokenizer or processing_class
+        if tokenizer is None:
+            raise ValueError(
+                "RobustnessCallback needs a tokenizer: pass tokenizer=... or processing_class to the Trainer."
+            )
+        self._resolve_data(train_dataloader)
+        results = robustness_checks(
+            model, tokenizer, self.eval_fn, self.relearn_data, self.config, self.original_model
+        )
+        record = {"trigger": trigger, "global_step": state.global_step, **results}
+        self.runs.append(record)
+        state.log_history.append({**flat_logs(results), "step": state.global_step})
+        rank, world_size = _rank_and_world()
+        if rank == 0:
+            path = Path(args.output_dir) / self.config.results_file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            document = {"format": RESULTS_FORMAT, "config": asdict(self.config), "runs": self.runs}
+            path.write_text(json.dumps(document, indent=2) + "\n")
+        if world_size > 1:
+            torch.distributed.barrier()  # no rank moves on (or exits) before the file is written

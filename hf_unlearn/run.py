@@ -1,0 +1,124 @@
+"""Run a recipe: `hf-unlearn run recipe.yaml [--flag value ...]`, or on every rank
+`accelerate launch [--config_file ...] -m hf_unlearn.run recipe.yaml [--flag value ...]`.
+
+Everything that can fail on a bad recipe (unknown keys, bad values, an optimizer that cannot run with the chosen
+precision, a method that needs data the benchmark lacks, an RMU layer outside the model) fails before any weight
+is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from transformers import AutoConfig, AutoTokenizer
+
+from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
+from hf_unlearn.benchmarks.tofu_data import load_tofu, tofu_split_names
+from hf_unlearn.data import ForgetRetainDataset, QADataset
+from hf_unlearn.recipes import ScriptArguments, parse_recipe
+
+
+def add_arguments(parser):
+    parser.add_argument("recipe", nargs="?", help="Recipe YAML (see recipes/); flags after it override its keys.")
+    parser.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs overriding the recipe.")
+
+
+def trainer_class(method: str, config):
+    """The method's trainer, with the zeroth-order mixin in front when the optimizer takes ZO steps."""
+    from hf_unlearn.optim.factory import uses_zeroth_order, validate_optimizer_args
+    from hf_unlearn.trainers import get_method
+    from hf_unlearn.trainers.zeroth_order import ZerothOrderMixin
+
+    cls = get_method(method)
+    if uses_zeroth_order(validate_optimizer_args(config)):
+        return type(f"ZerothOrder{cls.__name__}", (ZerothOrderMixin, cls), {})
+    return cls
+
+
+def resolve_data_dir(script_args: ScriptArguments, config) -> str | None:
+    if script_args.benchmark != "synthetic":
+        return script_args.data_dir
+    from accelerate import PartialState
+
+    folder = Path(script_args.data_dir or Path(config.output_dir) / "data")
+    with PartialState().main_process_first():  # one process writes, the others read what it wrote
+        if PartialState().is_main_process:
+            write_synthetic_tofu(folder, num_authors=script_args.synthetic_num_authors, seed=config.seed)
+    return str(folder)
+
+
+def build_train_dataset(script_args: ScriptArguments, config, trainer_cls, tokenizer) -> ForgetRetainDataset:
+    data_dir = resolve_data_dir(script_args, config)
+    names = tofu_split_names(script_args.forget_split)
+    retain_split = script_args.retain_split or names["retain"]
+
+    def qa(split):
+        source = f"{data_dir or 'locuslab/TOFU'}:{split}"
+        return QADataset(
+            load_tofu(split, data_dir), tokenizer, max_length=script_args.max_length,
+            template=script_args.qa_template, source=source,
+        )  # fmt: skip
+
+    retain = qa(retain_split) if trainer_cls.uses_retain(config) else None
+    return ForgetRetainDataset(qa(script_args.forget_split), retain, seed=config.data_seed or config.seed)
+
+
+def peft_config(script_args: ScriptArguments):
+    if script_args.lora_r <= 0:
+        return None
+    from transformers.utils import is_peft_available
+
+    if not is_peft_available():
+        raise ImportError("lora_r > 0 needs peft: pip install 'hf_unlearn[peft]'.")
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=script_args.lora_r, lora_alpha=script_args.lora_alpha, target_modules=script_args.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )  # fmt: skip
+
+
+def callbacks_for(config) -> list:
+    from hf_unlearn.callbacks import HybridScheduleCallback
+
+    return [HybridScheduleCallback()] if config.optimizer == "hybrid" else []
+
+
+def run(script_args: ScriptArguments, config) -> dict:
+    """Train the recipe's method and save the unlearned model; returns the training metrics."""
+    trainer_cls = trainer_class(script_args.method, config)
+    # Checks that need the model's config (e.g. the RMU layer) run here, before weights are read.
+    trainer_cls.check_model_config(trainer_cls, AutoConfig.from_pretrained(script_args.model_name_or_path), config)
+    tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
+    train_dataset = build_train_dataset(script_args, config, trainer_cls, tokenizer)
+    trainer = trainer_cls(
+        model=script_args.model_name_or_path,
+        args=config,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config(script_args),
+        callbacks=callbacks_for(config),
+    )
+    result = trainer.train()
+    trainer.save_model(config.output_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(config.output_dir)
+        summary = {"method": script_args.method, "optimizer": config.optimizer, "train": result.metrics}
+        Path(config.output_dir, "run_summary.json").write_text(json.dumps(summary, indent=2))
+    return result.metrics
+
+
+def main(args) -> int:
+    script_args, config = parse_recipe(args.recipe, args.overrides)
+    metrics = run(script_args, config)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(prog="python -m hf_unlearn.run", description=__doc__)
+    add_arguments(cli)
+    sys.exit(main(cli.parse_args()))

@@ -1,0 +1,274 @@
+"""`UnlearnTrainer`: a `transformers.Trainer` whose loss is γ·forget + α·retain on `{"forget", "retain"}` batches.
+
+Methods subclass it and override `forget_loss` (and `retain_loss` when their retain term is not NLL/KL); the
+combination, gradient-accumulation normalisation, the frozen reference model and the `loss/forget` and
+`loss/retain` logs live here, reached only through public Trainer hooks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
+from transformers.utils import is_peft_available
+
+from hf_unlearn.configs import UnlearnConfig
+from hf_unlearn.data import DataCollatorForUnlearning
+from hf_unlearn.optim.factory import build_optimizer
+from hf_unlearn.trainers.losses import (
+    BatchCounts,
+    SideCounts,
+    answer_token_nll,
+    model_inputs,
+    token_kl,
+)
+
+
+def is_peft_model(model) -> bool:
+    if not is_peft_available():
+        return False
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def wrap_with_peft(model: PreTrainedModel, peft_config):
+    """Wrap `model` in the adapter `peft_config` describes; only the adapter stays trainable."""
+    if not is_peft_available():
+        raise ImportError("A peft_config was given but peft is not installed; pip install 'hf_unlearn[peft]'.")
+    from peft import get_peft_model
+
+    if is_peft_model(model):
+        raise ValueError("The model already has a peft adapter; pass either a peft model or a peft_config, not both.")
+    return get_peft_model(model, peft_config)
+
+
+class UnlearnTrainer(Trainer):
+    """Base class of the unlearning objectives.
+
+    Args:
+        model: a path or Hub id, a `PreTrainedModel`, or a peft model.
+        args: the method's config (a subclass of `UnlearnConfig`).
+        train_dataset: items `{"forget": ..., "retain": ...}`, e.g. `hf_unlearn.data.ForgetRetainDataset`.
+        eval_dataset: plain QA items; evaluation reports the answer NLL as `eval_loss`.
+        processing_class: the tokenizer; loaded from `model` when that is a path.
+        peft_config: a peft config (e.g. `LoraConfig`); the model is wrapped and only the adapter trains.
+
+    The frozen reference (NPO, KL retain, RMU) is the model loaded again from `args.ref_model_path` or the model's
+    own path, never a deep copy; under peft it is the same model with the adapter disabled.
+    """
+
+    _name = "unlearn"
+    _paper = ""
+    config_class = UnlearnConfig
+    # compute_loss divides by counts taken over the whole accumulation window, so Trainer must not divide again.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        args: UnlearnConfig,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        data_collator=None,
+        peft_config=None,
+        **kwargs,
+    ):
+        if not isinstance(args, self.config_class):
+            raise TypeError(
+                f"{self._name} takes args of type {self.config_class.__name__}, got {type(args).__name__}."
+            )
+        self.check_train_data(train_dataset, args)
+        model_path = model if isinstance(model, str) else _loaded_from(model)
+        self.check_model_config(AutoConfig.from_pretrained(model) if isinstance(model, str) else model.config, args)
+        if isinstance(model, str):
+            model = AutoModelForCausalLM.from_pretrained(model)
+        if peft_config is not None:
+            model = wrap_with_peft(model, peft_config)
+        if processing_class is None and isinstance(model_path, str) and model_path:
+            processing_class = AutoTokenizer.from_pretrained(model_path)
+        if data_collator is None:
+            data_collator = DataCollatorForUnlearning(processing_class)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        self.ref_model = None
+        if self.needs_reference(args) and not is_peft_model(self.model):
+            self.ref_model = self._prepare_reference(args.ref_model_path or model_path)
+        self._log_sums: dict[str, torch.Tensor] = defaultdict(float)
+        self._log_from_step = 0
+
+    # ---- what a method declares --------------------------------------------------------------------------------
+
+    @classmethod
+    def uses_retain(cls, args: UnlearnConfig) -> bool:
+        """Whether the loss has a retain term (and so the data must carry retain examples)."""
+        return args.alpha > 0
+
+    @classmethod
+    def needs_reference(cls, args: UnlearnConfig) -> bool:
+        """Whether the loss reads a frozen reference model."""
+        return cls.uses_retain(args) and args.retain_loss == "kl"
+
+    def check_model_config(self, config, args: UnlearnConfig) -> None:
+        """Checks that need only the model's config; run before any weight is loaded."""
+
+    def forget_loss(self, model, forget: dict[str, torch.Tensor], counts: SideCounts) -> torch.Tensor:
+        """The method's forget term, a sum over the batch divided by the window's `counts`."""
+        raise NotImplementedError(f"{type(self).__name__} must define forget_loss.")
+
+    def retain_loss(self, model, retain: dict[str, torch.Tensor], counts: SideCounts) -> torch.Tensor:
+        """Answer NLL per retain token, or per-token KL(model ‖ reference) when `retain_loss="kl"`."""
+        if self.args.retain_loss == "nll":
+            return answer_token_nll(model, retain).sum() / counts.tokens
+        logits = model(**model_inputs(retain)).logits
+        with torch.no_grad(), self.reference(model) as ref:
+            ref_logits = ref(**model_inputs(retain)).logits
+        return token_kl(logits, ref_logits, retain["labels"]) / counts.tokens
+
+    # ---- checks ------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def check_train_data(cls, train_dataset, args: UnlearnConfig) -> None:
+        if train_dataset is None:
+            raise ValueError(f"{cls._name} needs forget data: pass train_dataset=ForgetRetainDataset(forget, retain).")
+        if not hasattr(train_dataset, "__getitem__"):
+            return  # an iterable dataset cannot be peeked at without consuming it; the collator sees it later
+        item = train_dataset[0]
+        if "forget" not in item:
+            raise ValueError(f"{cls._name} needs forget data: items must be {{'forget': ..., 'retain': ...}}.")
+        if cls.uses_retain(args) and "retain" not in item:
+            raise ValueError(
+                f"{cls._name} with alpha={args.alpha} needs retain data: pass ForgetRetainDataset(forget, retain) "
+                "or set alpha=0."
+            )
+
+    # ---- reference model ---------------------------------------------------------------------------------------
+
+    def _prepare_reference(self, path: str | None):
+        if not path:
+            raise ValueError(
+                f"{self._name} needs a reference model but the model has no path to reload from: set ref_model_path."
+            )
+        ref = AutoModelForCausalLM.from_pretrained(path, dtype=self.accelerator.unwrap_model(self.model).dtype)
+        ref.eval().requires_grad_(False)
+        if self.is_deepspeed_enabled:
+            from trl.models import prepare_deepspeed
+
+            return prepare_deepspeed(ref, self.accelerator)
+        return self.accelerator.prepare_model(ref, evaluation_mode=True)
+
+    @contextlib.contextmanager
+    def reference(self, model) -> Iterator[Any]:
+        """The frozen reference to run forwards on: the reloaded model, or `model` with its adapter disabled."""
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        unwrapped = self.accelerator.unwrap_model(model)
+        if not is_peft_model(unwrapped):
+            raise RuntimeError(f"{self._name} asked for a reference model but none was prepared.")
+        was_training = model.training
+        model.eval()  # the reference is deterministic: no dropout
+        try:
+            with unwrapped.disable_adapter():
+                yield model
+        finally:
+            model.train(was_training)
+
+    # ---- Trainer hooks -----------------------------------------------------------------------------------------
+
+    def create_optimizer(self, model=None):
+        """The optimizer named by `args.optimizer`, from `hf_unlearn.optim.build_optimizer` (Trainer's enum cannot)."""
+        opt_model = self.model if model is None else model
+        if self.optimizer is None:
+            names = self.get_decay_parameter_names(opt_model)
+            self.optimizer = build_optimizer(opt_model, self.args, decay_parameter_names=names)
+        return self.optimizer
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """Count forget/retain units over the whole accumulation window (all processes), for exact normalisation."""
+        batch_samples, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if batch_samples and "forget" in batch_samples[0]:
+            num_items = self._window_counts(batch_samples, device)
+        return batch_samples, num_items
+
+    def _window_counts(self, batch_samples: list[dict], device: torch.device) -> BatchCounts:
+        sides = {}
+        for side in ("forget", "retain"):
+            if side not in batch_samples[0]:
+                sides[side] = None
+                continue
+            total = sum(SideCounts.tensor_of(batch[side]) for batch in batch_samples).to(device)
+            # DDP averages gradients over processes, so each process normalises by its share of the global count.
+            total = self.accelerator.gather(total.unsqueeze(0)).sum(0) / self.accelerator.num_processes
+            sides[side] = SideCounts(*total.tolist())
+        return BatchCounts(sides["forget"], sides["retain"])
+
+    def compute_loss(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None):
+        """γ·forget + α·retain on unlearning batches; the mean answer NLL on plain (evaluation) batches.
+
+        `num_items_in_batch` is the `BatchCounts` of the accumulation window (from `get_batch_samples`); when it is
+        not one (a direct call), the batch's own counts are used and, inside `train`, the loss is divided by the
+        number of accumulation steps as Trainer would.
+        """
+        if "forget" not in inputs:
+            token_nll = answer_token_nll(model, inputs)
+            loss = token_nll.sum() / SideCounts.of(inputs).tokens
+            return (loss, {"loss": loss}) if return_outputs else loss
+        scale = 1.0
+        counts = num_items_in_batch
+        if not isinstance(counts, BatchCounts):
+            counts = BatchCounts.of(inputs)
+            if self.is_in_train:
+                scale = 1.0 / self.current_gradient_accumulation_steps
+        parts = {"loss/forget": self.forget_loss(model, inputs["forget"], counts.forget) * scale}
+        loss = self.args.gamma * parts["loss/forget"]
+        if self.uses_retain(self.args):
+            if "retain" not in inputs:
+                raise ValueError(f"{self._name} with alpha={self.args.alpha} got a batch without retain data.")
+            parts["loss/retain"] = self.retain_loss(model, inputs["retain"], counts.retain) * scale
+            loss = loss + self.args.alpha * parts["loss/retain"]
+        if model.training:
+            for key, value in parts.items():
+                self._log_sums[key] = self._log_sums[key] + value.detach()
+        return (loss, parts) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
+        """Evaluation loss only (answer NLL); logits are not gathered."""
+        if "forget" in inputs:
+            raise ValueError(
+                "Evaluation takes plain QA batches (input_ids, attention_mask, labels), not forget/retain pairs; "
+                "pass eval_dataset=QADataset(...)."
+            )
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean `loss/forget` and `loss/retain` since the last training log to each training log."""
+        if "loss" in logs and self._log_sums:
+            steps = max(self.state.global_step - self._log_from_step, 1)
+            for key, total in self._log_sums.items():
+                value = torch.as_tensor(total, device=self.args.device, dtype=torch.float64).reshape(1)
+                logs[key] = self.accelerator.gather(value).mean().item() / steps
+            self._log_sums.clear()
+            self._log_from_step = self.state.global_step
+        super().log(logs, start_time)
+
+
+def _loaded_from(model) -> str | None:
+    """The path or Hub id a (possibly peft-wrapped) model was loaded from, if any."""
+    base = model.get_base_model() if is_peft_model(model) else model
+    return getattr(base.config, "_name_or_path", None) or None

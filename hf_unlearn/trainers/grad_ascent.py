@@ -1,0 +1,34 @@
+"""Gradient ascent: maximise the answer NLL of the forget set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hf_unlearn.configs import UnlearnConfig
+from hf_unlearn.trainers.base import UnlearnTrainer
+from hf_unlearn.trainers.losses import answer_token_nll
+
+
+@dataclass
+class GradAscentConfig(UnlearnConfig):
+    """Gradient ascent has no retain term; use `grad_diff` for one."""
+
+    alpha: float = field(default=0.0, metadata={"help": "Must be 0: gradient ascent has no retain term."})
+
+    def __post_init__(self):
+        if self.alpha != 0:
+            raise ValueError(
+                f"alpha must be 0 for grad_ascent (it has no retain term), got {self.alpha}; use grad_diff."
+            )
+        super().__post_init__()
+
+
+class GradAscentTrainer(UnlearnTrainer):
+    """Loss = −mean token NLL of the forget answers."""
+
+    _name = "grad_ascent"
+    _paper = "Jang et al. 2023, Knowledge Unlearning for Mitigating Privacy Risks in Language Models (2210.01504)"
+    config_class = GradAscentConfig
+
+    def forget_loss(self, model, forget, counts):
+        return -answer_token_nll(model, forget).sum() / counts.tokens

@@ -1,0 +1,73 @@
+"""``ZerothOrderMixin``: zeroth-order training steps for any ``transformers.Trainer`` subclass (TRL's included).
+
+Gradient accumulation and data parallelism: every micro-batch of an optimizer step, on every process, uses the
+*same* seeds (derived from ``zo_seed`` or ``seed``, the global step and the direction index). Each micro-batch's
+projected gradient is normalised like the Trainer normalises a loss (divided by the number of accumulation steps
+unless ``compute_loss`` already scales for them), the sum over micro-batches is recorded, and across processes it is
+averaged with one scalar all-reduce. Because ``c`` is linear in the loss, the update equals the ZO estimate on the
+whole global batch along those directions: results do not depend on how the batch is split over micro-batches or
+processes, exactly as for a first-order step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from hf_unlearn.optim.hybrid import zo_optimizer_of
+from hf_unlearn.optim.zo import ZerothOrderOptimizer, derive_seed, projected_gradients
+
+
+class ZerothOrderMixin:
+    """Put before the Trainer class: ``class ZOTrainer(ZerothOrderMixin, SomeTrainer)``.
+
+    Overrides only ``training_step``. When the optimizer (``adazo``, ``zo_adam``, ``zo_sgd``, or ``hybrid`` in its
+    ZO phase) is zeroth order, the step runs the seeded ±μ forwards through ``self.compute_loss`` with no autograd and
+    the model in eval mode (no dropout), records the projected gradients into the optimizer for its ``step()``, and
+    returns the loss for logging; no ``.grad`` and no activation graph is created. Otherwise it defers to
+    ``super().training_step``. fp16 loss scaling is rejected at config time (nothing to scale).
+    """
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        zo = zo_optimizer_of(self.optimizer)
+        if zo is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        return self._zeroth_order_training_step(zo, model, inputs, num_items_in_batch)
+
+    def _zeroth_order_training_step(self, zo: ZerothOrderOptimizer, model, inputs, num_items_in_batch):
+        inputs = self._prepare_inputs(inputs)
+        run_seed = getattr(self.args, "zo_seed", None)
+        run_seed = self.args.seed if run_seed is None else run_seed
+        seeds = [derive_seed(run_seed, self.state.global_step, i) for i in range(zo.num_directions)]
+
+        def loss_fn() -> torch.Tensor:
+            with self.compute_loss_context_manager():
+                loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            return loss.mean() if self.args.n_gpu > 1 else loss
+
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                projected, loss = projected_gradients(zo, loss_fn, seeds)
+        finally:
+            model.train(was_training)
+
+        if not self._zo_loss_is_scaled_for_ga(num_items_in_batch):
+            projected = projected / self.current_gradient_accumulation_steps
+            loss = loss / self.current_gradient_accumulation_steps
+        if self.accelerator.num_processes > 1:
+            projected = self.accelerator.reduce(projected.to(self.args.device), reduction="mean").cpu()
+        projected = projected / zo.num_directions
+        for seed, c in zip(seeds, projected.tolist()):
+            zo.record(seed, c)
+        zo.last_projected_grad = sum(zo.pending_records.values())
+        return loss.to(device=self.args.device, dtype=torch.float32)
+
+    def _zo_loss_is_scaled_for_ga(self, num_items_in_batch) -> bool:
+        # The Trainer's own rule (training_step), so ZO and FO steps normalise accumulated micro-batches alike.
+        declared = getattr(self, "loss_is_scaled_for_ga", None)
+        if declared is not None:
+            return declared
+        if self.compute_loss_func is not None:
+            return True
+        return bool(self.model_accepts_loss_kwargs and num_items_in_batch is not None)

@@ -1,0 +1,114 @@
+import json
+
+import pytest
+import torch
+
+from hf_unlearn import benchmarks
+from hf_unlearn.benchmarks.wmdp import local_task_config
+from hf_unlearn.tiny import tiny_model_and_tokenizer
+
+
+pytest.importorskip("lm_eval")
+
+QUESTIONS = [
+    ("Which organelle makes ATP?", ["Nucleus", "Mitochondrion", "Ribosome", "Golgi body"], 1),
+    ("Which molecule carries genetic code?", ["DNA", "Lipid", "Starch", "Keratin"], 0),
+    ("What do antibodies bind?", ["Antigens", "Neurons", "Bones", "Salts"], 0),
+    ("Which cells carry oxygen?", ["Platelets", "Neurons", "Red blood cells", "Osteocytes"], 2),
+    ("Which port does HTTPS use?", ["21", "22", "80", "443"], 3),
+    ("What does a firewall filter?", ["Heat", "Network traffic", "Light", "Sound"], 1),
+]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in rows))
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer():
+    texts = [q + " " + " ".join(c) + " Answer: A B C D" for q, c, _ in QUESTIONS]
+    return tiny_model_and_tokenizer(texts, vocab_size=300, seed=5)
+
+
+def choice_loglikelihoods(model, tokenizer, context, choices=("A", "B", "C", "D")):
+    """log p(" X" | context) for each letter, with the context/continuation split of lm-eval's HFLM."""
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    values = []
+    for letter in choices:
+        whole = tokenizer(context + " " + letter, add_special_tokens=False)["input_ids"]
+        logp = torch.log_softmax(model(input_ids=torch.tensor([whole])).logits[0].double(), dim=-1)
+        values.append(sum(logp[t - 1, whole[t]].item() for t in range(len(context_ids), len(whole))))
+    return values
+
+
+def test_local_multiple_choice_tasks_give_hand_computed_accuracy(tmp_path, model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    write_jsonl(tmp_path / "wmdp_bio.json", QUESTIONS[:4])
+    write_jsonl(tmp_path / "wmdp_cyber.json", QUESTIONS[4:])
+    result = benchmarks.get("wmdp", tasks=["wmdp_bio", "wmdp_cyber"], data_dir=tmp_path, batch_size=4).evaluate(
+        model, tokenizer
+    )
+    assert result.num_examples == {"wmdp_bio": 4, "wmdp_cyber": 2}
+    for task, rows in (("wmdp_bio", QUESTIONS[:4]), ("wmdp_cyber", QUESTIONS[4:])):
+        description = local_task_config(task, tmp_path)["description"]
+        correct = 0
+        for record, (question, choices, answer) in zip(result.per_example[task], rows):
+            context = description + f"{question}\n" + "".join(f"{L}. {c}\n" for L, c in zip("ABCD", choices))
+            expected = choice_loglikelihoods(model, tokenizer, context + "Answer:")
+            assert record["loglikelihoods"] == pytest.approx(expected, abs=1e-4)
+            assert record["target"] == answer
+            correct += max(range(4), key=lambda i: expected[i]) == answer
+        assert result.metrics[f"{task}_acc"] == pytest.approx(correct / len(rows))
+
+
+def test_packaged_demo_task_and_limit(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    result = benchmarks.get("wmdp", tasks=["mc_demo_local"], limit=5).evaluate(model, tokenizer)
+    assert result.num_examples == {"mc_demo": 5}
+    assert result.metrics["mc_demo_acc"] == pytest.approx(sum(r["acc"] for r in result.per_example["mc_demo"]) / 5)
+
+
+def test_missing_local_file_and_offline_builtin_task_fail_clearly(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="wmdp_cyber.json: JSON Lines"):
+        benchmarks.get("wmdp", tasks=["wmdp_cyber"], data_dir=tmp_path).task_specs()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="reads the Hub, which is switched off"):
+        benchmarks.get("wmdp", tasks=["mmlu"]).task_specs()
+    with pytest.raises(ValueError, match="No local task 'nope_local'"):
+        local_task_config("nope")
+
+
+def test_eval_cli_runs_a_local_task(tmp_path, model_and_tokenizer):
+    import argparse
+
+    from hf_unlearn.evaluation import add_eval_subparser
+
+    model, tokenizer = model_and_tokenizer
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    write_jsonl(tmp_path / "wmdp_bio.json", QUESTIONS)
+    parser = argparse.ArgumentParser()
+    add_eval_subparser(parser.add_subparsers())
+    args = parser.parse_args(
+        [
+            "eval",
+            "--model",
+            str(tmp_path / "model"),
+            "--benchmark",
+            "wmdp",
+            "--tasks",
+            "wmdp_bio",
+            "--data_dir",
+            str(tmp_path),
+            "--limit",
+            "3",
+            "--output_dir",
+            str(tmp_path / "out"),
+        ]
+    )
+    args.func(args)
+    summary = json.loads((tmp_path / "out" / "wmdp_summary.json").read_text())
+    per_example = json.loads((tmp_path / "out" / "wmdp_per_example.json").read_text())["splits"]["wmdp_bio"]
+    assert summary["num_examples"] == {"wmdp_bio": 3}
+    assert summary["metrics"]["wmdp_bio_acc"] == pytest.approx(sum(r["acc"] for r in per_example) / 3)
+    assert [r["target"] for r in per_example] == [answer for _, _, answer in QUESTIONS[:3]]

@@ -1,0 +1,197 @@
+"""Zeroth-order engine (seeded directions, finite differences) and ZerothOrderMixin on a tiny Llama."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hf_unlearn.optim import ZOSGD, SeededDirections, build_optimizer, derive_seed
+from hf_unlearn.optim.zo import projected_gradients
+from tests.scripts.optim_fixtures import RandomTokens, ZOTrainer, tiny_llama, training_args, weights
+
+
+def _params(*shapes, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [nn.Parameter(torch.randn(s, generator=gen, dtype=dtype)) for s in shapes]
+
+
+def test_sphere_directions_have_norm_sqrt_d():
+    params = _params((3, 4), (5,), (2, 2, 2))
+    engine = SeededDirections(params, "sphere")
+    assert engine.dim == 25
+    for seed in range(5):
+        sq = sum(float(engine.direction(seed, i).double().pow(2).sum()) for i in range(3))
+        assert math.sqrt(sq) == pytest.approx(5.0, rel=1e-6)
+
+
+def test_directions_are_regenerated_from_a_private_generator():
+    params = _params((4, 3), (6,))
+    global_state = torch.get_rng_state()
+    for kind in ("sphere", "gaussian", "rademacher"):
+        engine = SeededDirections(params, kind)
+        first = engine.direction(7, 0)
+        assert torch.equal(first, engine.direction(7, 0))
+        assert not torch.equal(first, engine.direction(8, 0))
+        assert not torch.equal(engine.direction(7, 1)[:6], engine.direction(7, 0).flatten()[:6])
+    rademacher = SeededDirections(params, "rademacher").direction(3, 0)
+    assert set(rademacher.unique().tolist()) == {-1.0, 1.0}
+    assert torch.equal(torch.get_rng_state(), global_state)  # the global RNG was never touched
+
+
+def _quadratic(d=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    m = torch.randn(d, d, generator=gen, dtype=torch.float64)
+    a = m @ m.T + torch.eye(d, dtype=torch.float64)
+    b = torch.randn(d, generator=gen, dtype=torch.float64)
+    theta = nn.Parameter(torch.randn(d, generator=gen, dtype=torch.float64))
+
+    def f():
+        return 0.5 * theta @ a @ theta + b @ theta
+
+    return theta, f, (a @ theta + b).detach()
+
+
+@pytest.mark.parametrize("kind", ["sphere", "gaussian", "rademacher"])
+def test_zo_estimate_is_unbiased_on_a_quadratic(kind):
+    theta, f, grad = _quadratic()
+    opt = ZOSGD([theta], lr=1.0, mu=1e-2, direction=kind, difference="forward")
+    samples = []
+    for seed in range(3000):
+        c, _ = projected_gradients(opt, f, [seed])
+        samples.append(c[0] * opt.directions.direction(seed, 0))
+        opt.directions.release()
+    samples = torch.stack(samples)
+    standard_error = samples.std(0) / math.sqrt(len(samples))
+    assert float(standard_error.max()) < 0.1 * float(grad.norm())  # the test has the power to see a bias
+    assert torch.all((samples.mean(0) - grad).abs() <= 4 * standard_error)
+
+
+def test_central_differences_are_exact_on_linear_and_quadratic_functions():
+    theta, f, grad = _quadratic()
+    opt = ZOSGD([theta], lr=0.5, mu=1e-3, num_directions=3, direction="sphere")
+    seeds = [11, 12, 13]
+    c, loss = projected_gradients(opt, f, seeds)
+    # central differences of a quadratic are exactly the directional derivative zᵀ∇f
+    expected = torch.stack([opt.directions.direction(s, 0) @ grad for s in seeds])
+    torch.testing.assert_close(c, expected, rtol=1e-8, atol=1e-9)
+    w = torch.tensor([1.0, -2.0, 0.5, 3.0, 0.0], dtype=torch.float64)
+    c_linear, _ = projected_gradients(opt, lambda: w @ theta, seeds)
+    torch.testing.assert_close(c_linear, torch.stack([opt.directions.direction(s, 0) @ w for s in seeds]))
+    # the loss reported with central differences is the mean of f(θ±μz) = f(θ) + O(μ²)
+    assert float(loss) == pytest.approx(f().item(), abs=1e-4)
+    before = theta.detach().clone()
+    for s, value in zip(seeds, c_linear.tolist()):
+        opt.record(s, value / 3)
+    opt.step()
+    step = sum(opt.directions.direction(s, 0) * (opt.directions.direction(s, 0) @ w) for s in seeds) / 3
+    torch.testing.assert_close(theta.data, before - 0.5 * step)
+
+
+def test_perturb_and_restore_returns_the_weights_up_to_one_rounding_step():
+    params = _params((64, 64), (64,))
+    before = [p.detach().clone() for p in params]
+    opt = ZOSGD(params, lr=1.0, mu=1e-3)
+    opt.perturb_(5, 1.0)
+    z = [opt.directions.direction(5, i) for i in range(2)]
+    for p, b, zi in zip(params, before, z):
+        torch.testing.assert_close(p.data, b + 1e-3 * zi)  # the perturbation really is +μz
+    opt.perturb_(5, -2.0)
+    opt.perturb_(5, 1.0)
+    for p, b, zi in zip(params, before, z):
+        # fp32 addition rounds: each weight may come back one ulp of |θ| + 2|μz| away, never further
+        one_ulp = torch.finfo(torch.float32).eps * (b.abs() + 2e-3 * zi.abs())
+        assert torch.all((p.data - b).abs() <= one_ulp)
+        assert float((p.data != b).float().mean()) < 0.6
+
+
+def test_only_trainable_parameters_are_perturbed():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    before = weights(model)
+    opt = build_optimizer(model, optimizer="zo_sgd", learning_rate=0.1)
+    opt.perturb_(1, 1.0)
+    after = weights(model)
+    assert torch.equal(after["0.weight"], before["0.weight"]) and torch.equal(after["0.bias"], before["0.bias"])
+    assert not torch.equal(after["1.weight"], before["1.weight"])
+
+
+class _AscentTrainer(ZOTrainer):
+    """Gradient ascent (negated mean token CE) that records the mode of every loss evaluation."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.calls.append((model.training, torch.is_grad_enabled()))
+        return -model(**inputs).loss
+
+
+def test_zo_step_matches_a_hand_computed_update(tmp_path):
+    model, reference = tiny_llama(), tiny_llama()
+    data = RandomTokens(n=4)
+    args = training_args(
+        tmp_path, optimizer="zo_sgd", max_steps=1, learning_rate=0.1, zo_mu=1e-3, train_sampling_strategy="sequential"
+    )
+    trainer = _AscentTrainer(model=model, args=args, train_dataset=data)
+    trainer.calls = []
+    trainer.train()
+    assert trainer.calls == [(False, False), (False, False)]  # 2 forwards, eval mode, no autograd
+    assert all(p.grad is None for p in model.parameters())
+
+    # by hand, on a copy: f(θ±μz) with the seed the mixin derives from (seed, global step 0, direction 0)
+    ref_opt = build_optimizer(reference, args, decay_parameter_names=trainer.get_decay_parameter_names(reference))
+    batch = {k: torch.stack([data[i][k] for i in range(4)]) for k in ("input_ids", "attention_mask", "labels")}
+    reference.eval()
+    seed = derive_seed(0, 0, 0)
+    with torch.no_grad():
+        ref_opt.perturb_(seed, 1.0)
+        plus = -reference(**batch).loss.double()
+        ref_opt.perturb_(seed, -2.0)
+        minus = -reference(**batch).loss.double()
+        ref_opt.perturb_(seed, 1.0)
+    c = float((plus - minus) / 2e-3)
+    assert trainer.optimizer.optimizer.last_projected_grad == pytest.approx(c, rel=1e-9)
+    start = weights(tiny_llama())
+    for index, p in enumerate(ref_opt.directions.params):
+        name = next(n for n, q in reference.named_parameters() if q is p)
+        expected = start[name] - 0.1 * c * ref_opt.directions.direction(seed, index)
+        torch.testing.assert_close(dict(model.named_parameters())[name].data, expected, rtol=0, atol=1e-6)
+
+
+class _Float64LossTrainer(ZOTrainer):
+    """Token cross-entropy in fp64 (the model's own loss upcasts to fp32 only), normalised one of two ways."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        labels = inputs["labels"][:, 1:]
+        nll = nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), reduction="sum")
+        if self.loss_is_scaled_for_ga:
+            return nll / num_items_in_batch  # already normalised over the accumulation window
+        return nll / labels.numel()  # per micro-batch mean: the Trainer's rule divides it by the accumulation steps
+
+
+@pytest.mark.parametrize("scaled_for_ga", [False, True])
+def test_gradient_accumulation_equals_the_large_batch(tmp_path, scaled_for_ga):
+    runs = {}
+    for bs, ga in [(4, 1), (2, 2)]:
+        model = tiny_llama().double()
+        args = training_args(
+            tmp_path / f"{bs}", optimizer="adazo", max_steps=3, per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga, learning_rate=1e-3,
+        )  # fmt: skip
+        trainer = _Float64LossTrainer(model=model, args=args, train_dataset=RandomTokens(n=12))
+        trainer.loss_is_scaled_for_ga = scaled_for_ga
+        trainer.train()
+        runs[ga] = (weights(model), [log["loss"] for log in trainer.state.log_history if "loss" in log])
+    assert runs[1][0].keys() == runs[2][0].keys()
+    for name in runs[1][0]:
+        torch.testing.assert_close(runs[2][0][name], runs[1][0][name], rtol=0, atol=1e-10)
+    assert runs[2][1] == pytest.approx(runs[1][1], rel=1e-6)
+    assert runs[1][0]["lm_head.weight"].ne(tiny_llama().double().lm_head.weight).any()  # the weights did move
+
+
+def test_lr_scheduler_keeps_stepping_through_zo_steps(tmp_path):
+    args = training_args(tmp_path, optimizer="zo_adam", max_steps=4, learning_rate=1e-2, lr_scheduler_type="linear")
+    trainer = ZOTrainer(model=tiny_llama(), args=args, train_dataset=RandomTokens())
+    trainer.train()
+    lrs = [log["learning_rate"] for log in trainer.state.log_history if "learning_rate" in log]
+    assert lrs == pytest.approx([1e-2, 7.5e-3, 5e-3, 2.5e-3])
+    assert trainer.optimizer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
