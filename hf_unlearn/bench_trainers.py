@@ -6,6 +6,7 @@ so the ratio should be ~1 (target ≤ 1.05); an online reference would add a for
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
 import time
@@ -46,6 +47,7 @@ def _median_step_time(method: str, model_dir: str, data, tokenizer, steps: int, 
             learning_rate=1e-5,
             logging_steps=steps + warmup,
             disable_tqdm=True,
+            dataloader_drop_last=True,  # a short last batch would make step times bimodal
             seed=0,
         )
         timer = StepTimer()
@@ -56,11 +58,18 @@ def _median_step_time(method: str, model_dir: str, data, tokenizer, steps: int, 
 
 
 def bench_npo_vs_grad_diff(
-    steps: int = 20, warmup: int = 3, batch_size: int = 8, hidden_size: int = 256, num_layers: int = 4
+    steps: int = 12,
+    warmup: int = 3,
+    rounds: int = 2,
+    batch_size: int = 8,
+    hidden_size: int = 256,
+    num_layers: int = 4,
 ) -> dict[str, float]:
     """Median step time of NPO (cached reference) and GradDiff on one tiny-ish llama and one batch size.
 
-    Returns `npo_step_s`, `grad_diff_step_s`, `ratio` (npo / grad_diff) and `target` (1.05).
+    The methods run alternately for `rounds` rounds and each keeps its fastest median, so load from other
+    processes on a shared CPU skews the ratio less. Returns `npo_step_s`, `grad_diff_step_s`, `ratio`
+    (npo / grad_diff) and `target` (1.05).
     """
     rows = make_synthetic_tofu(num_authors=10, qa_per_author=10)
     texts = [r["question"] + " " + r["answer"] for r in rows["full"]]
@@ -72,10 +81,11 @@ def bench_npo_vs_grad_diff(
     with tempfile.TemporaryDirectory() as model_dir:
         build_tiny_model(tokenizer, "llama", **overrides).save_pretrained(model_dir)
         torch.manual_seed(0)
-        times = {
-            method: _median_step_time(method, model_dir, data, tokenizer, steps, warmup, batch_size)
-            for method in ("grad_diff", "npo")
-        }
+        times = {"grad_diff": math.inf, "npo": math.inf}
+        for _ in range(rounds):
+            for method in times:
+                step = _median_step_time(method, model_dir, data, tokenizer, steps, warmup, batch_size)
+                times[method] = min(times[method], step)
     return {
         "npo_step_s": times["npo"],
         "grad_diff_step_s": times["grad_diff"],

@@ -11,6 +11,7 @@ import sys
 SUBCOMMANDS = {
     "run": ("hf_unlearn.run", "Run an unlearning recipe (YAML; flags override its keys)."),
     "demo": ("hf_unlearn.demo", "Run the embedded end-to-end demo on a tiny model and the synthetic benchmark."),
+    "eval": ("hf_unlearn.evaluation", "Evaluate a model on TOFU, MUSE or WMDP; write summary and per-example JSON."),
     "synthetic": ("hf_unlearn.benchmarks.synthetic_cli", "Write the synthetic fictitious-author benchmark."),
     "bench": ("hf_unlearn.bench", "Measure speed and memory ratios; write them as JSON."),
 }

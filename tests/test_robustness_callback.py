@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -132,3 +133,68 @@ def test_plain_checks_without_relearning_or_quantization():
     )
     assert results["relearn"] is None and results["quantization"] == {}
     assert results["unlearned"]["forget_nll"] == forget_nll(unlearned, forget, collator)
+
+
+def _ddp_worker(rank, world_size, port, model_dir, out_dir):
+    import datetime
+    import os
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed as dist
+
+    from hf_unlearn.data import DataCollatorForUnlearning, QADataset
+    from hf_unlearn.demo import mean_answer_nll
+    from hf_unlearn.tiny import load_model_and_tokenizer
+
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=120))
+    model, tokenizer = load_model_and_tokenizer(model_dir)
+    rows = json.loads((Path(model_dir) / "forget.json").read_text())
+    forget, collator = QADataset(rows, tokenizer), DataCollatorForUnlearning(tokenizer)
+
+    def collective_eval(model, _):
+        # Each rank scores its half and the sum is all-reduced: a rank that skipped evaluation would hang it.
+        mine = [forget[i] for i in range(rank, len(forget), world_size)]
+        total = torch.tensor([mean_answer_nll(model, mine, collator) * len(mine)], dtype=torch.float64)
+        dist.all_reduce(total)
+        return {"forget_nll": total.item() / len(forget)}
+
+    before = state_hash(model)
+    callback = RobustnessCallback(
+        RobustnessConfig(relearn_steps=[2, 4], relearn_lr=1e-3, quantization=["rtn4"]),
+        eval_fn=collective_eval,
+        relearn_data=rows,
+    )
+    state = TrainerState()
+    state.global_step = 5
+    callback.on_train_end(
+        SimpleNamespace(output_dir=out_dir), state, TrainerControl(), model=model, processing_class=tokenizer
+    )
+    record = {"run": callback.runs[0], "unchanged": state_hash(model) == before}
+    record["run"].pop("runtime_s")
+    (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(record))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_every_rank_runs_the_checks_and_rank0_writes(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    _, unlearned, tokenizer, splits, forget, collator = tiny_unlearned()
+    unlearned.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "model" / "forget.json").write_text(json.dumps(splits["forget10"]))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "model"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["unchanged"] and ranks[1]["unchanged"]
+    assert ranks[0]["run"] == ranks[1]["run"]  # same seed, same relearned copy, same gathered metrics
+    assert ranks[0]["run"]["unlearned"]["forget_nll"] == pytest.approx(forget_nll(unlearned, forget, collator))
+    document = json.loads((tmp_path / "robustness.json").read_text())
+    assert [r["global_step"] for r in document["runs"]] == [5]
