@@ -101,8 +101,12 @@ def _zo_step_time(batch_size, seq_len, repeats, direction, threads) -> dict:
 
     two_forwards()  # warm-up (allocator, kernels)
     _zo_step(model, optimizer, batch, next(step))
-    forwards = _median_time(two_forwards, repeats)
-    zo = _median_time(lambda: _zo_step(model, optimizer, batch, next(step)), repeats)
+    # interleaved, so that load from other processes hits both sides alike; medians
+    forward_times, zo_times = [], []
+    for _ in range(repeats):
+        forward_times.append(_median_time(two_forwards, 1))
+        zo_times.append(_median_time(lambda: _zo_step(model, optimizer, batch, next(step)), 1))
+    forwards, zo = statistics.median(forward_times), statistics.median(zo_times)
     return {
         "zo_step_s": zo,
         "two_forwards_s": forwards,

@@ -33,9 +33,13 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def _median_step_time(method: str, model_dir: str, data, tokenizer, steps: int, warmup: int, batch_size: int) -> float:
+RUNS = {"grad_diff": ("grad_diff", {}), "npo": ("npo", {}), "npo_online": ("npo", {"ref_log_probs": "online"})}
+
+
+def _median_step_time(run: str, model_dir: str, data, tokenizer, steps: int, warmup: int, batch_size: int) -> float:
     from hf_unlearn.trainers import get_method
 
+    method, overrides = RUNS[run]
     trainer_cls = get_method(method)
     with tempfile.TemporaryDirectory() as out:
         args = trainer_cls.config_class(
@@ -49,6 +53,7 @@ def _median_step_time(method: str, model_dir: str, data, tokenizer, steps: int, 
             disable_tqdm=True,
             dataloader_drop_last=True,  # a short last batch would make step times bimodal
             seed=0,
+            **overrides,
         )
         timer = StepTimer()
         trainer = trainer_cls(model_dir, args, train_dataset=data, processing_class=tokenizer, callbacks=[timer])
@@ -64,14 +69,26 @@ def bench_npo_vs_grad_diff(
     batch_size: int = 8,
     hidden_size: int = 256,
     num_layers: int = 4,
+    threads: int | None = 1,
 ) -> dict[str, float]:
     """Median step time of NPO (cached reference) and GradDiff on one tiny-ish llama and one batch size.
 
     The methods run alternately for `rounds` rounds and each keeps its fastest median, so load from other
     processes on a shared CPU skews the ratio less. Returns `npo_step_s`, `grad_diff_step_s`, `ratio`
-    (npo / grad_diff) and `target` (1.05).
+    (npo / grad_diff) and `target` (1.05). `threads` sets torch's CPU threads for the run (restored after; one
+    thread avoids oversubscription on a shared CPU; None keeps the current setting).
     """
-    rows = make_synthetic_tofu(num_authors=10, qa_per_author=10)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _bench(steps, warmup, rounds, batch_size, hidden_size, num_layers)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _bench(steps: int, warmup: int, rounds: int, batch_size: int, hidden_size: int, num_layers: int) -> dict:
+    rows = make_synthetic_tofu(num_authors=20, qa_per_author=10)
     texts = [r["question"] + " " + r["answer"] for r in rows["full"]]
     tokenizer = train_tokenizer(texts, vocab_size=1024)
     forget = QADataset(rows["forget10"], tokenizer)
@@ -81,7 +98,7 @@ def bench_npo_vs_grad_diff(
     with tempfile.TemporaryDirectory() as model_dir:
         build_tiny_model(tokenizer, "llama", **overrides).save_pretrained(model_dir)
         torch.manual_seed(0)
-        times = {"grad_diff": math.inf, "npo": math.inf}
+        times = dict.fromkeys(RUNS, math.inf)
         for _ in range(rounds):
             for method in times:
                 step = _median_step_time(method, model_dir, data, tokenizer, steps, warmup, batch_size)
@@ -90,6 +107,8 @@ def bench_npo_vs_grad_diff(
         "npo_step_s": times["npo"],
         "grad_diff_step_s": times["grad_diff"],
         "ratio": times["npo"] / times["grad_diff"],
+        "npo_online_step_s": times["npo_online"],
+        "online_ratio": times["npo_online"] / times["grad_diff"],
         "target": 1.05,
     }
 

@@ -12,6 +12,8 @@ SUBCOMMANDS = {
     "run": ("hf_unlearn.run", "Run an unlearning recipe (YAML; flags override its keys)."),
     "demo": ("hf_unlearn.demo", "Run the embedded end-to-end demo on a tiny model and the synthetic benchmark."),
     "eval": ("hf_unlearn.evaluation", "Evaluate a model on TOFU, MUSE or WMDP; write summary and per-example JSON."),
+    "attack": ("hf_unlearn.attacks.cli", "Relearning and quantization attacks on a saved model, evaluated."),
+    "lmc": ("hf_unlearn.analysis_cli", "Linear mode connectivity between two checkpoints: losses, barrier, plot."),
     "synthetic": ("hf_unlearn.benchmarks.synthetic_cli", "Write the synthetic fictitious-author benchmark."),
     "bench": ("hf_unlearn.bench", "Measure speed and memory ratios; write them as JSON."),
 }

@@ -56,6 +56,22 @@ class ScriptArguments:
     lora_target_modules: list[str] | None = field(
         default=None, metadata={"help": "Modules LoRA adapts (default: peft's choice for the architecture)."}
     )
+    evaluate: bool = field(
+        default=False, metadata={"help": "Evaluate the unlearned model on the benchmark after training."}
+    )
+    robustness: bool = field(
+        default=False,
+        metadata={"help": "After training, attack the model (relearn_* and quantization fields) and re-evaluate."},
+    )
+    retain_model_path: str | None = field(
+        default=None,
+        metadata={"help": "Model trained without the forget set: its statistics give forget quality and privleak."},
+    )
+    eval_max_new_tokens: int = field(default=200, metadata={"help": "Generation length of the TOFU evaluation."})
+    report_codes_changed: bool = field(
+        default=False,
+        metadata={"help": "Robustness: load the original model again to report the share of 4-bit codes changed."},
+    )
 
 
 def _flags(values: dict) -> list[str]:
@@ -91,7 +107,12 @@ def load_recipe(path: str | Path) -> dict:
 
 
 def parse_recipe(path: str | Path | None, overrides: list[str] | None = None, method: str | None = None):
-    """(ScriptArguments, method config) from a recipe file and command-line overrides (later flags win)."""
+    """(ScriptArguments, method config, RobustnessConfig) from a recipe file and flags (later flags win).
+
+    Every value is checked here, before any weight is loaded.
+    """
+    from hf_unlearn.optim.factory import validate_optimizer_args
+    from hf_unlearn.robustness import RobustnessConfig
     from hf_unlearn.trainers import get_method
 
     values = load_recipe(path) if path is not None else {}
@@ -100,15 +121,16 @@ def parse_recipe(path: str | Path | None, overrides: list[str] | None = None, me
         raise ValueError("No method given: put 'method: <name>' in the recipe or pass --method.")
     trainer_cls = get_method(method)
     config_cls = trainer_cls.config_class
-    known = field_names(ScriptArguments, config_cls)
+    known = field_names(ScriptArguments, config_cls, RobustnessConfig)
     unknown = sorted(set(values) - known)
     if unknown:
         hints = [
             f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown
         ]
         raise ValueError(f"Recipe {path}: unknown key(s) {', '.join(hints)}; see `hf-unlearn run --help`.")
-    parser = HfArgumentParser((ScriptArguments, config_cls))
-    script_args, config = parser.parse_args_into_dataclasses(args=_flags(values) + list(overrides or []))
+    parser = HfArgumentParser((ScriptArguments, config_cls, RobustnessConfig))
+    script_args, config, robustness = parser.parse_args_into_dataclasses(args=_flags(values) + list(overrides or []))
+    validate_optimizer_args(config)
     if script_args.benchmark not in BENCHMARKS_FOR_TRAINING:
         raise ValueError(
             f"benchmark={script_args.benchmark!r} cannot provide training data yet; "
@@ -118,7 +140,7 @@ def parse_recipe(path: str | Path | None, overrides: list[str] | None = None, me
         raise FileNotFoundError(f"data_dir {script_args.data_dir} is not a folder; point it at a local TOFU copy.")
     if not script_args.model_name_or_path:
         raise ValueError("model_name_or_path is required: a local model folder or a Hub id.")
-    return script_args, config
+    return script_args, config, robustness
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:

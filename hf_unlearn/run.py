@@ -50,8 +50,9 @@ def resolve_data_dir(script_args: ScriptArguments, config) -> str | None:
     return str(folder)
 
 
-def build_train_dataset(script_args: ScriptArguments, config, trainer_cls, tokenizer) -> ForgetRetainDataset:
-    data_dir = resolve_data_dir(script_args, config)
+def build_train_dataset(
+    script_args: ScriptArguments, config, trainer_cls, tokenizer, data_dir: str | None
+) -> ForgetRetainDataset:
     names = tofu_split_names(script_args.forget_split)
     retain_split = script_args.retain_split or names["retain"]
 
@@ -81,40 +82,73 @@ def peft_config(script_args: ScriptArguments):
     )  # fmt: skip
 
 
-def callbacks_for(config) -> list:
+def tofu_settings(script_args: ScriptArguments, data_dir: str | None) -> dict:
+    """How the TOFU evaluator reads this run's data, so evaluation and training see the same splits."""
+    return {
+        "forget_split": script_args.forget_split,
+        "data_dir": data_dir,
+        "template": script_args.qa_template,
+        "max_length": script_args.max_length,
+        "max_new_tokens": script_args.eval_max_new_tokens,
+        "retain_model": script_args.retain_model_path,
+    }
+
+
+def callbacks_for(script_args: ScriptArguments, config, robustness, data_dir: str | None) -> list:
     from hf_unlearn.callbacks import HybridScheduleCallback
+    from hf_unlearn.robustness import RobustnessCallback
 
-    return [HybridScheduleCallback()] if config.optimizer == "hybrid" else []
+    callbacks = [HybridScheduleCallback()] if config.optimizer == "hybrid" else []
+    if script_args.robustness:
+        original = None
+        if script_args.report_codes_changed:
+            from transformers import AutoModelForCausalLM
+
+            original = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path)
+        settings = tofu_settings(script_args, data_dir)
+        callbacks.append(
+            RobustnessCallback(robustness, benchmark="tofu", benchmark_settings=settings, original_model=original)
+        )
+    return callbacks
 
 
-def run(script_args: ScriptArguments, config) -> dict:
-    """Train the recipe's method and save the unlearned model; returns the training metrics."""
+def run(script_args: ScriptArguments, config, robustness) -> dict:
+    """Train the recipe's method, save the unlearned model, and evaluate / attack it if the recipe asks."""
     trainer_cls = trainer_class(script_args.method, config)
     # Checks that need the model's config (e.g. the RMU layer) run here, before weights are read.
     trainer_cls.check_model_config(trainer_cls, AutoConfig.from_pretrained(script_args.model_name_or_path), config)
     tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
-    train_dataset = build_train_dataset(script_args, config, trainer_cls, tokenizer)
+    data_dir = resolve_data_dir(script_args, config)
+    train_dataset = build_train_dataset(script_args, config, trainer_cls, tokenizer, data_dir)
     trainer = trainer_cls(
         model=script_args.model_name_or_path,
         args=config,
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=peft_config(script_args),
-        callbacks=callbacks_for(config),
+        callbacks=callbacks_for(script_args, config, robustness, data_dir),
     )
     result = trainer.train()
     trainer.save_model(config.output_dir)
+    summary = {"method": script_args.method, "optimizer": config.optimizer, "train": result.metrics}
+    if script_args.evaluate and not script_args.robustness:  # the robustness checks evaluate the model first
+        from hf_unlearn.evaluation import evaluate_model
+
+        unwrapped = trainer.accelerator.unwrap_model(trainer.model).eval()
+        evaluation = evaluate_model(
+            unwrapped, tokenizer, "tofu", config.output_dir, **tofu_settings(script_args, data_dir)
+        )
+        summary["eval"] = evaluation.metrics
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(config.output_dir)
-        summary = {"method": script_args.method, "optimizer": config.optimizer, "train": result.metrics}
         Path(config.output_dir, "run_summary.json").write_text(json.dumps(summary, indent=2))
-    return result.metrics
+    return summary
 
 
 def main(args) -> int:
-    script_args, config = parse_recipe(args.recipe, args.overrides)
-    metrics = run(script_args, config)
-    print(json.dumps(metrics, indent=2))
+    script_args, config, robustness = parse_recipe(args.recipe, args.overrides)
+    summary = run(script_args, config, robustness)
+    print(json.dumps(summary, indent=2))
     return 0
 
 

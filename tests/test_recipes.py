@@ -15,7 +15,7 @@ def test_recipes_folder_is_not_empty():
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
 def test_every_recipe_parses_into_its_method_config(recipe):
     # bf16 recipes target GPUs; on this CPU-only machine transformers accepts bf16 only with use_cpu.
-    script_args, config = parse_recipe(recipe, ["--use_cpu", "true"])
+    script_args, config, _ = parse_recipe(recipe, ["--use_cpu", "true"])
     assert type(config).__name__.lower().startswith(script_args.method.replace("_", ""))
     assert config.remove_unused_columns is False
 
@@ -23,9 +23,9 @@ def test_every_recipe_parses_into_its_method_config(recipe):
 def test_yaml_values_are_typed_and_flags_override(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("method: npo\nmodel_name_or_path: m\nlearning_rate: 1e-5\nbeta: 0.2\noutput_dir: o\n")
-    script_args, config = parse_recipe(recipe, ["--beta", "0.5", "--max_length", "64"])
+    script_args, config, robustness = parse_recipe(recipe, ["--beta", "0.5", "--relearn_steps", "3", "6"])
     assert config.learning_rate == 1e-5 and isinstance(config.learning_rate, float)  # YAML reads 1e-5 as a string
-    assert config.beta == 0.5 and script_args.max_length == 64 and script_args.model_name_or_path == "m"
+    assert config.beta == 0.5 and robustness.relearn_steps == [3, 6] and script_args.model_name_or_path == "m"
 
 
 def test_bad_recipes_fail_in_one_line_naming_the_fix(tmp_path):
@@ -38,6 +38,12 @@ def test_bad_recipes_fail_in_one_line_naming_the_fix(tmp_path):
         parse_recipe(recipe)
     recipe.write_text("method: npo\nmodel_name_or_path: m\nbeta: -1\n")
     with pytest.raises(ValueError, match="beta must be > 0"):
+        parse_recipe(recipe)
+    recipe.write_text("method: npo\nmodel_name_or_path: m\noptimizer: hybrid\nmax_steps: 30\nhybrid_fo_steps: 10\n")
+    with pytest.raises(ValueError, match="ends with a ZO phase; use max_steps=40"):
+        parse_recipe(recipe)
+    recipe.write_text("method: npo\nmodel_name_or_path: m\nquantization: [fp3]\n")
+    with pytest.raises(ValueError, match="fp3"):
         parse_recipe(recipe)
     recipe.write_text("method: npo\nmodel_name_or_path: m\nbenchmark: wmdp\n")
     with pytest.raises(ValueError, match="choose one of tofu, synthetic"):
