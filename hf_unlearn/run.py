@@ -115,8 +115,8 @@ def callbacks_for(script_args: ScriptArguments, config, robustness, data_dir: st
 def run(script_args: ScriptArguments, config, robustness) -> dict:
     """Train the recipe's method, save the unlearned model, and evaluate / attack it if the recipe asks."""
     trainer_cls = trainer_class(script_args.method, config)
-    # Checks that need the model's config (e.g. the RMU layer) run here, before weights are read.
-    trainer_cls.check_model_config(trainer_cls, AutoConfig.from_pretrained(script_args.model_name_or_path), config)
+    # Checks that need only the model's config (e.g. the RMU layer) run before the data is tokenised.
+    trainer_cls.check_model_config(AutoConfig.from_pretrained(script_args.model_name_or_path), config)
     tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
     data_dir = resolve_data_dir(script_args, config)
     train_dataset = build_train_dataset(script_args, config, trainer_cls, tokenizer, data_dir)

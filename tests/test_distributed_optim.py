@@ -48,7 +48,6 @@ def test_ddp_hybrid_npo_matches_one_process_with_the_same_global_batch(tmp_path)
     _launch([model_path, str(tmp_path / "single"), "4"], processes=1)
     rank0, rank1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1))
     single = torch.load(tmp_path / "single" / "rank0.pt")
-    start = torch.load(tmp_path / "model" / "model.safetensors") if False else None  # noqa: F841
     logs = json.loads((tmp_path / "ddp" / "logs0.json").read_text())
     assert [log["optim/phase"] for log in logs] == [0, 0, 1, 1]  # the run ended with ZO steps
     for name in rank0:
@@ -58,3 +57,37 @@ def test_ddp_hybrid_npo_matches_one_process_with_the_same_global_batch(tmp_path)
     assert [log["zo/projected_grad"] for log in logs[2:]] == pytest.approx(
         [log["zo/projected_grad"] for log in single_logs[2:]], rel=1e-3
     )
+
+
+ZERO2 = {
+    "zero_optimization": {"stage": 2},
+    "train_micro_batch_size_per_gpu": "auto",
+    "gradient_accumulation_steps": "auto",
+    "gradient_clipping": "auto",
+    "zero_allow_untested_optimizer": True,
+    "bf16": {"enabled": False},
+    "fp16": {"enabled": False},
+}
+
+
+@pytest.mark.slow
+def test_zero2_zo_phase_survives_the_next_fo_step(tmp_path):
+    config = tmp_path / "zero2.json"
+    config.write_text(json.dumps(ZERO2))
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+        str(SCRIPT.parent / "zero_hybrid_run.py"), str(tmp_path / "out"), str(config),
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert (tmp_path / "out" / "engine0.txt").read_text() == "DeepSpeedEngine DeepSpeedZeroOptimizer"
+    snaps, other_rank = (torch.load(tmp_path / "out" / f"snapshots{r}.pt") for r in (0, 1))
+    name = "model.layers.0.mlp.up_proj.weight"
+    steps = [(after[name] - before[name]).abs() for before, after in zip(snaps, snaps[1:])]
+    # schedule FO, ZO, FO, ZO with FO lr 1e-6 and ZO lr 1e-2 (bias-corrected AdaZO: first step = lr per weight)
+    assert 0 < float(steps[0].max()) <= 1.1e-6  # FO phases work under ZeRO-2
+    assert float(steps[1].mean()) == pytest.approx(1e-2, rel=1e-3)  # the ZO step
+    # the next FO step moves the weights by ~1e-6 only: had it restored the fp32 masters from before the ZO step,
+    # it would have undone the whole 1e-2 ZO change
+    assert float(steps[2].max()) <= 1.1e-6
+    assert all(torch.equal(snaps[-1][n], other_rank[-1][n]) for n in snaps[-1])

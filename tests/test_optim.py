@@ -1,5 +1,6 @@
 """Optimizer hierarchy: hand-computed updates on small tensors, the factory and its input validation."""
 
+import json
 import math
 
 import pytest
@@ -279,6 +280,31 @@ def test_bad_input_fails_in_one_line_naming_the_field(fields, message):
     with pytest.raises(ValueError, match="^[^\n]*$") as err:
         validate_optimizer_args(**fields)
     assert message in str(err.value)
+
+
+ZERO = {"zero_allow_untested_optimizer": True}
+
+
+@pytest.mark.parametrize(
+    ("deepspeed", "message"),
+    [
+        ({**ZERO, "zero_optimization": {"stage": 3}}, "do not support DeepSpeed ZeRO-3 yet"),
+        ({**ZERO, "zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}, "disable bf16/fp16"),
+        ({**ZERO, "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}, "offload_optimizer"),
+        ({"zero_optimization": {"stage": 2}}, '"zero_allow_untested_optimizer": true'),
+    ],
+)
+def test_unsupported_deepspeed_setups_fail_before_training(deepspeed, message):
+    with pytest.raises(ValueError, match="^[^\n]*$") as err:
+        validate_optimizer_args(optimizer="hybrid", deepspeed=deepspeed)
+    assert message in str(err.value)
+    validate_optimizer_args(optimizer="adamw", deepspeed=deepspeed)  # first order only: DeepSpeed's business
+
+
+def test_zero2_fp32_passes_validation(tmp_path):
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({**ZERO, "zero_optimization": {"stage": 2}, "bf16": {"enabled": "auto"}}))
+    validate_optimizer_args(optimizer="adazo", deepspeed=str(path))
 
 
 def test_valid_corner_cases_pass_validation():

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, TrainerState
 
 from hf_unlearn.benchmarks.synthetic import make_synthetic_tofu
 from hf_unlearn.data import DataCollatorForUnlearning, ForgetRetainDataset, QADataset, tokenize_qa
@@ -20,6 +20,7 @@ from hf_unlearn.trainers import (
     SimNPOConfig,
     get_method,
 )
+from hf_unlearn.trainers.base import PairingEpochCallback
 
 
 FORGET_SIZE = 4
@@ -316,20 +317,35 @@ def test_gradient_accumulation_matches_full_batch(method, config_cls, tmp_path, 
             [(e["loss"], e["loss/forget"], e["loss/retain"]) for e in trainer.state.log_history if "loss" in e]
         )
     assert len(histories[0]) == 5
+    assert [total for total, forget, retain in histories[0]] == pytest.approx(
+        [forget + retain for total, forget, retain in histories[0]], abs=1e-5
+    )  # the logged parts are the logged loss split by term (γ = α = 1)
     assert [v for step in histories[0] for v in step] == pytest.approx(
         [v for step in histories[1] for v in step], abs=1e-5
     )
 
 
-def test_lora_npo_trains_adapter_only(tmp_path, memorised_path, datasets, tokenizer):
+LORA_CASES = {
+    "grad_ascent": (GradAscentConfig, {}),
+    "grad_diff": (GradDiffConfig, {"retain_loss": "kl"}),
+    "npo": (NPOConfig, {}),
+    "simnpo": (SimNPOConfig, {}),
+    "rmu": (RMUConfig, {"layer": 1, "trainable_layers": [1], "steering_coeff": 20.0, "alpha": 1.0}),
+    "idk_dpo": (IdkDPOConfig, {}),
+}
+
+
+@pytest.mark.parametrize("method", list(LORA_CASES))
+def test_lora_trains_adapter_only(method, tmp_path, memorised_path, datasets, tokenizer):
     from peft import LoraConfig
 
+    config_cls, overrides = LORA_CASES[method]
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0)
-    args = config(NPOConfig, tmp_path, learning_rate=1e-2, max_steps=10)
-    trainer = get_method("npo")(
+    args = config(config_cls, tmp_path, learning_rate=1e-2, max_steps=10 if method == "npo" else 3, **overrides)
+    trainer = get_method(method)(
         memorised_path, args, train_dataset=datasets["pairs"], processing_class=tokenizer, peft_config=lora
     )
-    assert trainer.ref_model is None  # the reference is the base model with the adapter disabled
+    assert trainer.ref_model is None  # any reference is the base model with the adapter disabled
     before = weights(trainer.model)
     adapter = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert adapter and all("lora_" in n for n in adapter)
@@ -338,10 +354,30 @@ def test_lora_npo_trains_adapter_only(tmp_path, memorised_path, datasets, tokeni
     after = weights(trainer.model)
     assert [n for n in adapter if torch.equal(before[n], after[n])] == []
     assert [n for n in before if n not in adapter and not torch.equal(before[n], after[n])] == []
-    assert mean_token_nll(trainer.model.eval(), datasets["forget"]) > forget_before + 0.5
-    reference = AutoModelForCausalLM.from_pretrained(memorised_path).eval()
-    expected = [answer_log_prob(reference, datasets["forget"][i])[0] for i in range(FORGET_SIZE)]
-    assert trainer.ref_cache.tolist() == pytest.approx(expected, abs=1e-4)
+    if method == "npo":
+        assert mean_token_nll(trainer.model.eval(), datasets["forget"]) > forget_before + 0.5
+        reference = AutoModelForCausalLM.from_pretrained(memorised_path).eval()
+        expected = [answer_log_prob(reference, datasets["forget"][i])[0] for i in range(FORGET_SIZE)]
+        assert trainer.ref_cache.tolist() == pytest.approx(expected, abs=1e-4)
+
+
+def test_evaluation_reports_answer_nll(tmp_path, memorised_path, datasets, tokenizer):
+    model = perturbed_model(memorised_path)
+    args = config(GradDiffConfig, tmp_path, per_device_eval_batch_size=len(datasets["retain"]))
+    trainer = get_method("grad_diff")(
+        model, args, train_dataset=datasets["pairs"], eval_dataset=datasets["retain"], processing_class=tokenizer
+    )
+    metrics = trainer.evaluate()
+    assert metrics["eval_loss"] == pytest.approx(mean_token_nll(model, datasets["retain"]), abs=1e-5)
+
+
+def test_config_parses_from_command_line(tmp_path):
+    from transformers import HfArgumentParser
+
+    (args,) = HfArgumentParser(RMUConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--layer", "3", "--trainable_layers", "1", "2", "--alpha", "5"]
+    )
+    assert (args.layer, args.trainable_layers, args.alpha, args.remove_unused_columns) == (3, [1, 2], 5.0, False)
 
 
 # ---- bad input: one-line errors, before any weight is loaded --------------------------------------------------
@@ -398,3 +434,41 @@ def test_missing_data(tmp_path, memorised_path, datasets, no_weight_loading):
     forget_only = ForgetRetainDataset(datasets["forget"])
     with pytest.raises(ValueError, match="grad_diff with alpha=1.0 needs retain data"):
         get_method("grad_diff")(memorised_path, config(GradDiffConfig, tmp_path), train_dataset=forget_only)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
+def test_rmu_finds_layers_and_matches_hand_computation_on_every_architecture(arch, tmp_path, datasets, tokenizer):
+    """Decoder layers are found without architecture names (gpt2 calls them `transformer.h`, its MLP `c_proj`)."""
+    from hf_unlearn.trainers.rmu import decoder_layers
+
+    path = str(tmp_path / arch)
+    build_tiny_model(tokenizer, arch, seed=2).save_pretrained(path)
+    args = config(RMUConfig, tmp_path, layer=0, trainable_layers=[0], steering_coeff=4.0, alpha=2.0)
+    trainer = get_method("rmu")(path, args, train_dataset=datasets["pairs"], processing_class=tokenizer)
+    blocks = trainer.model.transformer.h if arch == "gpt2" else trainer.model.model.layers
+    assert decoder_layers(trainer.model) is blocks
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    down = blocks[0].mlp.c_proj.weight if arch == "gpt2" else blocks[0].mlp.down_proj.weight
+    assert len(trainable) == 1 and trainable[0] is down
+    forget, retain, batch = fixed_batch(datasets, tokenizer)
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, batch).item()
+    assert loss == pytest.approx(expected_loss("rmu", args, model, model, forget, retain, trainer, None), abs=1e-5)
+
+
+def test_pairing_reshuffles_every_epoch_through_the_trainer(tmp_path, memorised_path, datasets, tokenizer):
+    """Under DDP accelerate does not reach the dataset's set_epoch; the trainer's own callback must."""
+    pairs = ForgetRetainDataset(datasets["forget"], datasets["retain"], seed=0)
+    seen = []
+    original_set_epoch = pairs.set_epoch
+    pairs.set_epoch = lambda epoch: (seen.append(epoch), original_set_epoch(epoch))
+    args = config(GradDiffConfig, tmp_path, max_steps=-1, num_train_epochs=3)
+    trainer = get_method("grad_diff")(memorised_path, args, train_dataset=pairs, processing_class=tokenizer)
+    callback = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, PairingEpochCallback))
+    trainer.train()
+    assert {0, 1, 2} <= set(seen) and pairs.epoch == 2
+    seen.clear()
+    callback.on_epoch_begin(args, TrainerState(epoch=1.9999999999), None)  # float error at an epoch boundary
+    callback.on_epoch_begin(args, TrainerState(epoch=2.5), None)  # resumed mid-epoch
+    assert seen == [2, 2]

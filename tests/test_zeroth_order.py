@@ -88,7 +88,7 @@ def test_central_differences_are_exact_on_linear_and_quadratic_functions():
     torch.testing.assert_close(theta.data, before - 0.5 * step)
 
 
-def test_perturb_and_restore_returns_the_weights_up_to_one_rounding_step():
+def test_perturb_and_restore_returns_the_weights_up_to_rounding():
     params = _params((64, 64), (64,))
     before = [p.detach().clone() for p in params]
     opt = ZOSGD(params, lr=1.0, mu=1e-3)
@@ -99,9 +99,10 @@ def test_perturb_and_restore_returns_the_weights_up_to_one_rounding_step():
     opt.perturb_(5, -2.0)
     opt.perturb_(5, 1.0)
     for p, b, zi in zip(params, before, z):
-        # fp32 addition rounds: each weight may come back one ulp of |θ| + 2|μz| away, never further
-        one_ulp = torch.finfo(torch.float32).eps * (b.abs() + 2e-3 * zi.abs())
-        assert torch.all((p.data - b).abs() <= one_ulp)
+        # three fp32 roundings (+μz, −2μz, +μz), each at most half an ulp of a value ≤ |θ| + |μz|: the weights come
+        # back within 1.5·eps·(|θ| + |μz|), and in-place restoring cannot do better without a copy of the weights
+        bound = 1.5 * torch.finfo(torch.float32).eps * (b.abs() + 1e-3 * zi.abs()) * (1 + 1e-6)
+        assert torch.all((p.data - b).abs() <= bound)
         assert float((p.data != b).float().mean()) < 0.6
 
 

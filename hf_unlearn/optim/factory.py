@@ -16,6 +16,7 @@ from .args import FIRST_ORDER_OPTIMIZERS, KNOWN_OPTIMIZERS, ZEROTH_ORDER_OPTIMIZ
 from .compressed import QAdam, SignAdam, SignSGD
 from .hybrid import HybridOptimizer
 from .sophia import SophiaG
+from .zero import validate_deepspeed_for_zo
 from .zo import DIFFERENCES, DIRECTIONS, ZOSGD, AdaZO, ZOAdam
 
 
@@ -29,6 +30,8 @@ _TRAINING_DEFAULTS = {
     "seed": 42,
     "fp16": False,
     "max_steps": -1,
+    "bf16": False,
+    "deepspeed": None,
 }
 
 
@@ -107,6 +110,8 @@ def validate_optimizer_args(args: Any = None, **overrides) -> SimpleNamespace:
             f"fp16=True cannot be combined with optimizer={cfg.optimizer!r}: its zeroth-order steps have no "
             "backward to loss-scale; set fp16=False and use bf16=True or fp32"
         )
+    if uses_zeroth_order(cfg):
+        validate_deepspeed_for_zo(cfg)
     return cfg
 
 

@@ -32,6 +32,8 @@ class HybridOptimizer(Optimizer):
         # torch's base __init__ sets up hooks and bookkeeping; its own group copies are then replaced by fo's.
         super().__init__(fo_params, {})
         self.param_groups = fo.param_groups
+        # Wrappers (DeepSpeed ZeRO) that re-point param_groups also read `state`: it must be the FO state alongside.
+        self.state = fo.state
         self.fo, self.zo = fo, zo
         self.zo_lr_scale = zo_lr_scale
         self.phase = phase
@@ -71,6 +73,7 @@ class HybridOptimizer(Optimizer):
         self.fo.load_state_dict(state_dict["fo"])
         self.zo.load_state_dict(state_dict["zo"])
         self.param_groups = self.fo.param_groups
+        self.state = self.fo.state
         self.zo_lr_scale = state_dict.get("zo_lr_scale", self.zo_lr_scale)
         self.phase = state_dict["phase"]
 

@@ -7,9 +7,9 @@ time), and records the projected gradient ``c = (f(θ+μz) − f(θ−μz)) / 2�
 ``ĝ = Σ_records c·z``.
 
 Restoring by ``+μz`` after ``−2μz`` is exact in real arithmetic but not bit-exact in floating point: each weight
-may come back one rounding step (≤ 1 ulp of ``|θ| + |μz|``) away. Bit-exact restoring in place would need a copy of
-the weights, which is the memory ZO exists to save. Runs stay deterministic (bit-exact resumption holds); in
-bf16/fp16 the rounding step is much coarser, so perturb fp32 weights when precision matters.
+may come back up to three half-ulp roundings (≤ 1.5·eps·(|θ| + |μz|)) away. Bit-exact restoring in place would
+need a copy of the weights, which is the memory ZO exists to save. Runs stay deterministic (bit-exact resumption
+holds); in bf16/fp16 the rounding step is much coarser, so perturb fp32 weights when precision matters.
 """
 
 from __future__ import annotations

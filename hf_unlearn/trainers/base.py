@@ -8,12 +8,13 @@ combination, gradient-accumulation normalisation, the frozen reference model and
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
 from transformers.utils import is_peft_available
 
 from hf_unlearn.configs import UnlearnConfig
@@ -93,6 +94,8 @@ class UnlearnTrainer(Trainer):
         if processing_class is None and isinstance(model_path, str) and model_path:
             processing_class = AutoTokenizer.from_pretrained(model_path)
         if data_collator is None:
+            if processing_class is None:
+                raise ValueError(f"{self._name}: no tokenizer path known; pass processing_class.")
             data_collator = DataCollatorForUnlearning(processing_class)
         super().__init__(
             model=model,
@@ -108,6 +111,8 @@ class UnlearnTrainer(Trainer):
             self.ref_model = self._prepare_reference(args.ref_model_path or model_path)
         self._log_sums: dict[str, torch.Tensor] = defaultdict(float)
         self._log_from_step = 0
+        if hasattr(train_dataset, "set_epoch"):
+            self.add_callback(PairingEpochCallback(train_dataset))
 
     # ---- what a method declares --------------------------------------------------------------------------------
 
@@ -121,7 +126,8 @@ class UnlearnTrainer(Trainer):
         """Whether the loss reads a frozen reference model."""
         return cls.uses_retain(args) and args.retain_loss == "kl"
 
-    def check_model_config(self, config, args: UnlearnConfig) -> None:
+    @classmethod
+    def check_model_config(cls, config, args: UnlearnConfig) -> None:
         """Checks that need only the model's config; run before any weight is loaded."""
 
     def forget_loss(self, model, forget: dict[str, torch.Tensor], counts: SideCounts) -> torch.Tensor:
@@ -167,6 +173,10 @@ class UnlearnTrainer(Trainer):
             from trl.models import prepare_deepspeed
 
             return prepare_deepspeed(ref, self.accelerator)
+        if self.is_fsdp_enabled:
+            from trl.models import prepare_fsdp
+
+            return prepare_fsdp(ref, self.accelerator)
         return self.accelerator.prepare_model(ref, evaluation_mode=True)
 
     @contextlib.contextmanager
@@ -266,6 +276,21 @@ class UnlearnTrainer(Trainer):
             self._log_sums.clear()
             self._log_from_step = self.state.global_step
         super().log(logs, start_time)
+
+
+class PairingEpochCallback(TrainerCallback):
+    """Re-pair forget and retain examples at each epoch on every process.
+
+    accelerate forwards `set_epoch` to the dataset only when its sampler has none, which is not the case under
+    DDP: without this callback a multi-process run would keep epoch 0's pairing while a single process reshuffles.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is fractional after a mid-epoch resume; the small offset absorbs float error at boundaries.
+        self.dataset.set_epoch(math.floor(state.epoch + 1e-9))
 
 
 def _loaded_from(model) -> str | None:

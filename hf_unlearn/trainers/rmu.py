@@ -107,7 +107,8 @@ class RMUTrainer(UnlearnTrainer):
     def needs_reference(cls, args) -> bool:
         return cls.uses_retain(args)
 
-    def check_model_config(self, config, args) -> None:
+    @classmethod
+    def check_model_config(cls, config, args) -> None:
         count = config.num_hidden_layers
         if args.layer >= count:
             raise ValueError(

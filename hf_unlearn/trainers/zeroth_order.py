@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from hf_unlearn.optim.hybrid import zo_optimizer_of
+from hf_unlearn.optim.zero import zo_step_under_deepspeed
 from hf_unlearn.optim.zo import ZerothOrderOptimizer, derive_seed, projected_gradients
 
 
@@ -24,7 +25,9 @@ class ZerothOrderMixin:
     ZO phase) is zeroth order, the step runs the seeded ±μ forwards through ``self.compute_loss`` with no autograd and
     the model in eval mode (no dropout), records the projected gradients into the optimizer for its ``step()``, and
     returns the loss for logging; no ``.grad`` and no activation graph is created. Otherwise it defers to
-    ``super().training_step``. fp16 loss scaling is rejected at config time (nothing to scale).
+    ``super().training_step``. fp16 loss scaling is rejected at config time (nothing to scale). Under DeepSpeed
+    ZeRO-0/1/2 (fp32) the update is applied at the end of the accumulation window and copied into the fp32 master
+    partitions (see ``hf_unlearn.optim.zero``); ZeRO-3 is rejected at config time.
     """
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -61,6 +64,9 @@ class ZerothOrderMixin:
         for seed, c in zip(seeds, projected.tolist()):
             zo.record(seed, c)
         zo.last_projected_grad = sum(zo.pending_records.values())
+        if self.is_deepspeed_enabled and self.accelerator.sync_gradients:
+            # DeepSpeed steps its optimizer only from backward, which ZO never calls: apply the update here.
+            zo_step_under_deepspeed(self.optimizer, self.lr_scheduler)
         return loss.to(device=self.args.device, dtype=torch.float32)
 
     def _zo_loss_is_scaled_for_ga(self, num_items_in_batch) -> bool:

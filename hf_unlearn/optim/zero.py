@@ -1,0 +1,100 @@
+"""Zeroth-order steps under DeepSpeed ZeRO stage 1/2: the update must reach DeepSpeed's fp32 master partitions.
+
+Under ZeRO the optimizer the Trainer sees is a no-op wrapper: DeepSpeed's engine steps its ZeRO optimizer (and the
+lr scheduler) from ``backward``, which a ZO step never calls. And the weights the ZO engine perturbs and updates are
+the module's, while the ZeRO optimizer keeps fp32 master partitions that it copies back over the module after every
+first-order step: left alone, a ZO phase's change would be overwritten by the next FO step. So a ZO step under ZeRO
+steps our optimizer itself, copies the updated module weights into the master partitions, and steps the scheduler.
+
+Supported: ZeRO stage 0-2 in fp32 without offload (module weights and masters are then the same numbers, so the copy
+is exact). Stage 3, fp16/bf16 and offload are rejected at config time (``validate_deepspeed_for_zo``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .hybrid import unwrap_optimizer
+
+
+def _find_in_chain(optimizer, attribute: str):
+    seen = set()
+    while optimizer is not None and id(optimizer) not in seen:
+        if hasattr(optimizer, attribute):
+            return optimizer
+        seen.add(id(optimizer))
+        optimizer = getattr(optimizer, "optimizer", None)
+    return None
+
+
+def load_deepspeed_config(deepspeed: Any) -> dict | None:
+    """The DeepSpeed config given to ``TrainingArguments.deepspeed`` (a dict, a JSON path, or None)."""
+    if deepspeed is None or deepspeed == "":
+        return None
+    if isinstance(deepspeed, dict):
+        return deepspeed
+    return json.loads(Path(deepspeed).read_text())
+
+
+def _enabled(section: Any, fallback: bool) -> bool:
+    if not isinstance(section, dict):
+        return False
+    value = section.get("enabled", False)
+    return fallback if value == "auto" else bool(value)
+
+
+def validate_deepspeed_for_zo(cfg: Any) -> None:
+    """Reject DeepSpeed setups a zeroth-order step cannot keep consistent, in one line naming the fix."""
+    ds = load_deepspeed_config(getattr(cfg, "deepspeed", None))
+    if ds is None:
+        return
+    zero = ds.get("zero_optimization", {}) or {}
+    stage = zero.get("stage", 0)
+    name = f"optimizer={cfg.optimizer!r}"
+    if stage == 3:
+        raise ValueError(
+            f"{name} runs zeroth-order steps, which do not support DeepSpeed ZeRO-3 yet (partitioned weights); "
+            "use zero_optimization.stage 2 (or 0/1) or plain DDP"
+        )
+    if _enabled(ds.get("bf16"), getattr(cfg, "bf16", False)) or _enabled(ds.get("fp16"), getattr(cfg, "fp16", False)):
+        raise ValueError(
+            f"{name} runs zeroth-order steps, which under DeepSpeed need fp32 weights (copying bf16/fp16 module "
+            "weights into the fp32 masters would truncate them); disable bf16/fp16 in the DeepSpeed config"
+        )
+    for key in ("offload_optimizer", "offload_param"):
+        device = (zero.get(key) or {}).get("device", "none")
+        if device not in (None, "none"):
+            raise ValueError(f"{name} under DeepSpeed does not support zero_optimization.{key}; remove it")
+    if stage >= 1 and ds.get("zero_allow_untested_optimizer") is not True:
+        raise ValueError(
+            f'{name} is not an optimizer DeepSpeed knows; add "zero_allow_untested_optimizer": true to the '
+            "DeepSpeed config"
+        )
+
+
+@torch.no_grad()
+def sync_zero_masters_from_module(optimizer) -> None:
+    """Copy the module weights into the ZeRO-1/2 fp32 master partitions (no-op when there are no masters)."""
+    zero = _find_in_chain(optimizer, "single_partition_of_fp32_groups")
+    if zero is None:
+        if _find_in_chain(optimizer, "fp32_partitioned_groups_flat") is not None:
+            raise RuntimeError("zeroth-order steps do not support DeepSpeed ZeRO-3; use stage 2 or DDP")
+        return  # ZeRO-0: the optimizer holds the module weights themselves
+    import deepspeed.comm as dist
+
+    for i, master in enumerate(zero.single_partition_of_fp32_groups):
+        partition_id = dist.get_rank(group=zero.real_dp_process_group[i])
+        master.data.copy_(zero.parallel_partitioned_bit16_groups[i][partition_id].data)
+
+
+def zo_step_under_deepspeed(optimizer, lr_scheduler) -> None:
+    """Apply the recorded ZO update, push it into the ZeRO masters and step the lr scheduler, as engine.step would."""
+    unwrap_optimizer(optimizer).step()
+    sync_zero_masters_from_module(optimizer)
+    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's DeepSpeed wrapper steps nothing
+    if scheduler is not None:
+        scheduler.step()

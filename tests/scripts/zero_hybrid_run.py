@@ -1,0 +1,61 @@
+"""Hybrid (1 FO step, 1 ZO step, alternating) on a tiny Llama under DeepSpeed; one process per rank.
+
+Usage: torchrun --nproc_per_node 2 zero_hybrid_run.py OUT_DIR DEEPSPEED_JSON
+
+Saves the weights after every optimizer step (and before the first) to OUT_DIR/snapshots{RANK}.pt. The FO learning
+rate is tiny and the ZO one large, so a ZO change lost in the next FO step would show as a jump of its own size.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `tests.scripts`
+
+import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from hf_unlearn.callbacks import HybridScheduleCallback  # noqa: E402
+from tests.scripts.optim_fixtures import RandomTokens, ZOTrainer, tiny_llama, training_args, weights  # noqa: E402
+
+
+class Snapshots(TrainerCallback):
+    def __init__(self):
+        self.snapshots = []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.snapshots.append(weights(model))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.snapshots.append(weights(model))
+
+
+def main(out_dir: str, deepspeed: str) -> None:
+    args = training_args(
+        out_dir,
+        use_cpu=False,
+        deepspeed=deepspeed,
+        optimizer="hybrid",
+        hybrid_fo_steps=1,
+        max_steps=4,
+        learning_rate=1e-6,
+        zo_learning_rate=1e-2,
+        per_device_train_batch_size=2,
+    )
+    snapshots = Snapshots()
+    trainer = ZOTrainer(
+        model=tiny_llama(),
+        args=args,
+        train_dataset=RandomTokens(n=16),
+        callbacks=[HybridScheduleCallback.from_args(args), snapshots],
+    )
+    trainer.train()
+    rank = int(os.environ.get("RANK", "0"))
+    torch.save(snapshots.snapshots, Path(out_dir) / f"snapshots{rank}.pt")
+    engine_optimizer = type(trainer.model_wrapped.optimizer).__name__
+    (Path(out_dir) / f"engine{rank}.txt").write_text(f"{type(trainer.model_wrapped).__name__} {engine_optimizer}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
