@@ -98,7 +98,7 @@ def callbacks_for(script_args: ScriptArguments, config, robustness, data_dir: st
     from hf_unlearn.callbacks import HybridScheduleCallback
     from hf_unlearn.robustness import RobustnessCallback
 
-    callbacks = [HybridScheduleCallback()] if config.optimizer == "hybrid" else []
+    callbacks = [HybridScheduleCallback.from_args(config)] if config.optimizer == "hybrid" else []
     if script_args.robustness:
         original = None
         if script_args.report_codes_changed:

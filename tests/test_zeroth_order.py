@@ -196,3 +196,38 @@ def test_lr_scheduler_keeps_stepping_through_zo_steps(tmp_path):
     lrs = [log["learning_rate"] for log in trainer.state.log_history if "learning_rate" in log]
     assert lrs == pytest.approx([1e-2, 7.5e-3, 5e-3, 2.5e-3])
     assert trainer.optimizer.optimizer.param_groups[0]["lr"] == pytest.approx(0.0)
+
+
+def test_the_mixin_composes_with_trl_sft_trainer(tmp_path):
+    from dataclasses import dataclass
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from hf_unlearn.optim import OptimizerArguments, OptimizerFactoryMixin
+    from hf_unlearn.tiny import build_tiny_model, train_tokenizer
+    from hf_unlearn.trainers.zeroth_order import ZerothOrderMixin
+
+    @dataclass
+    class ZOSFTConfig(SFTConfig, OptimizerArguments):
+        pass
+
+    class ZOSFTTrainer(ZerothOrderMixin, OptimizerFactoryMixin, SFTTrainer):
+        pass
+
+    texts = ["the cat sat on the mat", "a dog ran in the park", "birds fly over the sea", "fish swim in the lake"]
+    tokenizer = train_tokenizer(texts, vocab_size=100)
+    model = build_tiny_model(tokenizer, "llama")
+    before = weights(model)
+    args = ZOSFTConfig(
+        output_dir=str(tmp_path), optimizer="adazo", max_steps=1, per_device_train_batch_size=4, report_to="none",
+        use_cpu=True, learning_rate=1e-3, lr_scheduler_type="constant", disable_tqdm=True, save_strategy="no",
+    )  # fmt: skip
+    trainer = ZOSFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_dict({"text": texts}), processing_class=tokenizer
+    )
+    trainer.train()
+    assert all(p.grad is None for p in model.parameters())
+    # bias-corrected AdaZO's first step moves every trainable weight by exactly lr
+    for name, value in weights(model).items():
+        torch.testing.assert_close((value - before[name]).abs(), torch.full_like(value, 1e-3), rtol=1e-3, atol=1e-7)
