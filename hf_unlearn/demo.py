@@ -159,8 +159,8 @@ def main(args):
 
     overrides = [
         "--model_name_or_path", str(original), "--benchmark", "tofu", "--data_dir", str(data_dir),
-        "--retain_model_path", str(retain_model), "--robustness", "true", "--report_codes_changed", "true", "--eval_max_new_tokens", "48",
-        "--disable_tqdm", "true", "--seed", str(args.seed),
+        "--retain_model_path", str(retain_model), "--robustness", "true", "--report_codes_changed", "true",
+        "--eval_max_new_tokens", "48", "--disable_tqdm", "true", "--seed", str(args.seed),
     ]  # fmt: skip
     for variant in args.variants:
         print(f"Unlearning with NPO + {variant}, then attacking the result ...")
