@@ -1,0 +1,66 @@
+"""The recipe runner end to end: a hybrid NPO run on a tiny model, evaluated and attacked, from a recipe file."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
+from hf_unlearn.cli import main
+from hf_unlearn.tiny import build_tiny_model, train_tokenizer
+from tests.helpers import synthetic_splits
+
+
+DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    data_dir = write_synthetic_tofu(folder / "data", num_authors=10, qa_per_author=4)
+    rows = synthetic_splits()
+    tokenizer = train_tokenizer([r["question"] + " " + r["answer"] for r in rows["full"]], vocab_size=400)
+    model = build_tiny_model(tokenizer, hidden_size=32, intermediate_size=64)
+    model.save_pretrained(folder / "original")
+    tokenizer.save_pretrained(folder / "original")
+    return folder, data_dir
+
+
+def test_hybrid_recipe_trains_evaluates_and_attacks(original, capsys):
+    folder, data_dir = original
+    out = folder / "npo_hybrid"
+    flags = ["--model_name_or_path", str(folder / "original"), "--benchmark", "tofu", "--data_dir", str(data_dir)]
+    flags += ["--output_dir", str(out), "--max_steps", "4", "--hybrid_fo_steps", "1", "--hybrid_zo_steps", "1"]
+    flags += ["--robustness", "true", "--relearn_steps", "1", "2", "--quantization", "rtn4"]
+    flags += ["--eval_max_new_tokens", "4", "--report_codes_changed", "true", "--disable_tqdm", "true"]
+    assert main(["run", str(DEMO_RECIPE), *flags]) == 0
+
+    summary = json.loads((out / "run_summary.json").read_text())
+    assert summary["method"] == "npo" and summary["optimizer"] == "hybrid"
+    before = AutoModelForCausalLM.from_pretrained(folder / "original").state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    run = json.loads((out / "robustness.json").read_text())["runs"][-1]
+    assert run["trigger"] == "train_end" and run["global_step"] == 4
+    assert [p["step"] for p in run["relearn"]["curve"]] == [1, 2]
+    assert 0 < run["quantization"]["rtn4"]["codes_changed_fraction"] <= 1
+    for metrics in (run["unlearned"], run["relearn"]["curve"][-1]["metrics"], run["quantization"]["rtn4"]["metrics"]):
+        assert 0 <= metrics["forget_prob"] <= 1 and "model_utility" in metrics
+    assert '"optimizer": "hybrid"' in capsys.readouterr().out
+
+
+def test_bad_recipe_fails_before_any_weight_is_read(original, monkeypatch):
+    folder, data_dir = original
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights were loaded")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+    base = ["run", str(DEMO_RECIPE), "--model_name_or_path", str(folder / "original"), "--data_dir", str(data_dir)]
+    with pytest.raises(ValueError, match="max_steps=30 must be a multiple"):
+        main([*base, "--max_steps", "30"])
+    with pytest.raises(ValueError, match="fp16=True cannot be combined"):
+        main([*base, "--fp16", "true", "--use_cpu", "false"])
