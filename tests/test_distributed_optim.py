@@ -27,18 +27,33 @@ def _env() -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
+def _run(command_for_port, timeout: int) -> None:
+    """Run a launcher; retry once on a port taken between choosing it and binding it (other test runs share ports)."""
+    for attempt in range(2):
+        result = subprocess.run(
+            command_for_port(_free_port()), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
+        )
+        if result.returncode == 0:
+            return
+        if attempt == 0 and "address already in use" in (result.stdout + result.stderr).lower():
+            continue
+        break
+    raise AssertionError(result.stdout[-3000:] + result.stderr[-5000:])
+
+
 def _launch(args: list[str], processes: int, timeout: int = 240) -> None:
     if processes == 1:
-        command = [sys.executable, str(SCRIPT), *args]
-    else:
-        # --multi_gpu selects DDP over gloo on a CPU-only machine; --cpu would silently run one process
-        command = [
+        _run(lambda port: [sys.executable, str(SCRIPT), *args], timeout)
+        return
+    # --multi_gpu selects DDP over gloo on a CPU-only machine; --cpu would silently run one process
+    _run(
+        lambda port: [
             sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(_free_port()), str(SCRIPT), *args,
-        ]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+            "--main_process_port", str(port), str(SCRIPT), *args,
+        ],
+        timeout,
+    )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -74,12 +89,13 @@ ZERO2 = {
 def test_zero2_zo_phase_survives_the_next_fo_step(tmp_path):
     config = tmp_path / "zero2.json"
     config.write_text(json.dumps(ZERO2))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-        str(SCRIPT.parent / "zero_hybrid_run.py"), str(tmp_path / "out"), str(config),
-    ]  # fmt: skip
-    result = subprocess.run(command, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    _run(
+        lambda port: [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+            str(SCRIPT.parent / "zero_hybrid_run.py"), str(tmp_path / "out"), str(config),
+        ],
+        timeout=400,
+    )  # fmt: skip
     assert (tmp_path / "out" / "engine0.txt").read_text() == "DeepSpeedEngine DeepSpeedZeroOptimizer"
     snaps, other_rank = (torch.load(tmp_path / "out" / f"snapshots{r}.pt") for r in (0, 1))
     name = "model.layers.0.mlp.up_proj.weight"

@@ -143,21 +143,21 @@ def _ddp_worker(rank, world_size, port, model_dir, out_dir):
     import torch
     import torch.distributed as dist
 
-    from hf_unlearn.data import DataCollatorForUnlearning, QADataset
-    from hf_unlearn.demo import mean_answer_nll
+    from hf_unlearn.data import QADataset
     from hf_unlearn.tiny import load_model_and_tokenizer
+    from tests.helpers import mean_answer_nll
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=120))
     model, tokenizer = load_model_and_tokenizer(model_dir)
     rows = json.loads((Path(model_dir) / "forget.json").read_text())
-    forget, collator = QADataset(rows, tokenizer), DataCollatorForUnlearning(tokenizer)
+    forget = QADataset(rows, tokenizer)
 
     def collective_eval(model, _):
         # Each rank scores its half and the sum is all-reduced: a rank that skipped evaluation would hang it.
         mine = [forget[i] for i in range(rank, len(forget), world_size)]
-        total = torch.tensor([mean_answer_nll(model, mine, collator) * len(mine)], dtype=torch.float64)
+        total = torch.tensor([mean_answer_nll(model, mine) * len(mine)], dtype=torch.float64)
         dist.all_reduce(total)
         return {"forget_nll": total.item() / len(forget)}
 

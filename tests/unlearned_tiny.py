@@ -12,8 +12,8 @@ import torch
 
 from hf_unlearn.benchmarks.synthetic import make_synthetic_tofu
 from hf_unlearn.data import DataCollatorForUnlearning, QADataset
-from hf_unlearn.demo import mean_answer_nll
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
+from tests.helpers import mean_answer_nll
 
 
 @contextmanager
@@ -61,7 +61,7 @@ def tiny_unlearned():
 
 
 def forget_nll(model, forget, collator) -> float:
-    return mean_answer_nll(model, forget, collator)
+    return mean_answer_nll(model, forget)
 
 
 def state_hash(model) -> str:
