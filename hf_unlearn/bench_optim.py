@@ -134,7 +134,7 @@ def bench_zo_peak_memory(batch_size: int = 8, seq_len: int = 256, steps: int = 3
     }
 
 
-def bench_hybrid_wall_time(n: int = 20, batch_size: int = 8, seq_len: int = 128, threads: int | None = 1) -> dict:
+def bench_hybrid_wall_time(n: int = 20, batch_size: int = 8, seq_len: int = 256, threads: int | None = 1) -> dict:
     """Wall time of a hybrid period (n AdamW steps then n AdaZO steps) over 2n AdamW steps, same model and data."""
     with _threads(threads) as used:
         return _hybrid_wall_time(n, batch_size, seq_len, used)

@@ -19,23 +19,12 @@ from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 from hf_unlearn.benchmarks.tofu_data import load_tofu, tofu_split_names
 from hf_unlearn.data import ForgetRetainDataset, QADataset
 from hf_unlearn.recipes import ScriptArguments, parse_recipe
+from hf_unlearn.trainers import get_method
 
 
 def add_arguments(parser):
     parser.add_argument("recipe", nargs="?", help="Recipe YAML (see recipes/); flags after it override its keys.")
     parser.add_argument("overrides", nargs=argparse.REMAINDER, help="--key value pairs overriding the recipe.")
-
-
-def trainer_class(method: str, config):
-    """The method's trainer, with the zeroth-order mixin in front when the optimizer takes ZO steps."""
-    from hf_unlearn.optim.factory import uses_zeroth_order, validate_optimizer_args
-    from hf_unlearn.trainers import get_method
-    from hf_unlearn.trainers.zeroth_order import ZerothOrderMixin
-
-    cls = get_method(method)
-    if uses_zeroth_order(validate_optimizer_args(config)):
-        return type(f"ZerothOrder{cls.__name__}", (ZerothOrderMixin, cls), {})
-    return cls
 
 
 def resolve_data_dir(script_args: ScriptArguments, config) -> str | None:
@@ -94,11 +83,11 @@ def tofu_settings(script_args: ScriptArguments, data_dir: str | None) -> dict:
     }
 
 
-def callbacks_for(script_args: ScriptArguments, config, robustness, data_dir: str | None) -> list:
-    from hf_unlearn.callbacks import HybridScheduleCallback
+def callbacks_for(script_args: ScriptArguments, data_dir: str | None, robustness) -> list:
+    """The robustness checks, if the recipe asks for them (a hybrid run's schedule is the trainer's own)."""
     from hf_unlearn.robustness import RobustnessCallback
 
-    callbacks = [HybridScheduleCallback.from_args(config)] if config.optimizer == "hybrid" else []
+    callbacks = []
     if script_args.robustness:
         original = None
         if script_args.report_codes_changed:
@@ -114,7 +103,7 @@ def callbacks_for(script_args: ScriptArguments, config, robustness, data_dir: st
 
 def run(script_args: ScriptArguments, config, robustness) -> dict:
     """Train the recipe's method, save the unlearned model, and evaluate / attack it if the recipe asks."""
-    trainer_cls = trainer_class(script_args.method, config)
+    trainer_cls = get_method(script_args.method)
     # Checks that need only the model's config (e.g. the RMU layer) run before the data is tokenised.
     trainer_cls.check_model_config(AutoConfig.from_pretrained(script_args.model_name_or_path), config)
     tokenizer = AutoTokenizer.from_pretrained(script_args.model_name_or_path)
@@ -126,7 +115,7 @@ def run(script_args: ScriptArguments, config, robustness) -> dict:
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=peft_config(script_args),
-        callbacks=callbacks_for(script_args, config, robustness, data_dir),
+        callbacks=callbacks_for(script_args, data_dir, robustness),
     )
     result = trainer.train()
     trainer.save_model(config.output_dir)

@@ -74,36 +74,55 @@ def test_ddp_hybrid_npo_matches_one_process_with_the_same_global_batch(tmp_path)
     )
 
 
-ZERO2 = {
-    "zero_optimization": {"stage": 2},
-    "train_micro_batch_size_per_gpu": "auto",
-    "gradient_accumulation_steps": "auto",
-    "gradient_clipping": "auto",
-    "zero_allow_untested_optimizer": True,
-    "bf16": {"enabled": False},
-    "fp16": {"enabled": False},
-}
+def _zero_config(stage: int, **zero) -> dict:
+    return {
+        "zero_optimization": {"stage": stage, **zero},
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": False},
+        "fp16": {"enabled": False},
+    }
 
 
-@pytest.mark.slow
-def test_zero2_zo_phase_survives_the_next_fo_step(tmp_path):
-    config = tmp_path / "zero2.json"
-    config.write_text(json.dumps(ZERO2))
+def _zero_run(tmp_path, name: str, config: dict) -> list[dict]:
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(config))
+    out = tmp_path / name
     _run(
         lambda port: [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-            str(SCRIPT.parent / "zero_hybrid_run.py"), str(tmp_path / "out"), str(config),
+            str(SCRIPT.parent / "zero_hybrid_run.py"), str(out), str(path),
         ],
         timeout=400,
     )  # fmt: skip
-    assert (tmp_path / "out" / "engine0.txt").read_text() == "DeepSpeedEngine DeepSpeedZeroOptimizer"
-    snaps, other_rank = (torch.load(tmp_path / "out" / f"snapshots{r}.pt") for r in (0, 1))
+    stage3 = config["zero_optimization"]["stage"] == 3
+    expected = "DeepSpeedZeroOptimizer_Stage3" if stage3 else "DeepSpeedZeroOptimizer"
+    assert (out / "engine0.txt").read_text() == f"DeepSpeedEngine {expected}"
+    snaps, other_rank = (torch.load(out / f"snapshots{r}.pt") for r in (0, 1))
+    assert all(torch.equal(snaps[-1][n], other_rank[-1][n]) for n in snaps[-1])  # replicas agree
+    return snaps
+
+
+@pytest.mark.slow
+def test_zero_zo_phase_survives_the_next_fo_step(tmp_path):
+    runs = {
+        "zero2": _zero_run(tmp_path, "zero2", _zero_config(2)),
+        # every tensor partitioned, then the default where this tiny model's tensors all stay gathered (persistent)
+        "zero3": _zero_run(tmp_path, "zero3", _zero_config(3, stage3_param_persistence_threshold=0)),
+        "zero3_persistent": _zero_run(tmp_path, "zero3_persistent", _zero_config(3)),
+    }
     name = "model.layers.0.mlp.up_proj.weight"
-    steps = [(after[name] - before[name]).abs() for before, after in zip(snaps, snaps[1:])]
-    # schedule FO, ZO, FO, ZO with FO lr 1e-6 and ZO lr 1e-2 (bias-corrected AdaZO: first step = lr per weight)
-    assert 0 < float(steps[0].max()) <= 1.1e-6  # FO phases work under ZeRO-2
-    assert float(steps[1].mean()) == pytest.approx(1e-2, rel=1e-3)  # the ZO step
-    # the next FO step moves the weights by ~1e-6 only: had it restored the fp32 masters from before the ZO step,
-    # it would have undone the whole 1e-2 ZO change
-    assert float(steps[2].max()) <= 1.1e-6
-    assert all(torch.equal(snaps[-1][n], other_rank[-1][n]) for n in snaps[-1])
+    for snaps in runs.values():
+        steps = [(after[name] - before[name]).abs() for before, after in zip(snaps, snaps[1:])]
+        # schedule FO, ZO, FO, ZO with FO lr 1e-6 and ZO lr 1e-2 (bias-corrected AdaZO: first step = lr per weight)
+        assert 0 < float(steps[0].max()) <= 1.1e-6  # FO phases work under ZeRO
+        assert float(steps[1].mean()) == pytest.approx(1e-2, rel=1e-3)  # the ZO step
+        # the next FO step moves the weights by ~1e-6 only: had it restored the fp32 masters from before the ZO
+        # step, it would have undone the whole 1e-2 ZO change
+        assert float(steps[2].max()) <= 1.1e-6
+    # ZeRO-3 perturbs whole gathered tensors with the same directions, so it reproduces the ZeRO-2 run
+    for other in ("zero3", "zero3_persistent"):
+        for n, value in runs["zero2"][-1].items():
+            torch.testing.assert_close(runs[other][-1][n], value, rtol=0, atol=1e-7)

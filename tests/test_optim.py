@@ -123,6 +123,18 @@ def test_zo_sgd_update_is_minus_lr_c_z():
         opt.step()
 
 
+def test_zo_sgd_sphere_step_without_a_prior_perturbation():
+    # the sphere's norm is computed lazily, in step() itself here; it must not clobber the direction being applied
+    params = [nn.Parameter(torch.zeros(3, 2, dtype=torch.float64)), nn.Parameter(torch.zeros(5, dtype=torch.float64))]
+    opt = ZOSGD(params, lr=1.0, mu=1e-3, direction="sphere")
+    opt.record(9, 1.0)
+    opt.step()
+    expected = ZOSGD([nn.Parameter(torch.zeros_like(p)) for p in params], lr=1.0, mu=1e-3).directions
+    for i, p in enumerate(params):
+        torch.testing.assert_close(p.data, -expected.direction(9, i))
+    assert float(sum(p.data.pow(2).sum() for p in params)) == pytest.approx(11.0)  # |z|² = d
+
+
 def test_adazo_without_bias_correction_first_step_is_32_lr_and_warns():
     p = _zo_param()
     before = p.detach().clone()
@@ -288,7 +300,6 @@ ZERO = {"zero_allow_untested_optimizer": True}
 @pytest.mark.parametrize(
     ("deepspeed", "message"),
     [
-        ({**ZERO, "zero_optimization": {"stage": 3}}, "do not support DeepSpeed ZeRO-3 yet"),
         ({**ZERO, "zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}, "disable bf16/fp16"),
         ({**ZERO, "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}, "offload_optimizer"),
         ({"zero_optimization": {"stage": 2}}, '"zero_allow_untested_optimizer": true'),
@@ -301,9 +312,10 @@ def test_unsupported_deepspeed_setups_fail_before_training(deepspeed, message):
     validate_optimizer_args(optimizer="adamw", deepspeed=deepspeed)  # first order only: DeepSpeed's business
 
 
-def test_zero2_fp32_passes_validation(tmp_path):
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_fp32_passes_validation(tmp_path, stage):
     path = tmp_path / "ds.json"
-    path.write_text(json.dumps({**ZERO, "zero_optimization": {"stage": 2}, "bf16": {"enabled": "auto"}}))
+    path.write_text(json.dumps({**ZERO, "zero_optimization": {"stage": stage}, "bf16": {"enabled": "auto"}}))
     validate_optimizer_args(optimizer="adazo", deepspeed=str(path))
 
 

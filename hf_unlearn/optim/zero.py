@@ -1,13 +1,20 @@
-"""Zeroth-order steps under DeepSpeed ZeRO stage 1/2: the update must reach DeepSpeed's fp32 master partitions.
+"""Zeroth-order steps under DeepSpeed ZeRO: the update must reach the weights DeepSpeed keeps.
 
-Under ZeRO the optimizer the Trainer sees is a no-op wrapper: DeepSpeed's engine steps its ZeRO optimizer (and the
-lr scheduler) from ``backward``, which a ZO step never calls. And the weights the ZO engine perturbs and updates are
-the module's, while the ZeRO optimizer keeps fp32 master partitions that it copies back over the module after every
-first-order step: left alone, a ZO phase's change would be overwritten by the next FO step. So a ZO step under ZeRO
-steps our optimizer itself, copies the updated module weights into the master partitions, and steps the scheduler.
+Under DeepSpeed the optimizer the Trainer sees is a no-op wrapper: the engine steps its ZeRO optimizer (and the lr
+scheduler) from ``backward``, which a ZO step never calls. So a ZO step under DeepSpeed steps our optimizer itself,
+makes the fp32 master partitions agree with the updated weights, and steps the scheduler. Left alone, the next
+first-order step would copy the masters from before the ZO phase back over the weights and undo it.
 
-Supported: ZeRO stage 0-2 in fp32 without offload (module weights and masters are then the same numbers, so the copy
-is exact). Stage 3, fp16/bf16 and offload are rejected at config time (``validate_deepspeed_for_zo``).
+- ZeRO-1/2: the ZO engine perturbs and updates the module's (replicated) weights; afterwards they are copied into
+  the fp32 master partitions.
+- ZeRO-3: each parameter is gathered for the duration of each in-place change and re-partitioned from it
+  (``deepspeed.zero.GatheredParameters`` with a modifier rank; ``SeededDirections.materialized``), so directions are
+  the same as without ZeRO and one full tensor is gathered at a time. In fp32 the masters alias the partitions; a
+  separate master copy is refreshed. The ZO optimizer's own state (ZO-Adam/AdaZO moments) is full-size on every
+  rank, not partitioned, and every sweep costs a gather and a broadcast per tensor.
+
+Supported in fp32 without offload (module weights and masters are then the same numbers, so copying is exact);
+fp16/bf16 and offload are rejected at config time (:func:`validate_deepspeed_for_zo`).
 """
 
 from __future__ import annotations
@@ -55,11 +62,6 @@ def validate_deepspeed_for_zo(cfg: Any) -> None:
     zero = ds.get("zero_optimization", {}) or {}
     stage = zero.get("stage", 0)
     name = f"optimizer={cfg.optimizer!r}"
-    if stage == 3:
-        raise ValueError(
-            f"{name} runs zeroth-order steps, which do not support DeepSpeed ZeRO-3 yet (partitioned weights); "
-            "use zero_optimization.stage 2 (or 0/1) or plain DDP"
-        )
     if _enabled(ds.get("bf16"), getattr(cfg, "bf16", False)) or _enabled(ds.get("fp16"), getattr(cfg, "fp16", False)):
         raise ValueError(
             f"{name} runs zeroth-order steps, which under DeepSpeed need fp32 weights (copying bf16/fp16 module "
@@ -78,11 +80,16 @@ def validate_deepspeed_for_zo(cfg: Any) -> None:
 
 @torch.no_grad()
 def sync_zero_masters_from_module(optimizer) -> None:
-    """Copy the module weights into the ZeRO-1/2 fp32 master partitions (no-op when there are no masters)."""
+    """Copy the module weights into the ZeRO fp32 master partitions (no-op when there are none or they alias)."""
+    zero3 = _find_in_chain(optimizer, "fp32_partitioned_groups_flat")
+    if zero3 is not None:
+        for low, master in zip(zero3.fp16_partitioned_groups_flat, zero3.fp32_partitioned_groups_flat):
+            # in fp32 on the weights' device, DeepSpeed makes the master an alias of the partition: nothing to copy
+            if low is not None and master.data_ptr() != low.data_ptr():
+                master.data.copy_(low.data)
+        return
     zero = _find_in_chain(optimizer, "single_partition_of_fp32_groups")
     if zero is None:
-        if _find_in_chain(optimizer, "fp32_partitioned_groups_flat") is not None:
-            raise RuntimeError("zeroth-order steps do not support DeepSpeed ZeRO-3; use stage 2 or DDP")
         return  # ZeRO-0: the optimizer holds the module weights themselves
     import deepspeed.comm as dist
 

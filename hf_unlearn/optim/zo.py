@@ -14,6 +14,7 @@ holds); in bf16/fp16 the rounding step is much coarser, so perturb fp32 weights 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterable
@@ -45,6 +46,15 @@ def derive_seed(*parts: int) -> int:
     return h & ((1 << 63) - 1)
 
 
+def _shape(p: torch.Tensor) -> torch.Size:
+    # A DeepSpeed ZeRO-3 parameter is an empty placeholder outside its gathers; its true shape is ds_shape.
+    return p.ds_shape if hasattr(p, "ds_shape") else p.shape
+
+
+def _numel(p: torch.Tensor) -> int:
+    return p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+
+
 class SeededDirections:
     """Regenerates a random direction ``z`` over a list of tensors, one tensor at a time, from a seed.
 
@@ -61,7 +71,7 @@ class SeededDirections:
             raise ValueError(f"zo_direction must be one of {DIRECTIONS}, got {kind!r}")
         self.params = list(params)
         self.kind = kind
-        self.dim = sum(p.numel() for p in self.params)
+        self.dim = sum(_numel(p) for p in self.params)
         self._generators: dict[torch.device, torch.Generator] = {}
         self._sphere_scale: dict[int, float] = {}
         self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
@@ -80,7 +90,7 @@ class SeededDirections:
             out.random_(0, 2, generator=gen).mul_(2).sub_(1)
         else:
             out.normal_(generator=gen)
-        return out.view(p.shape)
+        return out.view(_shape(p))
 
     def scratch_direction(self, seed: int, index: int, scaled: bool = True) -> torch.Tensor:
         """The slice of ``z`` for tensor ``index`` in a reused buffer, valid until the next call.
@@ -88,20 +98,20 @@ class SeededDirections:
         One buffer per (device, dtype), as large as the largest such tensor: it avoids an allocation (and its page
         faults) per tensor per sweep, and is the only tensor-sized memory a perturbation needs.
         """
+        scale = self.scale(seed) if scaled else 1.0  # first: computing it refills the scratch buffer
         p = self.params[index]
         key = (p.device, p.dtype)
         if key not in self._scratch:
-            size = max(q.numel() for q in self.params if (q.device, q.dtype) == key)
+            size = max(_numel(q) for q in self.params if (q.device, q.dtype) == key)
             self._scratch[key] = torch.empty(size, dtype=p.dtype, device=p.device)
-        z = self._fill(seed, index, self._scratch[key][: p.numel()])
-        scale = self.scale(seed) if scaled else 1.0
+        z = self._fill(seed, index, self._scratch[key][: _numel(p)])
         return z if scale == 1.0 else z.mul_(scale)
 
     def direction(self, seed: int, index: int) -> torch.Tensor:
         """The slice of ``z`` for tensor ``index`` (a fresh tensor the caller may keep and modify)."""
-        p = self.params[index]
-        z = self._fill(seed, index, torch.empty(p.numel(), dtype=p.dtype, device=p.device))
         scale = self.scale(seed)
+        p = self.params[index]
+        z = self._fill(seed, index, torch.empty(_numel(p), dtype=p.dtype, device=p.device))
         return z if scale == 1.0 else z.mul_(scale)
 
     def scale(self, seed: int) -> float:
@@ -123,7 +133,22 @@ class SeededDirections:
         """``θ ← θ + alpha·z`` in place, one tensor-sized ``z`` alive at a time."""
         alpha = alpha * self.scale(seed)
         for index, p in enumerate(self.params):
-            p.add_(self.scratch_direction(seed, index, scaled=False), alpha=alpha)
+            with self.materialized(index):
+                p.add_(self.scratch_direction(seed, index, scaled=False), alpha=alpha)
+
+    def materialized(self, index: int):
+        """Context in which tensor ``index`` holds its full value and in-place changes to it persist.
+
+        A no-op for ordinary tensors. A DeepSpeed ZeRO-3 parameter is gathered for the duration and re-partitioned
+        from the modified copy on exit (``deepspeed.zero.GatheredParameters`` with a modifier rank: every rank
+        computes the same change, so the broadcast from rank 0 moves nothing new). One full tensor at a time.
+        """
+        p = self.params[index]
+        if not hasattr(p, "ds_id"):
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([p], modifier_rank=0)
 
     def release(self) -> None:
         """Forget cached per-seed norms and free the scratch buffer (once the seeds' updates are applied)."""
@@ -214,7 +239,8 @@ class ZerothOrderOptimizer(Optimizer):
                 estimate = directions.direction(first_seed, index).mul_(first_c)
             for seed, c in records[1:]:
                 estimate.add_(directions.scratch_direction(seed, index), alpha=c)
-            self._update(p, estimate, group_of[id(p)], self.state[p])
+            with directions.materialized(index):
+                self._update(p, estimate, group_of[id(p)], self.state[p])
         self._records.clear()
         directions.release()
         return None

@@ -17,9 +17,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
 from transformers.utils import is_peft_available
 
+from hf_unlearn.callbacks import HybridScheduleCallback
 from hf_unlearn.configs import UnlearnConfig
 from hf_unlearn.data import DataCollatorForUnlearning
-from hf_unlearn.optim.factory import build_optimizer
+from hf_unlearn.optim.factory import OptimizerFactoryMixin
 from hf_unlearn.trainers.losses import (
     BatchCounts,
     SideCounts,
@@ -27,6 +28,7 @@ from hf_unlearn.trainers.losses import (
     model_inputs,
     token_kl,
 )
+from hf_unlearn.trainers.zeroth_order import ZerothOrderMixin
 
 
 def is_peft_model(model) -> bool:
@@ -48,8 +50,12 @@ def wrap_with_peft(model: PreTrainedModel, peft_config):
     return get_peft_model(model, peft_config)
 
 
-class UnlearnTrainer(Trainer):
+class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
     """Base class of the unlearning objectives.
+
+    The optimizer is `args.optimizer`, built by `hf_unlearn.optim.build_optimizer`; zeroth-order and hybrid
+    optimizers need no other class (the mixin steps only when the optimizer is in a ZO phase), and a hybrid run gets
+    its `HybridScheduleCallback` from `hybrid_fo_steps` / `hybrid_zo_steps` unless one is passed.
 
     Args:
         model: a path or Hub id, a `PreTrainedModel`, or a peft model.
@@ -113,6 +119,9 @@ class UnlearnTrainer(Trainer):
         self._log_from_step = 0
         if hasattr(train_dataset, "set_epoch"):
             self.add_callback(PairingEpochCallback(train_dataset))
+        callbacks = self.callback_handler.callbacks
+        if args.optimizer == "hybrid" and not any(isinstance(cb, HybridScheduleCallback) for cb in callbacks):
+            self.add_callback(HybridScheduleCallback.from_args(args))
 
     # ---- what a method declares --------------------------------------------------------------------------------
 
@@ -197,14 +206,6 @@ class UnlearnTrainer(Trainer):
             model.train(was_training)
 
     # ---- Trainer hooks -----------------------------------------------------------------------------------------
-
-    def create_optimizer(self, model=None):
-        """The optimizer named by `args.optimizer`, from `hf_unlearn.optim.build_optimizer` (Trainer's enum cannot)."""
-        opt_model = self.model if model is None else model
-        if self.optimizer is None:
-            names = self.get_decay_parameter_names(opt_model)
-            self.optimizer = build_optimizer(opt_model, self.args, decay_parameter_names=names)
-        return self.optimizer
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         """Count forget/retain units over the whole accumulation window (all processes), for exact normalisation."""

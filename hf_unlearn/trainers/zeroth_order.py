@@ -26,8 +26,8 @@ class ZerothOrderMixin:
     the model in eval mode (no dropout), records the projected gradients into the optimizer for its ``step()``, and
     returns the loss for logging; no ``.grad`` and no activation graph is created. Otherwise it defers to
     ``super().training_step``. fp16 loss scaling is rejected at config time (nothing to scale). Under DeepSpeed
-    ZeRO-0/1/2 (fp32) the update is applied at the end of the accumulation window and copied into the fp32 master
-    partitions (see ``hf_unlearn.optim.zero``); ZeRO-3 is rejected at config time.
+    ZeRO (fp32, stages 0-3) the update is applied at the end of the accumulation window and reaches the fp32 master
+    partitions (see ``hf_unlearn.optim.zero``).
     """
 
     def training_step(self, model, inputs, num_items_in_batch=None):

@@ -105,9 +105,13 @@ def npo_dataset(model_path):
 
 
 def zo_npo_trainer_class():
+    """NPO with zeroth-order steps (the unlearning trainers may already include the mixin)."""
     from hf_unlearn.trainers import NPOTrainer
 
+    if issubclass(NPOTrainer, ZerothOrderMixin):
+        return NPOTrainer
+
     class ZONPOTrainer(ZerothOrderMixin, NPOTrainer):
-        """NPO with zeroth-order steps."""
+        pass
 
     return ZONPOTrainer

@@ -20,15 +20,25 @@ from hf_unlearn.callbacks import HybridScheduleCallback  # noqa: E402
 from tests.scripts.optim_fixtures import RandomTokens, ZOTrainer, tiny_llama, training_args, weights  # noqa: E402
 
 
+def full_weights(model) -> dict[str, torch.Tensor]:
+    params = list(model.parameters())
+    if not any(hasattr(p, "ds_id") for p in params):
+        return weights(model)
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params):  # ZeRO-3: gather the partitions to read whole tensors
+        return weights(model)
+
+
 class Snapshots(TrainerCallback):
     def __init__(self):
         self.snapshots = []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.snapshots.append(weights(model))
+        self.snapshots.append(full_weights(model))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.snapshots.append(weights(model))
+        self.snapshots.append(full_weights(model))
 
 
 def main(out_dir: str, deepspeed: str) -> None:
