@@ -42,9 +42,6 @@ def main(model_path: str, out_dir: str, per_device_batch: int, deepspeed: str | 
         # (losses summed in another order) well below the 1e-6 the test allows
         zo_mu=1e-2,
         beta=0.1,
-        # forget-only NPO: the retain pairing of ForgetRetainDataset differed between 1- and 2-process runs from
-        # the second epoch on (a data-pipeline matter, reported), which would hide what this run checks
-        alpha=0.0,
         seed=0,
         deepspeed=deepspeed,
     )
