@@ -7,7 +7,8 @@ afterwards: relearning trains a copy, quantization swaps weights in place and re
 
 Multi-process runs: every rank runs the checks (relearning is seeded identically, so each rank's copy is the
 same) and the benchmark evaluator shards its examples across ranks and gathers them; rank 0 writes the file.
-ZeRO-3 partitions the weights, so the callback refuses to start there and points at the post-hoc command.
+Under ZeRO-3 each weight is partitioned across ranks: the checks gather the weights into a plain full copy on every
+rank and attack that copy (memory: one full model per rank, on the training device).
 """
 
 from __future__ import annotations
@@ -155,6 +156,19 @@ def _is_zero3(model) -> bool:
     return is_deepspeed_zero3_enabled() or any(hasattr(p, "ds_id") for p in model.parameters())
 
 
+def gathered_copy(model):
+    """A plain (unpartitioned) copy of a ZeRO-3 model on every rank; a collective call, so every rank must make it."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    # The class constructor, not from_config: transformers would wrap from_config in zero.Init and partition again.
+    with deepspeed.zero.Init(enabled=False):
+        copy = type(model)(model.config)
+    copy.load_state_dict(state)
+    return copy.to(next(iter(state.values())).device).eval()
+
+
 def _rank_and_world() -> tuple[int, int]:
     from hf_unlearn.benchmarks.sharding import process_info
 
@@ -205,11 +219,6 @@ class RobustnessCallback(TrainerCallback):
         self.relearn_data = forget
 
     def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
-        if model is not None and _is_zero3(model):
-            raise NotImplementedError(
-                "RobustnessCallback does not run under DeepSpeed ZeRO-3 (weights are partitioned); save the model "
-                "and run `hf-unlearn attack --model OUTPUT_DIR` afterwards, or use ZeRO-2 / DDP."
-            )
         self._resolve_data(train_dataloader)
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
@@ -228,9 +237,11 @@ class RobustnessCallback(TrainerCallback):
                 "RobustnessCallback needs a tokenizer: pass tokenizer=... or processing_class to the Trainer."
             )
         self._resolve_data(train_dataloader)
+        target = gathered_copy(model) if _is_zero3(model) else model
         results = robustness_checks(
-            model, tokenizer, self.eval_fn, self.relearn_data, self.config, self.original_model
+            target, tokenizer, self.eval_fn, self.relearn_data, self.config, self.original_model
         )
+        results["zero3_gathered"] = target is not model
         record = {"trigger": trigger, "global_step": state.global_step, **results}
         self.runs.append(record)
         state.log_history.append({**flat_logs(results), "step": state.global_step})

@@ -102,7 +102,25 @@ def _zero_run(tmp_path, name: str, config: dict) -> list[dict]:
     assert (out / "engine0.txt").read_text() == f"DeepSpeedEngine {expected}"
     snaps, other_rank = (torch.load(out / f"snapshots{r}.pt") for r in (0, 1))
     assert all(torch.equal(snaps[-1][n], other_rank[-1][n]) for n in snaps[-1])  # replicas agree
+    _check_robustness(out, snaps[-1], gathered=stage3)
     return snaps
+
+
+def _check_robustness(out, final_weights: dict, gathered: bool) -> None:
+    """The train-end checks ran on the final weights (gathered under ZeRO-3) and relearning lowered the loss."""
+    from tests.scripts.optim_fixtures import tiny_llama
+    from tests.scripts.zero_hybrid_run import token_loss
+
+    run = json.loads((out / "robustness.json").read_text())["runs"][-1]
+    assert run["zero3_gathered"] is gathered
+    model = tiny_llama()
+    model.load_state_dict(final_weights, strict=False)  # the snapshots hold every parameter; buffers are rebuilt
+    with torch.no_grad():
+        expected = token_loss(model.eval(), None)["loss"]
+    assert run["unlearned"]["loss"] == pytest.approx(expected, rel=1e-5)
+    curve = [point["metrics"]["loss"] for point in run["relearn"]["curve"]]
+    assert [point["step"] for point in run["relearn"]["curve"]] == [1, 2] and curve[-1] < expected
+    assert run["quantization"]["rtn4"]["metrics"]["loss"] != expected
 
 
 @pytest.mark.slow

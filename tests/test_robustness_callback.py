@@ -59,9 +59,10 @@ def test_callback_keeps_weights_bitwise_and_records_every_check(tmp_path):
     assert document["format"] == RESULTS_FORMAT and document["config"]["relearn_steps"] == [3, 6]
     (run,) = document["runs"]
     assert set(run) == {
-        "trigger", "global_step", "unlearned", "relearn", "quantization", "weights_sha256", "runtime_s"
+        "trigger", "global_step", "unlearned", "relearn", "quantization", "weights_sha256", "runtime_s",
+        "zero3_gathered",
     }  # fmt: skip
-    assert run["trigger"] == "train_end" and run["global_step"] == 2
+    assert run["trigger"] == "train_end" and run["global_step"] == 2 and run["zero3_gathered"] is False
     assert run["unlearned"]["forget_nll"] == pytest.approx(forget_nll(trainer.model, forget, collator))
     curve = run["relearn"]["curve"]
     assert [p["step"] for p in curve] == [3, 6] and len(run["relearn"]["losses"]) == 6

@@ -95,6 +95,11 @@ class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
         self.check_model_config(AutoConfig.from_pretrained(model) if isinstance(model, str) else model.config, args)
         if isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model)
+        # Loaded before Trainer.__init__, like the policy: afterwards ZeRO-3's zero.Init would read a DeepSpeed
+        # config whose batch sizes Trainer has already filled in for its own engine.
+        ref = None
+        if self.needs_reference(args) and peft_config is None and not is_peft_model(model):
+            ref = self._load_reference(args.ref_model_path or model_path, model.dtype)
         if peft_config is not None:
             model = wrap_with_peft(model, peft_config)
         if processing_class is None and isinstance(model_path, str) and model_path:
@@ -112,9 +117,7 @@ class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
             processing_class=processing_class,
             **kwargs,
         )
-        self.ref_model = None
-        if self.needs_reference(args) and not is_peft_model(self.model):
-            self.ref_model = self._prepare_reference(args.ref_model_path or model_path)
+        self.ref_model = None if ref is None else self._prepare_reference(ref)
         self._log_sums: dict[str, torch.Tensor] = defaultdict(float)
         self._log_from_step = 0
         if hasattr(train_dataset, "set_epoch"):
@@ -171,13 +174,14 @@ class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
 
     # ---- reference model ---------------------------------------------------------------------------------------
 
-    def _prepare_reference(self, path: str | None):
+    def _load_reference(self, path: str | None, dtype: torch.dtype):
         if not path:
             raise ValueError(
                 f"{self._name} needs a reference model but the model has no path to reload from: set ref_model_path."
             )
-        ref = AutoModelForCausalLM.from_pretrained(path, dtype=self.accelerator.unwrap_model(self.model).dtype)
-        ref.eval().requires_grad_(False)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval().requires_grad_(False)
+
+    def _prepare_reference(self, ref):
         if self.is_deepspeed_enabled:
             from trl.models import prepare_deepspeed
 

@@ -4,11 +4,13 @@ Usage: torchrun --nproc_per_node 2 zero_hybrid_run.py OUT_DIR DEEPSPEED_JSON
 
 Saves the weights after every optimizer step (and before the first) to OUT_DIR/snapshots{RANK}.pt. The FO learning
 rate is tiny and the ZO one large, so a ZO change lost in the next FO step would show as a jump of its own size.
+The robustness checks run at train end (under ZeRO-3 on a gathered copy) and write OUT_DIR/robustness.json.
 """
 
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for `tests.scripts`
@@ -17,6 +19,7 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from hf_unlearn.callbacks import HybridScheduleCallback  # noqa: E402
+from hf_unlearn.robustness import RobustnessCallback, RobustnessConfig  # noqa: E402
 from tests.scripts.optim_fixtures import RandomTokens, ZOTrainer, tiny_llama, training_args, weights  # noqa: E402
 
 
@@ -41,6 +44,13 @@ class Snapshots(TrainerCallback):
         self.snapshots.append(full_weights(model))
 
 
+def token_loss(model, _tokenizer) -> dict[str, float]:
+    """Mean LM loss on the first four training sequences: the metric the checks report."""
+    batch = RandomTokens(n=16)[0:4]
+    device = next(model.parameters()).device
+    return {"loss": model(**{k: v.to(device) for k, v in batch.items()}).loss.item()}
+
+
 def main(out_dir: str, deepspeed: str) -> None:
     args = training_args(
         out_dir,
@@ -54,11 +64,17 @@ def main(out_dir: str, deepspeed: str) -> None:
         per_device_train_batch_size=2,
     )
     snapshots = Snapshots()
+    checks = RobustnessCallback(
+        RobustnessConfig(relearn_steps=[1, 2], relearn_lr=1e-2, relearn_batch_size=2, quantization=["rtn4"]),
+        eval_fn=token_loss,
+        relearn_data=[RandomTokens(n=16)[i] for i in range(4)],
+        tokenizer=SimpleNamespace(pad_token_id=0),
+    )
     trainer = ZOTrainer(
         model=tiny_llama(),
         args=args,
         train_dataset=RandomTokens(n=16),
-        callbacks=[HybridScheduleCallback.from_args(args), snapshots],
+        callbacks=[HybridScheduleCallback.from_args(args), snapshots, checks],
     )
     trainer.train()
     rank = int(os.environ.get("RANK", "0"))
