@@ -15,7 +15,7 @@ class HybridScheduleCallback(TrainerCallback, ExportableState):
     ``fo_steps + zo_steps`` (checked at ``on_train_begin``; it is validated, never silently adjusted). The phase
     of a step is a function of the global step alone, so a run resumed mid-phase continues the schedule exactly; the
     callback's settings travel in checkpoints (``ExportableState``). Each training log gets ``optim/phase`` (0 = FO,
-    1 = ZO, the phase of the step just finished) and, after ZO steps, ``zo/projected_grad``.
+    1 = ZO, the phase of the step just finished) and, after ZO steps, ``zo/projected_grad`` in place of ``grad_norm``.
     """
 
     def __init__(self, fo_steps: int = 20, zo_steps: int | None = None):
@@ -72,9 +72,15 @@ class HybridScheduleCallback(TrainerCallback, ExportableState):
         if self.phase == "zo" and zo.last_projected_grad is not None:
             extra["zo/projected_grad"] = zo.last_projected_grad
         logs.update(extra)
+        # A ZO step has no gradients: the norm Trainer reports for it is a meaningless 0.
+        stale = ["grad_norm"] if self.phase == "zo" else []
+        for key in stale:
+            logs.pop(key, None)
         # Trainer.log stored a copy of `logs` in log_history before calling on_log: keep the two consistent.
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(extra)
+            for key in stale:
+                state.log_history[-1].pop(key, None)
 
     def state(self) -> dict:
         return {

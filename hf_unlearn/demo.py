@@ -6,7 +6,9 @@
 3. Unlearn the forget authors with NPO through `recipes/demo.yaml`, once per optimizer (Adam, the FO-ZO hybrid,
    AdaZO alone), each followed by the robustness checks: relearning and 4-bit quantization, evaluated with the
    TOFU metrics.
-4. Print one table and write `report.json` / `report.md`.
+4. Add a control: the original weights plus isotropic noise of the size of AdaZO's change, tensor by tensor (at
+   small scale ZO unlearning can look like plain noise; the control tells the two apart).
+5. Print one table and write `report.json` / `report.md`.
 
 The numbers are what this tiny model measures, not the paper's 7B results.
 """
@@ -16,7 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from transformers import Trainer, TrainingArguments
+import torch
+from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 from hf_unlearn.benchmarks.tofu_data import load_tofu
@@ -78,6 +81,22 @@ def unlearn(recipe: str, variant: str, out: Path, overrides: list[str]) -> dict:
     flags = [*overrides, "--optimizer", VARIANTS[variant], "--output_dir", str(output_dir)]
     run(*parse_recipe(recipe, flags))
     return json.loads((output_dir / "robustness.json").read_text())["runs"][-1]
+
+
+def noise_control(original: Path, unlearned: Path, output_dir: Path, seed: int) -> Path:
+    """The original model plus Gaussian noise whose norm equals unlearning's change, tensor by tensor."""
+    from hf_unlearn.tiny import load_model_and_tokenizer
+
+    model, tokenizer = load_model_and_tokenizer(original)
+    moved = AutoModelForCausalLM.from_pretrained(unlearned).state_dict()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            noise = torch.randn(weight.shape, generator=generator)
+            weight.add_(noise * ((moved[name] - weight).norm() / noise.norm()))
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    return output_dir
 
 
 def reference_row(name: str, path: Path, data_dir: Path, retain: Path) -> dict:
@@ -165,6 +184,9 @@ def main(args):
     for variant in args.variants:
         print(f"Unlearning with NPO + {variant}, then attacking the result ...")
         rows.append({"model": f"NPO + {variant}", **unlearn(args.recipe, variant, out, overrides)})
+    if "zo" in args.variants:
+        control = noise_control(original, out / "npo_zo", out / "noise_control", args.seed)
+        rows.append(reference_row("noise of the size of NPO + zo", control, data_dir, retain_model))
 
     report = table(rows) + "\n\n" + quantization_note(rows)
     (out / "report.json").write_text(json.dumps(rows, indent=2))

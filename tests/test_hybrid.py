@@ -128,6 +128,7 @@ def test_hybrid_npo_unlearning_with_the_unlearn_trainer(tmp_path):
     logs = [log for log in trainer.state.log_history if "loss" in log]
     assert [log["optim/phase"] for log in logs] == [0, 0, 1, 1]
     assert all(torch.isfinite(torch.tensor(log["zo/projected_grad"])) for log in logs[2:])
+    assert ["grad_norm" in log for log in logs] == [True, True, False, False]  # no fake 0 norm for ZO steps
     # the ZO phase moved the weights the FO phase had left
     name = "model.layers.1.mlp.down_proj.weight"
     assert not torch.equal(recorder.snapshots[1][name], recorder.snapshots[3][name])
