@@ -80,7 +80,6 @@ def _zero_config(stage: int, **zero) -> dict:
         "train_micro_batch_size_per_gpu": "auto",
         "gradient_accumulation_steps": "auto",
         "gradient_clipping": "auto",
-        "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": False},
         "fp16": {"enabled": False},
     }

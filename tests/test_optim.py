@@ -294,7 +294,7 @@ def test_bad_input_fails_in_one_line_naming_the_field(fields, message):
     assert message in str(err.value)
 
 
-ZERO = {"zero_allow_untested_optimizer": True}
+ZERO = {"train_batch_size": "auto"}
 
 
 @pytest.mark.parametrize(
@@ -302,7 +302,6 @@ ZERO = {"zero_allow_untested_optimizer": True}
     [
         ({**ZERO, "zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}, "disable bf16/fp16"),
         ({**ZERO, "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}, "offload_optimizer"),
-        ({"zero_optimization": {"stage": 2}}, '"zero_allow_untested_optimizer": true'),
     ],
 )
 def test_unsupported_deepspeed_setups_fail_before_training(deepspeed, message):

@@ -231,3 +231,20 @@ def test_the_mixin_composes_with_trl_sft_trainer(tmp_path):
     # bias-corrected AdaZO's first step moves every trainable weight by exactly lr
     for name, value in weights(model).items():
         torch.testing.assert_close((value - before[name]).abs(), torch.full_like(value, 1e-3), rtol=1e-3, atol=1e-7)
+
+
+def test_deepspeed_from_an_accelerate_config_is_checked_when_the_optimizer_is_built(tmp_path, monkeypatch):
+    """`accelerate launch --config_file zero2.yaml` never sets args.deepspeed: the engine's own config is checked."""
+    from types import SimpleNamespace
+
+    from accelerate.state import AcceleratorState
+
+    trainer = ZOTrainer(
+        model=tiny_llama(), args=training_args(tmp_path, optimizer="adazo"), train_dataset=RandomTokens(n=4)
+    )
+    plugin = SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}})
+    monkeypatch.setattr(AcceleratorState, "deepspeed_plugin", property(lambda self: plugin), raising=False)
+    with pytest.raises(ValueError, match="disable bf16/fp16 in the DeepSpeed config"):
+        trainer.create_optimizer()
+    plugin.deepspeed_config["bf16"]["enabled"] = False
+    assert type(trainer.create_optimizer()).__name__ == "AdaZO"

@@ -235,6 +235,11 @@ class OptimizerFactoryMixin:
     def create_optimizer(self, model=None):
         opt_model = self.model if model is None else model
         if self.optimizer is None:
+            plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+            if plugin is not None and uses_zeroth_order(optimizer_config(self.args)):
+                # DeepSpeed set up by `accelerate launch --config_file` never reaches args.deepspeed: check what
+                # the engine will actually run with.
+                validate_deepspeed_for_zo(optimizer_config(self.args, deepspeed=plugin.deepspeed_config))
             names = self.get_decay_parameter_names(opt_model)
             self.optimizer = build_optimizer(opt_model, self.args, decay_parameter_names=names)
         return self.optimizer
