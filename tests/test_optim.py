@@ -311,6 +311,15 @@ def test_unsupported_deepspeed_setups_fail_before_training(deepspeed, message):
     validate_optimizer_args(optimizer="adamw", deepspeed=deepspeed)  # first order only: DeepSpeed's business
 
 
+def test_exact_restore_is_refused_under_zero3_only():
+    zero3 = {**ZERO, "zero_optimization": {"stage": 3}}
+    with pytest.raises(ValueError, match="unset it under ZeRO-3"):
+        validate_optimizer_args(optimizer="adazo", deepspeed=zero3, zo_exact_restore=True)
+    validate_optimizer_args(
+        optimizer="adazo", deepspeed={**ZERO, "zero_optimization": {"stage": 2}}, zo_exact_restore=True
+    )
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_fp32_passes_validation(tmp_path, stage):
     path = tmp_path / "ds.json"

@@ -106,6 +106,29 @@ def test_perturb_and_restore_returns_the_weights_up_to_rounding():
         assert float((p.data != b).float().mean()) < 0.6
 
 
+@pytest.mark.parametrize("difference", ["central", "forward"])
+def test_exact_restore_returns_the_weights_bit_for_bit_in_fp32(difference):
+    params = _params((64, 64), (64,))
+    before = [p.detach().clone() for p in params]
+    opt = ZOSGD(params, lr=1.0, mu=1e-3, difference=difference, exact_restore=True)
+    seen = []
+
+    def loss_fn():
+        seen.append([p.detach().clone() for p in params])
+        return sum((p.double() ** 2).sum() for p in params)
+
+    c, _ = projected_gradients(opt, loss_fn, seeds=[5, 6])
+    assert all(torch.equal(p, b) for p, b in zip(params, before))  # bit for bit, every weight
+    z = [opt.directions.direction(5, i) for i in range(2)]
+    perturbed = seen[0] if difference == "central" else seen[1]  # forward differences evaluate f(θ) first
+    for q, b, zi in zip(perturbed, before, z):
+        torch.testing.assert_close(q, b + 1e-3 * zi)  # the forward really saw θ+μz
+    if difference == "central":
+        for q, b, zi in zip(seen[1], before, z):
+            torch.testing.assert_close(q, b - 1e-3 * zi)  # and θ−μz
+    assert torch.isfinite(c).all() and len(c) == 2
+
+
 def test_only_trainable_parameters_are_perturbed():
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     model[0].requires_grad_(False)

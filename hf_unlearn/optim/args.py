@@ -51,6 +51,13 @@ class OptimizerArguments:
     zo_difference: str = field(
         default="central", metadata={"help": "ZO finite difference: central (f(+mu) - f(-mu))/2mu or forward."}
     )
+    zo_exact_restore: bool = field(
+        default=False,
+        metadata={
+            "help": "Restore the weights after the ±mu forwards bit for bit from a copy of the trainable weights "
+            "(memory: one copy of them; cheap for LoRA or RMU). Off: restored in place, within one rounding step."
+        },
+    )
     zo_beta1: float = field(default=0.9, metadata={"help": "First-moment factor of zo_adam / adazo."})
     zo_beta2: float = field(default=0.999, metadata={"help": "Second-moment factor of zo_adam / adazo."})
     zo_eps: float = field(default=1e-8, metadata={"help": "Epsilon of zo_adam / adazo."})

@@ -66,6 +66,8 @@ def validate_deepspeed_for_zo(cfg: Any) -> None:
             f"{name} runs zeroth-order steps, which under DeepSpeed need fp32 weights (copying bf16/fp16 module "
             "weights into the fp32 masters would truncate them); disable bf16/fp16 in the DeepSpeed config"
         )
+    if zero.get("stage", 0) == 3 and getattr(cfg, "zo_exact_restore", False):
+        raise ValueError("zo_exact_restore copies whole weights, which ZeRO-3 partitions; unset it under ZeRO-3")
     for key in ("offload_optimizer", "offload_param"):
         device = (zero.get(key) or {}).get("device", "none")
         if device not in (None, "none"):

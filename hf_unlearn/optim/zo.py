@@ -170,6 +170,7 @@ class ZerothOrderOptimizer(Optimizer):
         num_directions: int = 1,
         direction: str = "sphere",
         difference: str = "central",
+        exact_restore: bool = False,
     ):
         if mu <= 0:
             raise ValueError(f"zo_mu must be > 0, got {mu}")
@@ -184,6 +185,7 @@ class ZerothOrderOptimizer(Optimizer):
         self.num_directions = num_directions
         self.difference = difference
         self.direction_kind = direction
+        self.exact_restore = exact_restore
         self._directions: SeededDirections | None = None
         self._records: dict[int, float] = {}
         # The trainer stores the last step's mean projected gradient here for logging (``zo/projected_grad``).
@@ -205,6 +207,25 @@ class ZerothOrderOptimizer(Optimizer):
     def perturb_(self, seed: int, scale: float) -> None:
         """``θ ← θ + scale·μ·z(seed)`` in place on the trainable parameters."""
         self.directions.perturb_(seed, scale * self.mu)
+
+    @torch.no_grad()
+    def snapshot(self) -> list[torch.Tensor] | None:
+        """With ``exact_restore``, a copy of the trainable weights to restore bit for bit; else None."""
+        if not self.exact_restore:
+            return None
+        params = self.directions.params
+        if any(hasattr(p, "ds_id") for p in params):
+            raise ValueError("zo_exact_restore cannot copy ZeRO-3 partitioned weights; unset it under ZeRO-3.")
+        return [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def restore_(self, snapshot: list[torch.Tensor] | None, seed: int, scale: float) -> None:
+        """Undo the current perturbation ``scale·μ·z(seed)``: copy the snapshot back, or subtract in place."""
+        if snapshot is None:
+            self.perturb_(seed, -scale)
+            return
+        for p, saved in zip(self.directions.params, snapshot):
+            p.copy_(saved)
 
     def record(self, seed: int, projected_grad: float) -> None:
         """Queue ``projected_grad·z(seed)`` for the next :meth:`step` (records with the same seed add up)."""
@@ -368,17 +389,22 @@ def projected_gradients(
     central = optimizer.difference == "central"
     base = None if central else loss_fn().detach().double()
     projected, observed = [], []
+    snapshot = optimizer.snapshot()
     for seed in seeds:
         optimizer.perturb_(seed, 1.0)
         plus = loss_fn().detach().double()
         if central:
-            optimizer.perturb_(seed, -2.0)
+            if snapshot is None:
+                optimizer.perturb_(seed, -2.0)
+            else:  # from θ itself, so θ−μz is rounded once, as θ+μz was
+                optimizer.restore_(snapshot, seed, 1.0)
+                optimizer.perturb_(seed, -1.0)
             minus = loss_fn().detach().double()
-            optimizer.perturb_(seed, 1.0)
+            optimizer.restore_(snapshot, seed, -1.0)
             projected.append((plus - minus) / (2 * mu))
             observed += [plus, minus]
         else:
-            optimizer.perturb_(seed, -1.0)
+            optimizer.restore_(snapshot, seed, 1.0)
             projected.append((plus - base) / mu)
     loss = torch.stack(observed).mean() if central else base
     return torch.stack(projected), loss
