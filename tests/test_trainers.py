@@ -282,6 +282,8 @@ def test_npo_cached_reference_equals_online(tmp_path, memorised_path, datasets, 
         trainer = get_method("npo")(memorised_path, args, train_dataset=datasets["pairs"], processing_class=tokenizer)
         trainer.train()
         runs[mode] = (loss_history(trainer), weights(trainer.model), trainer.ref_cache)
+        # with an NLL retain term the cache is all a cached run needs from the reference: its memory is freed
+        assert (trainer.ref_model is None) == (mode == "cached")
     (cached_losses, cached_weights, cache), (online_losses, online_weights, no_cache) = runs["cached"], runs["online"]
     assert no_cache is None and cache.shape == (FORGET_SIZE,)
     reference = AutoModelForCausalLM.from_pretrained(memorised_path).eval()
@@ -472,3 +474,11 @@ def test_pairing_reshuffles_every_epoch_through_the_trainer(tmp_path, memorised_
     callback.on_epoch_begin(args, TrainerState(epoch=1.9999999999), None)  # float error at an epoch boundary
     callback.on_epoch_begin(args, TrainerState(epoch=2.5), None)  # resumed mid-epoch
     assert seen == [2, 2]
+
+
+def test_npo_keeps_its_reference_when_the_kl_retain_term_needs_it(tmp_path, memorised_path, datasets, tokenizer):
+    args = config(NPOConfig, tmp_path, retain_loss="kl", max_steps=2)
+    trainer = get_method("npo")(memorised_path, args, train_dataset=datasets["pairs"], processing_class=tokenizer)
+    trainer.train()
+    assert trainer.ref_cache is not None and trainer.ref_model is not None
+    assert all(math.isfinite(log["loss/retain"]) for log in trainer.state.log_history if "loss/retain" in log)

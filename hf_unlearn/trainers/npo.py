@@ -61,6 +61,8 @@ class NPOTrainer(UnlearnTrainer):
                 return sequence_log_prob(ref, forget)
         if self.ref_cache is None:
             self.ref_cache = self.precompute_reference_log_probs(model)
+            if not super().needs_reference(self.args):
+                self.ref_model = None  # the cache is all NPO needed it for: free a whole model's memory
         return self.ref_cache[forget["index"]]
 
     @torch.no_grad()
