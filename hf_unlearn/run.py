@@ -137,7 +137,8 @@ def run(script_args: ScriptArguments, config, robustness) -> dict:
 def main(args) -> int:
     script_args, config, robustness = parse_recipe(args.recipe, args.overrides)
     summary = run(script_args, config, robustness)
-    print(json.dumps(summary, indent=2))
+    if config.process_index == 0:
+        print(json.dumps(summary, indent=2))
     return 0
 
 
