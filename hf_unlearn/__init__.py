@@ -1,3 +1,35 @@
-"""hf_unlearn: robust LLM unlearning on the Hugging Face stack."""
+"""hf_unlearn: robust LLM unlearning on the Hugging Face stack.
+
+The public names below are imported on first use, so `import hf_unlearn` stays cheap (no torch, no transformers).
+"""
+
+import importlib
+
 
 __version__ = "0.1.0.dev0"
+
+_PUBLIC = {
+    "hf_unlearn.data": ["DataCollatorForUnlearning", "ForgetRetainDataset", "QADataset", "TextBlockDataset"],
+    "hf_unlearn.benchmarks.tofu_data": ["load_tofu"],
+    "hf_unlearn.configs": ["UnlearnConfig"],
+    "hf_unlearn.trainers": [
+        "UnlearnTrainer", "get_method", "GradAscentConfig", "GradAscentTrainer", "GradDiffConfig", "GradDiffTrainer",
+        "IdkDPOConfig", "IdkDPOTrainer", "NPOConfig", "NPOTrainer", "RMUConfig", "RMUTrainer", "SimNPOConfig",
+        "SimNPOTrainer",
+    ],
+    "hf_unlearn.trainers.zeroth_order": ["ZerothOrderMixin"],
+    "hf_unlearn.optim": ["build_optimizer", "OptimizerArguments", "OptimizerFactoryMixin"],
+    "hf_unlearn.callbacks": ["HybridScheduleCallback"],
+    "hf_unlearn.robustness": ["RobustnessCallback", "RobustnessConfig"],
+    "hf_unlearn.attacks": ["relearn", "quantize"],
+    "hf_unlearn.evaluation": ["evaluate_model"],
+}  # fmt: skip
+_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+
+__all__ = ["__version__", *_MODULE_OF]
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'hf_unlearn' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)

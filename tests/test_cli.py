@@ -17,3 +17,11 @@ def test_synthetic_subcommand_writes_a_loadable_tofu_folder(tmp_path, capsys):
     assert "Wrote the synthetic TOFU benchmark" in capsys.readouterr().out
     first = json.loads((tmp_path / "forget10_perturbed.json").read_text().splitlines()[0])
     assert set(first) == {"question", "answer", "paraphrased_answer", "perturbed_answer"}
+
+
+def test_public_names_resolve_lazily():
+    code = (
+        "import sys, hf_unlearn; assert 'torch' not in sys.modules; "
+        "assert all(getattr(hf_unlearn, n) is not None for n in hf_unlearn.__all__)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
