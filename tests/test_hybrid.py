@@ -134,3 +134,6 @@ def test_hybrid_npo_unlearning_with_the_unlearn_trainer(tmp_path):
     assert not torch.equal(recorder.snapshots[1][name], recorder.snapshots[3][name])
     # NPO's forget loss starts at (2/β)·log 2 ≈ 13.86 (model = reference)
     assert logs[0]["loss/forget"] == pytest.approx(2 / 0.1 * 0.693147, rel=1e-4)
+    # both phases log the parts (a ZO step: their mean over the ±μ forwards), and they add up to the logged loss
+    for log in logs:
+        assert log["loss"] == pytest.approx(log["loss/forget"] + args.alpha * log["loss/retain"], rel=1e-4)

@@ -119,6 +119,7 @@ class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
         )
         self.ref_model = None if ref is None else self._prepare_reference(ref)
         self._log_sums: dict[str, torch.Tensor] = defaultdict(float)
+        self._step_parts: dict[str, list[torch.Tensor]] | None = None
         self._log_from_step = 0
         if hasattr(train_dataset, "set_epoch"):
             self.add_callback(PairingEpochCallback(train_dataset))
@@ -254,10 +255,20 @@ class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
                 raise ValueError(f"{self._name} with alpha={self.args.alpha} got a batch without retain data.")
             parts["loss/retain"] = self.retain_loss(model, inputs["retain"], counts.retain) * scale
             loss = loss + self.args.alpha * parts["loss/retain"]
-        if model.training:
+        if self._step_parts is not None:
             for key, value in parts.items():
-                self._log_sums[key] = self._log_sums[key] + value.detach()
+                self._step_parts[key].append(value.detach())
         return (loss, parts) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Log each loss part as its mean over the step's forwards: one in a FO step, the ±μ ones in a ZO step."""
+        self._step_parts = defaultdict(list)
+        try:
+            return super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            for key, values in self._step_parts.items():
+                self._log_sums[key] = self._log_sums[key] + torch.stack(values).mean()
+            self._step_parts = None
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         """Evaluation loss only (answer NLL); logits are not gathered."""
