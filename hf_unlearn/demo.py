@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 from hf_unlearn.benchmarks.tofu_data import load_tofu
 from hf_unlearn.data import DataCollatorForUnlearning, QADataset
-from hf_unlearn.tiny import build_tiny_model, train_tokenizer
+from hf_unlearn.tiny import build_tiny_model, load_model_and_tokenizer, train_tokenizer
 
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
@@ -85,8 +85,6 @@ def unlearn(recipe: str, variant: str, out: Path, overrides: list[str]) -> dict:
 
 def noise_control(original: Path, unlearned: Path, output_dir: Path, seed: int) -> Path:
     """The original model plus Gaussian noise whose norm equals unlearning's change, tensor by tensor."""
-    from hf_unlearn.tiny import load_model_and_tokenizer
-
     model, tokenizer = load_model_and_tokenizer(original)
     moved = AutoModelForCausalLM.from_pretrained(unlearned).state_dict()
     generator = torch.Generator().manual_seed(seed)
@@ -161,6 +159,12 @@ def quantization_note(rows: list[dict]) -> str:
 
 
 def main(args):
+    import datasets
+    from transformers.utils import logging
+
+    # The demo prints its own progress; per-file load/save bars from the libraries would drown it.
+    datasets.disable_progress_bars()
+    logging.disable_progress_bar()
     out = Path(args.output_dir)
     if not Path(args.recipe).is_file():
         raise FileNotFoundError(f"Demo recipe {args.recipe} not found; pass --recipe recipes/demo.yaml from the repo.")

@@ -71,9 +71,10 @@ def peft_config(script_args: ScriptArguments):
     )  # fmt: skip
 
 
-def tofu_settings(script_args: ScriptArguments, data_dir: str | None) -> dict:
+def tofu_settings(script_args: ScriptArguments, data_dir: str | None, show_progress: bool = True) -> dict:
     """How the TOFU evaluator reads this run's data, so evaluation and training see the same splits."""
     return {
+        "show_progress": show_progress,
         "forget_split": script_args.forget_split,
         "data_dir": data_dir,
         "template": script_args.qa_template,
@@ -83,7 +84,7 @@ def tofu_settings(script_args: ScriptArguments, data_dir: str | None) -> dict:
     }
 
 
-def callbacks_for(script_args: ScriptArguments, data_dir: str | None, robustness) -> list:
+def callbacks_for(script_args: ScriptArguments, config, data_dir: str | None, robustness) -> list:
     """The robustness checks, if the recipe asks for them (a hybrid run's schedule is the trainer's own)."""
     from hf_unlearn.robustness import RobustnessCallback
 
@@ -94,7 +95,7 @@ def callbacks_for(script_args: ScriptArguments, data_dir: str | None, robustness
             from transformers import AutoModelForCausalLM
 
             original = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path)
-        settings = tofu_settings(script_args, data_dir)
+        settings = tofu_settings(script_args, data_dir, show_progress=not config.disable_tqdm)
         callbacks.append(
             RobustnessCallback(robustness, benchmark="tofu", benchmark_settings=settings, original_model=original)
         )
@@ -115,7 +116,7 @@ def run(script_args: ScriptArguments, config, robustness) -> dict:
         train_dataset=train_dataset,
         processing_class=tokenizer,
         peft_config=peft_config(script_args),
-        callbacks=callbacks_for(script_args, data_dir, robustness),
+        callbacks=callbacks_for(script_args, config, data_dir, robustness),
     )
     result = trainer.train()
     trainer.save_model(config.output_dir)
@@ -124,9 +125,8 @@ def run(script_args: ScriptArguments, config, robustness) -> dict:
         from hf_unlearn.evaluation import evaluate_model
 
         unwrapped = trainer.accelerator.unwrap_model(trainer.model).eval()
-        evaluation = evaluate_model(
-            unwrapped, tokenizer, "tofu", config.output_dir, **tofu_settings(script_args, data_dir)
-        )
+        settings = tofu_settings(script_args, data_dir, show_progress=not config.disable_tqdm)
+        evaluation = evaluate_model(unwrapped, tokenizer, "tofu", config.output_dir, **settings)
         summary["eval"] = evaluation.metrics
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(config.output_dir)
