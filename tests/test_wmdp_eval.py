@@ -112,3 +112,58 @@ def test_eval_cli_runs_a_local_task(tmp_path, model_and_tokenizer):
     assert summary["num_examples"] == {"wmdp_bio": 3}
     assert summary["metrics"]["wmdp_bio_acc"] == pytest.approx(sum(r["acc"] for r in per_example) / 3)
     assert [r["target"] for r in per_example] == [answer for _, _, answer in QUESTIONS[:3]]
+
+
+def _sharded_worker(rank, world_size, port, data_dir, out_dir, model, tokenizer):
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)  # a forked child must not reuse the parent's OpenMP pool
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        scored = []
+        model.register_forward_hook(lambda module, args, output: scored.append(output.logits.shape[0]))
+        result = benchmarks.get("wmdp", tasks=["wmdp_bio", "wmdp_cyber"], data_dir=data_dir, batch_size=2).evaluate(
+            model, tokenizer
+        )
+        record = {"metrics": result.metrics, "per_example": result.per_example, "scored": sum(scored)}
+        (out_dir / f"rank{rank}.json").write_text(json.dumps(record))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_questions_and_agree_with_one(tmp_path, model_and_tokenizer):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    model, tokenizer = model_and_tokenizer
+    write_jsonl(tmp_path / "wmdp_bio.json", QUESTIONS[:4])
+    write_jsonl(tmp_path / "wmdp_cyber.json", QUESTIONS[4:])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # fork: the children inherit the imported libraries and the model (spawn would re-import for ~10 s each).
+    args = (2, port, tmp_path, tmp_path, model, tokenizer)
+    mp.start_processes(_sharded_worker, args=args, nprocs=2, join=True, start_method="fork")
+    scored = []
+    hook = model.register_forward_hook(lambda module, args, output: scored.append(output.logits.shape[0]))
+    single = benchmarks.get("wmdp", tasks=["wmdp_bio", "wmdp_cyber"], data_dir=tmp_path, batch_size=2).evaluate(
+        model, tokenizer
+    )
+    hook.remove()
+    expected = json.loads(json.dumps({"metrics": single.metrics, "per_example": single.per_example}))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for got in ranks:
+        assert got["metrics"] == pytest.approx(expected["metrics"])
+        for task, records in expected["per_example"].items():
+            assert [(r["index"], r["target"], r["acc"]) for r in got["per_example"][task]] == [
+                (r["index"], r["target"], r["acc"]) for r in records
+            ]
+            for mine, theirs in zip(got["per_example"][task], records):  # other batches, other float rounding
+                assert mine["loglikelihoods"] == pytest.approx(theirs["loglikelihoods"], abs=1e-5)
+    # each rank scored a share of the questions; together exactly what one process scores
+    assert 0 < ranks[0]["scored"] < sum(scored) and ranks[0]["scored"] + ranks[1]["scored"] == sum(scored)

@@ -6,8 +6,10 @@ in ``hf_unlearn/benchmarks/tasks/<name>_local.yaml``: the same prompt and scorin
 every requested task uses its local twin. Zero-shot accuracy (``acc``: the choice letter with the highest
 log-likelihood).
 
-lm-eval does not shard an already-loaded model across processes, so in a multi-process run the main process
-evaluates and broadcasts the result to the other ranks.
+In a multi-process run each rank scores its share of the questions: lm-eval splits documents by the model's
+``rank``/``world_size`` and gathers the outcomes to rank 0 through the model's ``all_gather``/``gather_object``
+hooks, which :func:`sharded_lm` points at torch.distributed (HFLM ignores ranks for an already-loaded model); rank 0
+then broadcasts the result, so every rank returns the same numbers.
 """
 
 from __future__ import annotations
@@ -111,9 +113,8 @@ class WmdpBenchmark(Benchmark):
         start = time.perf_counter()
         require_pad_token(tokenizer)
         specs = self.task_specs()
-        rank, world_size = process_info()
-        payload = self._run(model, tokenizer, specs) if rank == 0 else None
-        if world_size > 1:
+        payload = self._run(model, tokenizer, specs)  # the full result on rank 0, None elsewhere
+        if process_info()[1] > 1:
             import torch.distributed as dist
 
             box = [payload]
@@ -137,7 +138,6 @@ class WmdpBenchmark(Benchmark):
     def _run(self, model, tokenizer, specs):
         try:
             from lm_eval import simple_evaluate
-            from lm_eval.models.huggingface import HFLM
         except ImportError as err:
             raise ImportError("WMDP/MMLU evaluation needs lm-eval: pip install 'hf_unlearn[eval]'.") from err
 
@@ -146,7 +146,7 @@ class WmdpBenchmark(Benchmark):
         # Indexing lm-eval's thousands of built-in YAMLs takes seconds; local configs need none of them.
         task_manager = TaskManager(include_defaults=any(isinstance(spec, str) for spec in specs))
         with eval_mode(model):
-            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
+            lm = sharded_lm(model, tokenizer, self.batch_size)
             output = simple_evaluate(
                 model=lm,
                 tasks=specs,
@@ -156,6 +156,8 @@ class WmdpBenchmark(Benchmark):
                 bootstrap_iters=0,
                 task_manager=task_manager,
             )
+        if output is None:  # lm-eval returns results on rank 0 only
+            return None
         metrics, per_example, counts = {}, {}, {}
         for task_name, values in output["results"].items():
             if "acc,none" not in values:
@@ -167,6 +169,30 @@ class WmdpBenchmark(Benchmark):
                 per_example[short] = [sample_record(s) for s in sorted(samples, key=lambda s: s["doc_id"])]
                 counts[short] = len(samples)
         return metrics, per_example, counts
+
+
+def sharded_lm(model, tokenizer, batch_size: int):
+    """lm-eval's HFLM around the in-memory model, scoring this rank's share of the documents."""
+    import torch
+    import torch.distributed as dist
+    from lm_eval.models.huggingface import HFLM
+
+    class ShardedHFLM(HFLM):
+        def all_gather(self, tensor):
+            if self.world_size <= 1:
+                return tensor
+            tensor = tensor.reshape(1) if tensor.ndim == 0 else tensor
+            parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+            dist.all_gather(parts, tensor)
+            return torch.cat(parts)
+
+        def barrier(self):
+            if self.world_size > 1:
+                dist.barrier()
+
+    lm = ShardedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm._rank, lm._world_size = process_info()
+    return lm
 
 
 def sample_record(sample: dict[str, Any]) -> dict[str, Any]:
