@@ -1,4 +1,4 @@
-"""Linear mode connectivity between two checkpoints (REFERENCE §6).
+"""Linear mode connectivity between two checkpoints (``docs/definitions.md``).
 
 Along ``θ(a) = (1 − a)·θ_A + a·θ_B`` the loss is measured at evenly spaced ``a`` in [0, 1]; the barrier is
 ``max_a L(θ(a)) − ((1 − a)·L(θ_A) + a·L(θ_B))``. A barrier near zero means the two models share a basin (the

@@ -136,7 +136,7 @@ def test_codes_changed_fraction_fp4_hand_built():
 def test_codes_changed_by_gradient_ascent_on_tiny_model():
     original, unlearned, *_ = tiny_unlearned()
     fp4 = codes_changed_fraction(original, unlearned, "fp4")["fraction"]
-    # lr 1e-3 ascent on a tiny model moves weights by far more than a 4-bit step (REFERENCE §6: 28-74%).
+    # lr 1e-3 ascent on a tiny model moves weights by far more than a 4-bit step (28-74% of codes change there).
     assert 0.2 < fp4 < 0.6
     assert codes_changed_fraction(original, original, "fp4")["fraction"] == 0.0
 

@@ -1,4 +1,4 @@
-"""Robustness attacks on an unlearned model: relearning and weight quantization (REFERENCE §6).
+"""Robustness attacks on an unlearned model: relearning and weight quantization (protocols: ``docs/definitions.md``).
 
 Both leave the caller's model as it was: `relearn` trains a copy, `quantize` returns a copy and
 `quantized_weights` restores the weights bit for bit on exit. bitsandbytes is imported only when used.

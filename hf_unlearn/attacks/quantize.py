@@ -217,7 +217,7 @@ def codes_changed_fraction(
     block_size: int = DEFAULT_BLOCK_SIZE,
     skip_modules: list[str] | None = None,
 ) -> dict[str, float | dict[str, float]]:
-    """Fraction of quantization codes that differ between two models of one architecture (REFERENCE §6).
+    """Fraction of quantization codes that differ between two models of one architecture (see ``docs/definitions.md``).
 
     The quantization attack bites only where unlearning moved weights by less than a quantization step, so
     the codes snap back to the original's; a large fraction means it cannot. Returns

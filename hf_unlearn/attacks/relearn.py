@@ -1,6 +1,6 @@
 """Relearning attack: fine-tune a copy of the unlearned model on a little forget data, then re-evaluate.
 
-Protocols (REFERENCE §6): AdamW, lr 1e-5, cosine, batch 4. MUSE: 2048-token blocks of the raw forget text,
+Protocols (``docs/definitions.md``): AdamW, lr 1e-5, cosine, batch 4. MUSE: 2048-token blocks of the raw forget text,
 50/75/100 steps (Books) or 100/125/150 (News). WMDP: 20 forget samples over 1-3 epochs. TOFU has no published
 protocol; the preset (our choice) relearns 40 QA pairs of the forget split for 10/20/40 steps.
 

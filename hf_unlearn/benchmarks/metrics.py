@@ -4,7 +4,7 @@ Every likelihood-based number comes from one place, :func:`answer_token_stats`, 
 of one batched forward into per-example answer statistics (NLL sum/mean, token count, Min-K% score,
 extraction strength), so probability, truth ratio and membership scores never need a second pass.
 
-Conventions (see ``REFERENCE.md`` §5):
+Conventions (the whole list: ``docs/definitions.md``):
 
 * "answer tokens" are the positions whose label is not ``-100`` (the answer plus the closing EOS);
   logits at position ``t`` predict the label at ``t + 1`` (the usual causal shift).

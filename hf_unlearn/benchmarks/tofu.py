@@ -1,4 +1,4 @@
-"""TOFU evaluation (Maini et al., COLM 2024) with the definitions of REFERENCE.md §5.
+"""TOFU evaluation (Maini et al., COLM 2024) with the definitions of ``docs/definitions.md``.
 
 Sets: forget (``forgetNN_perturbed``), retain (``retain_perturbed``), real authors and world facts (their
 ``_perturbed`` configs) and holdout (``holdoutNN``, for the membership attack). Per set, one batched scoring pass
