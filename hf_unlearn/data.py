@@ -6,7 +6,9 @@ their dataset `index`, so methods can key cached per-example statistics (NPO's r
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -108,6 +110,28 @@ class TextBlockDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, list[int]]:
         return self.examples[index]
+
+
+def read_texts(path: str | Path, field: str = "text") -> list[str]:
+    """The `field` of every row of a JSON Lines file (a raw-text forget or retain corpus)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; give a JSON Lines file with a {field!r} field per line.")
+    texts = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not a JSON object ({err.msg}).") from err
+            if not isinstance(row, dict) or field not in row:
+                raise ValueError(f"{path}:{number}: missing field {field!r}; expected one JSON object per line.")
+            texts.append(row[field])
+    if not texts:
+        raise ValueError(f"{path} holds no text rows.")
+    return texts
 
 
 def chunk_text(texts: Sequence[str], tokenizer, block_size: int) -> list[dict[str, list[int]]]:

@@ -17,7 +17,7 @@ import yaml
 from transformers import HfArgumentParser
 
 
-BENCHMARKS_FOR_TRAINING = ("tofu", "synthetic")
+BENCHMARKS_FOR_TRAINING = ("tofu", "synthetic", "text")
 
 
 @dataclass
@@ -39,13 +39,23 @@ class ScriptArguments:
             "For benchmark=synthetic the folder is written there (default: <output_dir>/data)."
         },
     )
+    forget_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "benchmark=text: JSON Lines forget corpus (MUSE, WMDP forget text), cut into max_length blocks."
+        },
+    )
+    retain_file: str | None = field(
+        default=None, metadata={"help": "benchmark=text: JSON Lines retain corpus (e.g. wikitext), cut the same way."}
+    )
+    text_field: str = field(default="text", metadata={"help": "benchmark=text: the field that holds each text."})
     forget_split: str = field(
         default="forget10", metadata={"help": "TOFU forget split: forget01, forget05, forget10."}
     )
     retain_split: str | None = field(
         default=None, metadata={"help": "Retain split (default: the complement of forget_split, e.g. retain90)."}
     )
-    max_length: int = field(default=512, metadata={"help": "Maximum tokens per QA example."})
+    max_length: int = field(default=512, metadata={"help": "Maximum tokens per QA example or text block."})
     qa_template: str | None = field(
         default=None,
         metadata={"help": "Plain prompt template with {question}; unset = the tokenizer's chat template if any."},
@@ -136,11 +146,27 @@ def parse_recipe(path: str | Path | None, overrides: list[str] | None = None, me
             f"benchmark={script_args.benchmark!r} cannot provide training data yet; "
             f"choose one of {', '.join(BENCHMARKS_FOR_TRAINING)}."
         )
+    if script_args.benchmark == "text":
+        _check_text_files(script_args)
     if script_args.benchmark == "tofu" and script_args.data_dir and not Path(script_args.data_dir).is_dir():
         raise FileNotFoundError(f"data_dir {script_args.data_dir} is not a folder; point it at a local TOFU copy.")
     if not script_args.model_name_or_path:
         raise ValueError("model_name_or_path is required: a local model folder or a Hub id.")
     return script_args, config, robustness
+
+
+def _check_text_files(script_args: ScriptArguments) -> None:
+    if not script_args.forget_file:
+        raise ValueError("benchmark=text needs forget_file: a JSON Lines file with a 'text' field per line.")
+    for name in ("forget_file", "retain_file"):
+        path = getattr(script_args, name)
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{name} {path} not found.")
+    if script_args.evaluate or script_args.robustness:
+        raise ValueError(
+            "evaluate/robustness read TOFU-format QA data; with benchmark=text, evaluate the saved model with "
+            "`hf-unlearn eval --benchmark muse|wmdp` and attack it with `hf-unlearn attack`."
+        )
 
 
 def _flag_value(argv: list[str], name: str) -> str | None:

@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 from hf_unlearn.benchmarks.tofu_data import load_tofu, tofu_split_names
-from hf_unlearn.data import ForgetRetainDataset, QADataset
+from hf_unlearn.data import ForgetRetainDataset, QADataset, TextBlockDataset, read_texts
 from hf_unlearn.recipes import ScriptArguments, parse_recipe
 from hf_unlearn.trainers import get_method
 
@@ -39,9 +39,26 @@ def resolve_data_dir(script_args: ScriptArguments, config) -> str | None:
     return str(folder)
 
 
+def text_dataset(script_args: ScriptArguments, config, trainer_cls, tokenizer) -> ForgetRetainDataset:
+    """Raw-text corpora (MUSE, WMDP) cut into `max_length`-token blocks."""
+
+    def blocks(path):
+        texts = read_texts(path, script_args.text_field)
+        return TextBlockDataset(texts, tokenizer, block_size=script_args.max_length, source=path)
+
+    retain = None
+    if trainer_cls.uses_retain(config):
+        if not script_args.retain_file:
+            raise ValueError(f"{script_args.method} with alpha={config.alpha} needs retain_file (or set alpha=0).")
+        retain = blocks(script_args.retain_file)
+    return ForgetRetainDataset(blocks(script_args.forget_file), retain, seed=config.data_seed or config.seed)
+
+
 def build_train_dataset(
     script_args: ScriptArguments, config, trainer_cls, tokenizer, data_dir: str | None
 ) -> ForgetRetainDataset:
+    if script_args.benchmark == "text":
+        return text_dataset(script_args, config, trainer_cls, tokenizer)
     names = tofu_split_names(script_args.forget_split)
     retain_split = script_args.retain_split or names["retain"]
 

@@ -96,3 +96,19 @@ def test_bad_input_errors_name_the_problem():
         QADataset([], tok, source="forget split")
     with pytest.raises(ValueError, match="pad token"):
         DataCollatorForUnlearning(tokenizer=object())
+
+
+def test_read_texts_reads_a_field_and_names_bad_lines(tmp_path):
+    from hf_unlearn.data import read_texts
+
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"text": "a"}\n\n{"text": "b", "id": 2}\n')
+    assert read_texts(path) == ["a", "b"]
+    path.write_text('{"text": "a"}\n{"body": "b"}\n')
+    with pytest.raises(ValueError, match=r"corpus.jsonl:2: missing field 'text'"):
+        read_texts(path)
+    path.write_text("{oops\n")
+    with pytest.raises(ValueError, match=r"corpus.jsonl:1: not a JSON object"):
+        read_texts(path)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl not found"):
+        read_texts(tmp_path / "missing.jsonl")

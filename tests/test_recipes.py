@@ -9,13 +9,19 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"
 
 
 def test_recipes_folder_is_not_empty():
-    assert {p.name for p in RECIPES} >= {"demo.yaml", "tofu_npo_hybrid.yaml", "tofu_npo_adam.yaml"}
+    assert {p.name for p in RECIPES} >= {
+        "demo.yaml", "tofu_npo_hybrid.yaml", "tofu_npo_adam.yaml", "wmdp_rmu_hybrid.yaml", "muse_news_npo_hybrid.yaml"
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
-def test_every_recipe_parses_into_its_method_config(recipe):
-    # bf16 recipes target GPUs; on this CPU-only machine transformers accepts bf16 only with use_cpu.
-    script_args, config, _ = parse_recipe(recipe, ["--use_cpu", "true"])
+def test_every_recipe_parses_into_its_method_config(recipe, tmp_path):
+    flags = ["--use_cpu", "true"]
+    if "benchmark: text" in recipe.read_text():  # their corpora are the user's files; stand-ins here
+        corpus = tmp_path / "corpus.jsonl"
+        corpus.write_text('{"text": "some text"}\n')
+        flags += ["--forget_file", str(corpus), "--retain_file", str(corpus)]
+    script_args, config, _ = parse_recipe(recipe, flags)
     assert type(config).__name__.lower().startswith(script_args.method.replace("_", ""))
     assert config.remove_unused_columns is False
 
@@ -46,7 +52,12 @@ def test_bad_recipes_fail_in_one_line_naming_the_fix(tmp_path):
     with pytest.raises(ValueError, match="fp3"):
         parse_recipe(recipe)
     recipe.write_text("method: npo\nmodel_name_or_path: m\nbenchmark: wmdp\n")
-    with pytest.raises(ValueError, match="choose one of tofu, synthetic"):
+    with pytest.raises(ValueError, match="choose one of tofu, synthetic, text"):
         parse_recipe(recipe)
+    recipe.write_text("method: rmu\nmodel_name_or_path: m\nbenchmark: text\n")
+    with pytest.raises(ValueError, match="benchmark=text needs forget_file"):
+        parse_recipe(recipe)
+    with pytest.raises(FileNotFoundError, match="forget_file nowhere.jsonl not found"):
+        parse_recipe(recipe, ["--forget_file", "nowhere.jsonl"])
     with pytest.raises(FileNotFoundError, match="recipes/ folder"):
         parse_recipe(tmp_path / "missing.yaml")

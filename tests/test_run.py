@@ -64,3 +64,21 @@ def test_bad_recipe_fails_before_any_weight_is_read(original, monkeypatch):
         main([*base, "--max_steps", "30"])
     with pytest.raises(ValueError, match="fp16=True cannot be combined"):
         main([*base, "--fp16", "true", "--use_cpu", "false"])
+
+
+def test_rmu_recipe_trains_on_raw_text_corpora(original, tmp_path):
+    folder, _ = original
+    forget, retain = tmp_path / "forget.jsonl", tmp_path / "retain.jsonl"
+    forget.write_text("".join(json.dumps({"text": f"Ava Varga was born in Oslo in {y}."}) + "\n" for y in range(8)))
+    retain.write_text("".join(json.dumps({"text": f"The capital of France is Paris {i}."}) + "\n" for i in range(8)))
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "wmdp_rmu_hybrid.yaml"
+    out = tmp_path / "rmu"
+    flags = ["--model_name_or_path", str(folder / "original"), "--forget_file", str(forget)]
+    flags += ["--retain_file", str(retain), "--output_dir", str(out), "--max_length", "16", "--layer", "1"]
+    flags += ["--trainable_layers", "1", "--max_steps", "2", "--hybrid_fo_steps", "1", "--alpha", "10"]
+    flags += ["--learning_rate", "1e-2", "--zo_learning_rate", "1e-2", "--use_cpu", "true", "--disable_tqdm", "true"]
+    assert main(["run", str(recipe), *flags]) == 0
+    before = AutoModelForCausalLM.from_pretrained(folder / "original").state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"model.layers.1.mlp.down_proj.weight"}  # RMU's selection, through both FO and ZO steps
