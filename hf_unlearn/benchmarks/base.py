@@ -79,13 +79,30 @@ def _json_safe(value: Any) -> Any:
 
 
 class Benchmark(ABC):
-    """An evaluator: configured in ``__init__``, applied to an in-memory model by ``evaluate``."""
+    """An evaluator: configured in ``__init__``, applied to an in-memory model by ``evaluate``.
+
+    Benchmarks whose metrics compare against a retain model (forget quality, privleak) set ``retain_stats_format``,
+    ``retain_model`` / ``retain_stats`` and implement ``settings`` and ``retain_statistics``.
+    """
 
     name: str = "benchmark"
+    retain_stats_format: str = ""
 
     @abstractmethod
     def evaluate(self, model, tokenizer) -> BenchmarkResult:
         """Evaluate ``model`` (a causal LM, any device) with ``tokenizer``; every rank calls it, all get the result."""
+
+    def reference_statistics(self, model) -> tuple[dict | None, str | None]:
+        """``(retain-model statistics, None)``, computed once and cached or as given; else ``(None, reason)``."""
+        from hf_unlearn.benchmarks.engine import model_device
+        from hf_unlearn.benchmarks.reference import load_retain_model, resolve_reference
+
+        def compute() -> dict[str, Any]:
+            return self.retain_statistics(*load_retain_model(self.retain_model, model_device(model)))
+
+        return resolve_reference(
+            self.retain_stats, self.retain_model, self.retain_stats_format, self.settings(), compute
+        )
 
 
 _REGISTRY: dict[str, tuple[str, str, dict[str, Any]] | Callable[..., Benchmark]] = {

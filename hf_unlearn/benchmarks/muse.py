@@ -28,8 +28,7 @@ from datasets import load_dataset
 
 from hf_unlearn.benchmarks import metrics
 from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
-from hf_unlearn.benchmarks.engine import generate_greedy, model_device, require_pad_token, score_examples
-from hf_unlearn.benchmarks.reference import load_retain_model, resolve_reference
+from hf_unlearn.benchmarks.engine import generate_greedy, require_pad_token, score_examples
 from hf_unlearn.benchmarks.sharding import gather_in_order, process_info, shard
 from hf_unlearn.data import check_columns
 
@@ -90,6 +89,7 @@ class MuseBenchmark(Benchmark):
     """
 
     name = "muse"
+    retain_stats_format = RETAIN_STATS_FORMAT
 
     def __init__(
         self,
@@ -156,7 +156,7 @@ class MuseBenchmark(Benchmark):
             [r["min_k"] for r in records["privleak_forget"]], [r["min_k"] for r in records["privleak_holdout"]]
         )
         values["mia_min_k_auc"] = auc
-        reference, reason = self._reference(model)
+        reference, reason = self.reference_statistics(model)
         unavailable = {}
         reference_auc = reference["mia_min_k_auc"] if reference else 0.5
         if reference_auc >= 1.0:
@@ -192,12 +192,6 @@ class MuseBenchmark(Benchmark):
             **self.settings(),
             "mia_min_k_auc": metrics.auc([r["min_k"] for r in forget], [r["min_k"] for r in holdout]),
         }
-
-    def _reference(self, model) -> tuple[dict | None, str | None]:
-        def compute() -> dict[str, Any]:
-            return self.retain_statistics(*load_retain_model(self.retain_model, model_device(model)))
-
-        return resolve_reference(self.retain_stats, self.retain_model, RETAIN_STATS_FORMAT, self.settings(), compute)
 
     def _generate(self, model, tokenizer, rows, prompts, max_new_tokens, stop_strings, desc):
         rank, world_size = process_info()

@@ -19,8 +19,7 @@ from typing import Any
 
 from hf_unlearn.benchmarks import metrics
 from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
-from hf_unlearn.benchmarks.engine import generate_greedy, model_device, require_pad_token, score_examples
-from hf_unlearn.benchmarks.reference import load_retain_model, resolve_reference
+from hf_unlearn.benchmarks.engine import generate_greedy, require_pad_token, score_examples
 from hf_unlearn.benchmarks.sharding import gather_in_order, process_info, shard
 from hf_unlearn.benchmarks.tofu_data import load_tofu, tofu_split_names
 from hf_unlearn.data import tokenize_prompt, tokenize_qa
@@ -60,6 +59,7 @@ class TofuBenchmark(Benchmark):
     """
 
     name = "tofu"
+    retain_stats_format = RETAIN_STATS_FORMAT
 
     def __init__(
         self,
@@ -128,7 +128,7 @@ class TofuBenchmark(Benchmark):
         start = time.perf_counter()
         require_pad_token(tokenizer)
         records = {name: self._evaluate_set(model, tokenizer, name, generate=SETS[name][2]) for name in SETS}
-        reference, reason = self._reference_statistics(model)
+        reference, reason = self.reference_statistics(model)
         values, unavailable = summarise(records, reference, reason, self.use_stemmer)
         config = {
             **self.settings(),
@@ -206,16 +206,6 @@ class TofuBenchmark(Benchmark):
             for position, (index, row) in enumerate(local)
         ]
         return gather_in_order(records, len(rows), world_size)
-
-    # ------------------------------------------------------------------------------ retain-model reference
-    def _reference_statistics(self, model) -> tuple[dict | None, str | None]:
-        """``(statistics, None)`` or ``(None, reason they are unavailable)``."""
-
-        def compute() -> dict[str, Any]:
-            retain_model, retain_tokenizer = load_retain_model(self.retain_model, model_device(model))
-            return self.retain_statistics(retain_model, retain_tokenizer)
-
-        return resolve_reference(self.retain_stats, self.retain_model, RETAIN_STATS_FORMAT, self.settings(), compute)
 
 
 def example_record(
