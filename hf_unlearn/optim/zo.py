@@ -282,6 +282,16 @@ class ZOSGD(ZerothOrderOptimizer):
         p.add_(estimate, alpha=-group["lr"])
 
 
+def _advance_moments(p: torch.Tensor, state: dict) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """Adam-style per-parameter state: the incremented step count and the first and second moment buffers."""
+    if not state:
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(p)
+        state["exp_avg_sq"] = torch.zeros_like(p)
+    state["step"] += 1
+    return state["step"], state["exp_avg"], state["exp_avg_sq"]
+
+
 class ZOAdam(ZerothOrderOptimizer):
     """ZO-Adam: AdamW (bias-corrected, decoupled weight decay) fed with the ZO estimate ``ĝ``."""
 
@@ -300,13 +310,7 @@ class ZOAdam(ZerothOrderOptimizer):
 
     def _update(self, p, estimate, group, state):
         beta1, beta2 = group["betas"]
-        if not state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
-        state["step"] += 1
-        t = state["step"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
+        t, m, v = _advance_moments(p, state)
         m.mul_(beta1).add_(estimate, alpha=1 - beta1)
         v.mul_(beta2).addcmul_(estimate, estimate, value=1 - beta2)
         if group["weight_decay"]:
@@ -351,13 +355,7 @@ class AdaZO(ZerothOrderOptimizer):
 
     def _update(self, p, estimate, group, state):
         beta1, beta2 = group["betas"]
-        if not state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(p)
-            state["exp_avg_sq"] = torch.zeros_like(p)
-        state["step"] += 1
-        t = state["step"]
-        m, v = state["exp_avg"], state["exp_avg_sq"]
+        t, m, v = _advance_moments(p, state)
         m.mul_(beta1).add_(estimate, alpha=1 - beta1)
         if group["weight_decay"]:
             p.mul_(1 - group["lr"] * group["weight_decay"])
