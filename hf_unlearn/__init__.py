@@ -18,15 +18,23 @@ _PUBLIC = {
         "SimNPOTrainer",
     ],
     "hf_unlearn.trainers.zeroth_order": ["ZerothOrderMixin"],
-    "hf_unlearn.optim": ["build_optimizer", "OptimizerArguments", "OptimizerFactoryMixin"],
-    "hf_unlearn.callbacks": ["HybridScheduleCallback"],
-    "hf_unlearn.robustness": ["RobustnessCallback", "RobustnessConfig"],
-    "hf_unlearn.attacks": ["relearn", "quantize"],
-    "hf_unlearn.evaluation": ["evaluate_model"],
+    "hf_unlearn.optim": ["build_optimizer", "OptimizerArguments", "OptimizerConfig", "OptimizerFactoryMixin"],
+    "hf_unlearn.callbacks": ["HybridScheduleCallback", "PairingEpochCallback", "RobustnessCallback"],
+    "hf_unlearn.attacks": ["relearn", "quantize", "codes_changed_fraction"],
+    "hf_unlearn.attacks.robustness": ["RobustnessConfig", "robustness_checks"],
+    "hf_unlearn.benchmarks": ["evaluate_model"],
+    "hf_unlearn.benchmarks.sources": ["DataSource"],
+    "hf_unlearn.loading": ["load_model_and_tokenizer"],
+    "hf_unlearn.recipes": ["parse_recipe", "Recipe"],
+    "hf_unlearn.pipeline": ["run"],
 }  # fmt: skip
 _MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
 
 __all__ = ["__version__", *_MODULE_OF]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 def __getattr__(name: str):

@@ -88,23 +88,6 @@ def linear_mode_connectivity(
     return LMCResult(alphas, losses, barrier, where, metrics if metrics_fn is not None else None)
 
 
-@torch.no_grad()
-def mean_answer_loss(model, dataset, collator, batch_size: int = 16) -> float:
-    """Mean over examples of the mean NLL of the labelled tokens (answer tokens for QA, all for text)."""
-    device = next(model.parameters()).device
-    values = []
-    for start in range(0, len(dataset), batch_size):
-        batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
-        labels = batch["labels"][:, 1:].to(device)
-        token_nll = torch.nn.functional.cross_entropy(
-            logits.logits[:, :-1].float().transpose(1, 2), labels, reduction="none"
-        )
-        mask = labels != -100
-        values += ((token_nll * mask).sum(1) / mask.sum(1).clamp(min=1)).tolist()
-    return sum(values) / len(values)
-
-
 def plot_lmc(result: LMCResult, path: str | Path, title: str | None = None, label: str = "loss") -> Path:
     """Write a PNG of the loss along the path, with the straight line between the endpoint losses."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from hf_unlearn.optim.args import OptimizerArguments
-from hf_unlearn.optim.factory import validate_optimizer_args
 
 
 RETAIN_LOSSES = ("nll", "kl")
@@ -57,7 +56,7 @@ class UnlearnConfig(TrainingArguments, OptimizerArguments):
         if self.retain_loss not in RETAIN_LOSSES:
             raise ValueError(f"retain_loss must be one of {', '.join(RETAIN_LOSSES)}, got {self.retain_loss!r}.")
         super().__post_init__()
-        validate_optimizer_args(self)
+        self.check_optimizer_fields()
 
 
 def check_positive(name: str, value: float) -> None:

@@ -1,4 +1,4 @@
-"""`hf-unlearn demo`: the whole pipeline on a tiny model and the synthetic benchmark, offline, in a few minutes.
+"""The embedded demo (`hf-unlearn demo`): the whole pipeline on a tiny model and the synthetic benchmark, offline.
 
 1. Write the synthetic fictitious-author benchmark and train a tokenizer on it.
 2. Fine-tune a tiny Llama on every author plus the general-knowledge sets (the "original" model) and another on
@@ -24,7 +24,8 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 from hf_unlearn.benchmarks.tofu_data import load_tofu
 from hf_unlearn.data import DataCollatorForUnlearning, QADataset
-from hf_unlearn.tiny import build_tiny_model, load_model_and_tokenizer, train_tokenizer
+from hf_unlearn.loading import load_model_and_tokenizer
+from hf_unlearn.tiny import build_tiny_model, train_tokenizer
 
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
@@ -35,17 +36,6 @@ COLUMNS = {  # report column -> metric key
     "model utility": "model_utility",
     "forget quality": "forget_quality",
 }
-
-
-def add_arguments(parser):
-    parser.add_argument("--output_dir", default="outputs/demo", help="Where the data, models and reports go.")
-    parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="The unlearning recipe every variant runs.")
-    parser.add_argument("--num_authors", type=int, default=20, help="Authors in the synthetic benchmark.")
-    parser.add_argument("--finetune_epochs", type=int, default=30, help="Epochs to memorise the benchmark.")
-    parser.add_argument(
-        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="Optimizers to compare."
-    )
-    parser.add_argument("--seed", type=int, default=0, help="Seed for data, models and training.")
 
 
 def finetune(tokenizer, rows, output_dir: Path, epochs: int, seed: int) -> Path:
@@ -74,12 +64,12 @@ def finetune(tokenizer, rows, output_dir: Path, epochs: int, seed: int) -> Path:
 
 def unlearn(recipe: str, variant: str, out: Path, overrides: list[str]) -> dict:
     """Run the recipe with one optimizer; returns the robustness record of its train-end checks."""
+    from hf_unlearn.pipeline import run
     from hf_unlearn.recipes import parse_recipe
-    from hf_unlearn.run import run
 
     output_dir = out / f"npo_{variant}"
     flags = [*overrides, "--optimizer", VARIANTS[variant], "--output_dir", str(output_dir)]
-    run(*parse_recipe(recipe, flags))
+    run(parse_recipe(recipe, flags))
     return json.loads((output_dir / "robustness.json").read_text())["runs"][-1]
 
 
@@ -98,9 +88,9 @@ def noise_control(original: Path, unlearned: Path, output_dir: Path, seed: int) 
 
 
 def reference_row(name: str, path: Path, data_dir: Path, retain: Path) -> dict:
-    from hf_unlearn.evaluation import evaluate_model, load_for_eval
+    from hf_unlearn.benchmarks import evaluate_model
 
-    model, tokenizer = load_for_eval(str(path), device="cpu")
+    model, tokenizer = load_model_and_tokenizer(path, device="cpu")
     result = evaluate_model(
         model, tokenizer, "tofu", path / "eval", data_dir=str(data_dir), retain_model=str(retain),
         max_new_tokens=48, max_length=128, show_progress=False,
@@ -158,38 +148,47 @@ def quantization_note(rows: list[dict]) -> str:
     )
 
 
-def main(args):
+def run_demo(
+    output_dir: str | Path = "outputs/demo",
+    recipe: str | Path = DEFAULT_RECIPE,
+    num_authors: int = 20,
+    finetune_epochs: int = 30,
+    variants: list[str] | None = None,
+    seed: int = 0,
+) -> list[dict]:
+    """Run the demo end to end; print and write the report; return its rows."""
     import datasets
     from transformers.utils import logging
 
     # The demo prints its own progress; per-file load/save bars from the libraries would drown it.
     datasets.disable_progress_bars()
     logging.disable_progress_bar()
-    out = Path(args.output_dir)
-    if not Path(args.recipe).is_file():
-        raise FileNotFoundError(f"Demo recipe {args.recipe} not found; pass --recipe recipes/demo.yaml from the repo.")
-    data_dir = write_synthetic_tofu(out / "data", num_authors=args.num_authors, seed=args.seed)
+    out = Path(output_dir)
+    variants = list(VARIANTS) if variants is None else variants
+    if not Path(recipe).is_file():
+        raise FileNotFoundError(f"Demo recipe {recipe} not found; pass --recipe recipes/demo.yaml from the repo.")
+    data_dir = write_synthetic_tofu(out / "data", num_authors=num_authors, seed=seed)
     full, retain = load_tofu("full", data_dir), load_tofu("retain90", data_dir)
     general = [*load_tofu("real_authors_perturbed", data_dir), *load_tofu("world_facts_perturbed", data_dir)]
     texts = [r["question"] + " " + r["answer"] for split in ("full", "holdout10") for r in load_tofu(split, data_dir)]
     tokenizer = train_tokenizer(texts + [r["question"] + " " + r["answer"] for r in general], vocab_size=1024)
 
     print("Fine-tuning the original and the retain model ...")
-    original = finetune(tokenizer, [*full, *general], out / "original", args.finetune_epochs, args.seed)
-    retain_model = finetune(tokenizer, [*retain, *general], out / "retain", args.finetune_epochs, args.seed)
+    original = finetune(tokenizer, [*full, *general], out / "original", finetune_epochs, seed)
+    retain_model = finetune(tokenizer, [*retain, *general], out / "retain", finetune_epochs, seed)
     rows = [reference_row("original", original, data_dir, retain_model)]
     rows.append(reference_row("retain (target)", retain_model, data_dir, retain_model))
 
     overrides = [
-        "--model_name_or_path", str(original), "--benchmark", "tofu", "--data_dir", str(data_dir),
-        "--retain_model_path", str(retain_model), "--robustness", "true", "--report_codes_changed", "true",
-        "--eval_max_new_tokens", "48", "--disable_tqdm", "true", "--seed", str(args.seed),
+        "--model_name_or_path", str(original), "--data_source", "tofu", "--data_dir", str(data_dir),
+        "--retain_model", str(retain_model), "--robustness", "true", "--report_codes_changed", "true",
+        "--eval_max_new_tokens", "48", "--disable_tqdm", "true", "--seed", str(seed),
     ]  # fmt: skip
-    for variant in args.variants:
+    for variant in variants:
         print(f"Unlearning with NPO + {variant}, then attacking the result ...")
-        rows.append({"model": f"NPO + {variant}", **unlearn(args.recipe, variant, out, overrides)})
-    if "zo" in args.variants:
-        control = noise_control(original, out / "npo_zo", out / "noise_control", args.seed)
+        rows.append({"model": f"NPO + {variant}", **unlearn(str(recipe), variant, out, overrides)})
+    if "zo" in variants:
+        control = noise_control(original, out / "npo_zo", out / "noise_control", seed)
         rows.append(reference_row("noise of the size of NPO + zo", control, data_dir, retain_model))
 
     report = table(rows) + "\n\n" + quantization_note(rows)
@@ -197,3 +196,4 @@ def main(args):
     (out / "report.md").write_text(f"# hf_unlearn demo\n\n{report}\n")
     print(report)
     print(f"Models, robustness.json files and report.md/report.json are in {out}")
+    return rows

@@ -1,79 +1,96 @@
 """Recipes: a YAML file gives defaults, command-line flags override them, unknown keys are errors.
 
-A recipe names the method (`method: npo`); its keys are the fields of `ScriptArguments` below and of the method's
-config dataclass (`UnlearnConfig` + the method's own fields + `TrainingArguments` + the optimizer fields), so one
-file holds the whole run and `hf-unlearn run recipe.yaml --help` lists every key.
+A recipe names the method (`method: npo`); its keys are the fields of `ScriptArguments` below, of the method's
+config dataclass (`UnlearnConfig` + the method's own fields + `TrainingArguments` + the optimizer fields) and of
+`RobustnessConfig`, so one file holds the whole run and `hf-unlearn run recipe.yaml --help` lists every key.
+
+Parsing follows TRL's `TrlParser`: the YAML's values become the argument parser's defaults and flags override them,
+so a YAML value is never turned back into a command-line string (`margin: -1.0e-5` stays a float). Every field is
+checked in its dataclass's `__post_init__`, before any weight is loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from transformers import HfArgumentParser
 
 
-BENCHMARKS_FOR_TRAINING = ("tofu", "synthetic", "text")
+DATA_SOURCES = ("tofu", "synthetic", "muse", "wmdp", "jsonl")
+# Old key -> (new key, old value -> new value). Each warns once per parse and keeps working.
+DEPRECATED_KEYS = {
+    "benchmark": ("data_source", {"text": "jsonl"}),
+    "retain_model_path": ("retain_model", {}),
+}
 
 
 @dataclass
 class ScriptArguments:
-    """What to unlearn and from which model; the method's hyperparameters live in its config class."""
+    """What to unlearn, from which model and with which data; the method's hyperparameters live in its config."""
 
-    method: str = field(metadata={"help": "Unlearning method: grad_ascent, grad_diff, npo, simnpo, rmu, idk_dpo."})
+    method: str | None = field(default=None, metadata={"help": "Unlearning method (required): {methods}."})
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "Model to unlearn: a local folder or a Hub id (loaded with from_pretrained)."}
     )
-    benchmark: str = field(
+    data_source: str = field(
         default="tofu",
-        metadata={"help": f"Where forget/retain data comes from: {', '.join(BENCHMARKS_FOR_TRAINING)}."},
+        metadata={
+            "help": "Where forget/retain data comes from, and so which benchmark evaluates and attacks the result: "
+            "tofu (QA splits), synthetic (TOFU-shaped, written on the spot), muse / wmdp (raw forget and retain "
+            "corpora; evaluated with MUSE / WMDP), jsonl (your own JSON Lines texts; evaluated by answer NLL). "
+            "Replaces the deprecated key `benchmark`."
+        },
     )
     data_dir: str | None = field(
         default=None,
         metadata={
-            "help": "Local folder of <config>.json JSON Lines files (TOFU layout); unset = the Hub (locuslab/TOFU). "
-            "For benchmark=synthetic the folder is written there (default: <output_dir>/data)."
+            "help": "tofu: local folder of <config>.json JSON Lines (unset = the Hub, locuslab/TOFU). synthetic: "
+            "where "
+            "the data is written (default <output_dir>/data; never into a folder holding other files). muse / "
+            "wmdp: the local evaluation sets (MUSE layout / WMDP JSON Lines)."
         },
     )
     forget_file: str | None = field(
-        default=None,
-        metadata={
-            "help": "benchmark=text: JSON Lines forget corpus (MUSE, WMDP forget text), cut into max_length blocks."
-        },
+        default=None, metadata={"help": "muse / wmdp / jsonl: JSON Lines forget corpus, cut into max_length blocks."}
     )
     retain_file: str | None = field(
-        default=None, metadata={"help": "benchmark=text: JSON Lines retain corpus (e.g. wikitext), cut the same way."}
+        default=None, metadata={"help": "muse / wmdp / jsonl: JSON Lines retain corpus (e.g. wikitext), cut the same."}
     )
-    text_field: str = field(default="text", metadata={"help": "benchmark=text: the field that holds each text."})
+    text_field: str = field(default="text", metadata={"help": "muse / wmdp / jsonl: the field holding each text."})
+    muse_corpus: str = field(default="news", metadata={"help": "muse: the MUSE corpus, news or books."})
     forget_split: str = field(
         default="forget10", metadata={"help": "TOFU forget split: forget01, forget05, forget10."}
     )
     retain_split: str | None = field(
-        default=None, metadata={"help": "Retain split (default: the complement of forget_split, e.g. retain90)."}
+        default=None, metadata={"help": "TOFU retain split (default: the complement of forget_split, e.g. retain90)."}
     )
     max_length: int = field(default=512, metadata={"help": "Maximum tokens per QA example or text block."})
     qa_template: str | None = field(
         default=None,
         metadata={"help": "Plain prompt template with {question}; unset = the tokenizer's chat template if any."},
     )
-    synthetic_num_authors: int = field(default=20, metadata={"help": "benchmark=synthetic: number of authors."})
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains the full model."})
+    synthetic_num_authors: int = field(default=20, metadata={"help": "synthetic: number of fictitious authors."})
+    use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter (TRL's name); rank lora_r or 16."})
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank; > 0 implies use_peft; 0 without use_peft: full."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_target_modules: list[str] | None = field(
         default=None, metadata={"help": "Modules LoRA adapts (default: peft's choice for the architecture)."}
     )
     evaluate: bool = field(
-        default=False, metadata={"help": "Evaluate the unlearned model on the benchmark after training."}
+        default=False, metadata={"help": "Evaluate the unlearned model with the data source's benchmark."}
     )
     robustness: bool = field(
         default=False,
         metadata={"help": "After training, attack the model (relearn_* and quantization fields) and re-evaluate."},
     )
-    retain_model_path: str | None = field(
+    retain_model: str | None = field(
         default=None,
         metadata={"help": "Model trained without the forget set: its statistics give forget quality and privleak."},
     )
@@ -83,22 +100,51 @@ class ScriptArguments:
         metadata={"help": "Robustness: load the original model again to report the share of 4-bit codes changed."},
     )
 
+    def __post_init__(self):
+        from hf_unlearn.loading import check_model_path
 
-def _flags(values: dict) -> list[str]:
-    """Turn recipe values into argv flags, so argparse applies each field's type exactly as on the command line."""
-    argv = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool):
-            argv += [f"--{key}", str(value).lower()]
-        elif isinstance(value, list | tuple):
-            argv += [f"--{key}", *map(str, value)]
-        elif isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
+        if self.data_source not in DATA_SOURCES:
+            raise ValueError(f"data_source={self.data_source!r} is unknown; choose one of {', '.join(DATA_SOURCES)}.")
+        check_model_path(self.model_name_or_path, "model_name_or_path")
+        if self.retain_model is not None:
+            check_model_path(self.retain_model, "retain_model")
+        if self.max_length < 8:
+            raise ValueError(f"max_length={self.max_length} is too small for any QA example; use e.g. 512.")
+        if self.lora_r < 0:
+            raise ValueError(f"lora_r={self.lora_r} must be >= 0 (0 = full fine-tuning unless use_peft).")
+        if self.data_source in ("muse", "wmdp", "jsonl"):
+            if not self.forget_file:
+                raise ValueError(f"data_source={self.data_source} needs forget_file: JSON Lines with a text per line.")
+            for name in ("forget_file", "retain_file"):
+                path = getattr(self, name)
+                if path and not Path(path).is_file():
+                    raise FileNotFoundError(f"{name} {path} not found.")
+        if self.muse_corpus not in ("news", "books"):
+            raise ValueError(f"muse_corpus={self.muse_corpus!r}: choose news or books.")
+        if self.data_source == "tofu" and self.data_dir and not Path(self.data_dir).is_dir():
+            raise FileNotFoundError(f"data_dir {self.data_dir} is not a folder; point it at a local TOFU copy.")
+        if self.data_source in ("muse", "wmdp") and (self.evaluate or self.robustness) and not self.data_dir:
+            raise ValueError(
+                f"data_source={self.data_source} evaluates from local files here: set data_dir to the folder of "
+                "its evaluation sets, or set evaluate=false and robustness=false."
+            )
+        if self.qa_template is not None and "{question}" not in self.qa_template:
+            raise ValueError(f"qa_template {self.qa_template!r} has no '{{question}}' field; add one.")
+
+    @property
+    def peft_rank(self) -> int:
+        """The LoRA rank to train with, 0 for full fine-tuning (TRL's default rank 16 under use_peft)."""
+        return self.lora_r or (16 if self.use_peft else 0)
+
+
+@dataclass
+class Recipe:
+    """A parsed recipe: what to run, the method's typed config, and the robustness checks."""
+
+    script: ScriptArguments
+    config: Any  # the method's config dataclass (a subclass of UnlearnConfig)
+    robustness: Any  # RobustnessConfig
+    path: str | None = None
 
 
 def field_names(*classes) -> set[str]:
@@ -110,67 +156,113 @@ def load_recipe(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Recipe {path} not found; recipes ship in the repository's recipes/ folder.")
-    values = yaml.safe_load(path.read_text())
-    if not isinstance(values, dict) or "method" not in values:
-        raise ValueError(f"Recipe {path} must be a YAML mapping with at least a 'method:' key.")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"Recipe {path}{line} is not valid YAML: {getattr(err, 'problem', err)}.") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"Recipe {path} must be a YAML mapping of key: value lines.")
     return values
 
 
-def parse_recipe(path: str | Path | None, overrides: list[str] | None = None, method: str | None = None):
-    """(ScriptArguments, method config, RobustnessConfig) from a recipe file and flags (later flags win).
+def _apply_deprecated(values: dict, source: str) -> dict:
+    values = dict(values)
+    for old, (new, value_map) in DEPRECATED_KEYS.items():
+        if old in values:
+            value = values.pop(old)
+            value = value_map.get(value, value) if isinstance(value, str) else value
+            warnings.warn(f"{source}: key {old!r} is deprecated; use {new}: {value}", FutureWarning, stacklevel=3)
+            values.setdefault(new, value)
+    return values
+
+
+def _normalise_flags(argv: list[str]) -> list[str]:
+    """`--key -1e-5` -> `--key=-1e-5`: argparse would read a negative number in scientific notation as a flag."""
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if token.startswith("--") and "=" not in token and nxt is not None and _is_negative_number(nxt):
+            out.append(f"{token}={nxt}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def _is_negative_number(text: str) -> bool:
+    return bool(re.fullmatch(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?", text))
+
+
+def _flag_keys(argv: list[str]) -> dict[str, str]:
+    """``--key value`` / ``--key=value`` pairs of `argv` (flags without a value map to "")."""
+    keys = {}
+    for i, token in enumerate(argv):
+        if token.startswith("--"):
+            key, _, value = token[2:].partition("=")
+            if not value and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                value = argv[i + 1]
+            keys[key] = value
+    return keys
+
+
+def _unknown_error(unknown: list[str], known: set[str], where: str, method: str) -> ValueError:
+    hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown]
+    return ValueError(
+        f"{where}: unknown key(s) for method {method}: {', '.join(hints)}; "
+        f"`hf-unlearn run --method {method} --help` lists every key."
+    )
+
+
+def recipe_parser(method: str) -> HfArgumentParser:
+    """The argument parser of a recipe for `method`: ScriptArguments + the method's config + RobustnessConfig."""
+    from hf_unlearn.attacks.robustness import RobustnessConfig
+    from hf_unlearn.trainers import get_method, method_names
+
+    parser = HfArgumentParser((ScriptArguments, get_method(method).config_class, RobustnessConfig))
+    for action in parser._actions:
+        if action.dest == "method" and action.help:
+            action.help = action.help.replace("{methods}", ", ".join(method_names()))
+    return parser
+
+
+def parse_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """The typed `Recipe` from a recipe file and flags (flags win; `--method` also switches the config class).
 
     Every value is checked here, before any weight is loaded.
     """
-    from hf_unlearn.optim.factory import validate_optimizer_args
-    from hf_unlearn.robustness import RobustnessConfig
     from hf_unlearn.trainers import get_method
 
-    values = load_recipe(path) if path is not None else {}
-    method = method or values.get("method") or _flag_value(overrides or [], "method")
+    overrides = _normalise_flags(list(overrides or []))
+    source = str(path) if path is not None else "command line"
+    values = _apply_deprecated(load_recipe(path), source) if path is not None else {}
+    flags = _flag_keys(overrides)
+    for old, (new, value_map) in DEPRECATED_KEYS.items():
+        if old in flags:
+            warnings.warn(f"--{old} is deprecated; use --{new}", FutureWarning, stacklevel=2)
+            overrides = [
+                t.replace(f"--{old}", f"--{new}", 1) if t.split("=")[0] == f"--{old}" else t for t in overrides
+            ]
+            overrides = [value_map.get(t, t) for t in overrides]
+    method = flags.get("method") or values.get("method")
     if not method:
         raise ValueError("No method given: put 'method: <name>' in the recipe or pass --method.")
     trainer_cls = get_method(method)
-    config_cls = trainer_cls.config_class
-    known = field_names(ScriptArguments, config_cls, RobustnessConfig)
+    method = trainer_cls._name
+    parser = recipe_parser(method)
+    from hf_unlearn.attacks.robustness import RobustnessConfig
+
+    known = field_names(ScriptArguments, trainer_cls.config_class, RobustnessConfig)
     unknown = sorted(set(values) - known)
     if unknown:
-        hints = [
-            f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown
-        ]
-        raise ValueError(f"Recipe {path}: unknown key(s) {', '.join(hints)}; see `hf-unlearn run --help`.")
-    parser = HfArgumentParser((ScriptArguments, config_cls, RobustnessConfig))
-    script_args, config, robustness = parser.parse_args_into_dataclasses(args=_flags(values) + list(overrides or []))
-    validate_optimizer_args(config)
-    if script_args.benchmark not in BENCHMARKS_FOR_TRAINING:
-        raise ValueError(
-            f"benchmark={script_args.benchmark!r} cannot provide training data yet; "
-            f"choose one of {', '.join(BENCHMARKS_FOR_TRAINING)}."
-        )
-    if script_args.benchmark == "text":
-        _check_text_files(script_args)
-    if script_args.benchmark == "tofu" and script_args.data_dir and not Path(script_args.data_dir).is_dir():
-        raise FileNotFoundError(f"data_dir {script_args.data_dir} is not a folder; point it at a local TOFU copy.")
-    if not script_args.model_name_or_path:
-        raise ValueError("model_name_or_path is required: a local model folder or a Hub id.")
-    return script_args, config, robustness
-
-
-def _check_text_files(script_args: ScriptArguments) -> None:
-    if not script_args.forget_file:
-        raise ValueError("benchmark=text needs forget_file: a JSON Lines file with a 'text' field per line.")
-    for name in ("forget_file", "retain_file"):
-        path = getattr(script_args, name)
-        if path and not Path(path).is_file():
-            raise FileNotFoundError(f"{name} {path} not found.")
-    if script_args.evaluate or script_args.robustness:
-        raise ValueError(
-            "evaluate/robustness read TOFU-format QA data; with benchmark=text, evaluate the saved model with "
-            "`hf-unlearn eval --benchmark muse|wmdp` and attack it with `hf-unlearn attack`."
-        )
-
-
-def _flag_value(argv: list[str], name: str) -> str | None:
-    for i, token in enumerate(argv[:-1]):
-        if token == f"--{name}":
-            return argv[i + 1]
-    return None
+        raise _unknown_error(unknown, known, f"Recipe {source}", method)
+    unknown_flags = sorted(k.replace("-", "_") for k in flags if k.replace("-", "_") not in known)
+    if unknown_flags:
+        raise _unknown_error(unknown_flags, known, "Command line", method)
+    values["method"] = method
+    parser.set_defaults(**values)
+    script, config, robustness = parser.parse_args_into_dataclasses(args=overrides)
+    return Recipe(script, config, robustness, None if path is None else str(path))

@@ -8,7 +8,6 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     GPT2Config,
     LlamaConfig,
     PreTrainedModel,
@@ -115,11 +114,4 @@ def tiny_model_and_tokenizer(
     if save_dir is not None:
         model.save_pretrained(save_dir)
         tokenizer.save_pretrained(save_dir)
-    return model, tokenizer
-
-
-def load_model_and_tokenizer(path: str | Path, **model_kwargs) -> tuple[PreTrainedModel, PreTrainedTokenizerFast]:
-    """Load a causal LM and its tokenizer from a local folder or Hub id (`from_pretrained` both)."""
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
     return model, tokenizer

@@ -14,3 +14,76 @@ def pytest_configure(config):
     import datasets
 
     datasets.disable_progress_bars()
+
+
+# ---- shared fixtures --------------------------------------------------------------------------------------------
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def single_thread():
+    """One intra-op thread for the test's duration: bitwise comparisons must not depend on the thread split."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A byte-level BPE tokenizer trained on the synthetic benchmark's text (with a chat template)."""
+    from tests.helpers import synthetic_tokenizer
+
+    return synthetic_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory):
+    """The synthetic benchmark (10 authors x 4 QA) as a local TOFU folder."""
+    from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
+
+    return write_synthetic_tofu(tmp_path_factory.mktemp("synthetic") / "data", num_authors=10, qa_per_author=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A saved tiny Llama (hidden 32) with its tokenizer: the model folder recipes and commands are pointed at."""
+    from hf_unlearn.tiny import build_tiny_model
+
+    folder = tmp_path_factory.mktemp("tiny_model")
+    model = build_tiny_model(tokenizer, hidden_size=32, intermediate_size=64)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def memorised_model_dir(tmp_path_factory):
+    """A tiny Llama that has memorised the synthetic benchmark's QA (forget probability near 1), saved."""
+    from tests.helpers import memorised_model
+
+    model, tokenizer = memorised_model()
+    folder = tmp_path_factory.mktemp("memorised")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def cli():
+    """Run `hf-unlearn ARGS` in-process: returns (exit code, stdout, stderr)."""
+    from hf_unlearn.cli import main
+
+    def run(*args: str):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in args])
+        return code, out.getvalue(), err.getvalue()
+
+    return run

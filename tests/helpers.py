@@ -1,5 +1,6 @@
-"""Shared fixtures' building blocks: a tokenizer trained on the synthetic benchmark's text."""
+"""Shared fixtures' building blocks: one thread, the synthetic benchmark's tokenizer, a memorising tiny model."""
 
+from contextlib import contextmanager
 from functools import lru_cache
 
 from hf_unlearn.benchmarks.synthetic import make_synthetic_tofu
@@ -31,3 +32,46 @@ def mean_answer_nll(model, dataset) -> float:
             mask = labels != -100
             values.append(-log_probs[mask.nonzero()[:, 0], labels[mask]].mean().item())
     return sum(values) / len(values)
+
+
+@contextmanager
+def one_thread():
+    """Tiny models run ~10x faster on one intra-op thread than on two contended ones; restore the count after."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def memorise(model, tokenizer, rows, steps: int = 100, lr: float = 1e-2, max_loss: float = 0.01):
+    """Full-batch AdamW on the answer NLL of `rows` until the model reproduces them (mean answer NLL < max_loss)."""
+    import torch
+
+    from hf_unlearn.data import DataCollatorForUnlearning, QADataset
+
+    data = QADataset(rows, tokenizer)
+    batch = DataCollatorForUnlearning(tokenizer)([data[i] for i in range(len(data))])
+    model.train()
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = model(**batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < max_loss, f"the tiny model did not memorise its rows (loss {loss.item():.4f})"
+    return model.eval()
+
+
+def memorised_model():
+    """(model, tokenizer): a tiny Llama that memorised the 10-author synthetic benchmark's `full` split."""
+    from hf_unlearn.tiny import build_tiny_model
+
+    tokenizer = synthetic_tokenizer()
+    with one_thread():
+        model = memorise(build_tiny_model(tokenizer, "llama"), tokenizer, synthetic_splits()["full"], steps=150)
+    return model, tokenizer

@@ -5,11 +5,12 @@ import pytest
 import torch
 from torch import nn
 
-from hf_unlearn import analysis_cli
-from hf_unlearn.analysis import barrier_height, linear_mode_connectivity, mean_answer_loss, plot_lmc
+from hf_unlearn.analysis import barrier_height, linear_mode_connectivity, plot_lmc
+from hf_unlearn.benchmarks.nll import mean_answer_loss
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
-from tests.helpers import mean_answer_nll
-from tests.unlearned_tiny import one_thread, state_hash, tiny_unlearned
+from hf_unlearn.cli import lmc as lmc_command
+from tests.helpers import mean_answer_nll, one_thread
+from tests.unlearned_tiny import state_hash, tiny_unlearned
 
 
 @pytest.fixture(autouse=True)
@@ -85,12 +86,12 @@ def test_lmc_command_writes_json_and_plot(tmp_path):
         tokenizer.save_pretrained(tmp_path / name)
     data = write_synthetic_tofu(tmp_path / "data", num_authors=6, qa_per_author=8, seed=0)
     parser = argparse.ArgumentParser()
-    analysis_cli.add_arguments(parser)
+    lmc_command.add_arguments(parser)
     args = parser.parse_args(
         [str(tmp_path / "a"), str(tmp_path / "b"), "--points", "3", "--data", str(data), "--split", "forget10"]
         + ["--eval_splits", "retain90", "--output_dir", str(tmp_path / "out"), "--device", "cpu"]
     )
-    analysis_cli.main(args)
+    lmc_command.main(args)
     record = json.loads((tmp_path / "out" / "lmc.json").read_text())
     assert set(record) == {
         "format", "model_a", "model_b", "loss", "alphas", "losses", "barrier", "barrier_alpha", "metrics"

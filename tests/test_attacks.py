@@ -14,7 +14,8 @@ from hf_unlearn.attacks import (
     relearn_dataset,
     rtn_codes,
 )
-from tests.unlearned_tiny import forget_nll, one_thread, state_hash, tiny_unlearned
+from tests.helpers import one_thread
+from tests.unlearned_tiny import forget_nll, state_hash, tiny_unlearned
 
 
 @pytest.fixture(autouse=True)
@@ -214,8 +215,8 @@ def test_attack_command_writes_the_callback_schema(tmp_path):
     import argparse
     import json
 
-    from hf_unlearn.analysis import mean_answer_loss
-    from hf_unlearn.attacks import cli
+    from hf_unlearn.cli import attack as cli
+    from hf_unlearn.benchmarks.nll import mean_answer_loss
     from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 
     original, unlearned, tokenizer, _, forget, collator = tiny_unlearned()

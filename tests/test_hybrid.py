@@ -6,16 +6,14 @@ from transformers import TrainerCallback
 
 from hf_unlearn.callbacks import HybridScheduleCallback
 from hf_unlearn.trainers.zeroth_order import ZerothOrderMixin
+from tests.helpers import one_thread
 from tests.scripts.optim_fixtures import RandomTokens, ZOTrainer, tiny_llama, training_args, weights
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These models run fastest on one thread, and the CPU is shared with other test processes."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def module_one_thread():
+    with one_thread():
+        yield
 
 
 class _StepRecorder(TrainerCallback):

@@ -1,11 +1,27 @@
+"""Recipe parsing: every shipped recipe parses, YAML values keep their types, every bad input fails in one line."""
+
 from pathlib import Path
 
 import pytest
 
-from hf_unlearn.recipes import parse_recipe
+from hf_unlearn.recipes import ScriptArguments, parse_recipe
 
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+RECIPES = [p for p in RECIPES if "accelerate_configs" not in p.parts]
+
+
+def write(tmp_path, text: str, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"text": "some text"}\n')
+    return path
 
 
 def test_recipes_folder_is_not_empty():
@@ -15,49 +31,117 @@ def test_recipes_folder_is_not_empty():
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
-def test_every_recipe_parses_into_its_method_config(recipe, tmp_path):
-    flags = ["--use_cpu", "true"]
-    if "benchmark: text" in recipe.read_text():  # their corpora are the user's files; stand-ins here
-        corpus = tmp_path / "corpus.jsonl"
-        corpus.write_text('{"text": "some text"}\n')
+def test_every_recipe_parses_into_its_method_config(recipe, tmp_path, tiny_model_dir, corpus):
+    # The recipes name Hub models and the user's corpora; local stand-ins here (the Hub is off in tests).
+    flags = ["--use_cpu", "true", "--model_name_or_path", str(tiny_model_dir)]
+    text = recipe.read_text()
+    if any(f"data_source: {s}" in text for s in ("muse", "wmdp", "jsonl")):
         flags += ["--forget_file", str(corpus), "--retain_file", str(corpus)]
-    script_args, config, _ = parse_recipe(recipe, flags)
-    assert type(config).__name__.lower().startswith(script_args.method.replace("_", ""))
-    assert config.remove_unused_columns is False
+    parsed = parse_recipe(recipe, flags)
+    assert type(parsed.config).__name__.lower().startswith(parsed.script.method.replace("_", ""))
+    assert parsed.config.remove_unused_columns is False
 
 
-def test_yaml_values_are_typed_and_flags_override(tmp_path):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("method: npo\nmodel_name_or_path: m\nlearning_rate: 1e-5\nbeta: 0.2\noutput_dir: o\n")
-    script_args, config, robustness = parse_recipe(recipe, ["--beta", "0.5", "--relearn_steps", "3", "6"])
-    assert config.learning_rate == 1e-5 and isinstance(config.learning_rate, float)  # YAML reads 1e-5 as a string
-    assert config.beta == 0.5 and robustness.relearn_steps == [3, 6] and script_args.model_name_or_path == "m"
+def test_yaml_values_are_typed_and_flags_override(tmp_path, tiny_model_dir):
+    recipe = write(tmp_path, f"method: npo\nmodel_name_or_path: {tiny_model_dir}\nlearning_rate: 1e-5\nbeta: 0.2\n")
+    parsed = parse_recipe(recipe, ["--beta", "0.5", "--relearn_steps", "3", "6", "--output_dir", "o"])
+    assert parsed.config.learning_rate == 1e-5 and isinstance(parsed.config.learning_rate, float)  # YAML: a string
+    assert parsed.config.beta == 0.5 and parsed.robustness.relearn_steps == [3, 6]
 
 
-def test_bad_recipes_fail_in_one_line_naming_the_fix(tmp_path):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("method: npo\nmodel_name_or_path: m\nlearning_rat: 1e-5\n")
-    with pytest.raises(ValueError, match=r"unknown key\(s\) learning_rat \(did you mean learning_rate\?\)"):
+def test_negative_scientific_numbers_survive_yaml_and_flags(tmp_path, tiny_model_dir):
+    recipe = write(tmp_path, f"method: simnpo\nmodel_name_or_path: {tiny_model_dir}\nmargin: -1.0e-5\n")
+    assert parse_recipe(recipe).config.margin == -1.0e-5
+    assert parse_recipe(recipe, ["--margin", "-2e-5"]).config.margin == -2e-5
+
+
+def test_method_flag_switches_the_config_class(tmp_path, tiny_model_dir):
+    recipe = write(tmp_path, f"method: npo\nmodel_name_or_path: {tiny_model_dir}\nalpha: 0.5\n")
+    parsed = parse_recipe(recipe, ["--method", "simnpo"])
+    assert type(parsed.config).__name__ == "SimNPOConfig" and parsed.config.alpha == 0.5
+    recipe = write(tmp_path, f"method: npo\nmodel_name_or_path: {tiny_model_dir}\nref_log_probs: online\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) for method rmu: ref_log_probs"):
+        parse_recipe(recipe, ["--method", "rmu"])
+
+
+def test_deprecated_keys_warn_and_keep_working(tmp_path, tiny_model_dir, corpus):
+    recipe = write(
+        tmp_path,
+        f"method: npo\nmodel_name_or_path: {tiny_model_dir}\nbenchmark: text\nforget_file: {corpus}\n"
+        f"retain_model_path: {tiny_model_dir}\n",
+    )
+    with pytest.warns(FutureWarning, match="'benchmark' is deprecated; use data_source: jsonl"):
+        parsed = parse_recipe(recipe)
+    assert parsed.script.data_source == "jsonl" and parsed.script.retain_model == str(tiny_model_dir)
+
+
+def test_untested_paths_parse_into_the_fields_users_set(tmp_path, tiny_model_dir, corpus):
+    recipe = write(
+        tmp_path,
+        f"method: npo\nmodel_name_or_path: {tiny_model_dir}\nref_model_path: {tiny_model_dir}\nzo_seed: 7\n"
+        "retain_split: retain95\nqa_template: \"Q: {question}\\nA: \"\nlora_r: 4\ntext_field: body\n",
+    )
+    parsed = parse_recipe(recipe)
+    assert parsed.config.ref_model_path == str(tiny_model_dir) and parsed.config.zo_seed == 7
+    assert parsed.script.retain_split == "retain95" and parsed.script.qa_template == "Q: {question}\nA: "
+    assert parsed.script.peft_rank == 4 and parsed.script.text_field == "body"
+    assert parse_recipe(recipe, ["--lora_r", "0", "--use_peft", "true"]).script.peft_rank == 16  # TRL's default
+
+
+BAD = [
+    ("learning_rat: 1e-5", ValueError, "unknown key(s) for method npo: learning_rat (did you mean learning_rate"),
+    ("beta: -1", ValueError, "beta must be > 0"),
+    ("optimizer: hybrid\nmax_steps: 30\nhybrid_fo_steps: 10", ValueError, "ends with a ZO phase; use max_steps=40"),
+    ("quantization: [fp3]", ValueError, "fp3"),
+    ("data_source: wmdpp", ValueError, "choose one of tofu, synthetic, muse, wmdp, jsonl"),
+    ("data_source: wmdp", ValueError, "data_source=wmdp needs forget_file"),
+    ("data_source: jsonl\nforget_file: nowhere.jsonl", FileNotFoundError, "forget_file nowhere.jsonl not found"),
+    ("data_source: tofu\ndata_dir: no/such/dir", FileNotFoundError, "data_dir no/such/dir is not a folder"),
+    ("zo_mu: .nan", ValueError, "zo_mu=nan must be a finite number > 0"),
+    ("learning_rate: .inf", ValueError, "learning_rate=inf must be a finite number > 0"),
+    ("optimizer: adamm", ValueError, "optimizer='adamm' is unknown"),
+    ("retain_loss: mse", ValueError, "retain_loss must be one of nll, kl"),
+    ("retain_model: ./no/such/model", FileNotFoundError, "retain_model folder ./no/such/model does not exist"),
+    ("qa_template: 'Q: {q}'", ValueError, "has no '{question}' field"),
+    ("max_length: 2", ValueError, "max_length=2 is too small"),
+    ("lora_r: -1", ValueError, "lora_r=-1 must be >= 0"),
+]
+
+
+@pytest.mark.parametrize(("line", "error", "message"), BAD, ids=[b[0].split(":")[0] for b in BAD])
+def test_bad_recipe_fails_in_one_line_naming_the_fix(tmp_path, tiny_model_dir, line, error, message):
+    recipe = write(tmp_path, f"method: npo\nmodel_name_or_path: {tiny_model_dir}\n{line}\n")
+    with pytest.raises(error, match="^[^\n]*$") as err:
         parse_recipe(recipe)
-    recipe.write_text("method: npoo\nmodel_name_or_path: m\n")
-    with pytest.raises(ValueError, match="known methods: grad_ascent"):
-        parse_recipe(recipe)
-    recipe.write_text("method: npo\nmodel_name_or_path: m\nbeta: -1\n")
-    with pytest.raises(ValueError, match="beta must be > 0"):
-        parse_recipe(recipe)
-    recipe.write_text("method: npo\nmodel_name_or_path: m\noptimizer: hybrid\nmax_steps: 30\nhybrid_fo_steps: 10\n")
-    with pytest.raises(ValueError, match="ends with a ZO phase; use max_steps=40"):
-        parse_recipe(recipe)
-    recipe.write_text("method: npo\nmodel_name_or_path: m\nquantization: [fp3]\n")
-    with pytest.raises(ValueError, match="fp3"):
-        parse_recipe(recipe)
-    recipe.write_text("method: npo\nmodel_name_or_path: m\nbenchmark: wmdp\n")
-    with pytest.raises(ValueError, match="choose one of tofu, synthetic, text"):
-        parse_recipe(recipe)
-    recipe.write_text("method: rmu\nmodel_name_or_path: m\nbenchmark: text\n")
-    with pytest.raises(ValueError, match="benchmark=text needs forget_file"):
-        parse_recipe(recipe)
-    with pytest.raises(FileNotFoundError, match="forget_file nowhere.jsonl not found"):
-        parse_recipe(recipe, ["--forget_file", "nowhere.jsonl"])
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "message"),
+    [
+        ("method: npoo\n", ValueError, "known methods: grad_ascent, grad_diff, npo, simnpo, rmu, idk_dpo"),
+        ("model_name_or_path: m\n", ValueError, "No method given"),
+        ("method: npo\nmodel_name_or_path: ./missing_model\n", FileNotFoundError, "does not exist"),
+        ("method: npo\n", ValueError, "model_name_or_path is required"),
+        ("- a list\n", ValueError, "must be a YAML mapping"),
+        ("method: npo\n  bad: indent\n", ValueError, "is not valid YAML"),
+    ],
+)
+def test_bad_recipe_files_fail_in_one_line(tmp_path, text, error, message):
+    with pytest.raises(error, match="^[^\n]*$") as err:
+        parse_recipe(write(tmp_path, text))
+    assert message in str(err.value)
+
+
+def test_missing_recipe_and_unknown_flag(tmp_path, tiny_model_dir):
     with pytest.raises(FileNotFoundError, match="recipes/ folder"):
         parse_recipe(tmp_path / "missing.yaml")
+    recipe = write(tmp_path, f"method: npo\nmodel_name_or_path: {tiny_model_dir}\n")
+    with pytest.raises(ValueError, match=r"Command line: unknown key\(s\) for method npo: bta \(did you mean beta"):
+        parse_recipe(recipe, ["--bta", "0.1"])
+
+
+def test_every_script_field_is_documented():
+    import dataclasses
+
+    assert all(f.metadata.get("help") for f in dataclasses.fields(ScriptArguments))

@@ -5,9 +5,11 @@ import pytest
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hf_unlearn.attacks import quantize
+from hf_unlearn.attacks.robustness import RESULTS_FORMAT, RobustnessConfig, robustness_checks
+from hf_unlearn.callbacks import RobustnessCallback
 from hf_unlearn.data import ForgetRetainDataset
-from hf_unlearn.robustness import RESULTS_FORMAT, RobustnessCallback, RobustnessConfig, robustness_checks
-from tests.unlearned_tiny import forget_nll, one_thread, state_hash, tiny_unlearned
+from tests.helpers import one_thread
+from tests.unlearned_tiny import forget_nll, state_hash, tiny_unlearned
 
 
 @pytest.fixture(autouse=True)
@@ -145,7 +147,7 @@ def _ddp_worker(rank, world_size, port, model_dir, out_dir):
     import torch.distributed as dist
 
     from hf_unlearn.data import QADataset
-    from hf_unlearn.tiny import load_model_and_tokenizer
+    from hf_unlearn.loading import load_model_and_tokenizer
     from tests.helpers import mean_answer_nll
 
     torch.set_num_threads(1)

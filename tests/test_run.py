@@ -31,7 +31,7 @@ def original(tmp_path_factory):
 def test_hybrid_recipe_trains_evaluates_and_attacks(original, capsys):
     folder, data_dir = original
     out = folder / "npo_hybrid"
-    flags = ["--model_name_or_path", str(folder / "original"), "--benchmark", "tofu", "--data_dir", str(data_dir)]
+    flags = ["--model_name_or_path", str(folder / "original"), "--data_source", "tofu", "--data_dir", str(data_dir)]
     flags += ["--output_dir", str(out), "--max_steps", "4", "--hybrid_fo_steps", "1", "--hybrid_zo_steps", "1"]
     flags += ["--robustness", "true", "--relearn_steps", "1", "2", "--quantization", "rtn4"]
     flags += ["--eval_max_new_tokens", "4", "--report_codes_changed", "true", "--disable_tqdm", "true"]
@@ -52,7 +52,7 @@ def test_hybrid_recipe_trains_evaluates_and_attacks(original, capsys):
     assert '"optimizer": "hybrid"' in capsys.readouterr().out
 
 
-def test_bad_recipe_fails_before_any_weight_is_read(original, monkeypatch):
+def test_bad_recipe_fails_before_any_weight_is_read(original, monkeypatch, capsys):
     folder, data_dir = original
 
     def refuse(*args, **kwargs):
@@ -60,10 +60,15 @@ def test_bad_recipe_fails_before_any_weight_is_read(original, monkeypatch):
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
     base = ["run", str(DEMO_RECIPE), "--model_name_or_path", str(folder / "original"), "--data_dir", str(data_dir)]
-    with pytest.raises(ValueError, match="max_steps=30 must be a multiple"):
-        main([*base, "--max_steps", "30"])
-    with pytest.raises(ValueError, match="fp16=True cannot be combined"):
-        main([*base, "--fp16", "true", "--use_cpu", "false"])
+    for flags, message in (
+        (["--max_steps", "30"], "max_steps=30 must be a multiple"),
+        (["--fp16", "true", "--use_cpu", "false"], "fp16=True cannot be combined"),
+    ):
+        assert main([*base, *flags]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(ValueError, match="max_steps=30 must be a multiple"):  # --debug: the traceback, raised
+        main([*base, "--max_steps", "30", "--debug"])
 
 
 def test_rmu_recipe_trains_on_raw_text_corpora(original, tmp_path):
@@ -82,3 +87,44 @@ def test_rmu_recipe_trains_on_raw_text_corpora(original, tmp_path):
     after = AutoModelForCausalLM.from_pretrained(out).state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"model.layers.1.mlp.down_proj.weight"}  # RMU's selection, through both FO and ZO steps
+
+
+# ---- MUSE- and WMDP-style recipes: raw corpora, evaluated and attacked in-run with their own benchmark ----------
+
+
+def corpus_file(path, texts):
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return path
+
+
+@pytest.mark.parametrize("source", ["muse", "wmdp"])
+def test_text_recipes_train_evaluate_and_attack_with_their_own_benchmark(source, original, tmp_path):
+    from tests.test_muse_eval import FORGET_TEXT, HOLDOUT_TEXT, write_muse
+    from tests.test_wmdp_eval import QUESTIONS, write_jsonl
+
+    folder, _ = original
+    forget = corpus_file(tmp_path / "forget.jsonl", FORGET_TEXT)
+    retain = corpus_file(tmp_path / "retain.jsonl", HOLDOUT_TEXT)
+    if source == "muse":
+        eval_dir = write_muse(tmp_path / "muse")
+        recipe, expected = "muse_news_npo_hybrid.yaml", "knowmem_f"
+    else:
+        eval_dir = tmp_path / "wmdp"
+        eval_dir.mkdir()
+        for name in ("wmdp_bio", "wmdp_cyber", "mmlu"):
+            write_jsonl(eval_dir / f"{name}.json", QUESTIONS)
+        recipe, expected = "wmdp_rmu_hybrid.yaml", "wmdp_bio_acc"
+    out = tmp_path / "out"
+    flags = ["--model_name_or_path", folder / "original", "--forget_file", forget, "--retain_file", retain]
+    flags += ["--data_dir", eval_dir, "--output_dir", out, "--max_steps", "2", "--hybrid_fo_steps", "1"]
+    flags += ["--max_length", "32", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1"]
+    flags += ["--robustness", "true", "--relearn_steps", "1", "--relearn_batch_size", "2", "--quantization", "rtn4"]
+    flags += ["--disable_tqdm", "true", "--use_cpu", "true", "--bf16", "false"]
+    if source == "wmdp":
+        flags += ["--layer", "1", "--trainable_layers", "0", "1"]
+    assert main(["run", str(DEMO_RECIPE.parent / recipe), *map(str, flags)]) == 0
+    run = json.loads((out / "robustness.json").read_text())["runs"][-1]
+    stages = [run["unlearned"], run["relearn"]["curve"][-1]["metrics"], run["quantization"]["rtn4"]["metrics"]]
+    for metrics in stages:
+        assert expected in metrics, sorted(metrics)
+    assert (out / "model.safetensors").is_file()

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from hf_unlearn.tiny import ARCHITECTURES, load_model_and_tokenizer, tiny_model_and_tokenizer
+from hf_unlearn.loading import load_model_and_tokenizer
+from hf_unlearn.tiny import ARCHITECTURES, tiny_model_and_tokenizer
 
 
 TEXTS = ["Question: Who wrote the book?\nAnswer: Jane Doe wrote it in 1990."] * 8 + ["The fox jumps over the dog."] * 4

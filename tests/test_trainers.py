@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerState
 
 from hf_unlearn.benchmarks.synthetic import make_synthetic_tofu
+from hf_unlearn.callbacks import PairingEpochCallback
 from hf_unlearn.data import DataCollatorForUnlearning, ForgetRetainDataset, QADataset, tokenize_qa
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
 from hf_unlearn.trainers import (
@@ -20,19 +21,16 @@ from hf_unlearn.trainers import (
     SimNPOConfig,
     get_method,
 )
-from hf_unlearn.trainers.base import PairingEpochCallback
+from tests.helpers import memorise, one_thread
 
 
 FORGET_SIZE = 4
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Models this small run fastest on one thread, and far faster than two when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def module_one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +48,7 @@ def tokenizer(qa_rows):
 @pytest.fixture(scope="module")
 def memorised_path(tmp_path_factory, tokenizer, qa_rows):
     """A tiny llama fine-tuned until it reproduces every forget and retain answer (mean answer NLL < 0.01)."""
-    model = build_tiny_model(tokenizer, "llama").train()
-    data = QADataset(qa_rows["forget"] + qa_rows["retain"], tokenizer)
-    batch = DataCollatorForUnlearning(tokenizer)([data[i] for i in range(len(data))])
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(100):
-        loss = model(**batch).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.01
+    model = memorise(build_tiny_model(tokenizer, "llama"), tokenizer, qa_rows["forget"] + qa_rows["retain"])
     path = tmp_path_factory.mktemp("memorised")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -79,17 +79,13 @@ def test_missing_local_file_and_offline_builtin_task_fail_clearly(tmp_path, monk
 
 
 def test_eval_cli_runs_a_local_task(tmp_path, model_and_tokenizer):
-    import argparse
-
-    from hf_unlearn.evaluation import add_eval_subparser
+    from hf_unlearn.cli import main
 
     model, tokenizer = model_and_tokenizer
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
     write_jsonl(tmp_path / "wmdp_bio.json", QUESTIONS)
-    parser = argparse.ArgumentParser()
-    add_eval_subparser(parser.add_subparsers())
-    args = parser.parse_args(
+    code = main(
         [
             "eval",
             "--model",
@@ -106,7 +102,7 @@ def test_eval_cli_runs_a_local_task(tmp_path, model_and_tokenizer):
             str(tmp_path / "out"),
         ]
     )
-    args.func(args)
+    assert code == 0
     summary = json.loads((tmp_path / "out" / "wmdp_summary.json").read_text())
     per_example = json.loads((tmp_path / "out" / "wmdp_per_example.json").read_text())["splits"]["wmdp_bio"]
     assert summary["num_examples"] == {"wmdp_bio": 3}

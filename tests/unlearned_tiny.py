@@ -5,7 +5,6 @@ Plain torch steps (no Trainer), cached once per test session; callers get deep c
 
 import copy
 import hashlib
-from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -14,17 +13,6 @@ from hf_unlearn.benchmarks.synthetic import make_synthetic_tofu
 from hf_unlearn.data import DataCollatorForUnlearning, QADataset
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
 from tests.helpers import mean_answer_nll
-
-
-@contextmanager
-def one_thread():
-    """Tiny models run 10x faster on one intra-op thread than on two contended ones; restore the count after."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def full_batch_steps(model, dataset, collator, steps: int, lr: float, ascent: bool = False) -> None:

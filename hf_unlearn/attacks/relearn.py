@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from transformers import get_scheduler
 
 from hf_unlearn.data import DataCollatorForUnlearning, QADataset, TextBlockDataset
+from hf_unlearn.modeling import eval_mode
 
 
 EvalFn = Callable[[Any, Any], dict[str, float]]
@@ -151,12 +152,8 @@ def _batches(indices: list[int], batch_size: int, steps: int, generator: torch.G
 def _evaluate(model, tokenizer, eval_fn: EvalFn | None) -> dict[str, float]:
     if eval_fn is None:
         return {}
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        metrics = dict(eval_fn(model, tokenizer))
-    model.train(was_training)
-    return metrics
+    with eval_mode(model, inference=False):
+        return dict(eval_fn(model, tokenizer))
 
 
 def relearn(

@@ -1,6 +1,27 @@
 """Benchmarks (TOFU, MUSE, WMDP) and their metrics: `benchmarks.get("tofu").evaluate(model, tokenizer)`."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
 from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult, available, get, register
+from hf_unlearn.benchmarks.sharding import process_info
 
 
-__all__ = ["Benchmark", "BenchmarkResult", "available", "get", "register"]
+def evaluate_model(
+    model,
+    tokenizer,
+    benchmark: str | Benchmark,
+    output_dir: str | Path | None = None,
+    model_name: str | None = None,
+    **settings,
+) -> BenchmarkResult:
+    """Evaluate an in-memory model; the main process writes the JSON files when ``output_dir`` is given."""
+    evaluator = get(benchmark, **settings) if isinstance(benchmark, str) else benchmark
+    result = evaluator.evaluate(model, tokenizer)
+    if output_dir is not None and process_info()[0] == 0:
+        result.save(output_dir, model_name=model_name)
+    return result
+
+
+__all__ = ["Benchmark", "BenchmarkResult", "available", "evaluate_model", "get", "register"]

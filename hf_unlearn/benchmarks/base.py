@@ -94,8 +94,8 @@ class Benchmark(ABC):
 
     def reference_statistics(self, model) -> tuple[dict | None, str | None]:
         """``(retain-model statistics, None)``, computed once and cached or as given; else ``(None, reason)``."""
-        from hf_unlearn.benchmarks.engine import model_device
-        from hf_unlearn.benchmarks.reference import load_retain_model, resolve_reference
+        from hf_unlearn.benchmarks.retain_stats import load_retain_model, resolve_reference
+        from hf_unlearn.modeling import model_device
 
         def compute() -> dict[str, Any]:
             return self.retain_statistics(*load_retain_model(self.retain_model, model_device(model)))

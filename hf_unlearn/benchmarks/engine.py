@@ -8,13 +8,12 @@ every row's next token is at the same position. Both restore the model's train/e
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 
-import torch
 from tqdm.auto import tqdm
 
 from hf_unlearn.benchmarks.metrics import MIN_K_FRACTION, answer_token_stats
 from hf_unlearn.data import pad_batch
+from hf_unlearn.modeling import eval_mode, model_device
 
 
 def require_pad_token(tokenizer) -> int:
@@ -25,22 +24,6 @@ def require_pad_token(tokenizer) -> int:
             "e.g. tokenizer.pad_token = tokenizer.eos_token."
         )
     return tokenizer.pad_token_id
-
-
-def model_device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-@contextmanager
-def eval_mode(model):
-    """Evaluate in eval mode without autograd, then give the model back in the mode it came in."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -28,11 +28,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import stats
 
+from hf_unlearn.modeling import answer_mask, token_nll
 
-IGNORE_INDEX = -100
+
 MIN_K_FRACTION = 0.4
 
 
@@ -61,17 +61,8 @@ def shifted_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[
     Returns:
         ``(logprobs, mask)``, both ``[batch, seq - 1]``; ``logprobs`` is 0 where ``mask`` is False.
     """
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != IGNORE_INDEX
-    # cross_entropy avoids materialising a full log-softmax copy of the logits.
-    token_ce = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="none",
-    ).view_as(shift_labels)
-    return -token_ce * mask, mask
+    mask = answer_mask(labels)
+    return -token_nll(logits, labels) * mask, mask
 
 
 def min_k_scores(logprobs: torch.Tensor, mask: torch.Tensor, k: float = MIN_K_FRACTION) -> torch.Tensor:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
-from hf_unlearn.data import check_columns
+from hf_unlearn.data import QADataset, TextBlockDataset, check_columns
 
 
 HUB_ID = "locuslab/TOFU"
@@ -74,3 +74,21 @@ def load_tofu(config_name: str, data_dir: str | Path | None = None) -> Dataset:
     if config_name.startswith("forget") and len(rows) == 0:
         raise ValueError(f"{source}: the forget split is empty.")
     return rows
+
+
+def load_split(data: str | None, split: str, tokenizer, max_examples: int | None = None, template: str | None = None):
+    """Tokenised examples of one split: a TOFU config from a folder, or the rows of one JSON Lines file."""
+    if data is not None and Path(data).is_file():
+        rows = load_dataset("json", data_files=data, split="train")
+    else:
+        folder = data or default_tofu_dir()
+        if folder is None:
+            raise FileNotFoundError("No --data_dir given and no local TOFU copy found; pass --data_dir DIR_OR_FILE.")
+        rows = load_tofu(split, folder)
+    if max_examples is not None:
+        rows = rows.select(range(min(max_examples, len(rows))))
+    if "question" in rows.column_names:
+        return QADataset(rows, tokenizer, template=template, source=f"{data}:{split}")
+    if "text" in rows.column_names:
+        return TextBlockDataset(rows["text"], tokenizer, block_size=512, source=f"{data}:{split}")
+    raise ValueError(f"{data}: rows need question/answer or text columns, found {rows.column_names}.")

@@ -22,8 +22,9 @@ from typing import Any
 import yaml
 
 from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
-from hf_unlearn.benchmarks.engine import eval_mode, require_pad_token
+from hf_unlearn.benchmarks.engine import require_pad_token
 from hf_unlearn.benchmarks.sharding import process_info
+from hf_unlearn.modeling import eval_mode
 
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"

@@ -1,13 +1,19 @@
 """The optimizer hierarchy of the paper: first order, compressed, second order, zeroth order and the FO-ZO hybrid."""
 
-from .args import FIRST_ORDER_OPTIMIZERS, KNOWN_OPTIMIZERS, ZEROTH_ORDER_OPTIMIZERS, OptimizerArguments
+from .args import (
+    FIRST_ORDER_OPTIMIZERS,
+    KNOWN_OPTIMIZERS,
+    ZEROTH_ORDER_OPTIMIZERS,
+    OptimizerArguments,
+    OptimizerConfig,
+    check_hybrid_max_steps,
+)
 from .compressed import QAdam, SignAdam, SignSGD, quantize_direction
 from .factory import (
     OptimizerFactoryMixin,
     build_optimizer,
     optimizer_config,
     parameter_groups,
-    uses_zeroth_order,
     validate_optimizer_args,
 )
 from .hybrid import HybridOptimizer, unwrap_optimizer, zo_optimizer_of
@@ -22,6 +28,7 @@ __all__ = [
     "AdaZO",
     "HybridOptimizer",
     "OptimizerArguments",
+    "OptimizerConfig",
     "OptimizerFactoryMixin",
     "QAdam",
     "SeededDirections",
@@ -32,12 +39,12 @@ __all__ = [
     "ZOSGD",
     "ZerothOrderOptimizer",
     "build_optimizer",
+    "check_hybrid_max_steps",
     "derive_seed",
     "optimizer_config",
     "parameter_groups",
     "quantize_direction",
     "unwrap_optimizer",
-    "uses_zeroth_order",
     "validate_optimizer_args",
     "zo_optimizer_of",
 ]

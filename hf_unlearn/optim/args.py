@@ -7,12 +7,26 @@ cannot express.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+from .zo import DIFFERENCES as ZO_DIFFERENCES
+from .zo import DIRECTIONS as ZO_DIRECTIONS
 
 
 FIRST_ORDER_OPTIMIZERS = ("adamw", "sgd", "signsgd", "signadam", "qadam", "adamw_8bit", "sophia")
 ZEROTH_ORDER_OPTIMIZERS = ("zo_sgd", "zo_adam", "adazo")
 KNOWN_OPTIMIZERS = FIRST_ORDER_OPTIMIZERS + ZEROTH_ORDER_OPTIMIZERS + ("hybrid",)
+
+
+def check_hybrid_max_steps(max_steps: int, fo_steps: int, zo_steps: int) -> None:
+    """The hybrid run must end on a complete ZO phase: `max_steps` a multiple of the period (when ZO steps run)."""
+    period = fo_steps + zo_steps
+    if zo_steps > 0 and max_steps > 0 and max_steps % period:
+        raise ValueError(
+            f"max_steps={max_steps} must be a multiple of hybrid_fo_steps + hybrid_zo_steps = {period} so the run "
+            f"ends with a ZO phase; use max_steps={max(period, round(max_steps / period) * period)}"
+        )
 
 
 @dataclass
@@ -81,3 +95,93 @@ class OptimizerArguments:
         default=None,
         metadata={"help": "Hybrid: zeroth-order steps per ZO phase (default: hybrid_fo_steps); the run ends on ZO."},
     )
+
+    @property
+    def hybrid_schedule(self) -> tuple[int, int]:
+        """(FO steps, ZO steps) per hybrid period, resolved once (ZO steps default to FO steps)."""
+        zo_steps = self.hybrid_fo_steps if self.hybrid_zo_steps is None else self.hybrid_zo_steps
+        return self.hybrid_fo_steps, zo_steps
+
+    @property
+    def uses_zeroth_order(self) -> bool:
+        """Whether the configured optimizer runs any ZO step."""
+        if self.optimizer in ZEROTH_ORDER_OPTIMIZERS:
+            return True
+        return self.optimizer == "hybrid" and self.hybrid_schedule[1] > 0
+
+    def check_optimizer_fields(self) -> None:
+        """The one check of every optimizer field; raises ``ValueError`` in one line naming the field and the fix.
+
+        Reads the ``TrainingArguments`` fields it depends on (``learning_rate``, ``max_steps``, ``fp16``,
+        ``deepspeed``), which both ``UnlearnConfig`` and the standalone ``OptimizerConfig`` have.
+        """
+        from .zero import validate_deepspeed_for_zo
+
+        def fail(message: str) -> None:
+            raise ValueError(message)
+
+        if self.optimizer not in KNOWN_OPTIMIZERS:
+            fail(f"optimizer={self.optimizer!r} is unknown; choose one of: {', '.join(KNOWN_OPTIMIZERS)}")
+        if self.hybrid_fo_optimizer not in FIRST_ORDER_OPTIMIZERS:
+            fail(
+                f"hybrid_fo_optimizer={self.hybrid_fo_optimizer!r}: choose one of {', '.join(FIRST_ORDER_OPTIMIZERS)}"
+            )
+        if self.hybrid_zo_optimizer not in ZEROTH_ORDER_OPTIMIZERS:
+            fail(
+                f"hybrid_zo_optimizer={self.hybrid_zo_optimizer!r}: choose one of {', '.join(ZEROTH_ORDER_OPTIMIZERS)}"
+            )
+        if not (isinstance(self.zo_num_directions, int) and self.zo_num_directions >= 1):
+            fail(f"zo_num_directions={self.zo_num_directions!r} must be an integer >= 1 (q directions per ZO step)")
+        if not (self.zo_mu > 0 and math.isfinite(self.zo_mu)):
+            fail(f"zo_mu={self.zo_mu!r} must be a finite number > 0 (try 1e-3)")
+        if self.zo_direction not in ZO_DIRECTIONS:
+            fail(f"zo_direction={self.zo_direction!r}: choose one of {', '.join(ZO_DIRECTIONS)}")
+        if self.zo_difference not in ZO_DIFFERENCES:
+            fail(f"zo_difference={self.zo_difference!r}: choose one of {', '.join(ZO_DIFFERENCES)}")
+        if self.zo_learning_rate is not None and not (
+            self.zo_learning_rate > 0 and math.isfinite(self.zo_learning_rate)
+        ):
+            fail(f"zo_learning_rate={self.zo_learning_rate!r} must be a finite number > 0 (or unset: learning_rate)")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            fail(f"learning_rate={self.learning_rate!r} must be a finite number > 0")
+        if not (isinstance(self.qadam_bits, int) and 1 <= self.qadam_bits <= 8):
+            fail(f"qadam_bits={self.qadam_bits!r} must be an integer in 1..8 (1 = sign)")
+        if not self.sophia_rho > 0:
+            fail(f"sophia_rho={self.sophia_rho!r} must be > 0 (SOUL uses 0.04)")
+        fo_steps, zo_steps = self.hybrid_schedule
+        if not (isinstance(fo_steps, int) and fo_steps >= 1):
+            fail(f"hybrid_fo_steps={fo_steps!r} must be an integer >= 1 (the paper uses 20)")
+        if not (isinstance(zo_steps, int) and zo_steps >= 0):
+            fail(f"hybrid_zo_steps={zo_steps!r} must be an integer >= 0 (unset = hybrid_fo_steps)")
+        if self.optimizer == "hybrid":
+            check_hybrid_max_steps(self.max_steps, fo_steps, zo_steps)
+        if self.uses_zeroth_order and self.fp16:
+            fail(
+                f"fp16=True cannot be combined with optimizer={self.optimizer!r}: its zeroth-order steps have no "
+                "backward to loss-scale; set fp16=False and use bf16=True or fp32"
+            )
+        if self.uses_zeroth_order:
+            validate_deepspeed_for_zo(self)
+
+
+@dataclass
+class OptimizerConfig(OptimizerArguments):
+    """The optimizer fields plus the ``TrainingArguments`` fields the factory reads, for use without a Trainer.
+
+    ``build_optimizer(model, optimizer="adazo", learning_rate=1e-3)`` builds one of these; inside a Trainer the
+    method's config (an ``UnlearnConfig``) plays this role. Validated on construction.
+    """
+
+    learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate (TrainingArguments' default)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Decoupled weight decay."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam's first-moment factor."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam's second-moment factor."})
+    adam_epsilon: float = field(default=1e-8, metadata={"help": "Adam's epsilon."})
+    seed: int = field(default=42, metadata={"help": "Seed (the ZO directions' default seed)."})
+    max_steps: int = field(default=-1, metadata={"help": "Total steps; hybrid runs must end on a ZO phase."})
+    fp16: bool = field(default=False, metadata={"help": "fp16 loss scaling (refused with ZO steps)."})
+    bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision."})
+    deepspeed: str | dict | None = field(default=None, metadata={"help": "DeepSpeed config (path or dict)."})
+
+    def __post_init__(self):
+        self.check_optimizer_fields()

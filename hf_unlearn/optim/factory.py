@@ -3,116 +3,40 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .args import FIRST_ORDER_OPTIMIZERS, KNOWN_OPTIMIZERS, ZEROTH_ORDER_OPTIMIZERS, OptimizerArguments
+from .args import FIRST_ORDER_OPTIMIZERS, ZEROTH_ORDER_OPTIMIZERS, OptimizerArguments, OptimizerConfig
 from .compressed import QAdam, SignAdam, SignSGD
 from .hybrid import HybridOptimizer
 from .sophia import SophiaG
 from .zero import validate_deepspeed_for_zo
-from .zo import DIFFERENCES, DIRECTIONS, ZOSGD, AdaZO, ZOAdam
+from .zo import ZOSGD, AdaZO, ZOAdam
 
 
-# TrainingArguments fields the factory reads, with TrainingArguments' own defaults for plain-kwargs use.
-_TRAINING_DEFAULTS = {
-    "learning_rate": 5e-5,
-    "weight_decay": 0.0,
-    "adam_beta1": 0.9,
-    "adam_beta2": 0.999,
-    "adam_epsilon": 1e-8,
-    "seed": 42,
-    "fp16": False,
-    "max_steps": -1,
-    "bf16": False,
-    "deepspeed": None,
-}
+def optimizer_config(args: Any = None, **overrides) -> OptimizerArguments:
+    """The typed, validated optimizer config: ``args`` itself when it is one and nothing is overridden.
 
-
-def optimizer_config(args: Any = None, **overrides) -> SimpleNamespace:
-    """All fields the factory reads: defaults, then attributes of ``args`` (any object), then ``overrides``."""
-    values = {f.name: f.default for f in dataclasses.fields(OptimizerArguments)}
-    values.update(_TRAINING_DEFAULTS)
-    for key in list(values):
-        if args is not None and hasattr(args, key):
-            values[key] = getattr(args, key)
-    unknown = set(overrides) - set(values)
-    if unknown:
-        raise TypeError(f"unknown optimizer config field(s) {sorted(unknown)}; known: {sorted(values)}")
-    values.update(overrides)
-    return SimpleNamespace(**values)
-
-
-def uses_zeroth_order(cfg: Any) -> bool:
-    """Whether the configured optimizer runs any ZO step."""
-    if cfg.optimizer in ZEROTH_ORDER_OPTIMIZERS:
-        return True
-    return cfg.optimizer == "hybrid" and hybrid_steps(cfg)[1] > 0
-
-
-def hybrid_steps(cfg: Any) -> tuple[int, int]:
-    """(FO steps, ZO steps) per hybrid period."""
-    zo_steps = cfg.hybrid_fo_steps if cfg.hybrid_zo_steps is None else cfg.hybrid_zo_steps
-    return cfg.hybrid_fo_steps, zo_steps
-
-
-def validate_optimizer_args(args: Any = None, **overrides) -> SimpleNamespace:
-    """Check the optimizer fields before any weight is loaded; raise ``ValueError`` naming the field and the fix.
-
-    Returns the resolved config.
+    Otherwise an :class:`OptimizerConfig` from the fields of ``args`` (any object, e.g. a TrainingArguments) and
+    ``overrides``; building it runs the one validation of every field.
     """
-    cfg = optimizer_config(args, **overrides)
+    if isinstance(args, OptimizerArguments) and not overrides:
+        return args
+    names = {f.name for f in dataclasses.fields(OptimizerConfig)}
+    unknown = set(overrides) - names
+    if unknown:
+        raise TypeError(f"unknown optimizer config field(s) {sorted(unknown)}; known: {sorted(names)}")
+    values = {name: getattr(args, name) for name in names if args is not None and hasattr(args, name)}
+    return OptimizerConfig(**{**values, **overrides})
 
-    def fail(message: str) -> None:
-        raise ValueError(message)
 
-    if cfg.optimizer not in KNOWN_OPTIMIZERS:
-        fail(f"optimizer={cfg.optimizer!r} is unknown; choose one of: {', '.join(KNOWN_OPTIMIZERS)}")
-    if cfg.hybrid_fo_optimizer not in FIRST_ORDER_OPTIMIZERS:
-        fail(f"hybrid_fo_optimizer={cfg.hybrid_fo_optimizer!r}: choose one of {', '.join(FIRST_ORDER_OPTIMIZERS)}")
-    if cfg.hybrid_zo_optimizer not in ZEROTH_ORDER_OPTIMIZERS:
-        fail(f"hybrid_zo_optimizer={cfg.hybrid_zo_optimizer!r}: choose one of {', '.join(ZEROTH_ORDER_OPTIMIZERS)}")
-    if not (isinstance(cfg.zo_num_directions, int) and cfg.zo_num_directions >= 1):
-        fail(f"zo_num_directions={cfg.zo_num_directions!r} must be an integer >= 1 (q directions per ZO step)")
-    if not (cfg.zo_mu > 0 and math.isfinite(cfg.zo_mu)):
-        fail(f"zo_mu={cfg.zo_mu!r} must be a finite number > 0 (try 1e-3)")
-    if cfg.zo_direction not in DIRECTIONS:
-        fail(f"zo_direction={cfg.zo_direction!r}: choose one of {', '.join(DIRECTIONS)}")
-    if cfg.zo_difference not in DIFFERENCES:
-        fail(f"zo_difference={cfg.zo_difference!r}: choose one of {', '.join(DIFFERENCES)}")
-    if cfg.zo_learning_rate is not None and not cfg.zo_learning_rate > 0:
-        fail(f"zo_learning_rate={cfg.zo_learning_rate!r} must be > 0 (or unset to use learning_rate)")
-    if not cfg.learning_rate > 0:
-        fail(f"learning_rate={cfg.learning_rate!r} must be > 0")
-    if not (isinstance(cfg.qadam_bits, int) and 1 <= cfg.qadam_bits <= 8):
-        fail(f"qadam_bits={cfg.qadam_bits!r} must be an integer in 1..8 (1 = sign)")
-    if not cfg.sophia_rho > 0:
-        fail(f"sophia_rho={cfg.sophia_rho!r} must be > 0 (SOUL uses 0.04)")
-    fo_steps, zo_steps = hybrid_steps(cfg)
-    if not (isinstance(fo_steps, int) and fo_steps >= 1):
-        fail(f"hybrid_fo_steps={fo_steps!r} must be an integer >= 1 (the paper uses 20)")
-    if not (isinstance(zo_steps, int) and zo_steps >= 0):
-        fail(f"hybrid_zo_steps={zo_steps!r} must be an integer >= 0 (unset = hybrid_fo_steps)")
-    if cfg.optimizer == "hybrid" and zo_steps > 0 and cfg.max_steps > 0 and cfg.max_steps % (fo_steps + zo_steps):
-        period = fo_steps + zo_steps
-        fail(
-            f"max_steps={cfg.max_steps} must be a multiple of hybrid_fo_steps + hybrid_zo_steps = {period} so the "
-            f"run ends with a ZO phase; use max_steps={max(period, round(cfg.max_steps / period) * period)}"
-        )
-    if uses_zeroth_order(cfg) and cfg.fp16:
-        fail(
-            f"fp16=True cannot be combined with optimizer={cfg.optimizer!r}: its zeroth-order steps have no "
-            "backward to loss-scale; set fp16=False and use bf16=True or fp32"
-        )
-    if uses_zeroth_order(cfg):
-        validate_deepspeed_for_zo(cfg)
-    return cfg
+def validate_optimizer_args(args: Any = None, **overrides) -> OptimizerArguments:
+    """Check the optimizer fields of ``args`` / ``overrides`` before any weight is loaded; return the typed config."""
+    return optimizer_config(args, **overrides)
 
 
 def parameter_groups(
@@ -147,7 +71,7 @@ def _copy_groups(groups: list[dict]) -> list[dict]:
     return [dict(g, params=list(g["params"])) for g in groups]
 
 
-def _first_order(name: str, groups: list[dict], cfg: SimpleNamespace) -> Optimizer:
+def _first_order(name: str, groups: list[dict], cfg: OptimizerArguments) -> Optimizer:
     betas = (cfg.adam_beta1, cfg.adam_beta2)
     lr, wd = cfg.learning_rate, cfg.weight_decay
     if name == "adamw":
@@ -174,7 +98,7 @@ def _first_order(name: str, groups: list[dict], cfg: SimpleNamespace) -> Optimiz
     raise ValueError(f"{name!r} is not a first-order optimizer; choose one of {', '.join(FIRST_ORDER_OPTIMIZERS)}")
 
 
-def _zeroth_order(name: str, groups: list[dict], cfg: SimpleNamespace):
+def _zeroth_order(name: str, groups: list[dict], cfg: OptimizerArguments):
     lr = cfg.learning_rate if cfg.zo_learning_rate is None else cfg.zo_learning_rate
     zo = {"mu": cfg.zo_mu, "num_directions": cfg.zo_num_directions, "direction": cfg.zo_direction}
     zo.update(difference=cfg.zo_difference, exact_restore=cfg.zo_exact_restore)
@@ -213,7 +137,7 @@ def build_optimizer(
         A ``torch.optim.Optimizer``: torch's AdamW/SGD, ``SignSGD``, ``SignAdam``, ``QAdam``, bitsandbytes'
         ``AdamW8bit``, ``SophiaG``, ``ZOSGD``, ``ZOAdam``, ``AdaZO`` or ``HybridOptimizer``.
     """
-    cfg = validate_optimizer_args(args, **overrides)
+    cfg = optimizer_config(args, **overrides)
     groups = parameter_groups(model_or_params, cfg.weight_decay, decay_parameter_names)
     if cfg.optimizer in ZEROTH_ORDER_OPTIMIZERS:
         return _zeroth_order(cfg.optimizer, groups, cfg)
@@ -236,7 +160,7 @@ class OptimizerFactoryMixin:
         opt_model = self.model if model is None else model
         if self.optimizer is None:
             plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-            if plugin is not None and uses_zeroth_order(optimizer_config(self.args)):
+            if plugin is not None and optimizer_config(self.args).uses_zeroth_order:
                 # DeepSpeed set up by `accelerate launch --config_file` never reaches args.deepspeed: check what
                 # the engine will actually run with.
                 validate_deepspeed_for_zo(optimizer_config(self.args, deepspeed=plugin.deepspeed_config))

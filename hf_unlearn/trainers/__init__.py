@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hf_unlearn.trainers.base import UnlearnTrainer
+from hf_unlearn.trainers.base import Paper, UnlearnTrainer
 from hf_unlearn.trainers.grad_ascent import GradAscentConfig, GradAscentTrainer
 from hf_unlearn.trainers.grad_diff import GradDiffConfig, GradDiffTrainer
 from hf_unlearn.trainers.idk_dpo import IdkDPOConfig, IdkDPOTrainer
@@ -11,14 +11,23 @@ from hf_unlearn.trainers.rmu import RMUConfig, RMUTrainer
 from hf_unlearn.trainers.simnpo import SimNPOConfig, SimNPOTrainer
 
 
+# One line per method: its trainer class (which names its config class, its `_name` and its `_paper`).
 METHODS: dict[str, type[UnlearnTrainer]] = {
-    GradAscentTrainer._name: GradAscentTrainer,
-    GradDiffTrainer._name: GradDiffTrainer,
-    NPOTrainer._name: NPOTrainer,
-    SimNPOTrainer._name: SimNPOTrainer,
-    RMUTrainer._name: RMUTrainer,
-    IdkDPOTrainer._name: IdkDPOTrainer,
+    cls._name: cls
+    for cls in (
+        GradAscentTrainer,
+        GradDiffTrainer,
+        NPOTrainer,
+        SimNPOTrainer,
+        RMUTrainer,
+        IdkDPOTrainer,
+    )
 }
+
+
+def method_names() -> list[str]:
+    """Registered method names, in registry order (help texts and errors are generated from these)."""
+    return list(METHODS)
 
 
 def get_method(name: str) -> type[UnlearnTrainer]:
@@ -32,6 +41,8 @@ def get_method(name: str) -> type[UnlearnTrainer]:
 __all__ = [
     "METHODS",
     "get_method",
+    "method_names",
+    "Paper",
     "UnlearnTrainer",
     "GradAscentConfig",
     "GradAscentTrainer",

@@ -8,26 +8,21 @@ combination, gradient-accumulation normalisation, the frozen reference model and
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer, TrainerCallback
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
 from transformers.utils import is_peft_available
 
-from hf_unlearn.callbacks import HybridScheduleCallback
+from hf_unlearn.callbacks import HybridScheduleCallback, PairingEpochCallback
 from hf_unlearn.configs import UnlearnConfig
 from hf_unlearn.data import DataCollatorForUnlearning
+from hf_unlearn.modeling import answer_token_nll, model_inputs
 from hf_unlearn.optim.factory import OptimizerFactoryMixin
-from hf_unlearn.trainers.losses import (
-    BatchCounts,
-    SideCounts,
-    answer_token_nll,
-    model_inputs,
-    token_kl,
-)
+from hf_unlearn.trainers.losses import BatchCounts, SideCounts, token_kl
 from hf_unlearn.trainers.zeroth_order import ZerothOrderMixin
 
 
@@ -50,6 +45,32 @@ def wrap_with_peft(model: PreTrainedModel, peft_config):
     return get_peft_model(model, peft_config)
 
 
+@dataclass(frozen=True)
+class Paper:
+    """The paper a method comes from, as the model card cites it."""
+
+    title: str
+    authors: str  # BibTeX order: "Last, First and Last, First"
+    year: int
+    arxiv: str  # arXiv id, e.g. "2404.05868"
+    key: str  # BibTeX key
+
+    @property
+    def url(self) -> str:
+        return f"https://arxiv.org/abs/{self.arxiv}"
+
+    def short(self) -> str:
+        """ "Zhang et al. 2024, Negative Preference Optimization: ... (arXiv:2404.05868)"."""
+        first = self.authors.split(" and ")[0].split(",")[0]
+        return f"{first} et al. {self.year}, {self.title} (arXiv:{self.arxiv})"
+
+    def bibtex(self) -> str:
+        return (
+            f"@article{{{self.key},\n  title={{{self.title}}},\n  author={{{self.authors}}},\n"
+            f"  journal={{arXiv preprint arXiv:{self.arxiv}}},\n  year={{{self.year}}}\n}}"
+        )
+
+
 class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
     """Base class of the unlearning objectives.
 
@@ -64,13 +85,14 @@ class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
         eval_dataset: plain QA items; evaluation reports the answer NLL as `eval_loss`.
         processing_class: the tokenizer; loaded from `model` when that is a path.
         peft_config: a peft config (e.g. `LoraConfig`); the model is wrapped and only the adapter trains.
+        model_config_checked: the caller already ran `check_model_config` on this model's config.
 
     The frozen reference (NPO, KL retain, RMU) is the model loaded again from `args.ref_model_path` or the model's
     own path, never a deep copy; under peft it is the same model with the adapter disabled.
     """
 
     _name = "unlearn"
-    _paper = ""
+    _paper: Paper | None = None
     config_class = UnlearnConfig
     # compute_loss divides by counts taken over the whole accumulation window, so Trainer must not divide again.
     loss_is_scaled_for_ga = True
@@ -84,6 +106,7 @@ class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
         processing_class=None,
         data_collator=None,
         peft_config=None,
+        model_config_checked: bool = False,
         **kwargs,
     ):
         if not isinstance(args, self.config_class):
@@ -92,7 +115,10 @@ class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
             )
         self.check_train_data(train_dataset, args)
         model_path = model if isinstance(model, str) else _loaded_from(model)
-        self.check_model_config(AutoConfig.from_pretrained(model) if isinstance(model, str) else model.config, args)
+        if not model_config_checked:  # the recipe pipeline checks before tokenising its data
+            self.check_model_config(
+                AutoConfig.from_pretrained(model) if isinstance(model, str) else model.config, args
+            )
         if isinstance(model, str):
             model = AutoModelForCausalLM.from_pretrained(model)
         # Loaded before Trainer.__init__, like the policy: afterwards ZeRO-3's zero.Init would read a DeepSpeed
@@ -292,21 +318,6 @@ class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
             self._log_sums.clear()
             self._log_from_step = self.state.global_step
         super().log(logs, start_time)
-
-
-class PairingEpochCallback(TrainerCallback):
-    """Re-pair forget and retain examples at each epoch on every process.
-
-    accelerate forwards `set_epoch` to the dataset only when its sampler has none, which is not the case under
-    DDP: without this callback a multi-process run would keep epoch 0's pairing while a single process reshuffles.
-    """
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        # state.epoch is fractional after a mid-epoch resume; the small offset absorbs float error at boundaries.
-        self.dataset.set_epoch(math.floor(state.epoch + 1e-9))
 
 
 def _loaded_from(model) -> str | None:

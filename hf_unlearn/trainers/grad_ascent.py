@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hf_unlearn.configs import UnlearnConfig
-from hf_unlearn.trainers.base import UnlearnTrainer
+from hf_unlearn.trainers.base import Paper, UnlearnTrainer
 from hf_unlearn.trainers.losses import answer_token_nll
 
 
@@ -27,7 +27,14 @@ class GradAscentTrainer(UnlearnTrainer):
     """Loss = −mean token NLL of the forget answers."""
 
     _name = "grad_ascent"
-    _paper = "Jang et al. 2023, Knowledge Unlearning for Mitigating Privacy Risks in Language Models (2210.01504)"
+    _paper = Paper(
+        title="Knowledge Unlearning for Mitigating Privacy Risks in Language Models",
+        authors="Jang, Joel and Yoon, Dongkeun and Yang, Sohee and Cha, Sungmin and Lee, Moontae and "
+        "Logeswaran, Lajanugen and Seo, Minjoon",
+        year=2023,
+        arxiv="2210.01504",
+        key="jang2023knowledge",
+    )
     config_class = GradAscentConfig
 
     def forget_loss(self, model, forget, counts):

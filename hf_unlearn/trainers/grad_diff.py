@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hf_unlearn.configs import UnlearnConfig
-from hf_unlearn.trainers.base import UnlearnTrainer
+from hf_unlearn.trainers.base import Paper, UnlearnTrainer
 from hf_unlearn.trainers.losses import answer_token_nll
 
 
@@ -18,7 +18,13 @@ class GradDiffTrainer(UnlearnTrainer):
     """Loss = −γ·CE(forget) + α·retain, retain = CE(retain) or KL(model ‖ reference) on retain answers."""
 
     _name = "grad_diff"
-    _paper = "Liu et al. 2022, Continual Learning and Private Unlearning (2203.12817)"
+    _paper = Paper(
+        title="Continual Learning and Private Unlearning",
+        authors="Liu, Bo and Liu, Qiang and Stone, Peter",
+        year=2022,
+        arxiv="2203.12817",
+        key="liu2022continual",
+    )
     config_class = GradDiffConfig
 
     def forget_loss(self, model, forget, counts):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from hf_unlearn.configs import UnlearnConfig, check_positive
 from hf_unlearn.data import IGNORE_INDEX, pad_batch
-from hf_unlearn.trainers.base import UnlearnTrainer
+from hf_unlearn.trainers.base import Paper, UnlearnTrainer
 from hf_unlearn.trainers.losses import sequence_log_prob
 
 
@@ -51,7 +51,13 @@ class IdkDPOTrainer(UnlearnTrainer):
     """
 
     _name = "idk_dpo"
-    _paper = "Maini et al. 2024, TOFU (2401.06121); Rafailov et al. 2023, DPO (2305.18290)"
+    _paper = Paper(
+        title="TOFU: A Task of Fictitious Unlearning for LLMs",
+        authors="Maini, Pratyush and Feng, Zhili and Schwarzschild, Avi and Lipton, Zachary C. and Kolter, J. Zico",
+        year=2024,
+        arxiv="2401.06121",
+        key="maini2024tofu",
+    )
     config_class = IdkDPOConfig
 
     @classmethod

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_unlearn.data import IGNORE_INDEX
+from hf_unlearn.modeling import answer_token_nll
 
 
 @dataclass
@@ -43,25 +44,6 @@ class BatchCounts:
     def of(cls, batch: dict) -> BatchCounts:
         retain = SideCounts.of(batch["retain"]) if "retain" in batch else None
         return cls(SideCounts.of(batch["forget"]), retain)
-
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Only what the forward needs: passing labels would make the model compute (and pay for) its own loss."""
-    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-
-
-def token_nll_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """[B, T-1] negative log-likelihood of each next-token label, 0 where the label is masked (fp32)."""
-    shifted = labels[:, 1:]
-    nll = F.cross_entropy(
-        logits[:, :-1].float().flatten(0, 1), shifted.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    return nll.view_as(shifted)
-
-
-def answer_token_nll(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """[B, T-1] per-token answer NLL of `model` on `batch` (prompt and padding positions are 0)."""
-    return token_nll_from_logits(model(**model_inputs(batch)).logits, batch["labels"])
 
 
 def sequence_log_prob(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_unlearn.configs import UnlearnConfig, check_positive
-from hf_unlearn.trainers.base import UnlearnTrainer
+from hf_unlearn.trainers.base import Paper, UnlearnTrainer
 from hf_unlearn.trainers.losses import sequence_log_prob
 
 
@@ -39,7 +39,13 @@ class NPOTrainer(UnlearnTrainer):
     """Loss = −(2/β)·mean log σ(−β·(log π_θ(y|x) − log π_ref(y|x))) on forget answers, + α·retain."""
 
     _name = "npo"
-    _paper = "Zhang et al. 2024, Negative Preference Optimization (2404.05868)"
+    _paper = Paper(
+        title="Negative Preference Optimization: From Catastrophic Collapse to Effective Unlearning",
+        authors="Zhang, Ruiqi and Lin, Licong and Bai, Yu and Mei, Song",
+        year=2024,
+        arxiv="2404.05868",
+        key="zhang2024negative",
+    )
     config_class = NPOConfig
 
     @classmethod

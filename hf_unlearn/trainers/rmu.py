@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from hf_unlearn.configs import UnlearnConfig, check_positive
-from hf_unlearn.trainers.base import UnlearnTrainer, is_peft_model
-from hf_unlearn.trainers.losses import model_inputs
+from hf_unlearn.modeling import model_inputs
+from hf_unlearn.trainers.base import Paper, UnlearnTrainer, is_peft_model
 
 
 DEFAULT_TRAINABLE_PATTERN = r"mlp\.(down_proj|c_proj)\.weight$"
@@ -100,7 +100,13 @@ class RMUTrainer(UnlearnTrainer):
     """
 
     _name = "rmu"
-    _paper = "Li et al. 2024, The WMDP Benchmark: Measuring and Reducing Malicious Use with Unlearning (2403.03218)"
+    _paper = Paper(
+        title="The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning",
+        authors="Li, Nathaniel and others",
+        year=2024,
+        arxiv="2403.03218",
+        key="li2024wmdp",
+    )
     config_class = RMUConfig
 
     @classmethod

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 
 from hf_unlearn.configs import UnlearnConfig, check_positive
-from hf_unlearn.trainers.base import UnlearnTrainer
+from hf_unlearn.trainers.base import Paper, UnlearnTrainer
 from hf_unlearn.trainers.losses import answer_lengths, sequence_log_prob
 
 
@@ -29,7 +29,14 @@ class SimNPOTrainer(UnlearnTrainer):
     """Loss = −(2/β)·mean log σ(−β·log π_θ(y|x)/|y| − margin) on forget answers, + α·retain."""
 
     _name = "simnpo"
-    _paper = "Fan et al. 2024, Simplicity Prevails: Rethinking Negative Preference Optimization (2410.07163)"
+    _paper = Paper(
+        title="Simplicity Prevails: Rethinking Negative Preference Optimization for LLM Unlearning",
+        authors="Fan, Chongyu and Liu, Jiancheng and Lin, Licong and Jia, Jinghan and Zhang, Ruiqi and Mei, Song and "
+        "Liu, Sijia",
+        year=2024,
+        arxiv="2410.07163",
+        key="fan2024simplicity",
+    )
     config_class = SimNPOConfig
 
     def forget_loss(self, model, forget, counts):

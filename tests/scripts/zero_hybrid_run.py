@@ -18,8 +18,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from hf_unlearn.callbacks import HybridScheduleCallback  # noqa: E402
-from hf_unlearn.robustness import RobustnessCallback, RobustnessConfig  # noqa: E402
+from hf_unlearn.attacks.robustness import RobustnessConfig  # noqa: E402
+from hf_unlearn.callbacks import (
+    HybridScheduleCallback,  # noqa: E402
+    RobustnessCallback,  # noqa: E402
+)
 from tests.scripts.optim_fixtures import RandomTokens, ZOTrainer, tiny_llama, training_args, weights  # noqa: E402
 
 

@@ -84,7 +84,7 @@ def resolve_reference(
 
 def load_retain_model(retain_model: str | Path, device):
     """``(model, tokenizer)`` of the retain model, on ``device``."""
-    from hf_unlearn.tiny import load_model_and_tokenizer
+    from hf_unlearn.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(retain_model)
     return model.to(device).eval(), tokenizer

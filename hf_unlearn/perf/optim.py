@@ -189,7 +189,7 @@ def _rss_kb() -> int:
 
 def _peak_in_subprocess(mode: str, batch_size: int, seq_len: int, steps: int) -> int:
     sizes = [str(batch_size), str(seq_len), str(steps)]
-    command = [sys.executable, "-m", "hf_unlearn.bench_optim", "memory", mode, *sizes]
+    command = [sys.executable, "-m", "hf_unlearn.perf.optim", "memory", mode, *sizes]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_kb"]
 

@@ -1,4 +1,4 @@
-"""`hf-unlearn synthetic OUT_DIR`: write the synthetic benchmark as a local TOFU folder."""
+"""`hf-unlearn synthetic OUT_DIR`: write the synthetic benchmark as a local TOFU folder (a new or empty one)."""
 
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 

@@ -1,54 +1,45 @@
 """`hf-unlearn eval --model DIR --benchmark tofu|tofu-legacy|muse|wmdp`: evaluate, write JSON, print a table.
 
-The same path serves Python callers and callbacks: :func:`evaluate_model` takes an in-memory model. Under
-``torch.distributed`` / ``accelerate launch`` every rank evaluates its shard of the examples, all ranks receive the
-gathered result, and only the main process writes files and prints.
+Under ``torch.distributed`` / ``accelerate launch`` every rank evaluates its shard of the examples, all ranks receive
+the gathered result, and only the main process writes files and prints. Python callers use
+``hf_unlearn.benchmarks.evaluate_model`` on an in-memory model.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult, get
+from hf_unlearn.benchmarks import evaluate_model
 from hf_unlearn.benchmarks.sharding import process_info
+from hf_unlearn.cli import common
+from hf_unlearn.loading import check_model_path, load_model_and_tokenizer
 
 
 CLI_BENCHMARKS = ("tofu", "tofu-legacy", "muse", "wmdp")
-HELP = "Evaluate a model on TOFU, MUSE or WMDP; write <benchmark>_summary.json and <benchmark>_per_example.json."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``eval`` options to ``parser``."""
-    parser.add_argument("--model", required=True, help="Model folder or Hub id (loaded with from_pretrained).")
+    common.add_model(parser)
     parser.add_argument("--benchmark", required=True, choices=CLI_BENCHMARKS)
-    parser.add_argument("--output_dir", help="Where the JSON files go (default: <model>/eval, or ./eval for Hub ids).")
-    parser.add_argument("--data_dir", help="Local data folder instead of the Hub (TOFU/MUSE JSON Lines, WMDP JSON).")
+    common.add_output_dir(parser, None, "Where the JSON files go (default: <model>/eval, or ./eval for Hub ids).")
+    common.add_data_dir(parser)
     parser.add_argument("--batch_size", type=int, default=16, help="Sequences per forward / generate call.")
     parser.add_argument("--max_examples", type=int, help="Evaluate only the first N examples of each set.")
     parser.add_argument("--max_new_tokens", type=int, help="TOFU generation length (default 200).")
     parser.add_argument("--forget_split", default="forget10", help="TOFU: forget01 | forget05 | forget10.")
-    parser.add_argument("--retain_model", help="TOFU/MUSE: retain model whose statistics are computed and cached.")
+    common.add_retain_model(parser)
     parser.add_argument("--retain_stats", help="TOFU/MUSE: retain statistics JSON (read, or written when computed).")
+    common.add_qa_template(parser)
     parser.add_argument("--corpus", choices=("news", "books"), default="news", help="MUSE corpus.")
     parser.add_argument("--muse_original", action="store_true", help="MUSE: stemmer off, ground truth cut to 128.")
     parser.add_argument("--tasks", nargs="+", help="WMDP: lm-eval task names (default wmdp_bio wmdp_cyber mmlu).")
     parser.add_argument("--limit", type=int, help="WMDP: at most N questions per task.")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: this rank's device).")
+    common.add_device(parser)
     parser.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
-    return parser
-
-
-def add_eval_subparser(subparsers) -> argparse.ArgumentParser:
-    """Register ``eval`` on an ``argparse`` subparsers object; the parsed args carry ``func=run_eval``."""
-    parser = subparsers.add_parser("eval", help=HELP, description=HELP)
-    add_arguments(parser)
-    parser.set_defaults(func=run_eval)
     return parser
 
 
@@ -63,6 +54,7 @@ def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
             "max_new_tokens": args.max_new_tokens,
             "retain_model": args.retain_model,
             "retain_stats": args.retain_stats,
+            "template": args.qa_template,
             "show_progress": not args.no_progress,
         }
     elif name == "muse":
@@ -79,46 +71,18 @@ def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in {**common, **specific}.items() if v is not None}
 
 
-def resolve_device(device: str) -> torch.device:
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
-def load_for_eval(model_path: str, dtype: str = "auto", device: str = "auto"):
-    """``(model, tokenizer)`` from a folder or Hub id, on this rank's device, in eval mode."""
-    from hf_unlearn.tiny import load_model_and_tokenizer
-
-    kwargs = {} if dtype == "auto" else {"dtype": getattr(torch, dtype)}
-    model, tokenizer = load_model_and_tokenizer(model_path, **kwargs)
-    return model.to(resolve_device(device)).eval(), tokenizer
-
-
-def evaluate_model(
-    model,
-    tokenizer,
-    benchmark: str | Benchmark,
-    output_dir: str | Path | None = None,
-    model_name: str | None = None,
-    **settings,
-) -> BenchmarkResult:
-    """Evaluate an in-memory model; the main process writes the JSON files when ``output_dir`` is given."""
-    evaluator = get(benchmark, **settings) if isinstance(benchmark, str) else benchmark
-    result = evaluator.evaluate(model, tokenizer)
-    if output_dir is not None and process_info()[0] == 0:
-        result.save(output_dir, model_name=model_name)
-    return result
-
-
 def default_output_dir(model: str) -> Path:
     return Path(model) / "eval" if Path(model).is_dir() else Path("eval")
 
 
 def run_eval(args: argparse.Namespace) -> str:
     """Run ``hf-unlearn eval`` from parsed args; print (main process) and return the results table."""
-    model, tokenizer = load_for_eval(args.model, args.dtype, args.device)
+    check_model_path(args.model, "--model")
+    if args.retain_model:
+        check_model_path(args.retain_model, "--retain_model")
+    if args.data_dir and not Path(args.data_dir).is_dir():
+        raise FileNotFoundError(f"--data_dir {args.data_dir} is not a folder.")
+    model, tokenizer = load_model_and_tokenizer(args.model, device=args.device, dtype=args.dtype)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.model)
     result = evaluate_model(model, tokenizer, args.benchmark, output_dir, args.model, **benchmark_settings(args))
     stem = result.benchmark.replace("/", "_")
@@ -129,6 +93,5 @@ def run_eval(args: argparse.Namespace) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Entry point in the shape `hf_unlearn.cli` expects (``add_arguments`` + ``main``)."""
     run_eval(args)
     return 0

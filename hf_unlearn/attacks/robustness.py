@@ -14,18 +14,16 @@ rank and attack that copy (memory: one full model per rank, on the training devi
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import TrainerCallback
 
 from hf_unlearn.attacks.quantize import codes_changed_fraction, parse_kind, quantized_weights
 from hf_unlearn.attacks.relearn import relearn
+from hf_unlearn.modeling import eval_mode
 
 
 RESULTS_FORMAT = "hf_unlearn.robustness/v1"
@@ -81,13 +79,8 @@ def benchmark_eval_fn(benchmark, **settings) -> EvalFn:
 
 
 def _evaluate(model, tokenizer, eval_fn: EvalFn) -> dict[str, float]:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return dict(eval_fn(model, tokenizer))
-    finally:
-        model.train(was_training)
+    with eval_mode(model, inference=False):
+        return dict(eval_fn(model, tokenizer))
 
 
 def robustness_checks(
@@ -150,7 +143,7 @@ def flat_logs(results: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _is_zero3(model) -> bool:
+def is_zero3(model) -> bool:
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     return is_deepspeed_zero3_enabled() or any(hasattr(p, "ds_id") for p in model.parameters())
@@ -169,87 +162,7 @@ def gathered_copy(model):
     return copy.to(next(iter(state.values())).device).eval()
 
 
-def _rank_and_world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
     from hf_unlearn.benchmarks.sharding import process_info
 
     return process_info()
-
-
-class RobustnessCallback(TrainerCallback):
-    """Relearning and quantization attacks on the model being trained, at train end (and optionally at evaluation).
-
-    Args:
-        config: what to run (:class:`RobustnessConfig`).
-        eval_fn: ``eval_fn(model, tokenizer) -> {metric: value}``; or give `benchmark` instead.
-        benchmark: a benchmark name (built with `benchmark_settings`) or ``Benchmark`` instance to evaluate with.
-        relearn_data: forget data for relearning (anything ``relearn`` accepts); default: the ``forget`` side
-            of the trainer's ``ForgetRetainDataset``.
-        tokenizer: default: the trainer's ``processing_class``.
-        original_model: the model before unlearning, to report the fraction of quantization codes unlearning
-            changed.
-    """
-
-    def __init__(
-        self,
-        config: RobustnessConfig | None = None,
-        eval_fn: EvalFn | None = None,
-        benchmark=None,
-        benchmark_settings: dict[str, Any] | None = None,
-        relearn_data=None,
-        tokenizer=None,
-        original_model=None,
-    ):
-        if eval_fn is None and benchmark is None:
-            raise ValueError("RobustnessCallback needs eval_fn=... or benchmark=... (e.g. 'tofu') to measure with.")
-        self.config = config or RobustnessConfig()
-        self.eval_fn = eval_fn or benchmark_eval_fn(benchmark, **(benchmark_settings or {}))
-        self.relearn_data, self.tokenizer, self.original_model = relearn_data, tokenizer, original_model
-        self.runs: list[dict[str, Any]] = []
-
-    def _resolve_data(self, train_dataloader) -> None:
-        if self.relearn_data is not None or not self.config.relearn_steps:
-            return
-        dataset = getattr(train_dataloader, "dataset", None)
-        forget = getattr(dataset, "forget", None)
-        if forget is None or len(forget) == 0:
-            raise ValueError(
-                "RobustnessCallback: no forget data available for relearning; pass relearn_data=... or train on "
-                "a ForgetRetainDataset (or set relearn_steps=[] to skip relearning)."
-            )
-        self.relearn_data = forget
-
-    def on_train_begin(self, args, state, control, model=None, train_dataloader=None, **kwargs):
-        self._resolve_data(train_dataloader)
-
-    def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if self.config.at_eval:
-            self._run("evaluate", args, state, model, **kwargs)
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self._run("train_end", args, state, model, **kwargs)
-
-    def _run(self, trigger, args, state, model, processing_class=None, train_dataloader=None, **_):
-        if model is None:
-            raise ValueError("RobustnessCallback was called without the model.")
-        tokenizer = self.tokenizer or processing_class
-        if tokenizer is None:
-            raise ValueError(
-                "RobustnessCallback needs a tokenizer: pass tokenizer=... or processing_class to the Trainer."
-            )
-        self._resolve_data(train_dataloader)
-        target = gathered_copy(model) if _is_zero3(model) else model
-        results = robustness_checks(
-            target, tokenizer, self.eval_fn, self.relearn_data, self.config, self.original_model
-        )
-        results["zero3_gathered"] = target is not model
-        record = {"trigger": trigger, "global_step": state.global_step, **results}
-        self.runs.append(record)
-        state.log_history.append({**flat_logs(results), "step": state.global_step})
-        rank, world_size = _rank_and_world()
-        if rank == 0:
-            path = Path(args.output_dir) / self.config.results_file
-            path.parent.mkdir(parents=True, exist_ok=True)
-            document = {"format": RESULTS_FORMAT, "config": asdict(self.config), "runs": self.runs}
-            path.write_text(json.dumps(document, indent=2) + "\n")
-        if world_size > 1:
-            torch.distributed.barrier()  # no rank moves on (or exits) before the file is written

@@ -1,0 +1,118 @@
+"""`hf-unlearn attack --model DIR`: relearning and quantization attacks on a saved model, post hoc.
+
+Evaluates with a registered benchmark (``--benchmark tofu``) or, for a quick offline check, ``--benchmark nll``
+(mean answer NLL on the forget and retain splits). Writes ``robustness.json`` in the callback's schema, with one
+run whose trigger is ``post_hoc``. The attack settings and their defaults are `RobustnessConfig`'s, the one source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+from hf_unlearn.attacks.robustness import RobustnessConfig
+from hf_unlearn.cli import common
+
+
+ATTACK_FIELDS = (
+    "relearn_steps", "relearn_lr", "relearn_batch_size", "relearn_num_examples", "relearn_scheduler",
+    "relearn_seed", "quantization",
+)  # fmt: skip
+
+
+def add_config_arguments(parser, config_cls, names) -> None:
+    """One flag per dataclass field in `names`, with the field's type, default and help."""
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        if f.name not in names:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        kwargs = {"default": default, "help": f.metadata.get("help")}
+        if typing.get_origin(hint) is list:
+            kwargs.update(nargs="*", type=args[0])
+        else:
+            base = next((a for a in args if a is not type(None)), hint)
+            kwargs["type"] = base
+        parser.add_argument(f"--{f.name}", **kwargs)
+
+
+def add_arguments(parser):
+    common.add_model(parser, help_text="Folder or Hub id of the unlearned model (and tokenizer).")
+    parser.add_argument("--original_model", default=None, help="Model before unlearning: report codes changed.")
+    parser.add_argument("--benchmark", default="tofu", help="tofu | tofu-legacy | nll (answer NLL, fast).")
+    common.add_data_dir(parser, "TOFU folder (default: the local copy, else the Hub).")
+    parser.add_argument("--forget_split", default="forget10", help="TOFU forget split (forget01/05/10).")
+    parser.add_argument("--max_examples", type=int, default=None, help="Evaluate only the first N rows per set.")
+    common.add_retain_model(parser)
+    common.add_qa_template(parser)
+    parser.add_argument(
+        "--relearn_data", default=None, help="JSON Lines of QA or text rows to relearn on (default: the forget split)."
+    )
+    add_config_arguments(parser, RobustnessConfig, ATTACK_FIELDS)
+    common.add_output_dir(parser, "outputs/attack", "Where robustness.json goes.")
+    common.add_device(parser)
+
+
+def _eval_fn(args, data_dir):
+    if args.benchmark != "nll":
+        from hf_unlearn.attacks.robustness import benchmark_eval_fn
+
+        settings = {"forget_split": args.forget_split, "data_dir": data_dir, "max_examples": args.max_examples}
+        settings.update(template=args.qa_template, retain_model=args.retain_model)
+        return benchmark_eval_fn(args.benchmark, **settings)
+
+    from hf_unlearn.benchmarks.nll import NLLBenchmark
+    from hf_unlearn.benchmarks.tofu_data import load_split, tofu_split_names
+
+    names = tofu_split_names(args.forget_split)
+    cache = {}
+
+    def eval_fn(model, tokenizer):
+        if not cache:
+            splits = {names[role]: load_split(data_dir, names[role], tokenizer, args.max_examples, args.qa_template)
+                      for role in ("forget", "retain")}  # fmt: skip
+            cache["benchmark"] = NLLBenchmark(splits)
+        return dict(cache["benchmark"].evaluate(model, tokenizer).metrics)
+
+    return eval_fn
+
+
+def main(args):
+    from datasets import load_dataset
+
+    from hf_unlearn.attacks.robustness import RESULTS_FORMAT, robustness_checks
+    from hf_unlearn.benchmarks.tofu_data import default_tofu_dir, load_tofu
+    from hf_unlearn.loading import check_model_path, load_model_and_tokenizer
+
+    config = RobustnessConfig(**{name: getattr(args, name) for name in ATTACK_FIELDS})
+    check_model_path(args.model, "--model")
+    for flag in ("original_model", "retain_model"):
+        if getattr(args, flag):
+            check_model_path(getattr(args, flag), f"--{flag}")
+    if args.relearn_data and not Path(args.relearn_data).is_file():
+        raise FileNotFoundError(f"--relearn_data {args.relearn_data} not found; give a JSON Lines file.")
+    data_dir = args.data_dir or default_tofu_dir()
+    model, tokenizer = load_model_and_tokenizer(args.model, device=args.device)
+    original = load_model_and_tokenizer(args.original_model, device=args.device)[0] if args.original_model else None
+    if not config.relearn_steps:
+        relearn_rows = None
+    elif args.relearn_data:
+        relearn_rows = load_dataset("json", data_files=args.relearn_data, split="train")
+    else:
+        relearn_rows = load_tofu(args.forget_split, data_dir)
+    results = robustness_checks(model, tokenizer, _eval_fn(args, data_dir), relearn_rows, config, original)
+    document = {
+        "format": RESULTS_FORMAT,
+        "model": args.model,
+        "config": dataclasses.asdict(config),
+        "runs": [{"trigger": "post_hoc", "global_step": None, **results}],
+    }
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "robustness.json").write_text(json.dumps(document, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in results.items() if k != "relearn"}, indent=2))
+    print(f"Wrote {out / 'robustness.json'}")

@@ -1,0 +1,33 @@
+"""`hf-unlearn bench`: speed and memory measurements (``hf_unlearn.perf``), written as JSON."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from hf_unlearn.perf import MEASUREMENTS, run_measurements
+
+
+def add_arguments(parser):
+    parser.add_argument("--output", default="bench.json", help="JSON file the measurements are written to.")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted(MEASUREMENTS), help="Run only these entries (default: all)."
+    )
+
+
+def main(args):
+    names = args.only or list(MEASUREMENTS)
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(),
+        },
+        "results": run_measurements(names),
+    }
+    Path(args.output).write_text(json.dumps(report, indent=2))
+    print(f"Wrote {args.output}")

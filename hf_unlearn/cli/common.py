@@ -1,0 +1,34 @@
+"""Flags that mean the same thing in every command, declared once."""
+
+from __future__ import annotations
+
+
+def add_model(parser, required: bool = True, help_text: str = "Model folder or Hub id (with its tokenizer).") -> None:
+    parser.add_argument("--model", required=required, help=help_text)
+
+
+def add_data_dir(
+    parser, help_text: str = "Local data folder (TOFU/MUSE JSON Lines, WMDP JSON); unset: the Hub."
+) -> None:
+    # --data was this flag's name in attack and lmc; it stays accepted.
+    parser.add_argument("--data_dir", "--data", dest="data_dir", default=None, help=help_text)
+
+
+def add_retain_model(parser) -> None:
+    parser.add_argument(
+        "--retain_model", default=None, help="TOFU/MUSE: model trained without the forget set (forget quality)."
+    )
+
+
+def add_qa_template(parser) -> None:
+    parser.add_argument(
+        "--qa_template", default=None, help="Plain prompt template with {question}; unset: the chat template if any."
+    )
+
+
+def add_device(parser) -> None:
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: this rank's device).")
+
+
+def add_output_dir(parser, default: str | None, help_text: str) -> None:
+    parser.add_argument("--output_dir", default=default, help=help_text)

@@ -1,0 +1,84 @@
+"""Where a path becomes weights: path checks, device resolution, model and tokenizer loading (one place).
+
+Every command and the recipe pipeline check their model paths with :func:`check_model_path` before any weight is
+loaded, so a typo fails in one line instead of in a Hub lookup after minutes of work.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def check_model_path(path: str | os.PathLike | None, name: str = "model") -> str:
+    """Check that `path` is a model folder (holding config.json) or a Hub id; return it as a string.
+
+    Raises ``FileNotFoundError`` / ``ValueError`` in one line naming `name` (the field or flag) and the fix. A Hub id
+    is accepted as is, except offline (``HF_HUB_OFFLINE=1``) when it is not in the local Hugging Face cache.
+    """
+    if path is None or str(path) == "":
+        raise ValueError(f"{name} is required: a local model folder or a Hub id.")
+    text = str(path)
+    folder = Path(text).expanduser()
+    if folder.exists():
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{name} {text} is a file; point it at a model folder (with config.json).")
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{name} {text} is not a model folder: it has no config.json.")
+        return text
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+    if looks_local or not _HUB_ID.match(text):
+        raise FileNotFoundError(f"{name} folder {text} does not exist; check the path.")
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(text, "config.json"), str):
+            raise FileNotFoundError(
+                f"{name} {text} is not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE=1; "
+                "download it first or point at a local folder."
+            )
+    return text
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto``/``None``: this rank's GPU (``LOCAL_RANK``) if CUDA is available, else the CPU; else as given."""
+    if device is not None and str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def load_tokenizer(path: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device | None = None, **model_kwargs):
+    """``(model, tokenizer)`` from a local folder or Hub id; on `device` in eval mode when one is given.
+
+    ``dtype`` may be a string (``"bfloat16"``) or a torch dtype; ``"auto"`` keeps the checkpoint's.
+    """
+    from transformers import AutoModelForCausalLM
+
+    dtype = model_kwargs.pop("dtype", None)
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    if dtype is not None:
+        model_kwargs["dtype"] = dtype
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
+    if device is not None:
+        model = model.to(resolve_device(device)).eval()
+    return model, tokenizer
