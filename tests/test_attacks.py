@@ -215,9 +215,9 @@ def test_attack_command_writes_the_callback_schema(tmp_path):
     import argparse
     import json
 
-    from hf_unlearn.cli import attack as cli
     from hf_unlearn.benchmarks.nll import mean_answer_loss
     from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
+    from hf_unlearn.cli import attack as cli
 
     original, unlearned, tokenizer, _, forget, collator = tiny_unlearned()
     for name, model in (("original", original), ("unlearned", unlearned)):

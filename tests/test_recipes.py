@@ -79,7 +79,7 @@ def test_untested_paths_parse_into_the_fields_users_set(tmp_path, tiny_model_dir
     recipe = write(
         tmp_path,
         f"method: npo\nmodel_name_or_path: {tiny_model_dir}\nref_model_path: {tiny_model_dir}\nzo_seed: 7\n"
-        "retain_split: retain95\nqa_template: \"Q: {question}\\nA: \"\nlora_r: 4\ntext_field: body\n",
+        'retain_split: retain95\nqa_template: "Q: {question}\\nA: "\nlora_r: 4\ntext_field: body\n',
     )
     parsed = parse_recipe(recipe)
     assert parsed.config.ref_model_path == str(tiny_model_dir) and parsed.config.zo_seed == 7
