@@ -35,7 +35,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--retain_model", help="TOFU/MUSE: retain model whose statistics are computed and cached.")
     parser.add_argument("--retain_stats", help="TOFU/MUSE: retain statistics JSON (read, or written when computed).")
     parser.add_argument("--corpus", choices=("news", "books"), default="news", help="MUSE corpus.")
-    parser.add_argument("--muse_original", action="store_true", help="MUSE: stemmer off, ground truth cut to 128.")
+    parser.add_argument(
+        "--muse_original", action="store_true", help="MUSE: the official code's rules (docs/definitions.md)."
+    )
+    parser.add_argument(
+        "--privleak_max_length",
+        type=int,
+        help="MUSE default mode: cut PrivLeak texts to N tokens (default 2048; 0: whole texts, as --muse_original).",
+    )
+    parser.add_argument(
+        "--privleak_ref_auc", type=float, help="MUSE: reference Min-K%% AUC for PrivLeak instead of a retain model."
+    )
     parser.add_argument("--tasks", nargs="+", help="WMDP: lm-eval task names (default wmdp_bio wmdp_cyber mmlu).")
     parser.add_argument("--limit", type=int, help="WMDP: at most N questions per task.")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
@@ -72,11 +82,15 @@ def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
             "max_examples": args.max_examples,
             "retain_model": args.retain_model,
             "retain_stats": args.retain_stats,
+            "privleak_ref_auc": args.privleak_ref_auc,
             "show_progress": not args.no_progress,
         }
     else:
         specific = {"tasks": args.tasks, "limit": args.limit if args.limit is not None else args.max_examples}
-    return {k: v for k, v in {**common, **specific}.items() if v is not None}
+    settings = {k: v for k, v in {**common, **specific}.items() if v is not None}
+    if name == "muse" and args.privleak_max_length is not None:
+        settings["max_length"] = args.privleak_max_length or None  # 0 means whole texts: None must survive the filter
+    return settings
 
 
 def resolve_device(device: str) -> torch.device:
