@@ -13,7 +13,13 @@ from transformers import PreTrainedTokenizerFast
 
 from hf_unlearn import benchmarks
 from hf_unlearn.benchmarks import metrics
-from hf_unlearn.benchmarks.muse import RETAIN_STATS_FORMAT, MuseBenchmark, context_windows, few_shot_prompt
+from hf_unlearn.benchmarks.muse import (
+    DEFAULT_MAX_LENGTH,
+    RETAIN_STATS_FORMAT,
+    MuseBenchmark,
+    context_windows,
+    few_shot_prompt,
+)
 from hf_unlearn.evaluation import add_arguments, benchmark_settings
 from hf_unlearn.tiny import BOS, EOS, PAD, UNK, build_tiny_model, train_tokenizer
 from tests.fixed_logits import BigramLM, random_table, reference_answer_stats, reference_greedy
@@ -306,12 +312,14 @@ def test_default_privleak_cuts_long_texts_at_max_length_and_warns_once(tmp_path,
     assert result.config["privleak_texts_cut"] == expected_cut
 
 
-def test_original_privleak_scores_every_token_of_a_long_text(tmp_path, tokenizer):
-    data = write_muse(tmp_path / "muse", privleak_forget=FORGET_TEXT + [LONG_TEXT])
+def test_original_privleak_scores_every_token_of_a_text_longer_than_the_default_cap(tmp_path, tokenizer):
+    huge = " ".join(FORGET_TEXT * 20)
+    full = tokenizer(huge)["input_ids"]
+    assert len(full) > DEFAULT_MAX_LENGTH
+    data = write_muse(tmp_path / "muse", privleak_forget=FORGET_TEXT + [huge])
     table = random_table(len(tokenizer), seed=5)
-    full = tokenizer(LONG_TEXT)["input_ids"]
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no cut, so no warning
+        warnings.simplefilter("error")  # nothing is cut, so nothing is announced
         result = MuseBenchmark(data_dir=data, original=True, show_progress=False).evaluate(BigramLM(table), tokenizer)
     record = result.per_example["privleak_forget"][-1]
     assert (record["num_tokens"], record["cut"], record["windows"]) == (len(full) - 1, False, 1)
