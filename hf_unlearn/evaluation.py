@@ -132,9 +132,10 @@ def default_output_dir(model: str) -> Path:
 
 def run_eval(args: argparse.Namespace) -> str:
     """Run ``hf-unlearn eval`` from parsed args; print (main process) and return the results table."""
+    benchmark = get(args.benchmark, **benchmark_settings(args))  # bad settings fail before any weight loads
     model, tokenizer = load_for_eval(args.model, args.dtype, args.device)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.model)
-    result = evaluate_model(model, tokenizer, args.benchmark, output_dir, args.model, **benchmark_settings(args))
+    result = evaluate_model(model, tokenizer, benchmark, output_dir, args.model)
     stem = result.benchmark.replace("/", "_")
     table = f"{result.table()}\nwrote {output_dir / f'{stem}_summary.json'} and {stem}_per_example.json"
     if process_info()[0] == 0:

@@ -160,12 +160,13 @@ class MuseBenchmark(Benchmark):
             raise ValueError(f"Unknown MUSE corpus {corpus!r}; choose one of {', '.join(HUB_IDS)}.")
         if max_length is not None and max_length < 2:
             raise ValueError(
-                f"max_length must be at least 2 (one token scored) or None (whole texts); got {max_length}."
+                f"max_length (--privleak_max_length) must be at least 2, or None (0 on the CLI) for whole texts; "
+                f"got {max_length}."
             )
         if original and max_length not in (None, DEFAULT_MAX_LENGTH):
             raise ValueError(
-                f"max_length={max_length} caps PrivLeak texts in default mode only; original=True (--muse_original) "
-                "scores whole texts as the MUSE code does. Drop one of the two."
+                f"max_length={max_length} (--privleak_max_length) caps PrivLeak texts in default mode only; "
+                "original=True (--muse_original) scores whole texts as the MUSE code does. Drop one of the two."
             )
         if privleak_ref_auc is not None:
             if not 0.0 <= privleak_ref_auc < 1.0:
