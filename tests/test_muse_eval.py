@@ -1,12 +1,27 @@
+import argparse
 import json
+import math
+import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from rouge_score import rouge_scorer
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
 
 from hf_unlearn import benchmarks
-from hf_unlearn.benchmarks.muse import RETAIN_STATS_FORMAT, MuseBenchmark, few_shot_prompt
-from hf_unlearn.tiny import build_tiny_model
+from hf_unlearn.benchmarks import metrics
+from hf_unlearn.benchmarks.muse import (
+    DEFAULT_MAX_LENGTH,
+    RETAIN_STATS_FORMAT,
+    MuseBenchmark,
+    context_windows,
+    few_shot_prompt,
+)
+from hf_unlearn.cli.eval import add_arguments, benchmark_settings
+from hf_unlearn.tiny import BOS, EOS, PAD, UNK, build_tiny_model, train_tokenizer
 from tests.fixed_logits import BigramLM, random_table, reference_answer_stats, reference_greedy
 from tests.helpers import synthetic_tokenizer
 
@@ -26,7 +41,7 @@ QA = [
 ]
 
 
-def write_muse(folder, verbmem_gt_words=12, drop=None):
+def write_muse(folder, verbmem_gt_words=12, drop=None, privleak_forget=FORGET_TEXT):
     def write(config, split, rows):
         if (config, split) == drop:
             return
@@ -39,7 +54,7 @@ def write_muse(folder, verbmem_gt_words=12, drop=None):
     write("knowmem", "retain_qa", [{"question": "Where was Dov Moreau raised?", "answer": "Kyoto"}])
     write("knowmem", "forget_qa_icl", [{"question": "Who wrote The Silent River?", "answer": "Bram Okafor"}])
     write("knowmem", "retain_qa_icl", [{"question": "What does Elin Tanaka paint?", "answer": "Orchards"}])
-    write("privleak", "forget", [{"text": t} for t in FORGET_TEXT])
+    write("privleak", "forget", [{"text": t} for t in privleak_forget])
     write("privleak", "holdout", [{"text": t} for t in HOLDOUT_TEXT])
     return folder
 
@@ -50,10 +65,10 @@ def tokenizer():
 
 
 def forced_table(tokenizer):
-    """Random bigram logits, except that after ':' the model says ' P' then newlines forever."""
+    """Random bigram logits, except that after the prompt's last token ' ' the model says 'P' then newlines forever."""
     table = random_table(len(tokenizer), seed=7)
-    colon, answer, newline = (tokenizer.convert_tokens_to_ids(t) for t in (":", "ĠP", "Ċ"))
-    table[colon, answer] = table[answer, newline] = table[newline, newline] = 50.0
+    space, answer, newline = (tokenizer.convert_tokens_to_ids(t) for t in ("Ġ", "P", "Ċ"))
+    table[space, answer] = table[answer, newline] = table[newline, newline] = 50.0
     return table, answer
 
 
@@ -72,7 +87,7 @@ def test_muse_metrics_match_hand_computation_with_fixed_logits(tmp_path, tokeniz
         )
         assert record["generation"] == expected
         assert record["rouge_l_f1"] == scorer.score(record["gt"], expected)["rougeL"].fmeasure
-    # KnowMem prompts end in "Answer:", so the forced chain answers "P" and the "\n\n" stop string cuts the rest.
+    # KnowMem prompts end in "Answer: " (last token "Ġ"), so the forced chain answers "P", cut at the "\n\n" stop.
     knowmem = result.per_example["knowmem_forget"]
     assert [r["generation"] for r in knowmem] == [tokenizer.decode([answer_token]).strip()] * 2
     assert result.metrics["knowmem_f"] == pytest.approx(0.0)
@@ -93,10 +108,10 @@ def test_muse_metrics_match_hand_computation_with_fixed_logits(tmp_path, tokeniz
 
 def test_few_shot_prompt_format():
     prompt = few_shot_prompt([{"question": "Q1?", "answer": "A1"}, {"question": "Q2?", "answer": "A2"}], "Q3?")
-    assert prompt == "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer: A2\n\nQuestion: Q3?\nAnswer:"
+    assert prompt == "Question: Q1?\nAnswer: A1\n\nQuestion: Q2?\nAnswer: A2\n\nQuestion: Q3?\nAnswer: "
 
 
-def test_original_mode_cuts_ground_truth_to_128_tokens_and_turns_stemmer_off(tmp_path, tokenizer):
+def test_original_mode_turns_stemmer_off_and_reports_privleak_unavailable_without_reference(tmp_path, tokenizer):
     data = write_muse(tmp_path / "muse", verbmem_gt_words=60)
     model = BigramLM(random_table(len(tokenizer), seed=8))
     result = MuseBenchmark(data_dir=data, original=True, show_progress=False).evaluate(model, tokenizer)
@@ -109,8 +124,10 @@ def test_original_mode_cuts_ground_truth_to_128_tokens_and_turns_stemmer_off(tmp
     unstemmed = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     assert record["rouge_l_f1"] == unstemmed.score(record["gt"], record["generation"])["rougeL"].fmeasure
     assert result.config["use_stemmer"] is False
-    assert result.metrics["privleak"] == pytest.approx(((1 - result.metrics["mia_min_k_auc"]) - 0.5) / 0.5 * 100)
-    assert "no retain-model statistics" in result.config["privleak_reference"]
+    assert result.metrics["mia_min_k_auc"] is not None
+    assert result.metrics["privleak"] is None
+    assert "no retain-model statistics" in result.unavailable["privleak"]
+    assert "--privleak_ref_auc" in result.unavailable["privleak"]
 
 
 def test_muse_on_tiny_model_with_retain_model_reference(tmp_path, tokenizer):
@@ -149,3 +166,262 @@ def test_missing_icl_file_is_a_clear_error(tmp_path, tokenizer):
         MuseBenchmark(data_dir=data, show_progress=False).evaluate(
             BigramLM(random_table(len(tokenizer), 0)), tokenizer
         )
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The rules --muse_original must follow (docs/definitions.md, "MUSE"), each on a hand-built tokenizer or text.
+
+FEW_SHOT = "Question: Who wrote The Silent River?\nAnswer: Bram Okafor\n\n"
+
+
+def whitespace_attaching_tokenizer():
+    """Byte-level BPE whose pre-tokenizer keeps each word's trailing whitespace, so "Answer: " is one token."""
+    backend = Tokenizer(models.BPE(unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\S+\s*|\s+"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000,
+        special_tokens=[PAD, BOS, EOS, UNK],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    prompts = [FEW_SHOT + f"Question: {q}\nAnswer: {a}" for q, a in QA]
+    backend.train_from_iterator(prompts * 10 + FORGET_TEXT + HOLDOUT_TEXT + ["Lisbon"] * 10, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK
+    )
+
+
+def bos_tokenizer():
+    """A byte-level BPE that prepends BOS when called with special tokens (as Llama's tokenizer does)."""
+    texts = FORGET_TEXT + HOLDOUT_TEXT + ["harbor lantern river"] * 10
+    tokenizer = train_tokenizer(texts, vocab_size=300, chat_template=False)
+    tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", special_tokens=[(BOS, tokenizer.bos_token_id)]
+    )
+    return tokenizer
+
+
+class RecordingBigramLM(BigramLM):
+    """BigramLM that records every prompt it is asked to continue and every sequence it scores."""
+
+    def __init__(self, table, context=None):
+        super().__init__(table)
+        self.prompts, self.forward_lengths = [], []
+        if context is not None:
+            self.config = SimpleNamespace(max_position_embeddings=context)
+
+    def forward(self, input_ids, attention_mask=None, **kwargs):
+        self.forward_lengths.append(input_ids.shape[1])
+        return super().forward(input_ids, attention_mask, **kwargs)
+
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        for row, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+            self.prompts.append([token for token, keep in zip(row, mask) if keep])
+        return super().generate(input_ids, attention_mask, **kwargs)
+
+
+@pytest.mark.parametrize("original", [False, True])
+def test_knowmem_prompt_ends_in_the_answer_token_with_its_trailing_space(tmp_path, original):
+    tokenizer = whitespace_attaching_tokenizer()
+    answer_space = tokenizer.convert_tokens_to_ids("Answer:Ġ")
+    lisbon = tokenizer.convert_tokens_to_ids("Lisbon")
+    assert answer_space != tokenizer.unk_token_id and tokenizer("Lisbon")["input_ids"] == [lisbon]
+    # "Answer:" without the space ends in another token, so a prompt built that way is told apart.
+    assert tokenizer(FEW_SHOT + f"Question: {QA[0][0]}\nAnswer:")["input_ids"][-1] != answer_space
+    table = random_table(len(tokenizer), seed=3)
+    table[answer_space, lisbon] = table[lisbon, tokenizer.eos_token_id] = 50.0
+    model = RecordingBigramLM(table)
+    data = write_muse(tmp_path / "muse")
+    result = MuseBenchmark(data_dir=data, original=original, batch_size=1, show_progress=False).evaluate(
+        model, tokenizer
+    )
+
+    for question, _ in QA:
+        expected = tokenizer(FEW_SHOT + f"Question: {question}\nAnswer: ")["input_ids"]
+        assert expected[-1] == answer_space
+        assert expected in model.prompts
+    # The model continues from "Answer: ": after that token it says "Lisbon" and stops.
+    assert [r["generation"] for r in result.per_example["knowmem_forget"]] == ["Lisbon", "Lisbon"]
+    assert [r["rouge_l_f1"] for r in result.per_example["knowmem_forget"]] == [1.0, 0.0]
+    assert result.metrics["knowmem_f"] == 0.5
+
+
+LONG_GT = " ".join(["harbor lantern river"] * 60)
+
+
+def test_original_verbmem_reference_is_cut_with_bos_taking_a_slot(tmp_path):
+    tokenizer = bos_tokenizer()
+    with_bos = tokenizer(LONG_GT)["input_ids"]
+    text_ids = tokenizer(LONG_GT, add_special_tokens=False)["input_ids"]
+    assert with_bos == [tokenizer.bos_token_id] + text_ids and len(text_ids) > 128
+    data = write_muse(tmp_path / "muse")
+    (data / "verbmem" / "forget.json").write_text(json.dumps({"prompt": "Ava Varga was born", "gt": LONG_GT}) + "\n")
+    model = BigramLM(random_table(len(tokenizer), seed=4))
+    result = MuseBenchmark(data_dir=data, original=True, show_progress=False).evaluate(model, tokenizer)
+
+    reference = result.per_example["verbmem_forget"][0]["gt"]
+    assert tokenizer(reference, add_special_tokens=False)["input_ids"] == text_ids[:127]
+    assert reference == tokenizer.decode(text_ids[:127])
+    assert reference != tokenizer.decode(text_ids[:128])  # the cut without special tokens keeps one more token
+
+
+def test_default_verbmem_reference_is_the_whole_continuation(tmp_path):
+    tokenizer = bos_tokenizer()
+    data = write_muse(tmp_path / "muse")
+    (data / "verbmem" / "forget.json").write_text(json.dumps({"prompt": "Ava Varga was born", "gt": LONG_GT}) + "\n")
+    model = BigramLM(random_table(len(tokenizer), seed=4))
+    result = MuseBenchmark(data_dir=data, show_progress=False).evaluate(model, tokenizer)
+    assert result.per_example["verbmem_forget"][0]["gt"] == LONG_GT
+
+
+LONG_TEXT = " ".join(FORGET_TEXT)  # longer than the max_length of the tests below
+
+
+def membership_reference(table, ids, at_least_one=True):
+    """Min-K% of one whole token sequence, token by token (k = 0.4)."""
+    logp = torch.log_softmax(table.double(), dim=-1)
+    token_logps = sorted(logp[ids[t], ids[t + 1]].item() for t in range(len(ids) - 1))
+    count = int(0.4 * len(token_logps))
+    count = max(1, count) if at_least_one else count
+    return sum(token_logps[:count]) / count if count else math.nan
+
+
+def test_default_privleak_cuts_long_texts_at_max_length_and_warns_once(tmp_path, tokenizer):
+    data = write_muse(tmp_path / "muse", privleak_forget=FORGET_TEXT + [LONG_TEXT])
+    table = random_table(len(tokenizer), seed=5)
+    full = tokenizer(LONG_TEXT)["input_ids"]
+    assert len(full) > 40
+    texts = FORGET_TEXT + [LONG_TEXT] + HOLDOUT_TEXT
+    expected_cut = sum(len(tokenizer(t)["input_ids"]) > 40 for t in texts)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = MuseBenchmark(data_dir=data, max_length=40, show_progress=False).evaluate(BigramLM(table), tokenizer)
+    privleak_warnings = [w for w in caught if "MUSE PrivLeak" in str(w.message)]
+    assert len(privleak_warnings) == 1
+    assert f"{expected_cut} of {len(texts)} texts are longer than max_length=40" in str(privleak_warnings[0].message)
+
+    record = result.per_example["privleak_forget"][-1]
+    assert (record["num_tokens"], record["text_tokens"], record["cut"]) == (39, len(full), True)
+    assert record["min_k"] == pytest.approx(membership_reference(table, full[:40]), rel=1e-6)
+    assert result.config["privleak_texts_cut"] == expected_cut
+
+
+def test_original_privleak_scores_every_token_of_a_text_longer_than_the_default_cap(tmp_path, tokenizer):
+    huge = " ".join(FORGET_TEXT * 20)
+    full = tokenizer(huge)["input_ids"]
+    assert len(full) > DEFAULT_MAX_LENGTH
+    data = write_muse(tmp_path / "muse", privleak_forget=FORGET_TEXT + [huge])
+    table = random_table(len(tokenizer), seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is cut, so nothing is announced
+        result = MuseBenchmark(data_dir=data, original=True, show_progress=False).evaluate(BigramLM(table), tokenizer)
+    record = result.per_example["privleak_forget"][-1]
+    assert (record["num_tokens"], record["cut"], record["windows"]) == (len(full) - 1, False, 1)
+    assert record["min_k"] == pytest.approx(membership_reference(table, full, at_least_one=False), rel=1e-6)
+    assert result.config["max_length"] is None and result.config["privleak_texts_cut"] == 0
+
+
+def test_context_windows_score_each_token_once():
+    assert context_windows(8, 8) == [(0, 8, 1)]
+    assert context_windows(8, None) == [(0, 8, 1)]
+    assert context_windows(10, 4) == [(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
+    assert context_windows(11, 5) == [(0, 5, 1), (2, 7, 5), (4, 9, 7), (6, 11, 9)]
+    for n, c in [(10, 4), (11, 5), (100, 7), (3, 2)]:
+        scored = [t for _, end, first in context_windows(n, c) for t in range(first, end)]
+        assert scored == list(range(1, n))
+        assert all(end - start <= c for start, end, _ in context_windows(n, c))
+        assert all(first - start >= c - c // 2 for start, _, first in context_windows(n, c)[1:])
+
+
+def test_original_privleak_reads_texts_longer_than_the_context_in_windows(tmp_path, tokenizer):
+    data = write_muse(tmp_path / "muse", privleak_forget=FORGET_TEXT + [LONG_TEXT])
+    table = random_table(len(tokenizer), seed=5)
+    full = tokenizer(LONG_TEXT)["input_ids"]
+    model = RecordingBigramLM(table, context=16)
+    result = MuseBenchmark(data_dir=data, original=True, show_progress=False).evaluate(model, tokenizer)
+    record = result.per_example["privleak_forget"][-1]
+    assert record["num_tokens"] == len(full) - 1
+    assert record["windows"] == len(context_windows(len(full), 16)) > 1
+    # A bigram model has no context, so windowed log-probs equal whole-text ones when every token is scored once.
+    assert record["min_k"] == pytest.approx(membership_reference(table, full, at_least_one=False), rel=1e-6)
+    assert max(model.forward_lengths) <= 16
+
+
+def test_privleak_is_unavailable_without_a_reference_and_uses_a_given_one(tmp_path, tokenizer):
+    data = write_muse(tmp_path / "muse")
+    model = BigramLM(random_table(len(tokenizer), seed=6))
+    without = MuseBenchmark(data_dir=data, show_progress=False).evaluate(model, tokenizer)
+    assert without.metrics["privleak"] is None
+    assert "no reference AUC" in without.unavailable["privleak"]
+    given = MuseBenchmark(data_dir=data, privleak_ref_auc=0.6, show_progress=False).evaluate(model, tokenizer)
+    auc = given.metrics["mia_min_k_auc"]
+    assert auc == without.metrics["mia_min_k_auc"]
+    assert given.metrics["privleak"] == pytest.approx(((1 - auc) - 0.4) / 0.4 * 100)
+    assert "privleak" not in given.unavailable and given.config["privleak_reference"] == "given privleak_ref_auc=0.6"
+
+
+def test_privleak_reference_settings_are_checked_before_evaluation(tmp_path):
+    with pytest.raises(ValueError, match="pass only one"):
+        MuseBenchmark(privleak_ref_auc=0.5, retain_model=tmp_path)
+    with pytest.raises(ValueError, match=r"privleak_ref_auc must be in \[0, 1\)"):
+        MuseBenchmark(privleak_ref_auc=1.0)
+    with pytest.raises(ValueError, match="default mode only"):
+        MuseBenchmark(original=True, max_length=512)
+
+
+SHORT_TEXT = "Ava."  # 3 tokens: 2 scored, floor(0.4 * 2) = 0
+
+
+def test_original_min_k_of_a_text_under_three_scored_tokens_is_nan_and_counted(tmp_path, tokenizer):
+    assert len(tokenizer(SHORT_TEXT)["input_ids"]) == 3
+    data = write_muse(tmp_path / "muse", privleak_forget=FORGET_TEXT + [SHORT_TEXT])
+    model = BigramLM(random_table(len(tokenizer), seed=6))
+    result = MuseBenchmark(data_dir=data, original=True, privleak_ref_auc=0.5, show_progress=False).evaluate(
+        model, tokenizer
+    )
+    record = result.per_example["privleak_forget"][-1]
+    assert record["num_tokens"] == 2 and record["below_min_k"] and math.isnan(record["min_k"])
+    assert result.config["privleak_texts_below_min_k"] == 1
+    assert result.metrics["mia_min_k_auc"] is None and result.metrics["privleak"] is None
+    assert "1 of 6 PrivLeak texts have no Min-K% score" in result.unavailable["mia_min_k_auc"]
+
+
+def test_default_min_k_of_a_text_under_three_scored_tokens_uses_its_lowest_token(tmp_path, tokenizer):
+    data = write_muse(tmp_path / "muse", privleak_forget=FORGET_TEXT + [SHORT_TEXT])
+    table = random_table(len(tokenizer), seed=6)
+    result = MuseBenchmark(data_dir=data, privleak_ref_auc=0.5, show_progress=False).evaluate(
+        BigramLM(table), tokenizer
+    )
+    record = result.per_example["privleak_forget"][-1]
+    ids = tokenizer(SHORT_TEXT)["input_ids"]
+    logp = torch.log_softmax(table.double(), dim=-1)
+    lowest = min(logp[ids[0], ids[1]].item(), logp[ids[1], ids[2]].item())
+    assert record["num_tokens"] == 2 and record["min_k"] == pytest.approx(lowest, rel=1e-6)
+    assert result.config["privleak_texts_below_min_k"] == 1
+    assert result.metrics["mia_min_k_auc"] is not None and result.metrics["privleak"] is not None
+
+
+def test_min_k_without_the_one_token_floor():
+    logprobs = torch.tensor([[-1.0, -3.0, 0.0, 0.0, 0.0], [-1.0, -2.0, -3.0, -4.0, -5.0]])
+    mask = torch.tensor([[True, True, False, False, False], [True] * 5])
+    official = metrics.min_k_scores(logprobs, mask, k=0.4, at_least_one=False)
+    assert math.isnan(official[0].item()) and official[1].item() == pytest.approx(-4.5)
+    clamped = metrics.min_k_scores(logprobs, mask, k=0.4)
+    assert clamped.tolist() == pytest.approx([-3.0, -4.5])
+
+
+def test_eval_cli_passes_the_privleak_options():
+    parser = add_arguments(argparse.ArgumentParser())
+    base = ["--model", "m", "--benchmark", "muse"]
+    settings = benchmark_settings(
+        parser.parse_args(base + ["--privleak_max_length", "0", "--privleak_ref_auc", "0.4"])
+    )
+    assert settings["max_length"] is None and settings["privleak_ref_auc"] == 0.4
+    assert benchmark_settings(parser.parse_args(base + ["--privleak_max_length", "512"]))["max_length"] == 512
+    assert "max_length" not in benchmark_settings(parser.parse_args(base))

@@ -41,11 +41,13 @@ def score_examples(
     k: float = MIN_K_FRACTION,
     desc: str = "scoring",
     show_progress: bool = True,
+    min_k_at_least_one: bool = True,
 ) -> list[dict[str, float]]:
     """Per-example answer statistics (``nll_sum``, ``nll_mean``, ``num_tokens``, ``min_k``, ``extraction_strength``).
 
     ``examples`` are tokenised sequences with ``input_ids`` and ``labels`` (-100 on unscored tokens), such as
     :func:`hf_unlearn.data.tokenize_qa` returns. One forward per batch yields all statistics.
+    ``min_k_at_least_one``: see :func:`hf_unlearn.benchmarks.metrics.min_k_scores`.
     """
     results: list[dict[str, float] | None] = [None] * len(examples)
     batches = _length_sorted_batches([len(e["input_ids"]) for e in examples], batch_size)
@@ -56,7 +58,7 @@ def score_examples(
             logits = model(
                 input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
             ).logits
-            stats = answer_token_stats(logits, batch["labels"].to(device), k=k).to_lists()
+            stats = answer_token_stats(logits, batch["labels"].to(device), k, min_k_at_least_one).to_lists()
             for row, index in enumerate(batch_indices):
                 results[index] = {name: values[row] for name, values in stats.items()}
     return results

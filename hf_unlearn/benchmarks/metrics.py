@@ -12,7 +12,8 @@ Conventions (the whole list: ``docs/definitions.md``):
 * truth ratio ``TR = wrong / correct`` with ``wrong = exp(-mean_j avg_loss(perturbed_j))`` (geometric
   mean of the perturbed answers' normalised probabilities) and ``correct = prob(paraphrased or true)``.
 * Min-K% membership score: the mean of the ``max(1, floor(k * n))`` smallest answer-token log-probs;
-  higher means "more likely a training member".
+  higher means "more likely a training member". ``at_least_one=False`` takes ``floor(k * n)`` as the MUSE
+  code does, so a text with ``floor(k * n) = 0`` (fewer than 3 scored tokens at k = 0.4) scores NaN.
 * AUC: probability that a forget (member) example scores higher than a holdout one, ties count 1/2.
   A model that still remembers the forget set has AUC near 1.
 * privleak: ``((1 - AUC) - (1 - AUC_ref)) / (1 - AUC_ref) * 100``. Remembering gives a negative value
@@ -65,22 +66,35 @@ def shifted_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[
     return -token_nll(logits, labels) * mask, mask
 
 
-def min_k_scores(logprobs: torch.Tensor, mask: torch.Tensor, k: float = MIN_K_FRACTION) -> torch.Tensor:
-    """Min-K% membership score per row: mean of the ``max(1, floor(k*n))`` lowest log-probs of ``n`` tokens.
+def min_k_scores(
+    logprobs: torch.Tensor, mask: torch.Tensor, k: float = MIN_K_FRACTION, at_least_one: bool = True
+) -> torch.Tensor:
+    """Min-K% membership score per row: mean of the ``m`` lowest log-probs of the row's ``n`` scored tokens.
 
-    Rows without any scored token get NaN.
+    ``m = max(1, floor(k*n))`` by default; ``at_least_one=False`` uses ``m = floor(k*n)`` (the MUSE code's
+    ``int(k * n)``), so rows with ``m = 0`` get NaN. Rows without any scored token get NaN either way.
     """
     if not 0.0 < k <= 1.0:
         raise ValueError(f"Min-K% fraction k must be in (0, 1], got {k}.")
     counts = mask.sum(dim=1)
     padded = torch.where(mask, logprobs.double(), torch.full_like(logprobs, math.inf, dtype=torch.float64))
     ordered, _ = padded.sort(dim=1)
-    num_k = torch.clamp(torch.floor(counts.double() * k).long(), min=1)
+    num_k = min_k_count(counts, k, at_least_one)
     ordered = torch.where(torch.isinf(ordered), torch.zeros_like(ordered), ordered)
     cumulative = ordered.cumsum(dim=1)
-    picked = cumulative.gather(1, (num_k - 1).clamp(max=max(ordered.size(1) - 1, 0)).unsqueeze(1)).squeeze(1)
-    scores = picked / num_k
-    return torch.where(counts > 0, scores, torch.full_like(scores, math.nan))
+    last = (num_k.clamp(min=1) - 1).clamp(max=max(ordered.size(1) - 1, 0))
+    picked = cumulative.gather(1, last.unsqueeze(1)).squeeze(1)
+    scores = picked / num_k.clamp(min=1)
+    return torch.where(num_k > 0, scores, torch.full_like(scores, math.nan))
+
+
+def min_k_count(num_tokens: torch.Tensor, k: float = MIN_K_FRACTION, at_least_one: bool = True) -> torch.Tensor:
+    """How many of ``num_tokens`` scored tokens Min-K% averages: ``floor(k*n)``, raised to 1 if ``at_least_one``.
+
+    ``at_least_one`` never raises a row without tokens above 0.
+    """
+    floor = torch.floor(num_tokens.double() * k).long()
+    return torch.where(num_tokens > 0, floor.clamp(min=1), floor) if at_least_one else floor
 
 
 def extraction_strength_from_predictions(
@@ -108,12 +122,15 @@ def extraction_strength_from_predictions(
     return torch.where(counts > 0, strength, torch.full_like(strength, math.nan))
 
 
-def answer_token_stats(logits: torch.Tensor, labels: torch.Tensor, k: float = MIN_K_FRACTION) -> AnswerStats:
+def answer_token_stats(
+    logits: torch.Tensor, labels: torch.Tensor, k: float = MIN_K_FRACTION, min_k_at_least_one: bool = True
+) -> AnswerStats:
     """All per-example likelihood statistics of the answer tokens, from one batch of logits.
 
     ``nll_sum`` is the summed token cross-entropy, ``nll_mean`` its mean over the ``num_tokens`` answer
-    tokens (NaN when there are none), ``min_k`` the Min-K% score (``k``) and ``extraction_strength`` as
-    defined in :func:`extraction_strength_from_predictions`.
+    tokens (NaN when there are none), ``min_k`` the Min-K% score (``k``; ``min_k_at_least_one`` as
+    ``at_least_one`` in :func:`min_k_scores`) and ``extraction_strength`` as defined in
+    :func:`extraction_strength_from_predictions`.
     """
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(
@@ -129,7 +146,7 @@ def answer_token_stats(logits: torch.Tensor, labels: torch.Tensor, k: float = MI
         nll_sum=nll_sum,
         nll_mean=nll_mean,
         num_tokens=counts,
-        min_k=min_k_scores(logprobs, mask, k),
+        min_k=min_k_scores(logprobs, mask, k, min_k_at_least_one),
         extraction_strength=extraction_strength_from_predictions(predictions, labels[:, 1:], mask),
     )
 
@@ -216,7 +233,10 @@ def auc(member_scores: Sequence[float], nonmember_scores: Sequence[float]) -> fl
 
 
 def privleak(auc_value: float, reference_auc: float = 0.5) -> float:
-    """``((1 - AUC) - (1 - AUC_ref)) / (1 - AUC_ref) * 100``; ``AUC_ref`` from the retain model or 0.5."""
+    """``((1 - AUC) - (1 - AUC_ref)) / (1 - AUC_ref) * 100``; ``AUC_ref`` is the retain model's AUC.
+
+    Both AUCs in this module's convention (forget scored against holdout); the MUSE code's AUC is ``1 - AUC``.
+    """
     if reference_auc >= 1.0:
         raise ValueError(f"Reference AUC must be < 1 (privleak divides by 1 - AUC_ref); got {reference_auc}.")
     return ((1.0 - auc_value) - (1.0 - reference_auc)) / (1.0 - reference_auc) * 100.0

@@ -10,32 +10,39 @@ Metrics (fractions in [0, 1], MUSE reports them x100):
 
 * ``verbmem_f``: ROUGE-L F1 between a 128-token greedy continuation of each forget prompt and its true continuation.
 * ``knowmem_f`` / ``knowmem_r``: ROUGE-L F1 between the answer generated (32 new tokens, cut at the first stop
-  string) after a few-shot prompt built from the ICL examples, and the true answer.
-* ``privleak``: Min-K% (k = 40%) AUC of forget vs holdout texts, every token scored, relative to the retain model's
-  AUC (or 0.5); see :func:`hf_unlearn.benchmarks.metrics.privleak`.
+  string) after a few-shot prompt ending in ``"Answer: "`` built from the ICL examples, and the true answer.
+* ``privleak``: Min-K% (k = 40%) AUC of forget vs holdout texts relative to the retain model's AUC (or to an AUC
+  given as ``privleak_ref_auc``); unavailable, with the reason, when there is neither.
+  See :func:`hf_unlearn.benchmarks.metrics.privleak`.
 
-``original=True`` reproduces the MUSE code's choices: stemmer off and VerbMem ground truth cut to its first 128
-tokens. Otherwise the stemmer is on and the ground truth is whole.
+``original=True`` reproduces the MUSE code (``docs/definitions.md`` lists each rule): stemmer off; VerbMem
+ground truth tokenised with special tokens and cut to its first 128 tokens; PrivLeak texts scored whole; Min-K%
+over ``floor(0.4 n)`` tokens, NaN when that is 0. Otherwise: stemmer on, whole ground truth, PrivLeak texts cut
+to ``max_length`` tokens, Min-K% over at least one token.
 """
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import load_dataset
 
 from hf_unlearn.benchmarks import metrics
 from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
-from hf_unlearn.benchmarks.engine import generate_greedy, require_pad_token, score_examples
+from hf_unlearn.benchmarks.engine import eval_mode, generate_greedy, model_device, require_pad_token, score_examples
 from hf_unlearn.benchmarks.sharding import gather_in_order, process_info, shard
-from hf_unlearn.data import check_columns
+from hf_unlearn.data import IGNORE_INDEX, check_columns
 
 
 HUB_IDS = {"news": "muse-bench/MUSE-News", "books": "muse-bench/MUSE-Books"}
 RETAIN_STATS_FORMAT = "hf_unlearn.muse_retain_stats/v1"
 STOP_STRINGS = ("\n\n", "\nQuestion", "Question:")
+DEFAULT_MAX_LENGTH = 2048
 # (config, split) -> required columns
 SPLITS: dict[tuple[str, str], tuple[str, ...]] = {
     ("verbmem", "forget"): ("prompt", "gt"),
@@ -70,9 +77,48 @@ def load_muse(corpus: str, config: str, split: str, data_dir: str | Path | None 
 
 
 def few_shot_prompt(icl_rows: list[dict[str, Any]], question: str) -> str:
-    """``Question: q\\nAnswer: a\\n\\n`` for each ICL example, then the question with an open answer."""
+    """The MUSE KnowMem prompt: ``Question: q\\nAnswer: a\\n\\n`` per ICL example, then ``Question: q\\nAnswer: ``.
+
+    The prompt ends in ``"Answer: "`` with its trailing space, as in the MUSE code: with a tokenizer that attaches
+    whitespace to the preceding token, that space changes the last prompt token and so every generation.
+    (The one place the prompt is built; the shared QA formatting function of issue 11 can replace it.)
+    """
     shots = "".join(f"Question: {r['question']}\nAnswer: {r['answer']}\n\n" for r in icl_rows)
-    return f"{shots}Question: {question}\nAnswer:"
+    return f"{shots}Question: {question}\nAnswer: "
+
+
+def verbmem_reference(tokenizer, gt: str, num_tokens: int) -> str:
+    """The MUSE code's VerbMem reference: ``gt`` tokenised *with* special tokens, cut to ``num_tokens``, decoded.
+
+    A BOS token takes one of the ``num_tokens`` slots, so ``num_tokens - 1`` text tokens remain.
+    """
+    return tokenizer.decode(tokenizer(gt)["input_ids"][:num_tokens], skip_special_tokens=True)
+
+
+def context_windows(num_tokens: int, context: int | None) -> list[tuple[int, int, int]]:
+    """``(start, end, first_scored)`` windows that score each token of a ``num_tokens`` sequence exactly once.
+
+    A sequence that fits in ``context`` (or with ``context=None``) is one window. A longer one is read in windows
+    of ``context`` tokens that start every ``context // 2`` tokens; each window scores only the tokens after the
+    previous window's end (the first scores from position 1), so every token but the first is scored once, with
+    at least ``context - context // 2`` tokens of left context beyond the first window.
+    """
+    if context is None or num_tokens <= context:
+        return [(0, num_tokens, 1)]
+    if context < 2:
+        raise ValueError(f"A context of {context} token(s) cannot score any token; it must be at least 2.")
+    windows, start, scored_until = [], 0, 1
+    while True:
+        end = min(start + context, num_tokens)
+        windows.append((start, end, scored_until))
+        if end == num_tokens:
+            return windows
+        start, scored_until = start + context // 2, end
+
+
+def model_context(model) -> int | None:
+    """The model's maximum sequence length (``config.max_position_embeddings``), ``None`` when it declares none."""
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
 class MuseBenchmark(Benchmark):
@@ -81,11 +127,14 @@ class MuseBenchmark(Benchmark):
     Args:
         corpus: ``news`` or ``books``.
         data_dir: local folder (layout in the module docstring); ``None`` reads the Hub.
-        original: MUSE code's choices (stemmer off, VerbMem ground truth cut to 128 tokens).
+        original: the MUSE code's rules (module docstring; ``docs/definitions.md``).
         max_examples: evaluate only the first N rows of each split.
         verbmem_new_tokens / knowmem_new_tokens: generation lengths (128 / 32 in MUSE).
-        max_length: token cap of each PrivLeak text.
-        retain_model / retain_stats: source of the reference AUC, as in :class:`TofuBenchmark`.
+        max_length: default mode only: each PrivLeak text is cut to its first ``max_length`` tokens (``None``:
+            scored whole). Original mode scores whole texts.
+        retain_model / retain_stats: source of the PrivLeak reference AUC, as in :class:`TofuBenchmark`.
+        privleak_ref_auc: the reference AUC given directly (this module's convention: forget scored against
+            holdout), instead of a retain model.
     """
 
     name = "muse"
@@ -100,19 +149,40 @@ class MuseBenchmark(Benchmark):
         batch_size: int = 16,
         verbmem_new_tokens: int = 128,
         knowmem_new_tokens: int = 32,
-        max_length: int = 2048,
+        max_length: int | None = DEFAULT_MAX_LENGTH,
         retain_model: str | Path | None = None,
         retain_stats: str | Path | dict | None = None,
+        privleak_ref_auc: float | None = None,
         min_k: float = metrics.MIN_K_FRACTION,
         show_progress: bool = True,
     ):
         if corpus not in HUB_IDS:
             raise ValueError(f"Unknown MUSE corpus {corpus!r}; choose one of {', '.join(HUB_IDS)}.")
+        if max_length is not None and max_length < 2:
+            raise ValueError(
+                f"max_length (--privleak_max_length) must be at least 2, or None (0 on the CLI) for whole texts; "
+                f"got {max_length}."
+            )
+        if original and max_length not in (None, DEFAULT_MAX_LENGTH):
+            raise ValueError(
+                f"max_length={max_length} (--privleak_max_length) caps PrivLeak texts in default mode only; "
+                "original=True (--muse_original) scores whole texts as the MUSE code does. Drop one of the two."
+            )
+        if privleak_ref_auc is not None:
+            if not 0.0 <= privleak_ref_auc < 1.0:
+                raise ValueError(
+                    f"privleak_ref_auc must be in [0, 1) (privleak divides by 1 - it), got {privleak_ref_auc}."
+                )
+            if retain_model is not None or retain_stats is not None:
+                raise ValueError(
+                    "privleak_ref_auc and retain_model/retain_stats both give the PrivLeak reference; pass only one."
+                )
         self.corpus, self.data_dir, self.original = corpus, data_dir, original
         self.max_examples, self.batch_size = max_examples, batch_size
         self.verbmem_new_tokens, self.knowmem_new_tokens = verbmem_new_tokens, knowmem_new_tokens
-        self.max_length, self.min_k = max_length, min_k
-        self.retain_model, self.retain_stats = retain_model, retain_stats
+        self.max_length = None if original else max_length
+        self.min_k = min_k
+        self.retain_model, self.retain_stats, self.privleak_ref_auc = retain_model, retain_stats, privleak_ref_auc
         self.show_progress = show_progress
         self.name = f"muse-{corpus}"
 
@@ -123,6 +193,7 @@ class MuseBenchmark(Benchmark):
     def settings(self) -> dict[str, Any]:
         return {
             "corpus": self.corpus,
+            "original": self.original,
             "max_examples": self.max_examples,
             "max_length": self.max_length,
             "min_k": self.min_k,
@@ -152,26 +223,31 @@ class MuseBenchmark(Benchmark):
             "knowmem_f": metrics.nanmean([r["rouge_l_f1"] for r in records["knowmem_forget"]]),
             "knowmem_r": metrics.nanmean([r["rouge_l_f1"] for r in records["knowmem_retain"]]),
         }
-        auc = metrics.auc(
-            [r["min_k"] for r in records["privleak_forget"]], [r["min_k"] for r in records["privleak_holdout"]]
-        )
-        values["mia_min_k_auc"] = auc
-        reference, reason = self.reference_statistics(model)
-        unavailable = {}
-        reference_auc = reference["mia_min_k_auc"] if reference else 0.5
-        if reference_auc >= 1.0:
-            values["privleak"] = None
-            unavailable["privleak"] = "the retain model's Min-K% AUC is 1; privleak divides by 1 - AUC_ref"
+        membership = records["privleak_forget"] + records["privleak_holdout"]
+        self._warn_if_cut(membership)
+        unavailable: dict[str, str] = {}
+        values["mia_min_k_auc"], reason = self._membership_auc(records["privleak_forget"], records["privleak_holdout"])
+        if reason:
+            unavailable["mia_min_k_auc"] = reason
+        values["privleak"], privleak_reason, reference_source = None, None, None
+        if values["mia_min_k_auc"] is None:
+            privleak_reason = f"the Min-K% AUC is unavailable ({reason})"
         else:
-            values["privleak"] = metrics.privleak(auc, reference_auc)
+            reference_auc, privleak_reason, reference_source = self._reference_auc(model)
+            if reference_auc is not None:
+                values["privleak"] = metrics.privleak(values["mia_min_k_auc"], reference_auc)
+        if privleak_reason:
+            unavailable["privleak"] = privleak_reason
         config = {
             **self.settings(),
-            "original": self.original,
             "use_stemmer": use_stemmer,
             "data_dir": str(self.data_dir) if self.data_dir else HUB_IDS[self.corpus],
             "verbmem_new_tokens": self.verbmem_new_tokens,
             "knowmem_new_tokens": self.knowmem_new_tokens,
-            "privleak_reference": "retain model" if reference else f"0.5 ({reason})",
+            "privleak_reference": reference_source,
+            "privleak_texts_cut": sum(r["cut"] for r in membership),
+            "privleak_texts_windowed": sum(r["windows"] > 1 for r in membership),
+            "privleak_texts_below_min_k": sum(r["below_min_k"] for r in membership),
         }
         return BenchmarkResult(
             benchmark=self.name,
@@ -184,14 +260,48 @@ class MuseBenchmark(Benchmark):
         )
 
     def retain_statistics(self, model, tokenizer) -> dict[str, Any]:
-        """The retain model's Min-K% AUC on forget vs holdout texts (the PrivLeak reference)."""
-        forget = self._membership(model, tokenizer, "forget")
-        holdout = self._membership(model, tokenizer, "holdout")
-        return {
-            "format": RETAIN_STATS_FORMAT,
-            **self.settings(),
-            "mia_min_k_auc": metrics.auc([r["min_k"] for r in forget], [r["min_k"] for r in holdout]),
-        }
+        """The retain model's Min-K% AUC on forget vs holdout texts (the PrivLeak reference; ``None`` if undefined)."""
+        auc, reason = self._membership_auc(
+            self._membership(model, tokenizer, "forget"), self._membership(model, tokenizer, "holdout")
+        )
+        stats = {"format": RETAIN_STATS_FORMAT, **self.settings(), "mia_min_k_auc": auc}
+        return {**stats, "mia_min_k_auc_unavailable": reason} if reason else stats
+
+    def _reference_auc(self, model) -> tuple[float | None, str | None, str]:
+        """``(AUC_ref, None, its source)``, or ``(None, why PrivLeak is unavailable, source)``."""
+        if self.privleak_ref_auc is not None:
+            return self.privleak_ref_auc, None, f"given privleak_ref_auc={self.privleak_ref_auc}"
+        reference, reason = self.reference_statistics(model)
+        if reference is None:
+            return None, f"no reference AUC: {reason}; or give one with privleak_ref_auc (--privleak_ref_auc)", "none"
+        reference_auc = reference["mia_min_k_auc"]
+        if reference_auc is None:
+            detail = reference.get("mia_min_k_auc_unavailable", "undefined")
+            return None, f"the retain model's Min-K% AUC is unavailable ({detail})", "retain model"
+        if reference_auc >= 1.0:
+            return None, "the retain model's Min-K% AUC is 1; privleak divides by 1 - AUC_ref", "retain model"
+        return reference_auc, None, "retain model"
+
+    def _membership_auc(self, forget: list[dict], holdout: list[dict]) -> tuple[float | None, str | None]:
+        """Min-K% AUC of forget vs holdout texts, or ``(None, reason)`` when a text's score is NaN."""
+        undefined = sum(r["min_k"] is None or math.isnan(r["min_k"]) for r in forget + holdout)
+        if undefined:
+            rule = "floor(k*n) = 0 as in the MUSE code" if self.original else "no scored token"
+            return None, (
+                f"{undefined} of {len(forget) + len(holdout)} PrivLeak texts have no Min-K% score ({rule}; the MUSE "
+                "code's AUC fails on them too)"
+            )
+        return metrics.auc([r["min_k"] for r in forget], [r["min_k"] for r in holdout]), None
+
+    def _warn_if_cut(self, membership: list[dict]) -> None:
+        cut = sum(r["cut"] for r in membership)
+        if cut and process_info()[0] == 0:
+            warnings.warn(
+                f"MUSE PrivLeak: {cut} of {len(membership)} texts are longer than max_length={self.max_length} "
+                f"tokens and were scored on their first {self.max_length} tokens only; pass max_length=None "
+                "(--privleak_max_length 0) or original=True (--muse_original) to score whole texts.",
+                stacklevel=3,
+            )
 
     def _generate(self, model, tokenizer, rows, prompts, max_new_tokens, stop_strings, desc):
         rank, world_size = process_info()
@@ -215,16 +325,7 @@ class MuseBenchmark(Benchmark):
     def _verbmem(self, model, tokenizer) -> list[dict[str, Any]]:
         rows = self.rows("verbmem", "forget")
         if self.original:
-            rows = [
-                {
-                    **r,
-                    "gt": tokenizer.decode(
-                        tokenizer(r["gt"], add_special_tokens=False)["input_ids"][: self.verbmem_new_tokens],
-                        skip_special_tokens=True,
-                    ),
-                }
-                for r in rows
-            ]
+            rows = [{**r, "gt": verbmem_reference(tokenizer, r["gt"], self.verbmem_new_tokens)} for r in rows]
         prompts = [tokenizer(r["prompt"])["input_ids"] for r in rows]
         return self._generate(model, tokenizer, rows, prompts, self.verbmem_new_tokens, (), "MUSE verbmem")
 
@@ -236,24 +337,70 @@ class MuseBenchmark(Benchmark):
         )
 
     def _membership(self, model, tokenizer, split: str) -> list[dict[str, Any]]:
+        """Min-K% score of each PrivLeak text: tokenised with special tokens (as ``tokenizer.encode``), cut to
+        ``max_length`` in default mode, read in :func:`context_windows` when longer than the model's context."""
         rows = self.rows("privleak", split)
         rank, world_size = process_info()
         local = shard(rows, rank, world_size)
-        sequences = []
+        context, at_least_one = model_context(model), not self.original
+        fitting, texts = [], []
         for _, row in local:
-            ids = tokenizer(row["text"])["input_ids"][: self.max_length]
-            sequences.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)})
-        scores = score_examples(
-            model,
-            sequences,
-            tokenizer.pad_token_id,
-            self.batch_size,
-            self.min_k,
-            f"MUSE privleak {split}",
-            self.show_progress and rank == 0,
+            full = tokenizer(row["text"])["input_ids"]
+            ids = full if self.max_length is None else full[: self.max_length]
+            windows = context_windows(len(ids), context)
+            texts.append({"ids": ids, "text_tokens": len(full), "windows": windows})
+            if len(windows) == 1:
+                fitting.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)})
+        scores = iter(
+            score_examples(
+                model,
+                fitting,
+                tokenizer.pad_token_id,
+                self.batch_size,
+                self.min_k,
+                f"MUSE privleak {split}",
+                self.show_progress and rank == 0,
+                at_least_one,
+            )
         )
-        pairs = [
-            (index, {"index": index, "num_tokens": s["num_tokens"], "nll_mean": s["nll_mean"], "min_k": s["min_k"]})
-            for (index, _), s in zip(local, scores)
-        ]
+        pairs = []
+        for (index, _), text in zip(local, texts):
+            if len(text["windows"]) == 1:
+                score = next(scores)
+            else:
+                score = score_in_windows(model, text["ids"], text["windows"], self.min_k, at_least_one)
+            record = {
+                "index": index,
+                "num_tokens": score["num_tokens"],
+                "text_tokens": text["text_tokens"],
+                "cut": len(text["ids"]) < text["text_tokens"],
+                "windows": len(text["windows"]),
+                "below_min_k": math.floor(score["num_tokens"] * self.min_k) == 0,
+                "nll_mean": score["nll_mean"],
+                "min_k": score["min_k"],
+            }
+            pairs.append((index, record))
         return gather_in_order(pairs, len(rows), world_size)
+
+
+def score_in_windows(
+    model, ids: list[int], windows: list[tuple[int, int, int]], k: float, at_least_one: bool
+) -> dict[str, float]:
+    """``num_tokens``, ``nll_mean`` and ``min_k`` of one sequence scored window by window (:func:`context_windows`);
+    the Min-K% is taken over the token log-probs of all windows together."""
+    device = model_device(model)
+    pieces = []
+    with eval_mode(model):
+        for start, end, first_scored in windows:
+            window = torch.tensor([ids[start:end]], device=device)
+            labels = window.clone()
+            labels[0, : first_scored - start] = IGNORE_INDEX
+            logprobs, mask = metrics.shifted_token_logprobs(model(input_ids=window).logits, labels)
+            pieces.append(logprobs[mask].double())
+    logprobs = torch.cat(pieces).unsqueeze(0)
+    mask = torch.ones_like(logprobs, dtype=torch.bool)
+    return {
+        "num_tokens": logprobs.size(1),
+        "nll_mean": float(-logprobs.mean()),
+        "min_k": float(metrics.min_k_scores(logprobs, mask, k, at_least_one)[0]),
+    }

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from hf_unlearn.benchmarks import evaluate_model
+from hf_unlearn.benchmarks import evaluate_model, get
 from hf_unlearn.benchmarks.sharding import process_info
 from hf_unlearn.cli import common
 from hf_unlearn.loading import check_model_path, load_model_and_tokenizer
@@ -34,7 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--retain_stats", help="TOFU/MUSE: retain statistics JSON (read, or written when computed).")
     common.add_qa_template(parser)
     parser.add_argument("--corpus", choices=("news", "books"), default="news", help="MUSE corpus.")
-    parser.add_argument("--muse_original", action="store_true", help="MUSE: stemmer off, ground truth cut to 128.")
+    parser.add_argument(
+        "--muse_original", action="store_true", help="MUSE: the official code's rules (docs/definitions.md)."
+    )
+    parser.add_argument(
+        "--privleak_max_length",
+        type=int,
+        help="MUSE default mode: cut PrivLeak texts to N tokens (default 2048; 0: whole texts, as --muse_original).",
+    )
+    parser.add_argument(
+        "--privleak_ref_auc", type=float, help="MUSE: reference Min-K%% AUC for PrivLeak instead of a retain model."
+    )
     parser.add_argument("--tasks", nargs="+", help="WMDP: lm-eval task names (default wmdp_bio wmdp_cyber mmlu).")
     parser.add_argument("--limit", type=int, help="WMDP: at most N questions per task.")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
@@ -46,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The benchmark constructor's keyword arguments from parsed CLI options (unset options are left out)."""
     name = args.benchmark
-    common = {"data_dir": args.data_dir, "batch_size": args.batch_size}
+    shared = {"data_dir": args.data_dir, "batch_size": args.batch_size}
     if name.startswith("tofu"):
         specific = {
             "forget_split": args.forget_split,
@@ -64,11 +74,15 @@ def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
             "max_examples": args.max_examples,
             "retain_model": args.retain_model,
             "retain_stats": args.retain_stats,
+            "privleak_ref_auc": args.privleak_ref_auc,
             "show_progress": not args.no_progress,
         }
     else:
         specific = {"tasks": args.tasks, "limit": args.limit if args.limit is not None else args.max_examples}
-    return {k: v for k, v in {**common, **specific}.items() if v is not None}
+    settings = {k: v for k, v in {**shared, **specific}.items() if v is not None}
+    if name == "muse" and args.privleak_max_length is not None:
+        settings["max_length"] = args.privleak_max_length or None  # 0 means whole texts: None must survive the filter
+    return settings
 
 
 def default_output_dir(model: str) -> Path:
@@ -82,9 +96,10 @@ def run_eval(args: argparse.Namespace) -> str:
         check_model_path(args.retain_model, "--retain_model")
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise FileNotFoundError(f"--data_dir {args.data_dir} is not a folder.")
+    benchmark = get(args.benchmark, **benchmark_settings(args))  # bad settings fail before any weight loads
     model, tokenizer = load_model_and_tokenizer(args.model, device=args.device, dtype=args.dtype)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.model)
-    result = evaluate_model(model, tokenizer, args.benchmark, output_dir, args.model, **benchmark_settings(args))
+    result = evaluate_model(model, tokenizer, benchmark, output_dir, args.model)
     stem = result.benchmark.replace("/", "_")
     table = f"{result.table()}\nwrote {output_dir / f'{stem}_summary.json'} and {stem}_per_example.json"
     if process_info()[0] == 0:
