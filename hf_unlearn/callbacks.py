@@ -206,7 +206,7 @@ class ComputeAccountingCallback(TrainerCallback):
         self._detach()
 
     def to_dict(self) -> dict:
-        """``{"per_process": True, "fo": {steps, micro_batches, forwards, reference_forwards, backwards}, "zo": ...}``."""
+        """``{"per_process": True, "counted_by": ..., "fo": {<COUNTED>: n}, "zo": {<COUNTED>: n}}``."""
         return {"per_process": True, "counted_by": "module hooks", **{k: dict(v) for k, v in self.totals.items()}}
 
 
