@@ -122,9 +122,11 @@ def _title(report: UnlearnReport) -> str:
 def _paper_lines(report: UnlearnReport) -> list[str]:
     lines = []
     for paper in report.papers:
-        text = paper.get("title") or paper.get("citation") or paper.get("arxiv_id")
-        if paper.get("arxiv_id"):
-            text += f" ([arXiv:{paper['arxiv_id']}](https://arxiv.org/abs/{paper['arxiv_id']}))"
+        arxiv_id = paper.get("arxiv_id")
+        text = paper.get("title") or paper.get("citation") or arxiv_id
+        if arxiv_id:
+            text = text.replace(f" ({arxiv_id})", "")  # the link below says it
+            text += f" ([arXiv:{arxiv_id}](https://arxiv.org/abs/{arxiv_id}))"
         lines.append(f"- {text}")
     return lines or ["- (no paper recorded for this method)"]
 
@@ -160,7 +162,7 @@ def card_body(report: UnlearnReport) -> str:
         lines.append("No relearning or quantization attack was run.")
     else:
         lines += [
-            f"Forget metrics of the unlearned model ({run.label}) after relearning on the forget set and after "
+            f"Forget metrics ({run.label}) after relearning on the forget set and after "
             "weight quantization; the last column is the share of quantization codes that unlearning changed "
             "(quantization can only restore knowledge where codes snap back to the original model's).",
             "",

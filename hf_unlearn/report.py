@@ -203,7 +203,7 @@ class UnlearnReport:
     config: dict[str, Any] = field(default_factory=dict)
     optimizer_schedule: dict[str, Any] = field(default_factory=dict)
     papers: list[dict[str, str | None]] = field(default_factory=list)
-    versions: dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=lambda: collect_versions())
     wall_time_s: dict[str, float] = field(default_factory=dict)
     evaluations: dict[str, Metrics] = field(default_factory=dict)
     attacks: list[AttackRun] = field(default_factory=list)
@@ -213,8 +213,6 @@ class UnlearnReport:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self):
-        if not self.versions:
-            self.versions = collect_versions()
         self.papers = paper_records(self.papers)
 
     # ---- filling it in -----------------------------------------------------------------------------------------
@@ -228,7 +226,7 @@ class UnlearnReport:
     def add_attacks(self, results: Mapping[str, Any], label: str | None = None, global_step: int | None = None):
         """Record one round of robustness checks (the dict `robustness_checks` returns)."""
         step = global_step if global_step is not None else results.get("global_step")
-        label = label or (f"step {step}" if step is not None else "unlearned")
+        label = label or (f"unlearned model at step {step}" if step is not None else "unlearned model")
         run = AttackRun.from_robustness(results, label, step, self.benchmark)
         self.attacks.append(run)
         return run

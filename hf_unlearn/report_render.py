@@ -175,10 +175,13 @@ def _png(figure) -> bytes:
 def _new_figure():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(7, 4))
     FigureCanvasAgg(figure)
-    return figure, figure.add_subplot()
+    axes = figure.add_subplot()
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps
+    return figure, axes
 
 
 def _phase_of(entry: dict, optimizer: str | None) -> str | None:

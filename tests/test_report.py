@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from hf_unlearn.benchmarks.base import BenchmarkResult
 from hf_unlearn.callbacks import ComputeAccountingCallback
@@ -94,7 +94,9 @@ def finished_run(tmp_path_factory):
         ),
     )  # fmt: skip
     original = AutoModelForCausalLM.from_pretrained(base_path)
-    checks = RobustnessConfig(relearn_steps=[1, 2], relearn_batch_size=2, relearn_lr=1e-3, quantization=["rtn4", "rtn8"])
+    checks = RobustnessConfig(
+        relearn_steps=[1, 2], relearn_batch_size=2, relearn_lr=1e-3, quantization=["rtn4", "rtn8"]
+    )
     with report.timed("attacks"):
         results = robustness_checks(model, tokenizer, eval_fn, dataset.forget, checks, original_model=original)
     report.add_attacks(results, global_step=trainer.state.global_step)
