@@ -19,7 +19,12 @@ _PUBLIC = {
     ],
     "hf_unlearn.trainers.zeroth_order": ["ZerothOrderMixin"],
     "hf_unlearn.optim": ["build_optimizer", "OptimizerArguments", "OptimizerConfig", "OptimizerFactoryMixin"],
-    "hf_unlearn.callbacks": ["HybridScheduleCallback", "PairingEpochCallback", "RobustnessCallback"],
+    "hf_unlearn.callbacks": [
+        "HybridScheduleCallback", "PairingEpochCallback", "RobustnessCallback", "ComputeAccountingCallback"
+    ],
+    "hf_unlearn.report": ["UnlearnReport"],
+    "hf_unlearn.model_card": ["build_model_card", "write_card"],
+    "hf_unlearn.hub": ["push_to_hub", "check_push_possible"],
     "hf_unlearn.attacks": ["relearn", "quantize", "codes_changed_fraction"],
     "hf_unlearn.attacks.robustness": ["RobustnessConfig", "robustness_checks"],
     "hf_unlearn.benchmarks": ["evaluate_model"],

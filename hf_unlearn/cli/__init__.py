@@ -22,6 +22,8 @@ COMMANDS = {
     "lmc": "Linear mode connectivity between two checkpoints: losses, barrier, plot.",
     "synthetic": "Write the synthetic fictitious-author benchmark as a local TOFU folder.",
     "bench": "Measure speed and memory ratios; write them as JSON.",
+    "card": "(Re)build a finished run's model card (README.md) from its unlearn_report.json.",
+    "push": "Push a finished run (weights, card, report, plots, recipe) to the Hugging Face Hub.",
 }
 # Commands that parse their own argv (a recipe's keys are only known once the recipe is read).
 RAW_ARGV = {"run"}
