@@ -16,6 +16,8 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from hf_unlearn.launch import LAUNCH_KEY
+
 
 BENCHMARKS_FOR_TRAINING = ("tofu", "synthetic", "text")
 
@@ -113,6 +115,7 @@ def load_recipe(path: str | Path) -> dict:
     values = yaml.safe_load(path.read_text())
     if not isinstance(values, dict) or "method" not in values:
         raise ValueError(f"Recipe {path} must be a YAML mapping with at least a 'method:' key.")
+    values.pop(LAUNCH_KEY, None)  # a self-launching recipe's first line, for Python's eyes only (hf_unlearn.launch)
     return values
 
 
