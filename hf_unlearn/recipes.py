@@ -63,7 +63,12 @@ class ScriptArguments:
         metadata={"help": "Plain prompt template with {question}; unset = the tokenizer's chat template if any."},
     )
     synthetic_num_authors: int = field(default=20, metadata={"help": "benchmark=synthetic: number of authors."})
-    lora_r: int = field(default=0, metadata={"help": "LoRA rank; 0 trains the full model."})
+    use_peft: bool = field(
+        default=False, metadata={"help": "Train LoRA adapters (trl.ModelConfig's field); lora_r > 0 also does."}
+    )
+    lora_r: int = field(
+        default=0, metadata={"help": "LoRA rank; 0 trains the full model, or uses rank 16 (TRL's) with use_peft."}
+    )
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha."})
     lora_target_modules: list[str] | None = field(
         default=None, metadata={"help": "Modules LoRA adapts (default: peft's choice for the architecture)."}

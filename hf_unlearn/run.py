@@ -74,16 +74,17 @@ def build_train_dataset(
 
 
 def peft_config(script_args: ScriptArguments):
-    if script_args.lora_r <= 0:
+    if not (script_args.use_peft or script_args.lora_r > 0):
         return None
     from transformers.utils import is_peft_available
 
     if not is_peft_available():
-        raise ImportError("lora_r > 0 needs peft: pip install 'hf_unlearn[peft]'.")
+        raise ImportError("use_peft / lora_r > 0 needs peft: pip install 'hf_unlearn[peft]'.")
     from peft import LoraConfig
 
     return LoraConfig(
-        r=script_args.lora_r, lora_alpha=script_args.lora_alpha, target_modules=script_args.lora_target_modules,
+        r=script_args.lora_r if script_args.lora_r > 0 else 16,  # use_peft alone: trl.ModelConfig's default rank
+        lora_alpha=script_args.lora_alpha, target_modules=script_args.lora_target_modules,
         task_type="CAUSAL_LM",
     )  # fmt: skip
 

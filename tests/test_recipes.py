@@ -91,6 +91,17 @@ def test_yaml_values_are_typed_and_flags_override(tmp_path):
     assert config.beta == 0.5 and robustness.relearn_steps == [3, 6] and script_args.model_name_or_path == "m"
 
 
+def test_peft_fields_follow_trl_model_config_names(tmp_path):
+    from hf_unlearn.run import peft_config
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("method: npo\nmodel_name_or_path: m\n")
+    assert peft_config(parse_recipe(recipe)[0]) is None
+    lora = peft_config(parse_recipe(recipe, ["--use_peft", "true", "--lora_target_modules", "q_proj", "v_proj"])[0])
+    assert (lora.r, lora.lora_alpha, set(lora.target_modules)) == (16, 16, {"q_proj", "v_proj"})  # TRL's defaults
+    assert peft_config(parse_recipe(recipe, ["--lora_r", "4"])[0]).r == 4
+
+
 def test_bad_recipes_fail_in_one_line_naming_the_fix(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("method: npo\nmodel_name_or_path: m\nlearning_rat: 1e-5\n")
