@@ -114,3 +114,24 @@ def test_hybrid_fo_zo_runs_inside_dpo_trainer(tmp_path):
     fresh = build_tiny_model(tokenizer, "llama").state_dict()
     for name, value in trainer.ref_model.state_dict().items():
         assert torch.equal(value, fresh[name]), name
+
+
+def test_build_optimizer_hands_any_first_order_optimizer_to_a_plain_sft_trainer(tmp_path):
+    from hf_unlearn.optim import build_optimizer
+
+    model, tokenizer = tiny()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=4, lr_scheduler_type="constant",
+        use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True,
+    )  # fmt: skip
+    optimizer = build_optimizer(model, optimizer="signadam", learning_rate=1e-3)
+    trainer = trl.SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_dict({"text": TEXTS}), processing_class=tokenizer,
+        optimizers=(optimizer, None),
+    )  # fmt: skip
+    trainer.train()
+    # signAdam's first step moves every weight with a gradient by exactly lr (the sign of its momentum)
+    moved = [(p.detach() - before[n]).abs() for n, p in model.named_parameters() if n != "model.embed_tokens.weight"]
+    for delta in moved:
+        torch.testing.assert_close(delta, torch.full_like(delta, 1e-3), rtol=1e-4, atol=1e-8)
