@@ -71,6 +71,17 @@ def test_the_checker_names_the_line_python_cannot_read(tmp_path):
     assert parse_recipe(recipe)[2].quantization == ["fp4"]
 
 
+def test_the_checker_command_prints_one_line_per_recipe_outside_the_subset(tmp_path, capsys):
+    from hf_unlearn.launch import main
+
+    outside = tmp_path / "nested.yaml"
+    outside.write_text("method: npo\nmodel_name_or_path: m\n")
+    assert main([str(ROOT / "recipes" / "demo.yaml")]) == 0
+    assert main([str(ROOT / "recipes" / "demo.yaml"), str(outside)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{outside}:1: the first entry must be the launch line")
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=recipe_id)
 def test_every_recipe_parses_into_its_method_config(recipe, tmp_path):
     flags = ["--use_cpu", "true"]
