@@ -1,14 +1,21 @@
 """Recipe parsing: every shipped recipe parses, YAML values keep their types, every bad input fails in one line."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
+import yaml
 
-from hf_unlearn.recipes import ScriptArguments, parse_recipe
+from hf_unlearn.launch import NotSelfLaunching, check_self_launching
+from hf_unlearn.recipes import LAUNCH_KEY, ScriptArguments, parse_recipe
 
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
-RECIPES = [p for p in RECIPES if "accelerate_configs" not in p.parts]
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts)
+
+
+def recipe_id(path: Path) -> str:
+    return str(path.relative_to(ROOT / "recipes"))
 
 
 def write(tmp_path, text: str, name: str = "r.yaml") -> Path:
@@ -24,13 +31,73 @@ def corpus(tmp_path):
     return path
 
 
-def test_recipes_folder_is_not_empty():
-    assert {p.name for p in RECIPES} >= {
-        "demo.yaml", "tofu_npo_hybrid.yaml", "tofu_npo_adam.yaml", "wmdp_rmu_hybrid.yaml", "muse_news_npo_hybrid.yaml"
+def test_recipes_folder_holds_the_paper_settings():
+    names = {recipe_id(p) for p in RECIPES}
+    assert names >= {
+        "demo.yaml", "tofu_npo_hybrid.yaml", "tofu_npo_adam.yaml", "wmdp_rmu_hybrid.yaml", "muse_news_npo_hybrid.yaml",
+        "muse/news_npo_adamw.yaml", "muse/books_npo_hybrid.yaml",
+        "wmdp/bio_rmu_adamw.yaml", "wmdp/bio_rmu_hybrid.yaml",
     }  # fmt: skip
+    grid = {
+        f"tofu/{split}_{method}_{optimizer}.yaml"
+        for split in ("forget01", "forget05", "forget10")
+        for method in ("npo", "grad_diff", "simnpo")
+        for optimizer in ("adamw", "signadam", "adazo", "hybrid")
+    }
+    assert grid <= names and len(grid) == 36
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_committed_recipes_equal_the_generator_output():
+    spec = importlib.util.spec_from_file_location("make_recipes", ROOT / "scripts" / "make_recipes.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    expected = generator.all_recipes()
+    assert len(expected) == 42
+    for relative, text in expected.items():
+        assert (ROOT / relative).read_text() == text, f"{relative} differs: run python scripts/make_recipes.py"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=recipe_id)
+def test_every_shipped_recipe_launches_itself(recipe):
+    text = recipe.read_text()
+    compile(text, str(recipe), "exec")  # Python compiles the whole file before running its first line
+    check_self_launching(recipe)
+    values = yaml.safe_load(text)
+    assert next(iter(values)) == LAUNCH_KEY and isinstance(values[LAUNCH_KEY], str)
+
+
+def test_the_checker_names_the_line_python_cannot_read(tmp_path, tiny_model_dir):
+    launch = (ROOT / "recipes" / "demo.yaml").read_text().splitlines()[3]
+    assert launch.startswith(f"{LAUNCH_KEY}: ")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"# a comment\n{launch}\nmethod: npo\nmodel_name_or_path: org/llama-2-7b\n")
+    with pytest.raises(NotSelfLaunching, match=r"r.yaml:4: Python cannot read `model_name_or_path: org/llama-2-7b`"):
+        check_self_launching(recipe)
+    recipe.write_text(f'{launch}\nmethod: npo\nmodel_name_or_path: "org/llama-2-7b"\nquantization:\n  - fp4\n')
+    with pytest.raises(NotSelfLaunching, match=r"r.yaml:5: `- fp4` is indented; .* \[a, b\]"):
+        check_self_launching(recipe)
+    recipe.write_text(f'method: npo\nmodel_name_or_path: "{tiny_model_dir}"\n')
+    with pytest.raises(NotSelfLaunching, match=r"r.yaml:1: the first entry must be the launch line"):
+        check_self_launching(recipe)
+    # ...while the same recipe outside the subset still parses for `hf-unlearn run`
+    assert parse_recipe(recipe).script.model_name_or_path == str(tiny_model_dir)
+    recipe.write_text(f'{launch}\nmethod: npo\nmodel_name_or_path: "{tiny_model_dir}"\nquantization: [fp4]\n')
+    check_self_launching(recipe)
+    assert parse_recipe(recipe).robustness.quantization == ["fp4"]
+
+
+def test_the_checker_command_prints_one_line_per_recipe_outside_the_subset(tmp_path, capsys):
+    from hf_unlearn.launch import main
+
+    outside = tmp_path / "nested.yaml"
+    outside.write_text("method: npo\nmodel_name_or_path: m\n")
+    assert main([str(ROOT / "recipes" / "demo.yaml")]) == 0
+    assert main([str(ROOT / "recipes" / "demo.yaml"), str(outside)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{outside}:1: the first entry must be the launch line")
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=recipe_id)
 def test_every_recipe_parses_into_its_method_config(recipe, tmp_path, tiny_model_dir, corpus):
     # The recipes name Hub models and the user's corpora; local stand-ins here (the Hub is off in tests).
     flags = ["--use_cpu", "true", "--model_name_or_path", str(tiny_model_dir)]
@@ -145,3 +212,15 @@ def test_every_script_field_is_documented():
     import dataclasses
 
     assert all(f.metadata.get("help") for f in dataclasses.fields(ScriptArguments))
+
+
+def test_peft_fields_follow_trl_model_config_names(tmp_path, tiny_model_dir):
+    from hf_unlearn.pipeline import peft_config
+
+    recipe = write(tmp_path, f"method: npo\nmodel_name_or_path: {tiny_model_dir}\n")
+    assert peft_config(parse_recipe(recipe).script) is None
+    lora = peft_config(
+        parse_recipe(recipe, ["--use_peft", "true", "--lora_target_modules", "q_proj", "v_proj"]).script
+    )
+    assert (lora.r, lora.lora_alpha, set(lora.target_modules)) == (16, 16, {"q_proj", "v_proj"})  # TRL's defaults
+    assert peft_config(parse_recipe(recipe, ["--lora_r", "4"]).script).r == 4

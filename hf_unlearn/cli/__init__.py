@@ -16,6 +16,7 @@ import sys
 # name -> help. The module is hf_unlearn.cli.<name>.
 COMMANDS = {
     "run": "Run an unlearning recipe (YAML; flags after it override its keys).",
+    "finetune": "Fine-tune the target and the retain model on a benchmark's QA data with trl.SFTTrainer.",
     "demo": "Run the embedded end-to-end demo on a tiny model and the synthetic benchmark.",
     "eval": "Evaluate a model on TOFU, MUSE or WMDP; write summary and per-example JSON.",
     "attack": "Relearning and quantization attacks on a saved model, evaluated.",
@@ -26,7 +27,7 @@ COMMANDS = {
     "push": "Push a finished run (weights, card, report, plots, recipe) to the Hugging Face Hub.",
 }
 # Commands that parse their own argv (a recipe's keys are only known once the recipe is read).
-RAW_ARGV = {"run"}
+RAW_ARGV = {"run", "finetune"}
 
 
 def debug_requested(argv: list[str]) -> bool:
