@@ -1,6 +1,12 @@
 """The optimizer hierarchy of the paper: first order, compressed, second order, zeroth order and the FO-ZO hybrid."""
 
-from .args import FIRST_ORDER_OPTIMIZERS, KNOWN_OPTIMIZERS, ZEROTH_ORDER_OPTIMIZERS, OptimizerArguments
+from .args import (
+    FIRST_ORDER_OPTIMIZERS,
+    KNOWN_OPTIMIZERS,
+    SMOOTHING_OPTIMIZERS,
+    ZEROTH_ORDER_OPTIMIZERS,
+    OptimizerArguments,
+)
 from .compressed import QAdam, SignAdam, SignSGD, quantize_direction
 from .factory import (
     OptimizerFactoryMixin,
@@ -11,6 +17,7 @@ from .factory import (
     validate_optimizer_args,
 )
 from .hybrid import HybridOptimizer, unwrap_optimizer, zo_optimizer_of
+from .smoothing import FORS, SAM, SmoothingOptimizer, smoothing_optimizer_of
 from .sophia import SophiaG
 from .zo import ZOSGD, AdaZO, SeededDirections, ZerothOrderOptimizer, ZOAdam, derive_seed
 
@@ -18,7 +25,10 @@ from .zo import ZOSGD, AdaZO, SeededDirections, ZerothOrderOptimizer, ZOAdam, de
 __all__ = [
     "FIRST_ORDER_OPTIMIZERS",
     "KNOWN_OPTIMIZERS",
+    "SMOOTHING_OPTIMIZERS",
     "ZEROTH_ORDER_OPTIMIZERS",
+    "FORS",
+    "SAM",
     "AdaZO",
     "HybridOptimizer",
     "OptimizerArguments",
@@ -27,6 +37,7 @@ __all__ = [
     "SeededDirections",
     "SignAdam",
     "SignSGD",
+    "SmoothingOptimizer",
     "SophiaG",
     "ZOAdam",
     "ZOSGD",
@@ -36,6 +47,7 @@ __all__ = [
     "optimizer_config",
     "parameter_groups",
     "quantize_direction",
+    "smoothing_optimizer_of",
     "unwrap_optimizer",
     "uses_zeroth_order",
     "validate_optimizer_args",

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 FIRST_ORDER_OPTIMIZERS = ("adamw", "sgd", "signsgd", "signadam", "qadam", "adamw_8bit", "sophia")
 ZEROTH_ORDER_OPTIMIZERS = ("zo_sgd", "zo_adam", "adazo")
-KNOWN_OPTIMIZERS = FIRST_ORDER_OPTIMIZERS + ZEROTH_ORDER_OPTIMIZERS + ("hybrid",)
+SMOOTHING_OPTIMIZERS = ("sam", "fo_rs")
+KNOWN_OPTIMIZERS = FIRST_ORDER_OPTIMIZERS + ZEROTH_ORDER_OPTIMIZERS + ("hybrid",) + SMOOTHING_OPTIMIZERS
 
 
 @dataclass
@@ -80,4 +81,20 @@ class OptimizerArguments:
     hybrid_zo_steps: int | None = field(
         default=None,
         metadata={"help": "Hybrid: zeroth-order steps per ZO phase (default: hybrid_fo_steps); the run ends on ZO."},
+    )
+    smoothing_base_optimizer: str = field(
+        default="adamw",
+        metadata={"help": f"First-order optimizer that `sam` and `fo_rs` step: {', '.join(FIRST_ORDER_OPTIMIZERS)}."},
+    )
+    sam_rho: float = field(
+        default=0.01, metadata={"help": "SAM radius rho: the gradient is taken at w + rho*g/||g|| (paper: 0.01)."}
+    )
+    fo_rs_sigma: float = field(
+        default=1e-4, metadata={"help": "FO-RS perturbation size sigma, per weight: w + sigma*N(0, I) (paper: 1e-4)."}
+    )
+    fo_rs_samples: int = field(
+        default=3, metadata={"help": "FO-RS Gaussian samples K whose gradients are averaged per step (paper: 3)."}
+    )
+    fo_rs_seed: int | None = field(
+        default=None, metadata={"help": "Seed of the FO-RS noise (default: seed); combined with the global step."}
     )

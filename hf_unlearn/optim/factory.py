@@ -12,9 +12,16 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .args import FIRST_ORDER_OPTIMIZERS, KNOWN_OPTIMIZERS, ZEROTH_ORDER_OPTIMIZERS, OptimizerArguments
+from .args import (
+    FIRST_ORDER_OPTIMIZERS,
+    KNOWN_OPTIMIZERS,
+    SMOOTHING_OPTIMIZERS,
+    ZEROTH_ORDER_OPTIMIZERS,
+    OptimizerArguments,
+)
 from .compressed import QAdam, SignAdam, SignSGD
 from .hybrid import HybridOptimizer
+from .smoothing import FORS, SAM
 from .sophia import SophiaG
 from .zero import validate_deepspeed_for_zo
 from .zo import DIFFERENCES, DIRECTIONS, ZOSGD, AdaZO, ZOAdam
@@ -94,6 +101,17 @@ def validate_optimizer_args(args: Any = None, **overrides) -> SimpleNamespace:
         fail(f"qadam_bits={cfg.qadam_bits!r} must be an integer in 1..8 (1 = sign)")
     if not cfg.sophia_rho > 0:
         fail(f"sophia_rho={cfg.sophia_rho!r} must be > 0 (SOUL uses 0.04)")
+    if cfg.smoothing_base_optimizer not in FIRST_ORDER_OPTIMIZERS:
+        base = cfg.smoothing_base_optimizer
+        fail(f"smoothing_base_optimizer={base!r}: choose one of {', '.join(FIRST_ORDER_OPTIMIZERS)}")
+    if not (cfg.sam_rho > 0 and math.isfinite(cfg.sam_rho)):
+        fail(f"sam_rho={cfg.sam_rho!r} must be a finite number > 0 (the paper uses 0.01)")
+    if not (cfg.fo_rs_sigma > 0 and math.isfinite(cfg.fo_rs_sigma)):
+        fail(f"fo_rs_sigma={cfg.fo_rs_sigma!r} must be a finite number > 0 (the paper uses 1e-4)")
+    if not (isinstance(cfg.fo_rs_samples, int) and cfg.fo_rs_samples >= 1):
+        fail(f"fo_rs_samples={cfg.fo_rs_samples!r} must be an integer >= 1 (the paper uses 3)")
+    if cfg.optimizer in SMOOTHING_OPTIMIZERS and cfg.deepspeed:
+        fail(f"optimizer={cfg.optimizer!r} runs extra backward passes that DeepSpeed does not allow; unset deepspeed")
     fo_steps, zo_steps = hybrid_steps(cfg)
     if not (isinstance(fo_steps, int) and fo_steps >= 1):
         fail(f"hybrid_fo_steps={fo_steps!r} must be an integer >= 1 (the paper uses 20)")
@@ -211,7 +229,8 @@ def build_optimizer(
 
     Returns:
         A ``torch.optim.Optimizer``: torch's AdamW/SGD, ``SignSGD``, ``SignAdam``, ``QAdam``, bitsandbytes'
-        ``AdamW8bit``, ``SophiaG``, ``ZOSGD``, ``ZOAdam``, ``AdaZO`` or ``HybridOptimizer``.
+        ``AdamW8bit``, ``SophiaG``, ``ZOSGD``, ``ZOAdam``, ``AdaZO``, ``HybridOptimizer``, or ``SAM`` / ``FORS``
+        around a first-order one (they need a ``SmoothingMixin`` trainer or ``step(closure)``).
     """
     cfg = validate_optimizer_args(args, **overrides)
     groups = parameter_groups(model_or_params, cfg.weight_decay, decay_parameter_names)
@@ -222,6 +241,12 @@ def build_optimizer(
         zo = _zeroth_order(cfg.hybrid_zo_optimizer, _copy_groups(groups), cfg)
         zo_lr = cfg.learning_rate if cfg.zo_learning_rate is None else cfg.zo_learning_rate
         return HybridOptimizer(fo, zo, zo_lr_scale=zo_lr / cfg.learning_rate)
+    if cfg.optimizer == "sam":
+        return SAM(_first_order(cfg.smoothing_base_optimizer, groups, cfg), rho=cfg.sam_rho)
+    if cfg.optimizer == "fo_rs":
+        seed = cfg.seed if cfg.fo_rs_seed is None else cfg.fo_rs_seed
+        base = _first_order(cfg.smoothing_base_optimizer, groups, cfg)
+        return FORS(base, sigma=cfg.fo_rs_sigma, num_samples=cfg.fo_rs_samples, seed=seed)
     return _first_order(cfg.optimizer, groups, cfg)
 
 
@@ -236,6 +261,8 @@ class OptimizerFactoryMixin:
         opt_model = self.model if model is None else model
         if self.optimizer is None:
             plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+            if plugin is not None and self.args.optimizer in SMOOTHING_OPTIMIZERS:
+                validate_optimizer_args(self.args, deepspeed=plugin.deepspeed_config)
             if plugin is not None and uses_zeroth_order(optimizer_config(self.args)):
                 # DeepSpeed set up by `accelerate launch --config_file` never reaches args.deepspeed: check what
                 # the engine will actually run with.

@@ -28,6 +28,7 @@ from hf_unlearn.trainers.losses import (
     model_inputs,
     token_kl,
 )
+from hf_unlearn.trainers.smoothing import SmoothingMixin
 from hf_unlearn.trainers.zeroth_order import ZerothOrderMixin
 
 
@@ -50,12 +51,13 @@ def wrap_with_peft(model: PreTrainedModel, peft_config):
     return get_peft_model(model, peft_config)
 
 
-class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
+class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
     """Base class of the unlearning objectives.
 
     The optimizer is `args.optimizer`, built by `hf_unlearn.optim.build_optimizer`; zeroth-order and hybrid
     optimizers need no other class (the mixin steps only when the optimizer is in a ZO phase), and a hybrid run gets
-    its `HybridScheduleCallback` from `hybrid_fo_steps` / `hybrid_zo_steps` unless one is passed.
+    its `HybridScheduleCallback` from `hybrid_fo_steps` / `hybrid_zo_steps` unless one is passed. `sam` and `fo_rs`
+    run their extra passes through `SmoothingMixin`.
 
     Args:
         model: a path or Hub id, a `PreTrainedModel`, or a peft model.
@@ -269,6 +271,15 @@ class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
             for key, values in self._step_parts.items():
                 self._log_sums[key] = self._log_sums[key] + torch.stack(values).mean()
             self._step_parts = None
+
+    @contextlib.contextmanager
+    def extra_pass(self):
+        """SAM's passes at perturbed weights: the logged loss parts stay those at the unperturbed weights."""
+        parts, self._step_parts = self._step_parts, None
+        try:
+            yield
+        finally:
+            self._step_parts = parts
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         """Evaluation loss only (answer NLL); logits are not gathered."""
