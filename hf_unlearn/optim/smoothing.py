@@ -26,6 +26,9 @@ from torch.optim import Optimizer
 from .zo import SeededDirections, ZerothOrderOptimizer, derive_seed
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
 class SmoothingOptimizer(Optimizer):
     """Base class of :class:`SAM` and :class:`FORS`: a first-order ``base`` optimizer stepped with a smoothed gradient.
 
@@ -130,7 +133,9 @@ class SAM(SmoothingOptimizer):
     @torch.no_grad()
     def ascend_(self) -> float:
         """Save ``w`` and move to ``w + ρ·g/‖g‖`` using the current ``.grad``; return ‖g‖ (missing grads count 0)."""
-        norms = [torch.linalg.vector_norm(p.grad, dtype=torch.float32) for p in self.params if p.grad is not None]
+        # half-precision gradients are summed in double; the others as they are
+        norms = [torch.linalg.vector_norm(p.grad.double() if p.grad.dtype in _HALF else p.grad).double()
+                 for p in self.params if p.grad is not None]  # fmt: skip
         norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
         self._save()
         if norm > 0:
