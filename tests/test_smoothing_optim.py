@@ -248,19 +248,19 @@ def test_ddp_sam_and_fo_rs_match_one_process_with_the_same_global_batch(tmp_path
 
     script = str(Path(__file__).parent / "scripts" / "smoothing_npo_run.py")
     model_path = save_npo_model(tmp_path / "model")
-    command = [
-        "-m", "torch.distributed.run", "--nproc_per_node", "2", script, model_path, str(tmp_path / "ddp"), "1", "2"
-    ]  # fmt: skip
-    _run(lambda port: [sys.executable, *command[:3], "--master_port", str(port), *command[3:]], timeout=400)
+    ddp = [model_path, str(tmp_path / "ddp"), "1", "2"]  # batch 1 x 2 accumulation steps x 2 processes
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    _run(lambda port: [*launcher, "--master_port", str(port), script, *ddp], timeout=400)
     _run(lambda port: [sys.executable, script, model_path, str(tmp_path / "single"), "4", "1"], timeout=400)
+    plain = torch.load(tmp_path / "single" / "sgd_rank0.pt")
     for optimizer in ("sam", "fo_rs"):
         rank0, rank1 = (torch.load(tmp_path / "ddp" / f"{optimizer}_rank{r}.pt") for r in (0, 1))
         single = torch.load(tmp_path / "single" / f"{optimizer}_rank0.pt")
-        start = torch.load(tmp_path / "single" / "start.pt")
-        for name in rank0:
-            assert torch.equal(rank0[name], rank1[name]), name
-            torch.testing.assert_close(rank0[name], single[name], rtol=0, atol=2e-6)
-        moved = max(float((single[n] - start[n]).abs().max()) for n in start)
-        assert moved > 1e-3, optimizer
+        assert all(torch.equal(rank0[n], rank1[n]) for n in rank0)  # replicas identical
+        gap = max(float((rank0[n] - single[n]).abs().max()) for n in single)
+        # what smoothing changed relative to plain SGD on the same batches; a perturbation drawn per process (local
+        # SAM ascent, per-rank noise) would move the DDP result by a fraction of this of order one
+        effect = max(float((single[n] - plain[n]).abs().max()) for n in single)
+        assert gap < 1e-6 and gap < effect / 1000, (optimizer, gap, effect)
         logs = json.loads((tmp_path / "ddp" / f"{optimizer}_logs0.json").read_text())
         assert len(logs) == 3
