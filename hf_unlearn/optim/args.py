@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 FIRST_ORDER_OPTIMIZERS = ("adamw", "sgd", "signsgd", "signadam", "qadam", "adamw_8bit", "sophia")
 ZEROTH_ORDER_OPTIMIZERS = ("zo_sgd", "zo_adam", "adazo")
 SMOOTHING_OPTIMIZERS = ("sam", "fo_rs")
+SMOOTHING_SCOPES = ("forget", "loss")
 KNOWN_OPTIMIZERS = FIRST_ORDER_OPTIMIZERS + ZEROTH_ORDER_OPTIMIZERS + ("hybrid",) + SMOOTHING_OPTIMIZERS
 
 
@@ -85,6 +86,14 @@ class OptimizerArguments:
     smoothing_base_optimizer: str = field(
         default="adamw",
         metadata={"help": f"First-order optimizer that `sam` and `fo_rs` step: {', '.join(FIRST_ORDER_OPTIMIZERS)}."},
+    )
+    smoothing_scope: str = field(
+        default="forget",
+        metadata={
+            "help": "What `sam` / `fo_rs` smooth: forget = the forget term only (the paper; the retain term's "
+            "gradient is taken at w), loss = the whole training loss. A loss without a retain term is smoothed whole.",
+            "choices": SMOOTHING_SCOPES,
+        },
     )
     sam_rho: float = field(
         default=0.01, metadata={"help": "SAM radius rho: the gradient is taken at w + rho*g/||g|| (paper: 0.01)."}

@@ -16,6 +16,7 @@ from .args import (
     FIRST_ORDER_OPTIMIZERS,
     KNOWN_OPTIMIZERS,
     SMOOTHING_OPTIMIZERS,
+    SMOOTHING_SCOPES,
     ZEROTH_ORDER_OPTIMIZERS,
     OptimizerArguments,
 )
@@ -104,6 +105,8 @@ def validate_optimizer_args(args: Any = None, **overrides) -> SimpleNamespace:
     if cfg.smoothing_base_optimizer not in FIRST_ORDER_OPTIMIZERS:
         base = cfg.smoothing_base_optimizer
         fail(f"smoothing_base_optimizer={base!r}: choose one of {', '.join(FIRST_ORDER_OPTIMIZERS)}")
+    if cfg.smoothing_scope not in SMOOTHING_SCOPES:
+        fail(f"smoothing_scope={cfg.smoothing_scope!r}: choose one of {', '.join(SMOOTHING_SCOPES)}")
     if not (cfg.sam_rho > 0 and math.isfinite(cfg.sam_rho)):
         fail(f"sam_rho={cfg.sam_rho!r} must be a finite number > 0 (the paper uses 0.01)")
     if not (cfg.fo_rs_sigma > 0 and math.isfinite(cfg.fo_rs_sigma)):

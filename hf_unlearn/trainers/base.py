@@ -76,6 +76,8 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
     config_class = UnlearnConfig
     # compute_loss divides by counts taken over the whole accumulation window, so Trainer must not divide again.
     loss_is_scaled_for_ga = True
+    # weights of the forget and retain terms in compute_loss; SmoothingMixin changes them for its passes
+    _term_weights = (1.0, 1.0)
 
     def __init__(
         self,
@@ -250,13 +252,16 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
             counts = BatchCounts.of(inputs)
             if self.is_in_train:
                 scale = 1.0 / self.current_gradient_accumulation_steps
-        parts = {"loss/forget": self.forget_loss(model, inputs["forget"], counts.forget) * scale}
-        loss = self.args.gamma * parts["loss/forget"]
-        if self.uses_retain(self.args):
+        forget_weight, retain_weight = self._term_weights
+        parts, loss = {}, 0.0
+        if forget_weight:
+            parts["loss/forget"] = self.forget_loss(model, inputs["forget"], counts.forget) * scale
+            loss = forget_weight * self.args.gamma * parts["loss/forget"]
+        if self.uses_retain(self.args) and retain_weight:
             if "retain" not in inputs:
                 raise ValueError(f"{self._name} with alpha={self.args.alpha} got a batch without retain data.")
             parts["loss/retain"] = self.retain_loss(model, inputs["retain"], counts.retain) * scale
-            loss = loss + self.args.alpha * parts["loss/retain"]
+            loss = loss + retain_weight * self.args.alpha * parts["loss/retain"]
         if self._step_parts is not None:
             for key, value in parts.items():
                 self._step_parts[key].append(value.detach())
@@ -271,6 +276,24 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
             for key, values in self._step_parts.items():
                 self._log_sums[key] = self._log_sums[key] + torch.stack(values).mean()
             self._step_parts = None
+
+    def loss_terms(self, forget: float, other: float):
+        """Context in which `compute_loss` returns forget·γ·forget_term + other·α·retain_term (for SmoothingMixin).
+
+        None when the loss has no retain term: the whole loss is then the forget term.
+        """
+        if not self.uses_retain(self.args):
+            return None
+
+        @contextlib.contextmanager
+        def weighted():
+            saved, self._term_weights = self._term_weights, (forget, other)
+            try:
+                yield
+            finally:
+                self._term_weights = saved
+
+        return weighted()
 
     @contextlib.contextmanager
     def extra_pass(self):
