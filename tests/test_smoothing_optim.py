@@ -10,7 +10,15 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from hf_unlearn.optim import FORS, SAM, OptimizerFactoryMixin, build_optimizer, derive_seed, validate_optimizer_args
+from hf_unlearn.optim import (
+    FORS,
+    SAM,
+    OptimizerArguments,
+    OptimizerFactoryMixin,
+    build_optimizer,
+    derive_seed,
+    validate_optimizer_args,
+)
 from hf_unlearn.trainers.smoothing import SmoothingMixin
 from hf_unlearn.trainers.zeroth_order import ZerothOrderMixin
 from tests.scripts.optim_fixtures import RandomTokens, tiny_llama, training_args, weights
@@ -332,6 +340,48 @@ def test_forget_scope_smooths_only_the_forget_term_by_hand(tmp_path, scope, over
     a, b = weights(runs[0].model), weights(runs[1].model)
     for n in a:
         torch.testing.assert_close(a[n], b[n], rtol=0, atol=2e-6)
+
+
+def test_the_mixin_composes_with_trl_sft_trainer(tmp_path):
+    from dataclasses import dataclass
+
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from hf_unlearn.tiny import build_tiny_model, train_tokenizer
+
+    @dataclass
+    class SmoothSFTConfig(SFTConfig, OptimizerArguments):
+        pass
+
+    class SmoothSFTTrainer(SmoothingMixin, OptimizerFactoryMixin, SFTTrainer):
+        pass
+
+    texts = ["the cat sat on the mat", "a dog ran in the park", "birds fly over the sea", "fish swim in the lake"]
+    tokenizer = train_tokenizer(texts, vocab_size=100)
+
+    def run(name, **overrides):
+        model = build_tiny_model(tokenizer, "llama")
+        args = SmoothSFTConfig(
+            output_dir=str(tmp_path / name), smoothing_base_optimizer="sgd", max_steps=1,
+            per_device_train_batch_size=4, report_to="none", use_cpu=True, learning_rate=0.5, max_grad_norm=0.0, lr_scheduler_type="constant",
+            disable_tqdm=True, save_strategy="no", **overrides,
+        )  # fmt: skip
+        dataset = Dataset.from_dict({"text": texts})
+        SmoothSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer).train()
+        return weights(model)
+
+    # SFT computes its own loss (fused head): with a vanishing perturbation SAM and FO-RS must reduce to the plain
+    # base step exactly, so the extra passes carry TRL's loss normalisation unchanged; a real one changes the step
+    sgd = run("sgd", optimizer="sgd")
+    for name, vanishing, real in [
+        ("sam", {"sam_rho": 1e-12}, {"sam_rho": 0.5}),
+        ("fo_rs", {"fo_rs_sigma": 1e-12}, {"fo_rs_sigma": 0.05}),
+    ]:
+        tiny, smoothed = run(f"{name}_0", optimizer=name, **vanishing), run(name, optimizer=name, **real)
+        for n in sgd:
+            torch.testing.assert_close(tiny[n], sgd[n], rtol=0, atol=1e-6)
+        assert max(float((smoothed[n] - sgd[n]).abs().max()) for n in sgd) > 1e-4, name
 
 
 @pytest.mark.slow
