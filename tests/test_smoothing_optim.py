@@ -364,8 +364,8 @@ def test_the_mixin_composes_with_trl_sft_trainer(tmp_path):
         model = build_tiny_model(tokenizer, "llama")
         args = SmoothSFTConfig(
             output_dir=str(tmp_path / name), smoothing_base_optimizer="sgd", max_steps=1,
-            per_device_train_batch_size=4, report_to="none", use_cpu=True, learning_rate=0.5, max_grad_norm=0.0, lr_scheduler_type="constant",
-            disable_tqdm=True, save_strategy="no", **overrides,
+            per_device_train_batch_size=4, report_to="none", use_cpu=True, learning_rate=0.5, max_grad_norm=0.0,
+            lr_scheduler_type="constant", disable_tqdm=True, save_strategy="no", **overrides,
         )  # fmt: skip
         dataset = Dataset.from_dict({"text": texts})
         SmoothSFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer).train()
