@@ -202,6 +202,26 @@ def test_trainer_steps_equal_step_closure_and_accumulation_is_exact(tmp_path, ov
         assert max(float((per_micro_batch[n] - accumulated[n]).abs().max()) for n in start) > 1e-4
 
 
+@pytest.mark.parametrize("optimizer", ["sam", "fo_rs"])
+def test_resuming_reproduces_the_run_bit_for_bit(tmp_path, optimizer):
+    # AdamW base: its moments travel inside the wrapper's state dict; FO-RS noise follows the global step
+    def run(out, resume=None):
+        args = training_args(
+            out, optimizer=optimizer, max_steps=4, save_strategy="steps", save_steps=2, fo_rs_sigma=0.05,
+            sam_rho=0.5, learning_rate=1e-2,
+        )  # fmt: skip
+        trainer = SmoothTrainer(model=tiny_llama(), args=args, train_dataset=RandomTokens(n=16))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    full = run(tmp_path / "full")
+    resumed = run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-2"))
+    a, b = weights(full.model), weights(resumed.model)
+    assert all(torch.equal(a[n], b[n]) for n in a)
+    base = resumed.optimizer.optimizer.base
+    assert type(base).__name__ == "AdamW" and base.state[base.param_groups[0]["params"][0]]["step"] == 4
+
+
 def _manual_sam_per_micro_batch(windows, rho) -> dict:
     model = tiny_llama()
     params = list(model.parameters())
