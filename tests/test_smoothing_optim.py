@@ -183,7 +183,9 @@ def _trainer_batches(tmp_path, batch: int, accumulation: int) -> list[list[dict]
 
 
 @pytest.mark.parametrize(
-    "overrides", [{"optimizer": "sam", "sam_rho": 0.5}, {"optimizer": "fo_rs", "fo_rs_sigma": 0.05, "seed": 0}]
+    "overrides",
+    [{"optimizer": "sam", "sam_rho": 0.5}, {"optimizer": "fo_rs", "fo_rs_sigma": 0.05, "seed": 0}],
+    ids=["sam", "fo_rs"],
 )
 def test_trainer_steps_equal_step_closure_and_accumulation_is_exact(tmp_path, overrides):
     one_batch = _train(tmp_path / "4x1", 4, 1, **overrides)
