@@ -330,4 +330,4 @@ def test_zero_fp32_passes_validation(tmp_path, stage):
 def test_valid_corner_cases_pass_validation():
     validate_optimizer_args(optimizer="hybrid", hybrid_zo_steps=0, fp16=True)  # no ZO step runs: fp16 allowed
     validate_optimizer_args(optimizer="hybrid", hybrid_fo_steps=5, max_steps=30)
-    assert "hybrid" in KNOWN_OPTIMIZERS and len(KNOWN_OPTIMIZERS) == 11
+    assert "hybrid" in KNOWN_OPTIMIZERS and "sam" in KNOWN_OPTIMIZERS and len(KNOWN_OPTIMIZERS) == 13

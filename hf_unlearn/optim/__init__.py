@@ -3,6 +3,8 @@
 from .args import (
     FIRST_ORDER_OPTIMIZERS,
     KNOWN_OPTIMIZERS,
+    SMOOTHING_OPTIMIZERS,
+    SMOOTHING_SCOPES,
     ZEROTH_ORDER_OPTIMIZERS,
     OptimizerArguments,
     OptimizerConfig,
@@ -17,6 +19,7 @@ from .factory import (
     validate_optimizer_args,
 )
 from .hybrid import HybridOptimizer, unwrap_optimizer, zo_optimizer_of
+from .smoothing import FORS, SAM, SmoothingOptimizer, smoothing_optimizer_of
 from .sophia import SophiaG
 from .zo import ZOSGD, AdaZO, SeededDirections, ZerothOrderOptimizer, ZOAdam, derive_seed
 
@@ -24,7 +27,11 @@ from .zo import ZOSGD, AdaZO, SeededDirections, ZerothOrderOptimizer, ZOAdam, de
 __all__ = [
     "FIRST_ORDER_OPTIMIZERS",
     "KNOWN_OPTIMIZERS",
+    "SMOOTHING_OPTIMIZERS",
+    "SMOOTHING_SCOPES",
     "ZEROTH_ORDER_OPTIMIZERS",
+    "FORS",
+    "SAM",
     "AdaZO",
     "HybridOptimizer",
     "OptimizerArguments",
@@ -34,6 +41,7 @@ __all__ = [
     "SeededDirections",
     "SignAdam",
     "SignSGD",
+    "SmoothingOptimizer",
     "SophiaG",
     "ZOAdam",
     "ZOSGD",
@@ -44,6 +52,7 @@ __all__ = [
     "optimizer_config",
     "parameter_groups",
     "quantize_direction",
+    "smoothing_optimizer_of",
     "unwrap_optimizer",
     "validate_optimizer_args",
     "zo_optimizer_of",

@@ -16,7 +16,9 @@ from .zo import DIRECTIONS as ZO_DIRECTIONS
 
 FIRST_ORDER_OPTIMIZERS = ("adamw", "sgd", "signsgd", "signadam", "qadam", "adamw_8bit", "sophia")
 ZEROTH_ORDER_OPTIMIZERS = ("zo_sgd", "zo_adam", "adazo")
-KNOWN_OPTIMIZERS = FIRST_ORDER_OPTIMIZERS + ZEROTH_ORDER_OPTIMIZERS + ("hybrid",)
+SMOOTHING_OPTIMIZERS = ("sam", "fo_rs")
+SMOOTHING_SCOPES = ("forget", "loss")
+KNOWN_OPTIMIZERS = FIRST_ORDER_OPTIMIZERS + ZEROTH_ORDER_OPTIMIZERS + ("hybrid",) + SMOOTHING_OPTIMIZERS
 
 
 def check_hybrid_max_steps(max_steps: int, fo_steps: int, zo_steps: int) -> None:
@@ -95,6 +97,30 @@ class OptimizerArguments:
         default=None,
         metadata={"help": "Hybrid: zeroth-order steps per ZO phase (default: hybrid_fo_steps); the run ends on ZO."},
     )
+    smoothing_base_optimizer: str = field(
+        default="adamw",
+        metadata={"help": f"First-order optimizer that `sam` and `fo_rs` step: {', '.join(FIRST_ORDER_OPTIMIZERS)}."},
+    )
+    smoothing_scope: str = field(
+        default="forget",
+        metadata={
+            "help": "What `sam` / `fo_rs` smooth: forget = the forget term only (the paper; the retain term's "
+            "gradient is taken at w), loss = the whole training loss. A loss without a retain term is smoothed whole.",
+            "choices": SMOOTHING_SCOPES,
+        },
+    )
+    sam_rho: float = field(
+        default=0.01, metadata={"help": "SAM radius rho: the gradient is taken at w + rho*g/||g|| (paper: 0.01)."}
+    )
+    fo_rs_sigma: float = field(
+        default=1e-4, metadata={"help": "FO-RS perturbation size sigma, per weight: w + sigma*N(0, I) (paper: 1e-4)."}
+    )
+    fo_rs_samples: int = field(
+        default=3, metadata={"help": "FO-RS Gaussian samples K whose gradients are averaged per step (paper: 3)."}
+    )
+    fo_rs_seed: int | None = field(
+        default=None, metadata={"help": "Seed of the FO-RS noise (default: seed); combined with the global step."}
+    )
 
     @property
     def hybrid_schedule(self) -> tuple[int, int]:
@@ -148,6 +174,22 @@ class OptimizerArguments:
             fail(f"qadam_bits={self.qadam_bits!r} must be an integer in 1..8 (1 = sign)")
         if not self.sophia_rho > 0:
             fail(f"sophia_rho={self.sophia_rho!r} must be > 0 (SOUL uses 0.04)")
+        if self.smoothing_base_optimizer not in FIRST_ORDER_OPTIMIZERS:
+            base = self.smoothing_base_optimizer
+            fail(f"smoothing_base_optimizer={base!r}: choose one of {', '.join(FIRST_ORDER_OPTIMIZERS)}")
+        if self.smoothing_scope not in SMOOTHING_SCOPES:
+            fail(f"smoothing_scope={self.smoothing_scope!r}: choose one of {', '.join(SMOOTHING_SCOPES)}")
+        if not (self.sam_rho > 0 and math.isfinite(self.sam_rho)):
+            fail(f"sam_rho={self.sam_rho!r} must be a finite number > 0 (the paper uses 0.01)")
+        if not (self.fo_rs_sigma > 0 and math.isfinite(self.fo_rs_sigma)):
+            fail(f"fo_rs_sigma={self.fo_rs_sigma!r} must be a finite number > 0 (the paper uses 1e-4)")
+        if not (isinstance(self.fo_rs_samples, int) and self.fo_rs_samples >= 1):
+            fail(f"fo_rs_samples={self.fo_rs_samples!r} must be an integer >= 1 (the paper uses 3)")
+        if self.optimizer in SMOOTHING_OPTIMIZERS and self.deepspeed:
+            fail(
+                f"optimizer={self.optimizer!r} runs extra backward passes that DeepSpeed does not allow; "
+                "unset deepspeed"
+            )
         fo_steps, zo_steps = self.hybrid_schedule
         if not (isinstance(fo_steps, int) and fo_steps >= 1):
             fail(f"hybrid_fo_steps={fo_steps!r} must be an integer >= 1 (the paper uses 20)")

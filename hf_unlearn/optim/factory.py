@@ -10,9 +10,16 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .args import FIRST_ORDER_OPTIMIZERS, ZEROTH_ORDER_OPTIMIZERS, OptimizerArguments, OptimizerConfig
+from .args import (
+    FIRST_ORDER_OPTIMIZERS,
+    SMOOTHING_OPTIMIZERS,
+    ZEROTH_ORDER_OPTIMIZERS,
+    OptimizerArguments,
+    OptimizerConfig,
+)
 from .compressed import QAdam, SignAdam, SignSGD
 from .hybrid import HybridOptimizer
+from .smoothing import FORS, SAM
 from .sophia import SophiaG
 from .zero import validate_deepspeed_for_zo
 from .zo import ZOSGD, AdaZO, ZOAdam
@@ -135,7 +142,8 @@ def build_optimizer(
 
     Returns:
         A ``torch.optim.Optimizer``: torch's AdamW/SGD, ``SignSGD``, ``SignAdam``, ``QAdam``, bitsandbytes'
-        ``AdamW8bit``, ``SophiaG``, ``ZOSGD``, ``ZOAdam``, ``AdaZO`` or ``HybridOptimizer``.
+        ``AdamW8bit``, ``SophiaG``, ``ZOSGD``, ``ZOAdam``, ``AdaZO``, ``HybridOptimizer``, or ``SAM`` / ``FORS``
+        around a first-order one (they need a ``SmoothingMixin`` trainer or ``step(closure)``).
     """
     cfg = optimizer_config(args, **overrides)
     groups = parameter_groups(model_or_params, cfg.weight_decay, decay_parameter_names)
@@ -146,6 +154,12 @@ def build_optimizer(
         zo = _zeroth_order(cfg.hybrid_zo_optimizer, _copy_groups(groups), cfg)
         zo_lr = cfg.learning_rate if cfg.zo_learning_rate is None else cfg.zo_learning_rate
         return HybridOptimizer(fo, zo, zo_lr_scale=zo_lr / cfg.learning_rate)
+    if cfg.optimizer == "sam":
+        return SAM(_first_order(cfg.smoothing_base_optimizer, groups, cfg), rho=cfg.sam_rho)
+    if cfg.optimizer == "fo_rs":
+        seed = cfg.seed if cfg.fo_rs_seed is None else cfg.fo_rs_seed
+        base = _first_order(cfg.smoothing_base_optimizer, groups, cfg)
+        return FORS(base, sigma=cfg.fo_rs_sigma, num_samples=cfg.fo_rs_samples, seed=seed)
     return _first_order(cfg.optimizer, groups, cfg)
 
 
@@ -160,6 +174,8 @@ class OptimizerFactoryMixin:
         opt_model = self.model if model is None else model
         if self.optimizer is None:
             plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+            if plugin is not None and self.args.optimizer in SMOOTHING_OPTIMIZERS:
+                optimizer_config(self.args, deepspeed=plugin.deepspeed_config)  # refuses DeepSpeed, in one line
             if plugin is not None and optimizer_config(self.args).uses_zeroth_order:
                 # DeepSpeed set up by `accelerate launch --config_file` never reaches args.deepspeed: check what
                 # the engine will actually run with.

@@ -23,6 +23,7 @@ from hf_unlearn.data import DataCollatorForUnlearning
 from hf_unlearn.modeling import answer_token_nll, model_inputs
 from hf_unlearn.optim.factory import OptimizerFactoryMixin
 from hf_unlearn.trainers.losses import BatchCounts, SideCounts, token_kl
+from hf_unlearn.trainers.smoothing import SmoothingMixin
 from hf_unlearn.trainers.zeroth_order import ZerothOrderMixin
 
 
@@ -71,12 +72,13 @@ class Paper:
         )
 
 
-class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
+class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
     """Base class of the unlearning objectives.
 
     The optimizer is `args.optimizer`, built by `hf_unlearn.optim.build_optimizer`; zeroth-order and hybrid
     optimizers need no other class (the mixin steps only when the optimizer is in a ZO phase), and a hybrid run gets
-    its `HybridScheduleCallback` from `hybrid_fo_steps` / `hybrid_zo_steps` unless one is passed.
+    its `HybridScheduleCallback` from `hybrid_fo_steps` / `hybrid_zo_steps` unless one is passed. `sam` and `fo_rs`
+    run their extra passes through `SmoothingMixin`.
 
     Args:
         model: a path or Hub id, a `PreTrainedModel`, or a peft model.
@@ -96,6 +98,8 @@ class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
     config_class = UnlearnConfig
     # compute_loss divides by counts taken over the whole accumulation window, so Trainer must not divide again.
     loss_is_scaled_for_ga = True
+    # weights of the forget and retain terms in compute_loss; SmoothingMixin changes them for its passes
+    _term_weights = (1.0, 1.0)
 
     def __init__(
         self,
@@ -274,13 +278,16 @@ class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
             counts = BatchCounts.of(inputs)
             if self.is_in_train:
                 scale = 1.0 / self.current_gradient_accumulation_steps
-        parts = {"loss/forget": self.forget_loss(model, inputs["forget"], counts.forget) * scale}
-        loss = self.args.gamma * parts["loss/forget"]
-        if self.uses_retain(self.args):
+        forget_weight, retain_weight = self._term_weights
+        parts, loss = {}, 0.0
+        if forget_weight:
+            parts["loss/forget"] = self.forget_loss(model, inputs["forget"], counts.forget) * scale
+            loss = forget_weight * self.args.gamma * parts["loss/forget"]
+        if self.uses_retain(self.args) and retain_weight:
             if "retain" not in inputs:
                 raise ValueError(f"{self._name} with alpha={self.args.alpha} got a batch without retain data.")
             parts["loss/retain"] = self.retain_loss(model, inputs["retain"], counts.retain) * scale
-            loss = loss + self.args.alpha * parts["loss/retain"]
+            loss = loss + retain_weight * self.args.alpha * parts["loss/retain"]
         if self._step_parts is not None:
             for key, value in parts.items():
                 self._step_parts[key].append(value.detach())
@@ -295,6 +302,33 @@ class UnlearnTrainer(ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
             for key, values in self._step_parts.items():
                 self._log_sums[key] = self._log_sums[key] + torch.stack(values).mean()
             self._step_parts = None
+
+    def loss_terms(self, forget: float, other: float):
+        """Context in which `compute_loss` returns forget·γ·forget_term + other·α·retain_term (for SmoothingMixin).
+
+        None when the loss has no retain term: the whole loss is then the forget term.
+        """
+        if not self.uses_retain(self.args):
+            return None
+
+        @contextlib.contextmanager
+        def weighted():
+            saved, self._term_weights = self._term_weights, (forget, other)
+            try:
+                yield
+            finally:
+                self._term_weights = saved
+
+        return weighted()
+
+    @contextlib.contextmanager
+    def extra_pass(self):
+        """SAM's passes at perturbed weights: the logged loss parts stay those at the unperturbed weights."""
+        parts, self._step_parts = self._step_parts, None
+        try:
+            yield
+        finally:
+            self._step_parts = parts
 
     def prediction_step(self, model, inputs, prediction_loss_only: bool, ignore_keys=None):
         """Evaluation loss only (answer NLL); logits are not gathered."""
