@@ -190,7 +190,7 @@ class RobustnessCallback(TrainerCallback):
         self.runs.append(record)
         state.log_history.append({**flat_logs(results), "step": state.global_step})
         rank, world_size = rank_and_world()
-        if rank == 0:
+        if rank == 0 and self.config.results_file:
             path = Path(args.output_dir) / self.config.results_file
             path.parent.mkdir(parents=True, exist_ok=True)
             document = {"format": RESULTS_FORMAT, "config": asdict(self.config), "runs": self.runs}

@@ -69,8 +69,15 @@ def unlearn(recipe: str, variant: str, out: Path, overrides: list[str]) -> dict:
 
     output_dir = out / f"npo_{variant}"
     flags = [*overrides, "--optimizer", VARIANTS[variant], "--output_dir", str(output_dir)]
-    run(parse_recipe(recipe, flags))
-    return json.loads((output_dir / "robustness.json").read_text())["runs"][-1]
+    (attack,) = run(parse_recipe(recipe, flags)).attacks
+    return {
+        "unlearned": attack.unlearned.values,
+        "relearn": {"curve": [{"step": p.step, "metrics": p.metrics.values} for p in attack.relearn]},
+        "quantization": {
+            q.kind: {"metrics": q.metrics.values, "codes_changed_fraction": q.codes_changed_fraction}
+            for q in attack.quantization
+        },
+    }
 
 
 def noise_control(original: Path, unlearned: Path, output_dir: Path, seed: int) -> Path:
@@ -195,5 +202,5 @@ def run_demo(
     (out / "report.json").write_text(json.dumps(rows, indent=2))
     (out / "report.md").write_text(f"# hf_unlearn demo\n\n{report}\n")
     print(report)
-    print(f"Models, robustness.json files and report.md/report.json are in {out}")
+    print(f"Models (each with its unlearn_report.json and model card) and report.md/report.json are in {out}")
     return rows

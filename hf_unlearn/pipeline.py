@@ -1,4 +1,4 @@
-"""A parsed recipe, run: data -> trainer -> train -> save -> evaluate -> attack -> results.
+"""A parsed recipe, run: data -> trainer -> train -> save -> evaluate -> attack -> report -> card -> push.
 
 `run(recipe)` is what `hf-unlearn run`, `accelerate launch -m hf_unlearn.run` and the demo call. Everything that can
 fail on a bad recipe has failed in `parse_recipe` before this module loads a weight; the model's own config checks
@@ -7,13 +7,13 @@ fail on a bad recipe has failed in `parse_recipe` before this module loads a wei
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import dataclasses
 
 from hf_unlearn.benchmarks.sources import DataSource, source_from_recipe
-from hf_unlearn.callbacks import RobustnessCallback
+from hf_unlearn.callbacks import ComputeAccountingCallback, RobustnessCallback
 from hf_unlearn.loading import load_model_and_tokenizer
 from hf_unlearn.recipes import Recipe
+from hf_unlearn.report import AFTER, BEFORE, UnlearnReport
 from hf_unlearn.trainers import get_method
 
 
@@ -60,50 +60,82 @@ def robustness_callback(recipe: Recipe, source: DataSource, tokenizer) -> Robust
     if script.report_codes_changed:
         original, _ = load_model_and_tokenizer(script.model_name_or_path)
     benchmark = source.benchmark(tokenizer, **evaluation_settings(config))
-    return RobustnessCallback(recipe.robustness, benchmark=benchmark, original_model=original)
+    # The run's one output is its UnlearnReport: the callback keeps its results in memory, not in a file of its own.
+    checks = dataclasses.replace(recipe.robustness, results_file="")
+    return RobustnessCallback(checks, benchmark=benchmark, original_model=original)
 
 
-def run(recipe: Recipe) -> dict:
-    """Train the recipe's method, save the unlearned model, and evaluate / attack it if the recipe asks."""
+def new_report(recipe: Recipe, source: DataSource) -> UnlearnReport:
+    script = recipe.script
+    values = {**dataclasses.asdict(script), **dataclasses.asdict(recipe.robustness)}
+    return UnlearnReport(
+        method=script.method,
+        optimizer=recipe.config.optimizer,
+        base_model=script.model_name_or_path,
+        benchmark=source.name,
+        datasets=source.datasets(),
+        hub_model_id=recipe.config.hub_model_id if recipe.config.push_to_hub else None,
+        command=recipe.command(),
+        recipe={k: v for k, v in values.items() if v is not None},
+    )
+
+
+def run(recipe: Recipe) -> UnlearnReport:
+    """Train the recipe's method, save the unlearned model, evaluate / attack it if the recipe asks, and write its
+    report and model card into `output_dir` (then push, with `push_to_hub`)."""
     from transformers import AutoConfig
 
     script, config = recipe.script, recipe.config
     trainer_cls = get_method(script.method)
     # Checks that need only the model's config (the RMU layer) run before the data is tokenised; the trainer then
-    # receives the loaded model and checks it without building a skeleton again.
+    # receives the loaded model and does not check it again.
     trainer_cls.check_model_config(AutoConfig.from_pretrained(script.model_name_or_path), config)
     source = source_from_recipe(script, config)
     prepare_source(source)
+    report = new_report(recipe, source)
     model, tokenizer = load_model_and_tokenizer(script.model_name_or_path)
     dataset = train_dataset(source, trainer_cls, config, tokenizer)
-    callbacks = [robustness_callback(recipe, source, tokenizer)] if script.robustness else []
+    checks = robustness_callback(recipe, source, tokenizer) if script.robustness else None
+    push, config.push_to_hub = config.push_to_hub, False  # pushed below, with the card and the report
     trainer = trainer_cls(
         model=model,
         args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=peft_config(script),
-        callbacks=callbacks,
+        callbacks=[checks] if checks else [],
         model_config_checked=True,
     )
+    ComputeAccountingCallback.for_trainer(trainer)
+    if script.evaluate_before_training and (script.evaluate or script.robustness):
+        with report.timed("evaluate_before"):
+            report.add_evaluation(BEFORE, source.evaluate(model.eval(), tokenizer, **evaluation_settings(config)))
     resume = config.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "latest"):
         resume = True  # the latest checkpoint in output_dir, as Trainer.train(resume_from_checkpoint=True) reads it
-    result = trainer.train(resume_from_checkpoint=resume)
+    with report.timed("train"):
+        result = trainer.train(resume_from_checkpoint=resume)
+    report.record_training(trainer, result)
     trainer.save_model(config.output_dir)
-    summary = {
-        "method": script.method,
-        "optimizer": config.optimizer,
-        "data_source": script.data_source,
-        "train": result.metrics,
-    }
-    if script.evaluate and not script.robustness:  # the robustness checks evaluate the model first
+    if checks is not None:
+        run = checks.runs[-1]
+        report.add_evaluation(AFTER, run["unlearned"])
+        report.add_attacks(run, global_step=run["global_step"])
+        report.wall_time_s["attacks"] = run["runtime_s"]
+    elif script.evaluate:
         unwrapped = trainer.accelerator.unwrap_model(trainer.model).eval()
-        evaluation = source.evaluate(unwrapped, tokenizer, **evaluation_settings(config))
-        if trainer.is_world_process_zero():
-            evaluation.save(config.output_dir, model_name=config.output_dir)
-        summary["eval"] = evaluation.metrics
+        with report.timed("evaluate"):
+            report.add_evaluation(AFTER, source.evaluate(unwrapped, tokenizer, **evaluation_settings(config)))
     if trainer.is_world_process_zero():
+        from hf_unlearn.model_card import write_card
+
         tokenizer.save_pretrained(config.output_dir)
-        Path(config.output_dir, "run_summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
+        report.save(config.output_dir)
+        write_card(config.output_dir)
+        if push:
+            from hf_unlearn.hub import push_to_hub
+
+            push_to_hub(
+                config.output_dir, config.hub_model_id, private=config.hub_private_repo, token=config.hub_token
+            )
+    return report

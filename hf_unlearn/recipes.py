@@ -102,6 +102,12 @@ class ScriptArguments:
         default=False,
         metadata={"help": "Robustness: load the original model again to report the share of 4-bit codes changed."},
     )
+    evaluate_before_training: bool = field(
+        default=True,
+        metadata={
+            "help": "With evaluate or robustness: also evaluate the model before unlearning (the report's baseline)."
+        },
+    )
 
     def __post_init__(self):
         from hf_unlearn.loading import check_model_path
@@ -148,6 +154,22 @@ class Recipe:
     config: Any  # the method's config dataclass (a subclass of UnlearnConfig)
     robustness: Any  # RobustnessConfig
     path: str | None = None
+    overrides: list[str] = field(default_factory=list)
+
+    def command(self) -> str:
+        """The command that reproduces this run (the recipe and the flags given; tokens never appear here)."""
+        import shlex
+
+        flags, skip = [], False
+        for token in self.overrides:
+            if skip:
+                skip = False
+                continue
+            if token.split("=")[0] == "--hub_token":
+                skip = "=" not in token
+                continue
+            flags.append(token)
+        return shlex.join(["hf-unlearn", "run", *([self.path] if self.path else []), *flags])
 
 
 def field_names(*classes) -> set[str]:
@@ -269,4 +291,8 @@ def parse_recipe(path: str | Path | None, overrides: list[str] | None = None) ->
     values["method"] = method
     parser.set_defaults(**values)
     script, config, robustness = parser.parse_args_into_dataclasses(args=overrides)
-    return Recipe(script, config, robustness, None if path is None else str(path))
+    if config.push_to_hub:  # fail now, not after hours of training
+        from hf_unlearn.hub import check_push_possible
+
+        check_push_possible(config.hub_model_id, config.hub_token)
+    return Recipe(script, config, robustness, None if path is None else str(path), overrides)

@@ -211,35 +211,30 @@ def test_muse_preset_cuts_2048_token_blocks():
     assert sum(len(b["input_ids"]) for b in blocks.examples) == expected
 
 
-def test_attack_command_writes_the_callback_schema(tmp_path):
-    import argparse
-    import json
-
+def test_attack_command_writes_the_run_report(tmp_path, cli):
     from hf_unlearn.benchmarks.nll import mean_answer_loss
     from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
-    from hf_unlearn.cli import attack as cli
+    from hf_unlearn.report import UnlearnReport
 
     original, unlearned, tokenizer, _, forget, collator = tiny_unlearned()
     for name, model in (("original", original), ("unlearned", unlearned)):
         model.save_pretrained(tmp_path / name)
         tokenizer.save_pretrained(tmp_path / name)
     data = write_synthetic_tofu(tmp_path / "data", num_authors=6, qa_per_author=8, seed=0)
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    args = parser.parse_args(
-        ["--model", str(tmp_path / "unlearned"), "--original_model", str(tmp_path / "original")]
-        + ["--benchmark", "nll", "--data", str(data), "--relearn_steps", "2", "4", "--relearn_lr", "1e-3"]
-        + ["--quantization", "fp4", "rtn4", "--output_dir", str(tmp_path / "out"), "--device", "cpu"]
-    )
-    cli.main(args)
-    document = json.loads((tmp_path / "out" / "robustness.json").read_text())
-    assert document["format"] == "hf_unlearn.robustness/v1" and document["config"]["relearn_lr"] == 1e-3
-    (run,) = document["runs"]
-    assert run["trigger"] == "post_hoc"
-    assert sorted(run["unlearned"]) == ["nll/forget10", "nll/retain90"]
-    assert run["unlearned"]["nll/forget10"] == pytest.approx(mean_answer_loss(unlearned, forget, collator), rel=1e-6)
-    assert [p["step"] for p in run["relearn"]["curve"]] == [2, 4]
-    assert run["relearn"]["curve"][1]["metrics"]["nll/forget10"] < run["unlearned"]["nll/forget10"]
-    assert sorted(run["quantization"]) == ["fp4", "rtn4"]
+    code, _, err = cli(
+        "attack", "--model", tmp_path / "unlearned", "--original_model", tmp_path / "original", "--benchmark", "nll",
+        "--data_dir", data, "--relearn_steps", "2", "4", "--relearn_lr", "1e-3", "--quantization", "fp4", "rtn4",
+        "--output_dir", tmp_path / "out", "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    report = UnlearnReport.load(tmp_path / "out")
+    assert report.recipe["attack"]["relearn_lr"] == 1e-3 and report.command.startswith("hf-unlearn attack")
+    (run,) = report.attacks
+    unlearned_nll = run.unlearned.values
+    assert sorted(unlearned_nll) == ["nll/forget10", "nll/retain90"]
+    assert unlearned_nll["nll/forget10"] == pytest.approx(mean_answer_loss(unlearned, forget, collator), rel=1e-6)
+    assert [p.step for p in run.relearn] == [2, 4]
+    assert run.relearn[1].metrics.values["nll/forget10"] < unlearned_nll["nll/forget10"]
+    assert [q.kind for q in run.quantization] == ["fp4", "rtn4"]
     expected = codes_changed_fraction(original, unlearned, "fp4")["fraction"]
-    assert run["quantization"]["fp4"]["codes_changed_fraction"] == pytest.approx(expected)
+    assert run.quantization[0].codes_changed_fraction == pytest.approx(expected)

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 from hf_unlearn.cli import main
+from hf_unlearn.report import UnlearnReport
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
 from tests.helpers import synthetic_splits
 
@@ -37,19 +38,25 @@ def test_hybrid_recipe_trains_evaluates_and_attacks(original, capsys):
     flags += ["--eval_max_new_tokens", "4", "--report_codes_changed", "true", "--disable_tqdm", "true"]
     assert main(["run", str(DEMO_RECIPE), *flags]) == 0
 
-    summary = json.loads((out / "run_summary.json").read_text())
-    assert summary["method"] == "npo" and summary["optimizer"] == "hybrid"
+    report = UnlearnReport.load(out)
+    assert (report.method, report.optimizer, report.benchmark) == ("npo", "hybrid", "tofu")
+    assert report.command.startswith("hf-unlearn run ") and "--max_steps 4" in report.command
     before = AutoModelForCausalLM.from_pretrained(folder / "original").state_dict()
     after = AutoModelForCausalLM.from_pretrained(out).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert not (out / "robustness.json").exists() and not (out / "run_summary.json").exists()  # one report
 
-    run = json.loads((out / "robustness.json").read_text())["runs"][-1]
-    assert run["trigger"] == "train_end" and run["global_step"] == 4
-    assert [p["step"] for p in run["relearn"]["curve"]] == [1, 2]
-    assert 0 < run["quantization"]["rtn4"]["codes_changed_fraction"] <= 1
-    for metrics in (run["unlearned"], run["relearn"]["curve"][-1]["metrics"], run["quantization"]["rtn4"]["metrics"]):
-        assert 0 <= metrics["forget_prob"] <= 1 and "model_utility" in metrics
-    assert '"optimizer": "hybrid"' in capsys.readouterr().out
+    (run,) = report.attacks
+    assert run.global_step == 4 and [p.step for p in run.relearn] == [1, 2]
+    (rtn4,) = run.quantization
+    assert rtn4.kind == "rtn4" and 0 < rtn4.codes_changed_fraction <= 1
+    for metrics in (report.evaluations["before_training"], run.unlearned, run.relearn[-1].metrics, rtn4.metrics):
+        assert 0 <= metrics.get("forget_prob") <= 1 and "model_utility" in metrics.values
+    assert report.evaluations["after_training"].values == run.unlearned.values
+    assert report.compute["zo"]["steps"] == 2 and report.compute["zo"]["backwards"] == 0  # ZO steps: no backward
+    card = (out / "README.md").read_text()
+    assert "model-index" in card and "arxiv.org/abs/2404.05868" in card
+    assert "forget_prob" in capsys.readouterr().out
 
 
 def test_bad_recipe_fails_before_any_weight_is_read(original, monkeypatch, capsys):
@@ -123,8 +130,7 @@ def test_text_recipes_train_evaluate_and_attack_with_their_own_benchmark(source,
     if source == "wmdp":
         flags += ["--layer", "1", "--trainable_layers", "0", "1"]
     assert main(["run", str(DEMO_RECIPE.parent / recipe), *map(str, flags)]) == 0
-    run = json.loads((out / "robustness.json").read_text())["runs"][-1]
-    stages = [run["unlearned"], run["relearn"]["curve"][-1]["metrics"], run["quantization"]["rtn4"]["metrics"]]
-    for metrics in stages:
-        assert expected in metrics, sorted(metrics)
+    (run,) = UnlearnReport.load(out).attacks
+    for metrics in (run.unlearned, run.relearn[-1].metrics, run.quantization[0].metrics):
+        assert expected in metrics.values, sorted(metrics.values)
     assert (out / "model.safetensors").is_file()

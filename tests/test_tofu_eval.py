@@ -14,6 +14,7 @@ from hf_unlearn.benchmarks.engine import generate_greedy, score_examples
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 from hf_unlearn.benchmarks.tofu import TofuBenchmark
 from hf_unlearn.data import tokenize_prompt, tokenize_qa
+from hf_unlearn.report import UnlearnReport
 from hf_unlearn.tiny import build_tiny_model
 from tests.fixed_logits import BigramLM, random_table, reference_answer_stats, reference_greedy
 from tests.helpers import synthetic_tokenizer
@@ -224,8 +225,11 @@ def test_missing_retain_statistics_make_forget_quality_unavailable(synthetic_dir
     missing = tmp_path / "none.json"
     result = bench(synthetic_dir, retain_stats=missing).evaluate(model, tokenizer)
     assert f"{missing} not found" in result.unavailable["forget_quality"]
-    summary_path, _ = result.save(tmp_path / "out")
-    assert json.loads(summary_path.read_text())["metrics"]["forget_quality"] is None
+    report = UnlearnReport()
+    report.add_evaluation("after_training", result)
+    report.save(tmp_path / "out")
+    saved = json.loads((tmp_path / "out" / "unlearn_report.json").read_text())["evaluations"]["after_training"]
+    assert saved["values"]["forget_quality"] is None and "not found" in saved["unavailable"]["forget_quality"]
 
 
 def test_bad_input_messages(synthetic_dir, tokenizer, tmp_path):
@@ -272,9 +276,13 @@ def test_eval_cli_writes_summary_and_per_example_json(synthetic_dir, tokenizer, 
     )
     assert code == 0
     table = capsys.readouterr().out
-    summary = json.loads((model_dir / "eval" / "tofu_summary.json").read_text())
+    evaluated = UnlearnReport.load(model_dir / "eval").evaluations["evaluated_model"]
+    summary = {
+        "metrics": evaluated.values,
+        "unavailable": evaluated.unavailable,
+        "num_examples": evaluated.num_examples,
+    }
     per_example = json.loads((model_dir / "eval" / "tofu_per_example.json").read_text())
-    assert set(summary) == {"model", "benchmark", "metrics", "unavailable", "config", "num_examples", "runtime_s"}
     assert summary["num_examples"] == {"forget": 3, "retain": 3, "real_authors": 3, "world_facts": 3, "holdout": 3}
     assert summary["metrics"]["forget_quality"] is None and "forget_quality" in summary["unavailable"]
     # Summary numbers are the aggregates of the saved per-example values.

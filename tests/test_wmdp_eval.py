@@ -5,6 +5,7 @@ import torch
 
 from hf_unlearn import benchmarks
 from hf_unlearn.benchmarks.wmdp import local_task_config
+from hf_unlearn.report import UnlearnReport
 from hf_unlearn.tiny import tiny_model_and_tokenizer
 
 
@@ -103,7 +104,8 @@ def test_eval_cli_runs_a_local_task(tmp_path, model_and_tokenizer):
         ]
     )
     assert code == 0
-    summary = json.loads((tmp_path / "out" / "wmdp_summary.json").read_text())
+    evaluated = UnlearnReport.load(tmp_path / "out").evaluations["evaluated_model"]
+    summary = {"metrics": evaluated.values, "num_examples": evaluated.num_examples}
     per_example = json.loads((tmp_path / "out" / "wmdp_per_example.json").read_text())["splits"]["wmdp_bio"]
     assert summary["num_examples"] == {"wmdp_bio": 3}
     assert summary["metrics"]["wmdp_bio_acc"] == pytest.approx(sum(r["acc"] for r in per_example) / 3)

@@ -48,7 +48,12 @@ class RobustnessConfig:
         default_factory=lambda: ["fp4"], metadata={"help": "Quantization attacks: fp4, nf4, int8, rtn2..rtn8."}
     )
     at_eval: bool = field(default=False, metadata={"help": "Also run the checks after every evaluation."})
-    results_file: str = field(default="robustness.json", metadata={"help": "JSON file written in output_dir."})
+    results_file: str = field(
+        default="robustness.json",
+        metadata={
+            "help": "JSON file RobustnessCallback writes in output_dir (empty: none; recipe runs use the report)."
+        },
+    )
     verify_weights: bool = field(
         default=True, metadata={"help": "Hash the weights before and after; raise if the checks changed them."}
     )

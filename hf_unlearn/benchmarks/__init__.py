@@ -16,11 +16,11 @@ def evaluate_model(
     model_name: str | None = None,
     **settings,
 ) -> BenchmarkResult:
-    """Evaluate an in-memory model; the main process writes the JSON files when ``output_dir`` is given."""
+    """Evaluate an in-memory model; the main process writes the per-example JSON when ``output_dir`` is given."""
     evaluator = get(benchmark, **settings) if isinstance(benchmark, str) else benchmark
     result = evaluator.evaluate(model, tokenizer)
     if output_dir is not None and process_info()[0] == 0:
-        result.save(output_dir, model_name=model_name)
+        result.save_per_example(output_dir, model_name=model_name)
     return result
 
 

@@ -44,17 +44,19 @@ class BenchmarkResult:
         data.pop("per_example")
         return _json_safe(data)
 
-    def save(self, output_dir: str | Path, model_name: str | None = None) -> tuple[Path, Path]:
-        """Write ``<name>_summary.json`` and ``<name>_per_example.json`` into ``output_dir``; return both paths."""
+    def save_per_example(self, output_dir: str | Path, model_name: str | None = None) -> Path:
+        """Write ``<name>_per_example.json`` (the per-example records) into ``output_dir``, atomically.
+
+        The aggregate numbers go into the run's ``unlearn_report.json`` (``hf_unlearn.report``), not here.
+        """
+        from hf_unlearn.io import atomic_write_text
+
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        stem = self.benchmark.replace("/", "_")
-        summary_path, examples_path = out / f"{stem}_summary.json", out / f"{stem}_per_example.json"
-        summary = {"model": model_name, **self.summary()}
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        path = out / f"{self.benchmark.replace('/', '_')}_per_example.json"
         per_example = {"benchmark": self.benchmark, "model": model_name, "splits": _json_safe(self.per_example)}
-        examples_path.write_text(json.dumps(per_example) + "\n")
-        return summary_path, examples_path
+        atomic_write_text(path, json.dumps(per_example) + "\n")
+        return path
 
     def table(self) -> str:
         """A two-column text table of the metrics, unavailable ones with their reason."""

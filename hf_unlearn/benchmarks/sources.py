@@ -38,6 +38,10 @@ class DataSource:
     def prepare(self) -> None:
         """Anything to write before the data is read (main process only); nothing by default."""
 
+    def datasets(self) -> list[str]:
+        """Where the data comes from, for the model card's `datasets` (Hub ids, or local paths)."""
+        return []
+
 
 class TofuSource(DataSource):
     """TOFU's QA splits (`forget_split` and its complement), evaluated with the TOFU metrics."""
@@ -59,6 +63,9 @@ class TofuSource(DataSource):
         self.retain_split = retain_split or self.names["retain"]
         self.template, self.max_length = template, max_length
         self.retain_model, self.max_new_tokens = retain_model, max_new_tokens
+
+    def datasets(self) -> list[str]:
+        return [str(self.data_dir) if self.data_dir else "locuslab/TOFU"]
 
     def _qa(self, split: str, tokenizer) -> QADataset:
         source = f"{self.data_dir or 'locuslab/TOFU'}:{split}"
@@ -112,6 +119,9 @@ class TextSource(DataSource):
     ):
         self.forget_file, self.retain_file, self.text_field = forget_file, retain_file, text_field
         self.max_length, self.data_dir, self.benchmark_settings = max_length, data_dir, benchmark_settings
+
+    def datasets(self) -> list[str]:
+        return [str(p) for p in (self.forget_file, self.retain_file) if p]
 
     def _blocks(self, path, tokenizer) -> TextBlockDataset:
         texts = read_texts(path, self.text_field)

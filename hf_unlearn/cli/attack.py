@@ -1,14 +1,13 @@
 """`hf-unlearn attack --model DIR`: relearning and quantization attacks on a saved model, post hoc.
 
 Evaluates with a registered benchmark (``--benchmark tofu``) or, for a quick offline check, ``--benchmark nll``
-(mean answer NLL on the forget and retain splits). Writes ``robustness.json`` in the callback's schema, with one
-run whose trigger is ``post_hoc``. The attack settings and their defaults are `RobustnessConfig`'s, the one source.
+(mean answer NLL on the forget and retain splits). Writes the run's ``unlearn_report.json`` / ``.md`` and plots,
+the same report a recipe run writes. The attack settings and their defaults are `RobustnessConfig`'s, the one source.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def add_arguments(parser):
         "--relearn_data", default=None, help="JSON Lines of QA or text rows to relearn on (default: the forget split)."
     )
     add_config_arguments(parser, RobustnessConfig, ATTACK_FIELDS)
-    common.add_output_dir(parser, "outputs/attack", "Where robustness.json goes.")
+    common.add_output_dir(parser, "outputs/attack", "Where unlearn_report.json / .md and the plots go.")
     common.add_device(parser)
 
 
@@ -84,9 +83,11 @@ def _eval_fn(args, data_dir):
 def main(args):
     from datasets import load_dataset
 
-    from hf_unlearn.attacks.robustness import RESULTS_FORMAT, robustness_checks
+    from hf_unlearn.attacks.robustness import robustness_checks
     from hf_unlearn.benchmarks.tofu_data import default_tofu_dir, load_tofu
+    from hf_unlearn.cli.eval import EVALUATED, command_line
     from hf_unlearn.loading import check_model_path, load_model_and_tokenizer
+    from hf_unlearn.report import REPORT_FILE, UnlearnReport
 
     config = RobustnessConfig(**{name: getattr(args, name) for name in ATTACK_FIELDS})
     check_model_path(args.model, "--model")
@@ -104,15 +105,16 @@ def main(args):
         relearn_rows = load_dataset("json", data_files=args.relearn_data, split="train")
     else:
         relearn_rows = load_tofu(args.forget_split, data_dir)
-    results = robustness_checks(model, tokenizer, _eval_fn(args, data_dir), relearn_rows, config, original)
-    document = {
-        "format": RESULTS_FORMAT,
-        "model": args.model,
-        "config": dataclasses.asdict(config),
-        "runs": [{"trigger": "post_hoc", "global_step": None, **results}],
-    }
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "robustness.json").write_text(json.dumps(document, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k != "relearn"}, indent=2))
-    print(f"Wrote {out / 'robustness.json'}")
+    report = UnlearnReport(
+        base_model=args.model,
+        benchmark=args.benchmark,
+        command=command_line("attack"),
+        recipe={"attack": dataclasses.asdict(config), "original_model": args.original_model},
+    )
+    with report.timed("attacks"):
+        results = robustness_checks(model, tokenizer, _eval_fn(args, data_dir), relearn_rows, config, original)
+    report.add_evaluation(EVALUATED, results["unlearned"])
+    report.add_attacks(results, label=f"{args.model} (post hoc)")
+    report.save(args.output_dir)
+    print(report.to_markdown())
+    print(f"Wrote {Path(args.output_dir) / REPORT_FILE}")

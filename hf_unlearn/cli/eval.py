@@ -15,6 +15,20 @@ from hf_unlearn.benchmarks import evaluate_model, get
 from hf_unlearn.benchmarks.sharding import process_info
 from hf_unlearn.cli import common
 from hf_unlearn.loading import check_model_path, load_model_and_tokenizer
+from hf_unlearn.report import REPORT_FILE, UnlearnReport
+
+
+EVALUATED = "evaluated_model"
+
+
+def command_line(command: str) -> str:
+    """This invocation as a command to rerun (what `sys.argv` holds after the command's name)."""
+    import shlex
+    import sys
+
+    argv = sys.argv[1:]
+    rest = argv[argv.index(command) + 1 :] if command in argv else argv
+    return shlex.join(["hf-unlearn", command, *rest])
 
 
 CLI_BENCHMARKS = ("tofu", "tofu-legacy", "muse", "wmdp")
@@ -101,8 +115,11 @@ def run_eval(args: argparse.Namespace) -> str:
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.model)
     result = evaluate_model(model, tokenizer, benchmark, output_dir, args.model)
     stem = result.benchmark.replace("/", "_")
-    table = f"{result.table()}\nwrote {output_dir / f'{stem}_summary.json'} and {stem}_per_example.json"
+    table = f"{result.table()}\nwrote {output_dir / REPORT_FILE} and {stem}_per_example.json"
     if process_info()[0] == 0:
+        report = UnlearnReport(base_model=args.model, benchmark=result.benchmark, command=command_line("eval"))
+        report.add_evaluation(EVALUATED, result)
+        report.save(output_dir)
         print(table)
     return table
 

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 
@@ -36,9 +35,10 @@ def main_argv(argv: list[str]) -> int:
     from hf_unlearn.recipes import parse_recipe
 
     parsed = parse_recipe(recipe, overrides)
-    summary = run(parsed)
+    report = run(parsed)
     if parsed.config.process_index == 0:
-        print(json.dumps(summary, indent=2))
+        print(report.to_markdown())
+        print(f"Wrote {parsed.config.output_dir} (model, unlearn_report.json/.md, plots, README.md model card)")
     return 0
 
 
