@@ -4,6 +4,7 @@
 - :class:`PairingEpochCallback`: re-pairs forget and retain examples each epoch on every process.
 - :class:`RobustnessCallback`: relearning and quantization attacks at train end (``hf_unlearn.attacks``).
 - :class:`ComputeAccountingCallback`: counts forward and backward passes per phase (FO / ZO) for the report.
+- :class:`ComputeBudgetCallback`: stops training once those passes reach a budget (compute-matched sweeps).
 """
 
 from __future__ import annotations
@@ -317,6 +318,33 @@ class ComputeAccountingCallback(TrainerCallback):
     def to_dict(self) -> dict:
         """``{"per_process": True, "counted_by": ..., "fo": {<COUNTED>: n}, "zo": {<COUNTED>: n}}``."""
         return {"per_process": True, "counted_by": "module hooks", **{k: dict(v) for k, v in self.totals.items()}}
+
+
+def passes(counts: dict) -> int:
+    """Model passes of a compute record (one phase's counts): forwards, reference forwards and backwards, each one."""
+    return int(counts.get("forwards", 0) + counts.get("reference_forwards", 0) + counts.get("backwards", 0))
+
+
+class ComputeBudgetCallback(TrainerCallback):
+    """Stops training after the optimizer step at which the passes `accounting` counted reach `budget`.
+
+    A pass is one forward, reference forward or backward (:func:`passes`), so runs with different optimizers can be
+    stopped at equal compute: a ZO step costs forwards only, a first-order step forwards and backwards. The step
+    that crosses the budget finishes (a step is never cut in half); `accounting` must be added to the trainer
+    before this callback, so its counts include the step just ended.
+    """
+
+    def __init__(self, accounting: ComputeAccountingCallback, budget: int):
+        if budget < 1:
+            raise ValueError(f"compute_budget={budget} must be >= 1 model pass")
+        self.accounting, self.budget = accounting, budget
+
+    def spent(self) -> int:
+        return sum(passes(counts) for counts in self.accounting.totals.values())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.spent() >= self.budget:
+            control.should_training_stop = True
 
 
 def _tensors(output):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from hf_unlearn.benchmarks.sources import DataSource, source_from_recipe
-from hf_unlearn.callbacks import ComputeAccountingCallback, RobustnessCallback
+from hf_unlearn.callbacks import ComputeAccountingCallback, ComputeBudgetCallback, RobustnessCallback
 from hf_unlearn.loading import load_model_and_tokenizer
 from hf_unlearn.recipes import Recipe
 from hf_unlearn.report import AFTER, BEFORE, UnlearnReport
@@ -80,9 +80,13 @@ def new_report(recipe: Recipe, source: DataSource) -> UnlearnReport:
     )
 
 
-def run(recipe: Recipe) -> UnlearnReport:
+def run(recipe: Recipe, compute_budget: int | None = None) -> UnlearnReport:
     """Train the recipe's method, save the unlearned model, evaluate / attack it if the recipe asks, and write its
-    report and model card into `output_dir` (then push, with `push_to_hub`)."""
+    report and model card into `output_dir` (then push, with `push_to_hub`).
+
+    `compute_budget`: stop training once the model's forward + backward passes (per process, as the report's
+    compute accounting counts them) reach it; `hf-unlearn sweep --compute_budget` uses it for compute-matched runs.
+    """
     from transformers import AutoConfig
 
     script, config = recipe.script, recipe.config
@@ -106,7 +110,9 @@ def run(recipe: Recipe) -> UnlearnReport:
         callbacks=[checks] if checks else [],
         model_config_checked=True,
     )
-    ComputeAccountingCallback.for_trainer(trainer)
+    accounting = ComputeAccountingCallback.for_trainer(trainer)
+    if compute_budget is not None:
+        trainer.add_callback(ComputeBudgetCallback(accounting, compute_budget))
     if script.evaluate_before_training and (script.evaluate or script.robustness):
         with report.timed("evaluate_before"):
             report.add_evaluation(BEFORE, source.evaluate(model.eval(), tokenizer, **evaluation_settings(config)))

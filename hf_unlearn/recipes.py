@@ -26,6 +26,8 @@ from transformers import HfArgumentParser
 DATA_SOURCES = ("tofu", "synthetic", "muse", "wmdp", "jsonl")
 # A self-launching recipe's first line (see hf_unlearn.launch): Python runs it, YAML reads a key the parser drops.
 LAUNCH_KEY = "launch"
+# A recipe's `sweep:` section (optimizers, seeds) is read by `hf-unlearn sweep`; a single run ignores it.
+SWEEP_KEY = "sweep"
 LAUNCH_LINE = f'{LAUNCH_KEY}: str = __import__("hf_unlearn.launch").launch.run_this_recipe(__file__)'
 # Old key -> (new key, old value -> new value). Each warns once per parse and keeps working.
 DEPRECATED_KEYS = {
@@ -190,6 +192,7 @@ def load_recipe(path: str | Path) -> dict:
     if not isinstance(values, dict):
         raise ValueError(f"Recipe {path} must be a YAML mapping of key: value lines.")
     values.pop(LAUNCH_KEY, None)  # a self-launching recipe's first line, for Python's eyes only (hf_unlearn.launch)
+    values.pop(SWEEP_KEY, None)
     return values
 
 

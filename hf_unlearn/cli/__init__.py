@@ -17,6 +17,7 @@ import sys
 COMMANDS = {
     "run": "Run an unlearning recipe (YAML; flags after it override its keys).",
     "finetune": "Fine-tune the target and the retain model on a benchmark's QA data with trl.SFTTrainer.",
+    "sweep": "Run a recipe per (optimizer, seed), attack each run, compare them in one report with mean ± std.",
     "demo": "Run the embedded end-to-end demo on a tiny model and the synthetic benchmark.",
     "eval": "Evaluate a model on TOFU, MUSE or WMDP; write summary and per-example JSON.",
     "attack": "Relearning and quantization attacks on a saved model, evaluated.",
@@ -27,7 +28,7 @@ COMMANDS = {
     "push": "Push a finished run (weights, card, report, plots, recipe) to the Hugging Face Hub.",
 }
 # Commands that parse their own argv (a recipe's keys are only known once the recipe is read).
-RAW_ARGV = {"run", "finetune"}
+RAW_ARGV = {"run", "finetune", "sweep"}
 
 
 def debug_requested(argv: list[str]) -> bool:
