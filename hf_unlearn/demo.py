@@ -1,41 +1,48 @@
-"""The embedded demo (`hf-unlearn demo`): the whole pipeline on a tiny model and the synthetic benchmark, offline.
+"""The embedded demo (`hf-unlearn demo`): a small optimizer sweep on a tiny model and the synthetic benchmark, offline.
 
 1. Write the synthetic fictitious-author benchmark and train a tokenizer on it.
-2. Fine-tune a tiny Llama on every author plus the general-knowledge sets (the "original" model) and another on
-   the retain authors only (the "retain" model, whose statistics give forget quality and privleak).
-3. Unlearn the forget authors with NPO through `recipes/demo.yaml`, once per optimizer (Adam, the FO-ZO hybrid,
-   AdaZO alone), each followed by the robustness checks: relearning and 4-bit quantization, evaluated with the
-   TOFU metrics.
-4. Add a control: the original weights plus isotropic noise of the size of AdaZO's change, tensor by tensor (at
-   small scale ZO unlearning can look like plain noise; the control tells the two apart).
-5. Print one table and write `report.json` / `report.md`.
+2. Fine-tune a tiny Llama on every author plus the general-knowledge sets (the "original" model, which unlearning
+   edits) and another on the retain authors only (the "retain" model, whose statistics give forget quality).
+3. Run `hf-unlearn sweep` on `recipes/demo.yaml` (NPO) with Adam, signAdam, Q(m;4), Sophia, AdaZO and the FO-ZO
+   hybrid, three seeds each, in two learning-rate regimes (:data:`REGIMES`):
+
+   - ``paper``: the paper's setting scaled to this model; unlearning moves many of the 4-bit codes;
+   - ``small_change``: a learning rate and step count at which unlearning changes only a few percent of the 4-bit
+     codes, as with 7B models at lr 1e-5; there quantization can snap weights back and the attack can bite.
+
+   Each run is attacked (relearning, 4- and 8-bit quantization) and compared with the controls (the original and
+   retain models, and noise matched to each ZO / hybrid run's weight change).
+4. Print both tables (mean ± std over seeds) and write each regime's sweep report and plots, plus
+   ``demo_report.md`` with both tables.
 
 The numbers are what this tiny model measures, not the paper's 7B results.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import torch
-from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 from hf_unlearn.benchmarks.tofu_data import load_tofu
 from hf_unlearn.data import DataCollatorForUnlearning, QADataset
-from hf_unlearn.loading import load_model_and_tokenizer
+from hf_unlearn.io import atomic_write_text
+from hf_unlearn.sweep import noise_control  # noqa: F401  (kept importable from here)
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
 
 
 DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
-VARIANTS = {"adam": "adamw", "hybrid": "hybrid", "zo": "adazo"}
-COLUMNS = {  # report column -> metric key
-    "forget prob": "forget_prob",
-    "forget ROUGE": "forget_rouge_l_recall",
-    "model utility": "model_utility",
-    "forget quality": "forget_quality",
-}
+OPTIMIZERS = ("adamw", "signadam", "qadam:4", "sophia", "adazo", "hybrid")
+# regime -> recipe keys for every run of it (the recipe's own values otherwise).
+REGIMES = {
+    "paper": [],
+    "small_change": ["--learning_rate", "1e-5", "--zo_learning_rate", "1e-6", "--max_steps", "20",
+                     "--hybrid_fo_steps", "5", "--relearn_lr", "3e-4"],
+}  # fmt: skip
+# Every run of the demo: two relearning budgets, a 4-bit and (added by the sweep) an 8-bit round-to-nearest
+# quantization, no evaluation before training (the original-model control is that evaluation, made once).
+DEMO_KEYS = ["--relearn_steps", "5", "10", "--quantization", "rtn4", "--evaluate_before_training", "false"]
 
 
 def finetune(tokenizer, rows, output_dir: Path, epochs: int, seed: int) -> Path:
@@ -62,145 +69,83 @@ def finetune(tokenizer, rows, output_dir: Path, epochs: int, seed: int) -> Path:
     return output_dir
 
 
-def unlearn(recipe: str, variant: str, out: Path, overrides: list[str]) -> dict:
-    """Run the recipe with one optimizer; returns the robustness record of its train-end checks."""
-    from hf_unlearn.pipeline import run
-    from hf_unlearn.recipes import parse_recipe
-
-    output_dir = out / f"npo_{variant}"
-    flags = [*overrides, "--optimizer", VARIANTS[variant], "--output_dir", str(output_dir)]
-    (attack,) = run(parse_recipe(recipe, flags)).attacks
-    return {
-        "unlearned": attack.unlearned.values,
-        "relearn": {"curve": [{"step": p.step, "metrics": p.metrics.values} for p in attack.relearn]},
-        "quantization": {
-            q.kind: {"metrics": q.metrics.values, "codes_changed_fraction": q.codes_changed_fraction}
-            for q in attack.quantization
-        },
-    }
-
-
-def noise_control(original: Path, unlearned: Path, output_dir: Path, seed: int) -> Path:
-    """The original model plus Gaussian noise whose norm equals unlearning's change, tensor by tensor."""
-    model, tokenizer = load_model_and_tokenizer(original)
-    moved = AutoModelForCausalLM.from_pretrained(unlearned).state_dict()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, weight in model.named_parameters():
-            noise = torch.randn(weight.shape, generator=generator)
-            weight.add_(noise * ((moved[name] - weight).norm() / noise.norm()))
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
-    return output_dir
-
-
-def reference_row(name: str, path: Path, data_dir: Path, retain: Path) -> dict:
-    from hf_unlearn.benchmarks import evaluate_model
-
-    model, tokenizer = load_model_and_tokenizer(path, device="cpu")
-    result = evaluate_model(
-        model, tokenizer, "tofu", path / "eval", data_dir=str(data_dir), retain_model=str(retain),
-        max_new_tokens=48, max_length=128, show_progress=False,
-    )  # fmt: skip
-    return {"model": name, "unlearned": result.metrics}
-
-
-def table(rows: list[dict]) -> str:
-    """Markdown table: metrics of each model, after its largest relearning budget and after each quantization."""
-
-    def fmt(value) -> str:
-        return "n/a" if value is None else f"{value:.3f}"
-
-    header = ["model", *COLUMNS]
-    relearn_k = quant_kinds = None
-    for row in rows:
-        if row.get("relearn"):
-            relearn_k = row["relearn"]["curve"][-1]["step"]
-            quant_kinds = list(row["quantization"])
-    if relearn_k:
-        header += [f"forget prob after relearn {relearn_k}"]
-    header += [f"forget prob after {kind}" for kind in quant_kinds or []]
-    header += [f"{kind} codes changed" for kind in quant_kinds or []]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [row["model"], *(fmt(row["unlearned"].get(key)) for key in COLUMNS.values())]
-        if relearn_k:
-            cells.append(fmt(row["relearn"]["curve"][-1]["metrics"]["forget_prob"]) if row.get("relearn") else "")
-        quantization = row.get("quantization") or {}
-        cells += [
-            fmt(quantization[k]["metrics"]["forget_prob"]) if k in quantization else "" for k in quant_kinds or []
-        ]
-        cells += [
-            fmt(quantization[k]["codes_changed_fraction"]) if k in quantization else "" for k in quant_kinds or []
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def quantization_note(rows: list[dict]) -> str:
-    """Say whether the quantization attack could bite: only if unlearning left most 4-bit codes as they were."""
-    changed = [
-        record["codes_changed_fraction"]
-        for row in rows
-        for record in (row.get("quantization") or {}).values()
-        if record["codes_changed_fraction"] is not None
-    ]
-    if not changed:
-        return "No quantization codes were compared."
-    return (
-        f"Unlearning changed {min(changed):.0%}-{max(changed):.0%} of the 4-bit codes. Quantization can only restore "
-        "knowledge where the codes snap back to the original model's (a few percent changed, as for 7B models at "
-        "lr 1e-5); where many codes changed, as on this tiny model, the attack cannot bite and its rows measure "
-        "quantization noise only."
-    )
-
-
 def run_demo(
     output_dir: str | Path = "outputs/demo",
     recipe: str | Path = DEFAULT_RECIPE,
     num_authors: int = 20,
     finetune_epochs: int = 30,
-    variants: list[str] | None = None,
+    optimizers: list[str] | None = None,
+    seeds: int = 3,
+    regimes: list[str] | None = None,
+    max_new_tokens: int = 16,
+    extra: list[str] | None = None,
     seed: int = 0,
-) -> list[dict]:
-    """Run the demo end to end; print and write the report; return its rows."""
+) -> dict[str, dict]:
+    """Run the demo end to end; print and write the reports; return each regime's sweep report."""
     import datasets
     from transformers.utils import logging
+
+    from hf_unlearn.sweep import SweepSettings, main_table, run_sweep
 
     # The demo prints its own progress; per-file load/save bars from the libraries would drown it.
     datasets.disable_progress_bars()
     logging.disable_progress_bar()
     out = Path(output_dir)
-    variants = list(VARIANTS) if variants is None else variants
+    regimes = list(REGIMES) if regimes is None else regimes
+    unknown = [r for r in regimes if r not in REGIMES]
+    if unknown:
+        raise ValueError(f"--regimes {' '.join(unknown)}: choose from {', '.join(REGIMES)}")
     if not Path(recipe).is_file():
         raise FileNotFoundError(f"Demo recipe {recipe} not found; pass --recipe recipes/demo.yaml from the repo.")
     data_dir = write_synthetic_tofu(out / "data", num_authors=num_authors, seed=seed)
-    full, retain = load_tofu("full", data_dir), load_tofu("retain90", data_dir)
-    general = [*load_tofu("real_authors_perturbed", data_dir), *load_tofu("world_facts_perturbed", data_dir)]
-    texts = [r["question"] + " " + r["answer"] for split in ("full", "holdout10") for r in load_tofu(split, data_dir)]
-    tokenizer = train_tokenizer(texts + [r["question"] + " " + r["answer"] for r in general], vocab_size=1024)
+    models = {name: out / name for name in ("original", "retain")}
+    if not all((path / "model.safetensors").is_file() for path in models.values()):  # a rerun resumes here
+        full, retain = load_tofu("full", data_dir), load_tofu("retain90", data_dir)
+        general = [*load_tofu("real_authors_perturbed", data_dir), *load_tofu("world_facts_perturbed", data_dir)]
+        texts = [r["question"] + " " + r["answer"] for s in ("full", "holdout10") for r in load_tofu(s, data_dir)]
+        tokenizer = train_tokenizer(texts + [r["question"] + " " + r["answer"] for r in general], vocab_size=1024)
+        print("Fine-tuning the original and the retain model ...", flush=True)
+        finetune(tokenizer, [*full, *general], models["original"], finetune_epochs, seed)
+        finetune(tokenizer, [*retain, *general], models["retain"], finetune_epochs, seed)
 
-    print("Fine-tuning the original and the retain model ...")
-    original = finetune(tokenizer, [*full, *general], out / "original", finetune_epochs, seed)
-    retain_model = finetune(tokenizer, [*retain, *general], out / "retain", finetune_epochs, seed)
-    rows = [reference_row("original", original, data_dir, retain_model)]
-    rows.append(reference_row("retain (target)", retain_model, data_dir, retain_model))
-
-    overrides = [
-        "--model_name_or_path", str(original), "--data_source", "tofu", "--data_dir", str(data_dir),
-        "--retain_model", str(retain_model), "--robustness", "true", "--report_codes_changed", "true",
-        "--eval_max_new_tokens", "48", "--disable_tqdm", "true", "--seed", str(seed),
+    common = [
+        "--model_name_or_path", str(models["original"]), "--data_source", "tofu", "--data_dir", str(data_dir),
+        "--retain_model", str(models["retain"]), "--eval_max_new_tokens", str(max_new_tokens),
+        "--disable_tqdm", "true", *DEMO_KEYS,
     ]  # fmt: skip
-    for variant in variants:
-        print(f"Unlearning with NPO + {variant}, then attacking the result ...")
-        rows.append({"model": f"NPO + {variant}", **unlearn(str(recipe), variant, out, overrides)})
-    if "zo" in variants:
-        control = noise_control(original, out / "npo_zo", out / "noise_control", seed)
-        rows.append(reference_row("noise of the size of NPO + zo", control, data_dir, retain_model))
+    reports, sections = {}, []
+    for regime in regimes:
+        print(f"Sweep, {regime} regime: {', '.join(optimizers or OPTIMIZERS)} x {seeds} seeds ...", flush=True)
+        settings = SweepSettings(
+            recipe=str(recipe), optimizers=list(optimizers or OPTIMIZERS), seeds=list(range(seed, seed + seeds)),
+            output_dir=str(out / regime), overrides=[*common, *REGIMES[regime], *(extra or [])],
+            title=f"hf_unlearn demo: {regime} regime",
+        )  # fmt: skip
+        report = run_sweep(settings, on_cell=lambda line: print(line, flush=True))
+        reports[regime] = report
+        flags = " ".join(REGIMES[regime]) or "the recipe's own (recipes/demo.yaml)"
+        text = f"{main_table(report)}\n\n{quantization_note(report)}"
+        sections += [f"## {regime} regime", "", f"Recipe keys: {flags}", "", text, "",
+                     f"Full report and plots: {regime}/sweep_report.md", ""]  # fmt: skip
+        print(f"\n{regime} regime (mean ± std over {seeds} seeds):\n{text}\n", flush=True)
+    atomic_write_text(out / "demo_report.md", "# hf_unlearn demo\n\n" + "\n".join(sections))
+    print(f"Reports: {out}/demo_report.md and {out}/<regime>/sweep_report.{{md,json}} (+ plots, one folder per run)")
+    return reports
 
-    report = table(rows) + "\n\n" + quantization_note(rows)
-    (out / "report.json").write_text(json.dumps(rows, indent=2))
-    (out / "report.md").write_text(f"# hf_unlearn demo\n\n{report}\n")
-    print(report)
-    print(f"Models (each with its unlearn_report.json and model card) and report.md/report.json are in {out}")
-    return rows
+
+def quantization_note(report: dict) -> str:
+    """How many 4-bit codes unlearning changed, and how much of the forgetting 4-bit quantization undid."""
+    summary = report["summary"]
+    codes = [k for k in report["columns"] if k["key"].startswith("codes_changed/")]
+    if not codes:
+        return "No quantization codes were compared."
+    kind = codes[0]["key"].split("/")[1]
+    changed = [r["columns"][f"codes_changed/{kind}"]["mean"] for r in summary]
+    undone = [r["columns"].get(f"recovered/{kind}", {}).get("mean") for r in summary]
+    changed = [c for c in changed if c is not None]
+    undone = [u for u in undone if u is not None]
+    text = f"Unlearning changed {min(changed):.1%}-{max(changed):.1%} of the {kind} codes (mean per optimizer)."
+    if undone:
+        text += (f" {kind} quantization undid between {min(undone):.0%} and {max(undone):.0%} of the forgetting "
+                 f"({report['forget_metric']}; mean per optimizer).")  # fmt: skip
+    return text

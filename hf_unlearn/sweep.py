@@ -33,7 +33,6 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from hf_unlearn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from hf_unlearn.optim.args import KNOWN_OPTIMIZERS, ZEROTH_ORDER_OPTIMIZERS
@@ -52,6 +51,8 @@ CONTROLS_DIR = "controls"
 UTILITY = "model_utility"
 QUALITY = "forget_quality"
 FOUR_BIT, EIGHT_BIT = ("fp4", "nf4", "rtn4"), ("int8", "rtn8")
+# Below this much forgetting (original - unlearned forget metric) the share an attack undid is a ratio of noise.
+MIN_FORGETTING = 0.05
 
 # The optimizer grade, from the highest (second-order curvature) to the lowest (no gradient at all): Sophia ->
 # AdamW (and the smoothing baselines that wrap it) -> Q(m;8)..Q(m;1) -> signAdam -> ZO -> the FO-ZO hybrid.
@@ -126,7 +127,7 @@ class SweepSettings:
 
     recipe: str
     optimizers: list[str]
-    seeds: list[int]
+    seeds: list[int] | int  # the seeds, or a count (3: the recipe's seed and the next two)
     output_dir: str | None = None  # default: the recipe's output_dir
     overrides: list[str] = field(default_factory=list)  # recipe keys, for every cell
     only: list[str] | None = None  # "optimizer:seed" cells to run (training only; no report)
@@ -365,7 +366,8 @@ def compute_record(compute: dict | None) -> dict:
     if not compute:
         return {}
     phases = [compute.get(p) or {} for p in ("fo", "zo")]
-    total = {k: sum(int(c.get(k, 0)) for c in phases) for k in ("steps", "forwards", "reference_forwards", "backwards")}
+    keys = ("steps", "forwards", "reference_forwards", "backwards")
+    total = {k: sum(int(c.get(k, 0)) for c in phases) for k in keys}
     return {**total, "passes": sum(passes(c) for c in phases), "zo_steps": int(phases[1].get("steps", 0))}
 
 
@@ -418,7 +420,7 @@ def cell_value(cell: dict, key: str, original: dict | None, metric: str) -> floa
     if group == "recovered":  # (quantized - unlearned) / (original - unlearned): 0 = nothing undone, 1 = all
         before = (original or {}).get(metric)
         after, quantized = cell["unlearned"].get(metric), cell["quantized"].get(name)
-        if None in (before, after, quantized) or abs(before - after) < 1e-12:
+        if None in (before, after, quantized) or abs(before - after) < MIN_FORGETTING:
             return None
         return (quantized - after) / (before - after)
     if group == "codes_changed":
@@ -433,10 +435,10 @@ def summarise(cells: list[dict], cols, original: dict | None, metric: str) -> li
     rows = []
     for spec in dict.fromkeys(c["optimizer"] for c in sorted(cells, key=lambda c: (c["grade"], c["seed"]))):
         mine = [c for c in cells if c["optimizer"] == spec]
-        rows.append({
-            "optimizer": spec, "label": mine[0]["label"], "grade": mine[0]["grade"], "seeds": [c["seed"] for c in mine],
-            "columns": {key: mean_std([cell_value(c, key, original, metric) for c in mine]) for key, _ in cols},
-        })  # fmt: skip
+        stats = {key: mean_std([cell_value(c, key, original, metric) for c in mine]) for key, _ in cols}
+        seeds = [c["seed"] for c in mine]
+        rows.append({"optimizer": spec, "label": mine[0]["label"], "grade": mine[0]["grade"], "seeds": seeds,
+                     "columns": stats})  # fmt: skip
     return rows
 
 
@@ -473,9 +475,7 @@ def utility_matched(cell_objs, cells, evaluator, base, settings, metric) -> dict
     out = {"target": target, "target_source": source, "checkpoints_per_run": settings.checkpoints, "runs": []}
     if target is None:
         return out
-    robustness = dataclasses.replace(
-        base.robustness, quantization=quantization_kinds(base.robustness.quantization)
-    )
+    robustness = dataclasses.replace(base.robustness, quantization=quantization_kinds(base.robustness.quantization))
     for cell, record in zip(cell_objs, cells):
         report = UnlearnReport.load(cell.output_dir)
         points = checkpoint_metrics(cell, report, evaluator)
@@ -586,7 +586,13 @@ def run_sweep(settings: SweepSettings, on_cell=print) -> dict | None:
     from hf_unlearn.recipes import parse_recipe
     from hf_unlearn.report import UnlearnReport
 
-    base = parse_recipe(settings.recipe, settings.overrides)  # bad keys fail here, before any weight loads
+    specs = [OptimizerSpec.parse(s) for s in settings.optimizers]
+    if not specs:
+        raise ValueError("No optimizers: pass --optimizers adamw adazo ... or give the recipe a sweep: section")
+    # The recipe as its first cell runs it: keys that only hold for the recipe's own optimizer (a hybrid schedule
+    # that max_steps must fit, say) are not checked for cells that do not use it.
+    base = parse_recipe(settings.recipe, [*settings.overrides, *specs[0].flags()])
+    settings.seeds = seeds_from(settings.seeds, base.config.seed)
     if settings.output_dir is None:
         settings.output_dir = base.config.output_dir
     if settings.compute_budget is not None and settings.compute_budget < 1:
@@ -594,13 +600,14 @@ def run_sweep(settings: SweepSettings, on_cell=print) -> dict | None:
     if settings.checkpoints < 0:
         raise ValueError(f"--checkpoints {settings.checkpoints}: must be >= 0")
     cells = plan(settings, base)
+    for cell in cells:  # every cell's settings are checked before the first one trains
+        parse_recipe(settings.recipe, cell_overrides(settings, cell, base))
     todo = select(cells, settings.only) if settings.only else cells
     for cell in todo:
         if cell_complete(cell, base.robustness):
             on_cell(f"[sweep] {cell.name}: finished earlier ({cell.output_dir})")
             continue
         on_cell(f"[sweep] {cell.name}: running into {cell.output_dir}")
-        cell_overrides(settings, cell, base)  # fail on settings before a cell's folder is touched
         run_cell(settings, cell, base)
     if settings.only:
         return None
@@ -630,8 +637,11 @@ def run_sweep(settings: SweepSettings, on_cell=print) -> dict | None:
         "base_model": base.script.model_name_or_path,
         "forget_metric": metric,
         "seeds": list(settings.seeds),
-        "optimizers": [{"spec": c.optimizer.spec, "label": c.optimizer.label, "grade": c.optimizer.grade}
-                       for c in cells if c.seed == settings.seeds[0]],  # fmt: skip
+        "optimizers": [
+            {"spec": c.optimizer.spec, "label": c.optimizer.label, "grade": c.optimizer.grade}
+            for c in cells
+            if c.seed == settings.seeds[0]
+        ],  # fmt: skip
         "compute_budget": settings.compute_budget,
         "columns": [{"key": k, "header": h} for k, h in cols],
         "cells": records,
@@ -685,6 +695,17 @@ def matched_table(report: dict) -> str:
     return "\n".join(lines) + "\n\n" + note
 
 
+TABLE_NOTE = (
+    "Rows run from the highest optimizer grade (Sophia) to the lowest (zeroth order, hybrid). *Share of forgetting "
+    "undone* = (metric after quantization - unlearned) / (original - unlearned): 0 means the attack restored nothing, "
+    "1 all of it; it is left empty where unlearning forgot less than {min_forgetting} of the metric. Quantization can "
+    "only restore knowledge where the 4-bit codes snap back to the original model's, so read it next to *codes "
+    "changed*. Forwards and backwards are per process, from each run's compute accounting. Controls are evaluated "
+    "only (not attacked); a noise control adds Gaussian noise to the original weights with the norm of the run's "
+    "change, tensor by tensor."
+)
+
+
 def write_report(report: dict, out: Path) -> list[Path]:
     written = [atomic_write_json(out / SWEEP_REPORT_FILE, report)]
     plots = {RELEARN_PLOT: relearning_figure, GRADE_PLOT: grade_figure, TRADEOFF_PLOT: tradeoff_figure}
@@ -710,13 +731,7 @@ def sweep_markdown(report: dict, plots: Sequence[str] = ()) -> str:
     if report["compute_budget"]:
         lines.append(f"- compute-matched: every run stopped at {report['compute_budget']} model passes")
     lines += ["", "## Optimizers in grade order", "", main_table(report), ""]
-    lines += ["Rows run from the highest optimizer grade (Sophia) to the lowest (zeroth order, hybrid). *Share of "
-              "forgetting undone* = (metric after quantization - unlearned) / (original - unlearned): 0 means the "
-              "attack restored nothing, 1 all of it. Quantization can only restore knowledge where the 4-bit codes "
-              "snap back to the original model's, so read it next to *codes changed*. Forwards and backwards are "
-              "per process, from each run's compute accounting. Controls are evaluated only (not attacked); noise "
-              "controls add Gaussian noise to the original weights with the norm of the run's change, tensor by "
-              "tensor.", ""]  # fmt: skip
+    lines += [TABLE_NOTE.format(min_forgetting=MIN_FORGETTING), ""]
     lines += ["## Utility-matched", "", matched_table(report), ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]

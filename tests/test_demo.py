@@ -1,25 +1,33 @@
-"""The embedded demo (what `make demo` runs), shrunk: it must produce the whole report, end to end."""
+"""The embedded demo (what `make demo` runs), shrunk: a sweep per regime, the table with ±, the plots."""
 
 import json
 
 from hf_unlearn.cli import main
 
 
-def test_demo_writes_the_report_with_every_row(tmp_path, capsys):
+def test_demo_sweeps_both_regimes_and_prints_the_tables(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = ["demo", "--output_dir", str(out), "--num_authors", "6", "--finetune_epochs", "8"]
-    argv += ["--variants", "adam", "zo"]
+    argv = ["demo", "--output_dir", str(out), "--num_authors", "6", "--finetune_epochs", "8", "--seeds", "2"]
+    argv += ["--optimizers", "adamw", "adazo", "--max_steps", "4", "--relearn_steps", "2", "--max_new_tokens", "4"]
     assert main(argv) == 0
-    rows = json.loads((out / "report.json").read_text())
-    assert [r["model"] for r in rows] == [
-        "original", "retain (target)", "NPO + adam", "NPO + zo", "noise of the size of NPO + zo"
-    ]  # fmt: skip
-    assert rows[1]["unlearned"]["forget_quality"] == 1.0  # the retain model against its own statistics
-    for row in rows[2:4]:
-        assert [p["step"] for p in row["relearn"]["curve"]] == [5, 10, 20]
-        assert 0 < row["quantization"]["fp4"]["codes_changed_fraction"] <= 1
-    # AdamW unlearning lowers the forget probability below the original model's
-    assert rows[2]["unlearned"]["forget_prob"] < rows[0]["unlearned"]["forget_prob"]
     printed = capsys.readouterr().out
-    assert "| NPO + adam |" in printed and "of the 4-bit codes" in printed
-    assert (out / "report.md").read_text().startswith("# hf_unlearn demo")
+    for regime in ("paper", "small_change"):
+        report = json.loads((out / regime / "sweep_report.json").read_text())
+        assert [r["label"] for r in report["summary"]] == ["AdamW", "AdaZO"]
+        assert [c["name"] for c in report["controls"]] == [
+            "original", "retain", "noise ~ AdaZO", "noise ~ AdaZO"
+        ]  # fmt: skip
+        assert report["controls"][1]["metrics"]["forget_quality"] == 1.0  # the retain model against its own statistics
+        for cell in report["cells"]:
+            assert [p["step"] for p in cell["relearn"]] == [0, 2] and cell["global_step"] == 4
+            assert 0 < cell["codes_changed"]["rtn4"] <= 1 and set(cell["quantized"]) == {"rtn4", "rtn8"}
+        assert (out / regime / "sweep_grade.png").is_file() and (out / regime / "sweep_relearning.png").is_file()
+        assert f"{regime} regime (mean ± std over 2 seeds)" in printed
+    paper = json.loads((out / "paper" / "sweep_report.json").read_text())
+    small = json.loads((out / "small_change" / "sweep_report.json").read_text())
+    # The small-change regime's learning rate moves fewer 4-bit codes than the paper's
+    codes = [r["summary"][0]["columns"]["codes_changed/rtn4"]["mean"] for r in (paper, small)]
+    assert codes[1] < codes[0]
+    assert "| AdamW | 2 |" in printed and "of the rtn4 codes" in printed
+    assert (out / "demo_report.md").read_text().startswith("# hf_unlearn demo")
+    assert not (out / "report.json").exists()

@@ -1,20 +1,28 @@
-"""`hf-unlearn demo`: the embedded end-to-end demo (see `hf_unlearn.demo`)."""
+"""`hf-unlearn demo`: the embedded demo, a small optimizer sweep (see `hf_unlearn.demo`)."""
 
 from __future__ import annotations
 
-from hf_unlearn.demo import DEFAULT_RECIPE, VARIANTS, run_demo
+from hf_unlearn.demo import DEFAULT_RECIPE, OPTIMIZERS, REGIMES, run_demo
 
 
 def add_arguments(parser):
     parser.add_argument("--output_dir", default="outputs/demo", help="Where the data, models and reports go.")
-    parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="The unlearning recipe every variant runs.")
+    parser.add_argument("--recipe", default=str(DEFAULT_RECIPE), help="The unlearning recipe every run uses.")
     parser.add_argument("--num_authors", type=int, default=20, help="Authors in the synthetic benchmark.")
     parser.add_argument("--finetune_epochs", type=int, default=30, help="Epochs to memorise the benchmark.")
-    parser.add_argument(
-        "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="Optimizers to compare."
-    )
-    parser.add_argument("--seed", type=int, default=0, help="Seed for data, models and training.")
+    parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), help="Optimizers to compare.")
+    parser.add_argument("--seeds", type=int, default=3, help="Seeds per optimizer.")
+    parser.add_argument("--regimes", nargs="+", default=list(REGIMES), choices=list(REGIMES), help="LR regimes.")
+    parser.add_argument("--max_new_tokens", type=int, default=16, help="Generation length of the ROUGE metrics.")
+    parser.add_argument("--max_steps", type=int, default=None, help="Unlearning steps of every run (a smaller demo).")
+    parser.add_argument("--relearn_steps", type=int, nargs="+", default=None, help="Relearning budgets evaluated.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed for data and models; runs use seed..seed+seeds-1.")
 
 
 def main(args):
-    run_demo(args.output_dir, args.recipe, args.num_authors, args.finetune_epochs, args.variants, args.seed)
+    extra = ["--max_steps", str(args.max_steps)] if args.max_steps else []
+    extra += ["--relearn_steps", *map(str, args.relearn_steps)] if args.relearn_steps else []
+    run_demo(
+        args.output_dir, args.recipe, args.num_authors, args.finetune_epochs, args.optimizers, args.seeds,
+        args.regimes, args.max_new_tokens, extra, args.seed,
+    )  # fmt: skip

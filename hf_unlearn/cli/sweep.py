@@ -26,21 +26,27 @@ def sweep_parser() -> argparse.ArgumentParser:
         help="A count (3 = the recipe's seed and the next two) or the seeds themselves (0 5 9).",
     )  # fmt: skip
     parser.add_argument("--output_dir", default=None, help="Where the cells and the report go (default: recipe's).")
-    parser.add_argument("--only", nargs="+", default=None, metavar="OPT:SEED",
-                        help="Run only these cells (e.g. adamw:0), one launch each; a run without it writes the report.")  # fmt: skip
-    parser.add_argument("--checkpoints", type=int, default=0,
-                        help="Checkpoints per run for the utility-matched comparison (0: final models only).")  # fmt: skip
-    parser.add_argument("--utility_target", type=float, default=None,
-                        help="Model utility to match (default: AdamW's mean final utility).")  # fmt: skip
-    parser.add_argument("--compute_budget", type=int, default=None,
-                        help="Stop every run once its forward + backward passes reach this (compute-matched).")  # fmt: skip
+    parser.add_argument(
+        "--only", nargs="+", default=None, metavar="OPT:SEED",
+        help="Run only these cells (e.g. adamw:0), one launch each; a run without it writes the report.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--checkpoints", type=int, default=0,
+        help="Checkpoints per run for the utility-matched comparison (0: final models only).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--utility_target", type=float, default=None, help="Model utility to match (default: AdamW's mean final)."
+    )
+    parser.add_argument(
+        "--compute_budget", type=int, default=None,
+        help="Stop every run once its forward + backward passes reach this (compute-matched).",
+    )  # fmt: skip
     parser.add_argument("--no_controls", action="store_true", help="Skip the original/retain/noise controls.")
     return parser
 
 
 def settings_from_argv(argv: list[str]):
-    from hf_unlearn.recipes import parse_recipe
-    from hf_unlearn.sweep import SweepSettings, seeds_from, sweep_section
+    from hf_unlearn.sweep import SweepSettings, sweep_section
 
     args, overrides = sweep_parser().parse_known_args(argv)
     section = sweep_section(args.recipe)
@@ -50,9 +56,8 @@ def settings_from_argv(argv: list[str]):
     seeds = args.seeds if args.seeds is not None else section.get("seeds", 1)
     if isinstance(seeds, list) and len(seeds) == 1:
         seeds = seeds[0]  # --seeds 3: a count
-    base_seed = parse_recipe(args.recipe, overrides).config.seed
     return SweepSettings(
-        recipe=args.recipe, optimizers=[str(o) for o in optimizers], seeds=seeds_from(seeds, base_seed),
+        recipe=args.recipe, optimizers=[str(o) for o in optimizers], seeds=seeds,
         output_dir=args.output_dir, overrides=overrides, only=args.only, checkpoints=args.checkpoints,
         utility_target=args.utility_target, compute_budget=args.compute_budget, controls=not args.no_controls,
     )  # fmt: skip

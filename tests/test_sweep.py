@@ -1,0 +1,122 @@
+"""`hf-unlearn sweep`: a tiny recipe over two optimizers and two seeds, compared in one report; resumable."""
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from hf_unlearn import pipeline
+from hf_unlearn.cli import main
+from hf_unlearn.report import UnlearnReport
+from hf_unlearn.sweep import SWEEP_SCHEMA_VERSION, OptimizerSpec
+
+
+DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+
+
+def sweep_argv(model_dir, data_dir, out, *extra):
+    return [
+        "sweep", str(DEMO_RECIPE), "--optimizers", "adamw", "adazo", "--seeds", "2", "--output_dir", str(out),
+        "--checkpoints", "1", "--model_name_or_path", str(model_dir), "--data_source", "tofu", "--data_dir",
+        str(data_dir), "--max_steps", "2", "--relearn_steps", "1", "--quantization", "rtn4",
+        "--eval_max_new_tokens", "4", "--disable_tqdm", "true", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def counted_sweep(tmp_path_factory, memorised_model_dir, synthetic_data_dir):
+    """The sweep, run once; `calls` counts the cells `pipeline.run` trained."""
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    calls = []
+    real = pipeline.run
+    patch = pytest.MonkeyPatch()
+    patch.setattr(pipeline, "run", lambda recipe, **kw: calls.append(recipe.config.output_dir) or real(recipe, **kw))
+    try:
+        assert main(sweep_argv(memorised_model_dir, synthetic_data_dir, out)) == 0
+    finally:
+        patch.undo()
+    return out, calls, json.loads((out / "sweep_report.json").read_text())
+
+
+def test_optimizer_specs_and_grade_order():
+    specs = [OptimizerSpec.parse(s) for s in ("hybrid", "qadam:2", "adazo", "adamw", "signadam", "qadam:8", "sophia")]
+    ordered = [s.label for s in sorted(specs, key=lambda s: s.grade)]
+    assert ordered == ["Sophia", "AdamW", "Q(m;8)", "Q(m;2)", "signAdam", "AdaZO", "hybrid FO-ZO"]
+    assert OptimizerSpec.parse("qadam:4").flags() == ["--optimizer", "qadam", "--qadam_bits", "4"]
+    for bad, message in (("qadam", "give qadam its bits"), ("qadam:9", "1..8"), ("adam", "unknown")):
+        with pytest.raises(ValueError, match=message):
+            OptimizerSpec.parse(bad)
+
+
+def test_sweep_writes_the_comparison_with_mean_and_std(counted_sweep):
+    out, calls, report = counted_sweep
+    assert report["schema_version"] == SWEEP_SCHEMA_VERSION and report["forget_metric"] == "forget_prob"
+    assert len(calls) == 4 and {(c["optimizer"], c["seed"]) for c in report["cells"]} == {
+        ("adamw", 0), ("adamw", 1), ("adazo", 0), ("adazo", 1)
+    }  # fmt: skip
+    assert [row["label"] for row in report["summary"]] == ["AdamW", "AdaZO"]  # grade order
+    # A table value against a hand computation from the two AdamW cells' own reports.
+    relearned = []
+    for seed in (0, 1):
+        run = UnlearnReport.load(out / f"adamw_seed{seed}").attacks[-1]
+        assert run.global_step == 2 and {q.kind for q in run.quantization} == {"rtn4", "rtn8"}  # 8-bit added
+        relearned.append(run.relearn[-1].metrics.get("forget_prob"))
+    adamw = report["summary"][0]["columns"]["relearned"]
+    assert adamw["mean"] == pytest.approx(statistics.fmean(relearned))
+    assert adamw["std"] == pytest.approx(statistics.stdev(relearned)) and adamw["std"] > 0
+    table = (out / "sweep_report.md").read_text()
+    assert f"{adamw['mean']:.3f} ± {adamw['std']:.3f}" in table
+    # Compute accounting: a ZO run has no backward, an AdamW run one per forward.
+    zo = report["summary"][1]["columns"]
+    assert zo["compute/backwards"]["mean"] == 0 and report["summary"][0]["columns"]["compute/backwards"]["mean"] > 0
+    # Controls: the original model once, a matched-noise model per AdaZO run.
+    assert [c["kind"] for c in report["controls"]] == ["original", "noise", "noise"]
+    noise = report["controls"][1]
+    assert 0 < noise["codes_changed"]["rtn4"] <= 1 and noise["metrics"]["forget_prob"] is not None
+
+
+def test_utility_matched_table_and_plots(counted_sweep):
+    out, _, report = counted_sweep
+    matched = report["utility_matched"]
+    adamw_utilities = [c["unlearned"]["model_utility"] for c in report["cells"] if c["optimizer"] == "adamw"]
+    assert matched["target"] == pytest.approx(statistics.fmean(adamw_utilities))
+    assert len(matched["runs"]) == 4
+    for run in matched["runs"]:
+        candidates = run["checkpoint_utilities"]
+        assert [p["step"] for p in candidates] == [1, 2]  # one checkpoint + the final model
+        best = min(abs(p["utility"] - matched["target"]) for p in candidates)
+        assert abs(run["distance"]) == pytest.approx(best)
+        if run["step"] != run["final_step"]:  # attacked at the checkpoint itself
+            assert run["relearn"][0]["value"] is not None
+    assert "## Utility-matched" in (out / "sweep_report.md").read_text()
+    for plot in ("sweep_grade.png", "sweep_relearning.png", "sweep_tradeoff.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_restarted_sweep_does_not_recompute_finished_cells(counted_sweep, memorised_model_dir, synthetic_data_dir,
+                                                           monkeypatch):  # fmt: skip
+    out, _, before = counted_sweep
+    # A sweep killed during adazo seed 1: its report was never written.
+    (out / "adazo_seed1" / "unlearn_report.json").unlink()
+    calls = []
+    real = pipeline.run
+    monkeypatch.setattr(
+        pipeline, "run", lambda recipe, **kw: calls.append(recipe.config.output_dir) or real(recipe, **kw)
+    )
+    assert main(sweep_argv(memorised_model_dir, synthetic_data_dir, out)) == 0
+    assert calls == [str(out / "adazo_seed1")]
+    after = json.loads((out / "sweep_report.json").read_text())
+    assert after["cells"][0] == before["cells"][0]  # adamw seed 0: read back, not rerun
+    # --only runs a single cell (a separate launch) and writes no report
+    calls.clear()
+    (out / "sweep_report.json").unlink()
+    assert main([*sweep_argv(memorised_model_dir, synthetic_data_dir, out), "--only", "adamw:1"]) == 0
+    assert calls == [] and not (out / "sweep_report.json").exists()  # finished earlier
+
+
+def test_bad_sweep_input_is_one_line(memorised_model_dir, synthetic_data_dir, tmp_path, capsys):
+    argv = sweep_argv(memorised_model_dir, synthetic_data_dir, tmp_path / "x")
+    argv[argv.index("adazo")] = "qadam:0"
+    assert main(argv) == 2
+    assert "qadam:BITS must be 1..8" in capsys.readouterr().err
