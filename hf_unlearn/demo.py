@@ -83,6 +83,7 @@ def run_demo(
     max_new_tokens: int = 16,
     extra: list[str] | None = None,
     seed: int = 0,
+    checkpoints: int = 0,
 ) -> dict[str, dict]:
     """Run the demo end to end; print and write the reports; return each regime's sweep report."""
     import datasets
@@ -122,7 +123,7 @@ def run_demo(
         settings = SweepSettings(
             recipe=str(recipe), optimizers=list(optimizers or OPTIMIZERS), seeds=list(range(seed, seed + seeds)),
             output_dir=str(out / regime), overrides=[*common, *REGIMES[regime], *(extra or [])],
-            title=f"hf_unlearn demo: {regime} regime",
+            title=f"hf_unlearn demo: {regime} regime", checkpoints=checkpoints,
         )  # fmt: skip
         report = run_sweep(settings, on_cell=lambda line: print(line, flush=True))
         reports[regime] = report

@@ -442,11 +442,12 @@ def summarise(cells: list[dict], cols, original: dict | None, metric: str) -> li
     return rows
 
 
-def fmt_stat(stat: dict | None, digits: int = 3) -> str:
+def fmt_stat(stat: dict | None, digits: int = 3, count: bool = False) -> str:
+    """``mean ± std``; a count (forwards, say) that every seed shares is printed as a plain integer."""
     if not stat or stat["mean"] is None:
         return ""
     mean = stat["mean"]
-    if float(mean).is_integer() and not stat["std"] and (abs(mean) >= 1 or stat["std"] == 0):
+    if count and float(mean).is_integer() and not stat["std"]:
         return f"{int(mean)}"
     text = f"{mean:.{digits}f}"
     return text if stat["std"] is None else f"{text} ± {stat['std']:.{digits}f}"
@@ -662,7 +663,8 @@ def main_table(report: dict) -> str:
     header = ["optimizer", "seeds", *(h for _, h in cols)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in report["summary"]:
-        cells = [row["label"], str(len(row["seeds"])), *(fmt_stat(row["columns"][k]) for k, _ in cols)]
+        cells = [row["label"], str(len(row["seeds"]))]
+        cells += [fmt_stat(row["columns"][k], count=k.startswith("compute/")) for k, _ in cols]
         lines.append("| " + " | ".join(cells) + " |")
     for row in report["controls_summary"]:
         cells = [f"*{row['name']}* (control)", str(row["n"]), *(fmt_stat(row["columns"].get(k)) for k, _ in cols)]

@@ -16,6 +16,10 @@ def add_arguments(parser):
     parser.add_argument("--max_new_tokens", type=int, default=16, help="Generation length of the ROUGE metrics.")
     parser.add_argument("--max_steps", type=int, default=None, help="Unlearning steps of every run (a smaller demo).")
     parser.add_argument("--relearn_steps", type=int, nargs="+", default=None, help="Relearning budgets evaluated.")
+    parser.add_argument(
+        "--checkpoints", type=int, default=0,
+        help="Checkpoints per run for the utility-matched table (0: final models only, the fastest).",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="Seed for data and models; runs use seed..seed+seeds-1.")
 
 
@@ -24,5 +28,5 @@ def main(args):
     extra += ["--relearn_steps", *map(str, args.relearn_steps)] if args.relearn_steps else []
     run_demo(
         args.output_dir, args.recipe, args.num_authors, args.finetune_epochs, args.optimizers, args.seeds,
-        args.regimes, args.max_new_tokens, extra, args.seed,
+        args.regimes, args.max_new_tokens, extra, args.seed, args.checkpoints,
     )  # fmt: skip
