@@ -804,10 +804,13 @@ def grade_figure(report: dict):
     for x, row in enumerate(report["summary"]):
         mine = [c for c in report["cells"] if c["optimizer"] == row["optimizer"]]
         values = [c["relearn"][-1]["value"] if key == "relearned" else c["unlearned"].get(metric) for c in mine]
-        axes.scatter([x] * len(values), [_nan(v) for v in values], color="#4c72b0", alpha=0.4, s=18)
+        first = x == 0
+        axes.scatter([x] * len(values), [_nan(v) for v in values], color="#4c72b0", alpha=0.4, s=18,
+                     label="one seed" if first else None)  # fmt: skip
         stat = row["columns"][key]
         if stat["mean"] is not None:
-            axes.errorbar([x], [stat["mean"]], yerr=[stat["std"] or 0], fmt="o", color="#c44e52", capsize=4)
+            axes.errorbar([x], [stat["mean"]], yerr=[stat["std"] or 0], fmt="o", color="#c44e52", capsize=4,
+                          label="mean ± std" if first else None)  # fmt: skip
     _control_lines(axes, report, metric)
     axes.set_xticks(range(len(report["summary"])), [r["label"] for r in report["summary"]], rotation=20)
     axes.set_xlabel("optimizer, from the highest grade to the lowest")

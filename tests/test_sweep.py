@@ -120,3 +120,24 @@ def test_bad_sweep_input_is_one_line(memorised_model_dir, synthetic_data_dir, tm
     argv[argv.index("adazo")] = "qadam:0"
     assert main(argv) == 2
     assert "qadam:BITS must be 1..8" in capsys.readouterr().err
+
+
+def test_recipe_sweep_section_and_compute_budget(memorised_model_dir, synthetic_data_dir, tmp_path):
+    """A recipe's sweep: section gives the optimizers and seeds; --compute_budget stops each run at equal passes."""
+    recipe = tmp_path / "sweep.yaml"
+    recipe.write_text(DEMO_RECIPE.read_text() + "\nsweep:\n  optimizers: [adamw]\n  seeds: 1\n")
+    out = tmp_path / "out"
+    argv = sweep_argv(memorised_model_dir, synthetic_data_dir, out, "--compute_budget", "6", "--no_controls")
+    argv[1] = str(recipe)
+    del argv[argv.index("--optimizers") : argv.index("--output_dir")]  # from the recipe
+    argv[argv.index("--max_steps") + 1] = "4"
+    assert main(argv) == 0
+    report = json.loads((out / "sweep_report.json").read_text())
+    (cell,) = report["cells"]
+    assert (cell["optimizer"], cell["seed"], report["compute_budget"]) == ("adamw", 0, 6)
+    # An NPO AdamW step is 2 forwards (forget, retain) and 2 backwards, plus the reference forwards (not cached
+    # yet): step 1 stays under 6 passes, step 2 crosses the budget and finishes; steps 3 and 4 never run.
+    compute = cell["compute"]
+    assert cell["global_step"] == 2 and compute["steps"] == 2
+    assert (compute["forwards"], compute["backwards"]) == (4, 4) and compute["reference_forwards"] >= 1
+    assert compute["passes"] == compute["forwards"] + compute["reference_forwards"] + compute["backwards"]
