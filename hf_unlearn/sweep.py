@@ -584,9 +584,17 @@ def run_sweep(settings: SweepSettings, on_cell=print) -> dict | None:
 
     Returns the report (the ``sweep_report.json`` document), or None when only some cells were run.
     """
+    from accelerate import PartialState
+
     from hf_unlearn.recipes import parse_recipe
     from hf_unlearn.report import UnlearnReport
 
+    if PartialState().num_processes > 1 and not settings.only:
+        # The report's evaluations run on one process; the others would wait in the benchmark's gather forever.
+        raise ValueError(
+            "A multi-process launch runs single cells: add --only OPTIMIZER:SEED, then write the report with the same "
+            "command without --only in one process."
+        )
     specs = [OptimizerSpec.parse(s) for s in settings.optimizers]
     if not specs:
         raise ValueError("No optimizers: pass --optimizers adamw adazo ... or give the recipe a sweep: section")
@@ -611,10 +619,6 @@ def run_sweep(settings: SweepSettings, on_cell=print) -> dict | None:
         on_cell(f"[sweep] {cell.name}: running into {cell.output_dir}")
         run_cell(settings, cell, base)
     if settings.only:
-        return None
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:
         return None
     reports = [UnlearnReport.load(c.output_dir) for c in cells]
     metric = pick_forget_metric(reports[0].attacks[-1].unlearned)
