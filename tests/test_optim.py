@@ -331,3 +331,19 @@ def test_valid_corner_cases_pass_validation():
     validate_optimizer_args(optimizer="hybrid", hybrid_zo_steps=0, fp16=True)  # no ZO step runs: fp16 allowed
     validate_optimizer_args(optimizer="hybrid", hybrid_fo_steps=5, max_steps=30)
     assert "hybrid" in KNOWN_OPTIMIZERS and "sam" in KNOWN_OPTIMIZERS and len(KNOWN_OPTIMIZERS) == 13
+
+
+def test_a_trl_style_config_with_the_optimizer_fields_is_checked_when_the_optimizer_is_built(tmp_path):
+    from dataclasses import dataclass
+
+    from transformers import TrainingArguments
+
+    from hf_unlearn.optim import OptimizerArguments
+
+    @dataclass
+    class MixedConfig(TrainingArguments, OptimizerArguments):  # TrainingArguments' __post_init__ runs, not ours
+        pass
+
+    args = MixedConfig(output_dir=str(tmp_path), optimizer="adazo", zo_mu=-1.0, use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="zo_mu=-1.0 must be a finite number > 0"):
+        build_optimizer(torch.nn.Linear(2, 2), args)
