@@ -197,6 +197,9 @@ LOSS_CASES = [
 def test_loss_matches_hand_computation(
     method, config_cls, overrides, tmp_path, memorised_path, datasets, tokenizer, qa_rows
 ):
+    if overrides.get("ref_log_probs") == "cached":
+        # cached NPO's default reference is the policy itself (ratio 0 here); name one that differs from it
+        overrides = {**overrides, "ref_model_path": memorised_path}
     args = config(config_cls, tmp_path, **overrides)
     model = perturbed_model(memorised_path)
     trainer = get_method(method)(model, args, train_dataset=datasets["pairs"], processing_class=tokenizer)
