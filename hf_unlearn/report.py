@@ -47,7 +47,9 @@ RECIPE_FILE = "unlearn_recipe.yaml"
 # The forget metric that relearning curves and robustness tables follow, in order of preference.
 NO_VALUE = "the evaluator returned no value"
 VERSIONED_PACKAGES = ("torch", "transformers", "trl", "accelerate", "huggingface_hub", "datasets", "peft", "deepspeed")
-LOGGED_KEYS = ("loss", "loss/forget", "loss/retain", "optim/phase", "learning_rate", "grad_norm", "zo/projected_grad")
+LOGGED_KEYS = (
+    "epoch", "loss", "loss/forget", "loss/retain", "optim/phase", "learning_rate", "grad_norm", "zo/projected_grad"
+)  # fmt: skip
 
 
 @dataclass
@@ -215,6 +217,7 @@ class UnlearnReport:
     evaluations: dict[str, Metrics] = field(default_factory=dict)
     attacks: list[AttackRun] = field(default_factory=list)
     compute: dict[str, Any] | None = None
+    training: dict[str, float] = field(default_factory=dict)
     training_log: list[dict[str, float]] = field(default_factory=list)
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
@@ -263,8 +266,10 @@ class UnlearnReport:
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             self.base_model = getattr(base.config, "_name_or_path", None) or None
         self.training_log = training_log(trainer.state.log_history)
-        if train_output is not None and "train_runtime" in train_output.metrics:
-            self.wall_time_s["train"] = float(train_output.metrics["train_runtime"])
+        if train_output is not None:
+            self.training = json_safe({"global_step": train_output.global_step, **train_output.metrics})
+            if "train_runtime" in train_output.metrics:
+                self.wall_time_s["train"] = float(train_output.metrics["train_runtime"])
         for callback in trainer.callback_handler.callbacks:
             if isinstance(callback, ComputeAccountingCallback):
                 self.compute = {**callback.to_dict(), "num_processes": trainer.accelerator.num_processes}
