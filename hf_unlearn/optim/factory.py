@@ -110,6 +110,8 @@ def validate_optimizer_args(args: Any = None, **overrides) -> SimpleNamespace:
             f"fp16=True cannot be combined with optimizer={cfg.optimizer!r}: its zeroth-order steps have no "
             "backward to loss-scale; set fp16=False and use bf16=True or fp32"
         )
+    if uses_zeroth_order(cfg) and cfg.zo_master_weights and cfg.zo_stochastic_rounding:
+        fail("zo_master_weights and zo_stochastic_rounding exclude each other; keep zo_master_weights (closer to fp32)")
     if uses_zeroth_order(cfg):
         validate_deepspeed_for_zo(cfg)
     return cfg
@@ -178,6 +180,7 @@ def _zeroth_order(name: str, groups: list[dict], cfg: SimpleNamespace):
     lr = cfg.learning_rate if cfg.zo_learning_rate is None else cfg.zo_learning_rate
     zo = {"mu": cfg.zo_mu, "num_directions": cfg.zo_num_directions, "direction": cfg.zo_direction}
     zo.update(difference=cfg.zo_difference, exact_restore=cfg.zo_exact_restore)
+    zo.update(master_weights=cfg.zo_master_weights, stochastic_rounding=cfg.zo_stochastic_rounding)
     betas = (cfg.zo_beta1, cfg.zo_beta2)
     if name == "zo_sgd":
         return ZOSGD(groups, lr=lr, weight_decay=cfg.weight_decay, **zo)
