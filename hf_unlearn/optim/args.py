@@ -62,9 +62,9 @@ class OptimizerArguments:
         default=False,
         metadata={
             "help": "For a model loaded in bf16/fp16 (dtype: bfloat16) on one device: keep an fp32 master copy of the "
-            "trainable weights; ZO perturbs them as cast(master +- mu z), restores cast(master) exactly and updates the "
-            "master. Memory: 4 bytes per trainable weight (2x the bf16 weights: 28 GB for a full 7B model, ~0.1 GB "
-            "for LoRA or RMU's few layers). Without it ZO updates (~1e-6) mostly vanish below bf16's spacing (~1e-4). "
+            "trainable weights; ZO perturbs them as cast(master +- mu z), restores cast(master) exactly and updates "
+            "the master. Memory: 4 bytes per trainable weight (2x the bf16 weights: 28 GB for a full 7B model, 0.1 GB "
+            "for LoRA or RMU's few layers). Without it ZO updates (~1e-6) mostly vanish below bf16's spacing (1e-4). "
             "Not needed with fp32 weights or under DeepSpeed ZeRO-2/3 bf16, whose fp32 masters are used directly."
         },
     )

@@ -111,7 +111,7 @@ def validate_optimizer_args(args: Any = None, **overrides) -> SimpleNamespace:
             "backward to loss-scale; set fp16=False and use bf16=True or fp32"
         )
     if uses_zeroth_order(cfg) and cfg.zo_master_weights and cfg.zo_stochastic_rounding:
-        fail("zo_master_weights and zo_stochastic_rounding exclude each other; keep zo_master_weights (closer to fp32)")
+        fail("zo_master_weights and zo_stochastic_rounding exclude each other; keep zo_master_weights (nearer fp32)")
     if uses_zeroth_order(cfg):
         validate_deepspeed_for_zo(cfg)
     return cfg
