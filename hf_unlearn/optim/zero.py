@@ -71,9 +71,7 @@ def validate_deepspeed_for_zo(cfg: Any) -> None:
     stage = zero.get("stage", 0)
     name = f"optimizer={cfg.optimizer!r}"
     if _enabled(ds.get("fp16"), getattr(cfg, "fp16", False)):
-        raise ValueError(
-            f"{name} runs zeroth-order steps, which have no backward to loss-scale: use bf16 instead of fp16"
-        )
+        raise ValueError(f"{name} runs zeroth-order steps, which have no backward to loss-scale: use bf16, not fp16")
     if _enabled(ds.get("bf16"), getattr(cfg, "bf16", False)) and stage not in (2, 3):
         raise ValueError(
             f"{name} with bf16 under DeepSpeed needs the fp32 master partitions of ZeRO-2/3 (stage {stage} keeps none "
