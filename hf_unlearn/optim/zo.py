@@ -122,6 +122,13 @@ class SeededDirections:
         z = self._fill(seed, index, self._scratch[key][: _numel(p)])
         return z if scale == 1.0 else z.mul_(scale)
 
+    def sample(self, seed: int, index: int, fresh: bool = False) -> torch.Tensor:
+        """The unscaled sample behind ``z`` for tensor ``index``: in the scratch buffer, or a fresh tensor."""
+        if not fresh:
+            return self.scratch_direction(seed, index, scaled=False)
+        p = self.params[index]
+        return self._fill(seed, index, torch.empty(_numel(p), dtype=self._dtype(index), device=p.device))
+
     def direction(self, seed: int, index: int) -> torch.Tensor:
         """The slice of ``z`` for tensor ``index`` (a fresh tensor the caller may keep and modify)."""
         scale = self.scale(seed)
@@ -333,7 +340,7 @@ class ZerothOrderOptimizer(Optimizer):
         """Apply the update for ``ĝ = Σ c·z`` over the recorded seeds and clear the records.
 
         One sweep over ``z``: a perturbation left in place by :meth:`defer_restore_` is undone tensor by tensor in
-        the same sweep, with the same ``z`` when it is the one recorded seed (q = 1). Each weight then sees the same
+        the same sweep, with the ``z`` of its (recorded) seed drawn once for both. Each weight then sees the same
         operations in the same order as restoring first, so the result is the same bit for bit. With masters the
         update goes to the master and the weights are re-cast from it (which also restores them).
         """
@@ -350,8 +357,8 @@ class ZerothOrderOptimizer(Optimizer):
         absolute = masters is not None and masters.absolute
         pending, self._pending_restore = self._pending_restore, None
         records = list(self._records.items())
-        first_seed, first_c = records[0]
-        fused = pending is not None and len(records) == 1 and pending[0] == first_seed
+        first_seed = records[0][0]
+        fused = pending is not None and pending[0] in self._records
         if masters is not None:
             masters.before_write()
         for index, p in enumerate(directions.params):
@@ -361,19 +368,18 @@ class ZerothOrderOptimizer(Optimizer):
             group = self.param_groups[self._group_index[index]]
             with directions.materialized(index) if masters is None else contextlib.nullcontext():
                 low = p if piece is None else piece.low
-                if pending is not None and not fused and not absolute:
+                if pending is not None and not fused and not absolute:  # a perturbation along an unrecorded seed
                     raw = directions.scratch_direction(pending[0], index, scaled=False)
                     self._restore_tensor(low, raw, piece, pending)
-                scale = directions.scale(first_seed)  # first: computing it refills the scratch buffer
-                raw = directions.scratch_direction(first_seed, index, scaled=False)
-                if fused and not absolute:
-                    self._restore_tensor(low, raw, piece, pending)
-                if len(records) == 1:
-                    estimate = (raw if scale == 1.0 else raw.mul_(scale)).mul_(first_c)
-                else:
-                    estimate = directions.direction(first_seed, index).mul_(first_c)
-                    for seed, c in records[1:]:
-                        estimate.add_(directions.scratch_direction(seed, index), alpha=c)
+                estimate = None
+                for k, (seed, c) in enumerate(records):
+                    scale = directions.scale(seed)  # first: computing it refills the scratch buffer
+                    # with q > 1 the first sample is the accumulator: a fresh tensor, as the others use the scratch
+                    raw = directions.sample(seed, index, fresh=k == 0 and len(records) > 1)
+                    if pending is not None and seed == pending[0] and not absolute:
+                        self._restore_tensor(low, raw, piece, pending)  # with z before scaling, as move_ does
+                    z = raw if scale == 1.0 else raw.mul_(scale)
+                    estimate = z.mul_(c) if k == 0 else estimate.add_(z, alpha=c)
                 self._apply(p, piece, estimate, group, first_seed, index)
         if masters is not None:
             masters.after_write()

@@ -5,8 +5,13 @@ Usage: torchrun --nproc_per_node 2 zero_hybrid_run.py OUT_DIR DEEPSPEED_JSON
 Saves the weights after every optimizer step (and before the first) to OUT_DIR/snapshots{RANK}.pt. The FO learning
 rate is tiny and the ZO one large, so a ZO change lost in the next FO step would show as a jump of its own size.
 The robustness checks run at train end (under ZeRO-3 on a gathered copy) and write OUT_DIR/robustness.json.
+
+Also saves, after every step from the first ZO step on, this rank's fp32 master elements that the ZO engine uses
+and whether the module weights equal cast(master) there (OUT_DIR/masters{RANK}.pt), and after training checks that
+one more ±mu perturbation restores every weight and master bit for bit (OUT_DIR/restore{RANK}.json).
 """
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -19,6 +24,8 @@ import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from hf_unlearn.callbacks import HybridScheduleCallback  # noqa: E402
+from hf_unlearn.optim.hybrid import unwrap_optimizer  # noqa: E402
+from hf_unlearn.optim.zo import projected_gradients  # noqa: E402
 from hf_unlearn.robustness import RobustnessCallback, RobustnessConfig  # noqa: E402
 from tests.scripts.optim_fixtures import RandomTokens, ZOTrainer, tiny_llama, training_args, weights  # noqa: E402
 
@@ -44,6 +51,49 @@ class Snapshots(TrainerCallback):
         self.snapshots.append(full_weights(model))
 
 
+def master_pieces(optimizer):
+    masters = unwrap_optimizer(optimizer).zo.directions.masters
+    return None if masters is None else [p for p in masters.pieces if p is not None]
+
+
+def rank_masters(optimizer) -> dict | None:
+    pieces = master_pieces(optimizer)
+    if pieces is None:
+        return None
+    return {
+        "master": torch.cat([(p.low if p.master is None else p.master).detach().float().clone() for p in pieces]),
+        "low_is_cast_master": all(
+            torch.equal(p.low, p.master.to(p.low.dtype)) for p in pieces if p.master is not None
+        ),  # noqa: E501
+        "separate_masters": all(p.master is not None for p in pieces),
+        "low_dtype": str(pieces[0].low.dtype),
+    }
+
+
+class MasterLog(TrainerCallback):
+    def __init__(self):
+        self.log = []
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs):
+        self.log.append(rank_masters(optimizer))
+
+
+def check_restore(trainer) -> dict:
+    """One more ZO perturbation (+mu, -mu, restore, no update): weights and masters must come back bit for bit."""
+    model = trainer.model.eval()
+    batch = RandomTokens(n=16)[0:2]
+    before, masters_before = full_weights(model), rank_masters(trainer.optimizer)["master"]
+    zo = unwrap_optimizer(trainer.optimizer).zo
+    with torch.no_grad():
+        c, _ = projected_gradients(zo, lambda: model(**batch).loss, [12345])
+    after, masters_after = full_weights(model), rank_masters(trainer.optimizer)["master"]
+    return {
+        "weights_exact": all(torch.equal(before[n], after[n]) for n in before),
+        "masters_exact": torch.equal(masters_before, masters_after),
+        "projected_grad": float(c[0]),
+    }
+
+
 def token_loss(model, _tokenizer) -> dict[str, float]:
     """Mean LM loss on the first four training sequences: the metric the checks report."""
     batch = RandomTokens(n=16)[0:4]
@@ -63,7 +113,10 @@ def main(out_dir: str, deepspeed: str) -> None:
         zo_learning_rate=1e-2,
         per_device_train_batch_size=2,
     )
-    snapshots = Snapshots()
+    # bf16 from the DeepSpeed config; set after the checks of TrainingArguments, which refuse bf16 on a CPU without
+    # use_cpu (DeepSpeed runs its bf16 on CPU over gloo regardless)
+    args.bf16 = json.loads(Path(deepspeed).read_text())["bf16"]["enabled"]
+    snapshots, master_log = Snapshots(), MasterLog()
     checks = RobustnessCallback(
         RobustnessConfig(relearn_steps=[1, 2], relearn_lr=1e-2, relearn_batch_size=2, quantization=["rtn4"]),
         eval_fn=token_loss,
@@ -74,11 +127,13 @@ def main(out_dir: str, deepspeed: str) -> None:
         model=tiny_llama(),
         args=args,
         train_dataset=RandomTokens(n=16),
-        callbacks=[HybridScheduleCallback.from_args(args), snapshots, checks],
+        callbacks=[HybridScheduleCallback.from_args(args), snapshots, master_log, checks],
     )
     trainer.train()
     rank = int(os.environ.get("RANK", "0"))
     torch.save(snapshots.snapshots, Path(out_dir) / f"snapshots{rank}.pt")
+    torch.save(master_log.log, Path(out_dir) / f"masters{rank}.pt")
+    (Path(out_dir) / f"restore{rank}.json").write_text(json.dumps(check_restore(trainer)))
     engine_optimizer = type(trainer.model_wrapped.optimizer).__name__
     (Path(out_dir) / f"engine{rank}.txt").write_text(f"{type(trainer.model_wrapped).__name__} {engine_optimizer}")
 
