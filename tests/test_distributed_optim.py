@@ -160,17 +160,18 @@ def test_zero_bf16_zo_updates_reach_the_fp32_masters_and_restore_is_exact(tmp_pa
     for name, snaps in runs.items():
         assert all(value.dtype == torch.bfloat16 for value in snaps[-1].values())
         for rank in (0, 1):
-            # steps FO, ZO, FO, ZO; the masters are attached at the first ZO step (log index 1)
+            # DeepSpeed's fp32 master partitions at the start and after the steps FO, ZO, FO, ZO; the ZO engine
+            # attaches to them at the first ZO step
             log = torch.load(tmp_path / name / f"masters{rank}.pt")
-            assert log[0] is None and all(entry["separate_masters"] for entry in log[1:])
-            assert all(entry["low_is_cast_master"] for entry in log[1:])  # weights = cast(master) after each step
-            zo_step = (log[3]["master"] - log[2]["master"]).abs()
-            fo_step = (log[2]["master"] - log[1]["master"]).abs()
-            # bias-corrected AdaZO moves each master element by lr = 1e-2 (far above bf16's spacing, which would
-            # also show in the weights), and the next FO step (lr 1e-6) keeps it: it works on the same masters
-            assert float(zo_step.min()) == pytest.approx(1e-2, rel=1e-3)
+            assert [entry["attached"] for entry in log] == [False, False, True, True, True]
+            assert all(entry["separate_masters"] and entry["low_is_cast_master"] for entry in log[2:])
+            fo_step, zo_step, next_fo = ((log[k + 1]["master"] - log[k]["master"]).abs() for k in range(3))
+            # bias-corrected AdaZO's first step moves each master element by lr = 1e-2 (lr·|g|/(|g| + eps): less
+            # only where |g| is near eps, and not at all on the partition padding)
             assert float(zo_step.max()) == pytest.approx(1e-2, rel=1e-3)
-            assert 0 < float(fo_step.max()) <= 1.1e-6
+            assert float(zo_step.median()) == pytest.approx(1e-2, rel=1e-3)
+            # FO steps (lr 1e-6) move the same masters by ~1e-6: the ZO change is kept, not overwritten
+            assert 0 < float(fo_step.max()) <= 1.1e-6 and 0 < float(next_fo.max()) <= 1.1e-6
             restore = json.loads((tmp_path / name / f"restore{rank}.json").read_text())
             assert restore["weights_exact"] and restore["masters_exact"]  # cast(master) restores bit for bit
             assert restore["projected_grad"] != 0

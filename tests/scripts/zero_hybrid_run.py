@@ -56,23 +56,33 @@ def master_pieces(optimizer):
     return None if masters is None else [p for p in masters.pieces if p is not None]
 
 
-def rank_masters(optimizer) -> dict | None:
+def rank_masters(optimizer) -> dict:
+    """This rank's fp32 master partitions as DeepSpeed keeps them, and whether the module weights equal their cast
+    wherever the ZO engine has attached to them."""
+    from hf_unlearn.optim.zero import _find_in_chain
+
+    zero3 = _find_in_chain(optimizer, "fp32_partitioned_groups_flat")
+    flats = (
+        zero3.fp32_partitioned_groups_flat
+        if zero3
+        else _find_in_chain(optimizer, "single_partition_of_fp32_groups").single_partition_of_fp32_groups
+    )
     pieces = master_pieces(optimizer)
-    if pieces is None:
-        return None
     return {
-        "master": torch.cat([(p.low if p.master is None else p.master).detach().float().clone() for p in pieces]),
-        "low_is_cast_master": all(
-            torch.equal(p.low, p.master.to(p.low.dtype)) for p in pieces if p.master is not None
-        ),  # noqa: E501
-        "separate_masters": all(p.master is not None for p in pieces),
-        "low_dtype": str(pieces[0].low.dtype),
+        "master": torch.cat([flat.detach().float().clone() for flat in flats]),
+        "attached": pieces is not None,
+        "low_is_cast_master": pieces is not None
+        and all(torch.equal(p.low, p.master.to(p.low.dtype)) for p in pieces if p.master is not None),
+        "separate_masters": pieces is not None and all(p.master is not None for p in pieces),
     }
 
 
 class MasterLog(TrainerCallback):
     def __init__(self):
         self.log = []
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        self.log.append(rank_masters(optimizer))
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs):
         self.log.append(rank_masters(optimizer))
@@ -116,6 +126,8 @@ def main(out_dir: str, deepspeed: str) -> None:
     # bf16 from the DeepSpeed config; set after the checks of TrainingArguments, which refuse bf16 on a CPU without
     # use_cpu (DeepSpeed runs its bf16 on CPU over gloo regardless)
     args.bf16 = json.loads(Path(deepspeed).read_text())["bf16"]["enabled"]
+    args.hf_deepspeed_config.mismatches = []
+    args.hf_deepspeed_config.trainer_config_process(args)  # re-read with bf16 set
     snapshots, master_log = Snapshots(), MasterLog()
     checks = RobustnessCallback(
         RobustnessConfig(relearn_steps=[1, 2], relearn_lr=1e-2, relearn_batch_size=2, quantization=["rtn4"]),
