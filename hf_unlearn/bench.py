@@ -18,18 +18,26 @@ BENCHMARKS = {
     "zo_peak_memory": "hf_unlearn.bench_optim:bench_zo_peak_memory",
     "hybrid_vs_adam_wall": "hf_unlearn.bench_optim:bench_hybrid_wall_time",
     "tofu_eval_throughput": "hf_unlearn.bench_eval:bench_tofu_eval_throughput",
+    "bf16_zo_trajectory": "hf_unlearn.perf_scale:bench_bf16_trajectory",
 }
+# Run only with --scale (minutes more): the 6M and ~100M shapes side by side.
+SCALE_BENCHMARKS = {"shapes_6m_100m": "hf_unlearn.perf_scale:bench_shapes_at_scale"}
 
 
 def add_arguments(parser):
     parser.add_argument("--output", default="bench.json", help="JSON file the measurements are written to.")
-    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="Run only these entries (default: all).")
+    parser.add_argument(
+        "--only", nargs="+", choices=sorted({**BENCHMARKS, **SCALE_BENCHMARKS}), help="Run only these entries."
+    )
+    parser.add_argument(
+        "--scale", action="store_true", help="Also measure the 6M and ~100M shapes side by side (minutes more)."
+    )
 
 
 def run_benchmarks(names: list[str]) -> dict:
     results = {}
     for name in names:
-        module, function = BENCHMARKS[name].split(":")
+        module, function = {**BENCHMARKS, **SCALE_BENCHMARKS}[name].split(":")
         start = time.perf_counter()
         results[name] = getattr(importlib.import_module(module), function)()
         results[name]["bench_seconds"] = round(time.perf_counter() - start, 2)
@@ -38,7 +46,7 @@ def run_benchmarks(names: list[str]) -> dict:
 
 
 def main(args):
-    names = args.only or list(BENCHMARKS)
+    names = args.only or list(BENCHMARKS) + (list(SCALE_BENCHMARKS) if getattr(args, "scale", False) else [])
     report = {
         "machine": {
             "platform": platform.platform(),
