@@ -20,6 +20,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_unlearn.bench_optim import _threads, _zo_step, random_batch
 from hf_unlearn.optim import build_optimizer
+from hf_unlearn.optim.zo import derive_seed, projected_gradients
 
 
 # name -> (LlamaConfig fields, batch size, sequence length). The 100M shape has GPT-2-small-like width and depth.
@@ -116,13 +117,20 @@ def _shape_figures(name: str, repeats: int, phase_steps: int) -> dict:
             model(**batch)
             model(**batch)
 
+    def unfolded_step(step):  # restoring in its own sweep before the update, as before the fold
+        seeds = [derive_seed(0, step, 0)]
+        projected, _ = projected_gradients(zo, lambda: model(**batch).loss, seeds, defer_restore=False)
+        zo.record(seeds[0], float(projected[0]))
+        zo.step()
+
     two_forwards()
     _zo_step(model, zo, batch, next(steps))
-    forwards, zo_steps = [], []
+    forwards, zo_steps, unfolded = [], [], []
     for _ in range(repeats):
         forwards.append(_timed(two_forwards, 1))
         zo_steps.append(_timed(lambda: _zo_step(model, zo, batch, next(steps)), 1))
-    two_f, zo_s = statistics.median(forwards), statistics.median(zo_steps)
+        unfolded.append(_timed(lambda: unfolded_step(next(steps)), 1))
+    two_f, zo_s, unfolded_s = (statistics.median(t) for t in (forwards, zo_steps, unfolded))
 
     # NPO (forget + retain batches of half the size each, so a step sees the same number of tokens)
     half = max(1, batch_size // 2)
@@ -143,6 +151,7 @@ def _shape_figures(name: str, repeats: int, phase_steps: int) -> dict:
         "zo_step_s": zo_s,
         "two_forwards_s": two_f,
         "zo_step_over_two_forwards": zo_s / two_f,
+        "unfolded_zo_step_over_two_forwards": unfolded_s / two_f,
         "zo_tokens_per_s": tokens / zo_s,
         "npo_step_s": npo_s,
         "npo_tokens_per_s": 2 * half * seq_len / npo_s,
