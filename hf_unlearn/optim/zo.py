@@ -4,12 +4,16 @@ A ZO step never materialises a gradient or an activation graph. The trainer (``Z
 perturbs the weights in place by ``+μz``, ``−2μz``, ``+μz`` (``z`` regenerated from the seed, one tensor at a
 time), and records the projected gradient ``c = (f(θ+μz) − f(θ−μz)) / 2μ`` with :meth:`ZerothOrderOptimizer.record`.
 :meth:`~ZerothOrderOptimizer.step` then regenerates each ``z`` once more and applies the update to the estimate
-``ĝ = Σ_records c·z``.
+``ĝ = Σ_records c·z``. Regenerating ``z`` is the whole extra cost of a step over its forwards: one sweep for the
+sphere's norm (cached per seed), ``+μz``, ``−2μz``, then the restore and the update in one sweep (the trainer leaves
+the last perturbation for the step to undo, ``defer_restore``: the same operations per weight, so the same bits).
 
 Restoring by ``+μz`` after ``−2μz`` is exact in real arithmetic but not bit-exact in floating point: each weight
 may come back up to three half-ulp roundings (≤ 1.5·eps·(|θ| + |μz|)) away. Bit-exact restoring in place would
 need a copy of the weights, which is the memory ZO exists to save. Runs stay deterministic (bit-exact resumption
-holds); in bf16/fp16 the rounding step is much coarser, so perturb fp32 weights when precision matters.
+holds). In bf16/fp16 the rounding step is much coarser and updates below the weights' spacing vanish: perturb and
+update fp32 master weights instead (``hf_unlearn.optim.masters``: DeepSpeed ZeRO-2/3's, or ``master_weights=True``
+on one device), or round updates stochastically (``stochastic_rounding=True``, bf16).
 """
 
 from __future__ import annotations
