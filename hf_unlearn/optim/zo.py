@@ -219,6 +219,11 @@ class ZerothOrderOptimizer(Optimizer):
     """Base class of the ZO optimizers: owns the perturbation engine and the pending (seed, c) records.
 
     Only parameters with ``requires_grad`` are perturbed and updated. Subclasses implement :meth:`_update`.
+
+    ``master_weights``: for bf16/fp16 trainable weights, keep an fp32 copy (4 bytes per weight) that is perturbed
+    from, restored from exactly and updated (a no-op for fp32 weights). ``stochastic_rounding``: for bf16 weights,
+    compute each update in fp32 and round it into the weights stochastically (no extra memory beyond fp32 moments).
+    Under DeepSpeed ZeRO the engine's masters are attached instead (``hf_unlearn.optim.zero``).
     """
 
     def __init__(
