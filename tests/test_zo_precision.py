@@ -198,3 +198,10 @@ def test_a_bf16_hybrid_over_fp32_masters_stays_near_the_fp32_run(tmp_path):
     # show what the tolerance guards against (measured: 42% with ZO masters only, 219% without any)
     assert errors["mixed"] < 0.1
     assert errors["bf16"] > 1.0 and errors["zo"] < errors["bf16"] / 3
+
+
+def test_zo_on_bf16_weights_without_masters_warns_and_names_the_fix():
+    with pytest.warns(UserWarning, match="set zo_master_weights=True"):
+        _bf16_model_and_optimizer()
+    with pytest.raises(ValueError, match="load the model in bf16"):
+        build_optimizer(tiny_llama(), optimizer="zo_sgd", zo_stochastic_rounding=True)

@@ -280,6 +280,13 @@ class ZerothOrderOptimizer(Optimizer):
             low = [p for p in params if p.dtype in (torch.float16, torch.bfloat16)]
             if self.master_weights and low:
                 self._directions.attach_masters(FP32MasterCopy(params))
+            elif low and not self.stochastic_rounding and not any(hasattr(p, "ds_id") for p in params):
+                warnings.warn(
+                    f"zeroth-order steps on {low[0].dtype} weights without fp32 masters: updates below the weights' "
+                    "spacing are lost and the +-mu restore drifts; set zo_master_weights=True (or load in fp32)",
+                    UserWarning,
+                    stacklevel=3,
+                )
             if self.stochastic_rounding and any(p.dtype != torch.bfloat16 for p in params):
                 raise ValueError("zo_stochastic_rounding rounds ZO updates into bf16 weights; load the model in bf16")
         return self._directions
