@@ -299,7 +299,9 @@ ZERO = {"train_batch_size": "auto"}
 @pytest.mark.parametrize(
     ("deepspeed", "message"),
     [
-        ({**ZERO, "zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}, "disable bf16/fp16"),
+        ({**ZERO, "zero_optimization": {"stage": 2}, "fp16": {"enabled": True}}, "use bf16, not fp16"),
+        ({**ZERO, "zero_optimization": {"stage": 1}, "bf16": {"enabled": True}}, "stage to 2 or 3"),
+        ({**ZERO, "zero_optimization": {"stage": 0}, "bf16": {"enabled": True}}, "stage to 2 or 3"),
         ({**ZERO, "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}, "offload_optimizer"),
     ],
 )
@@ -317,6 +319,14 @@ def test_exact_restore_is_refused_under_zero3_only():
     validate_optimizer_args(
         optimizer="adazo", deepspeed={**ZERO, "zero_optimization": {"stage": 2}}, zo_exact_restore=True
     )
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_zero_bf16_passes_validation_and_master_options_are_refused_under_it(stage):
+    bf16 = {**ZERO, "zero_optimization": {"stage": stage}, "bf16": {"enabled": True}}
+    validate_optimizer_args(optimizer="hybrid", deepspeed=bf16)
+    with pytest.raises(ValueError, match="duplicates the fp32 masters DeepSpeed ZeRO keeps"):
+        validate_optimizer_args(optimizer="hybrid", deepspeed=bf16, zo_master_weights=True)
 
 
 @pytest.mark.parametrize("stage", [2, 3])
