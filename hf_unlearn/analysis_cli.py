@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hf_unlearn.data import QAFormat, add_qa_format_arguments
+
 
 def add_arguments(parser):
+    add_qa_format_arguments(parser)
     parser.add_argument("model_a", help="Folder or Hub id of the first checkpoint (a = 0); its tokenizer is used.")
     parser.add_argument("model_b", help="Folder or Hub id of the second checkpoint (a = 1).")
     parser.add_argument("--points", type=int, default=11, help="Evenly spaced interpolation weights in [0, 1].")
@@ -29,7 +32,7 @@ def add_arguments(parser):
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu).")
 
 
-def load_split(data: str | None, split: str, tokenizer, max_examples: int | None):
+def load_split(data: str | None, split: str, tokenizer, max_examples: int | None, qa_format: QAFormat | None = None):
     """Tokenised examples of one split: a TOFU config from a folder, or the rows of one JSON Lines file."""
     from datasets import load_dataset
 
@@ -46,7 +49,7 @@ def load_split(data: str | None, split: str, tokenizer, max_examples: int | None
     if max_examples is not None:
         rows = rows.select(range(min(max_examples, len(rows))))
     if "question" in rows.column_names:
-        return QADataset(rows, tokenizer, source=f"{data}:{split}")
+        return QADataset(rows, tokenizer, qa_format=qa_format, source=f"{data}:{split}")
     if "text" in rows.column_names:
         return TextBlockDataset(rows["text"], tokenizer, block_size=512, source=f"{data}:{split}")
     raise ValueError(f"{data}: rows need question/answer or text columns, found {rows.column_names}.")
@@ -64,8 +67,9 @@ def main(args):
     model_b, _ = load_model_and_tokenizer(args.model_b)
     model_a.to(device), model_b.to(device)
     collator = DataCollatorForUnlearning(tokenizer)
-    main_set = load_split(args.data, args.split, tokenizer, args.max_examples)
-    extra = {name: load_split(args.data, name, tokenizer, args.max_examples) for name in args.eval_splits}
+    qa_format = QAFormat.from_args(args)
+    main_set = load_split(args.data, args.split, tokenizer, args.max_examples, qa_format)
+    extra = {name: load_split(args.data, name, tokenizer, args.max_examples, qa_format) for name in args.eval_splits}
 
     def metrics_fn(model):
         return {f"nll/{name}": mean_answer_loss(model, ds, collator, args.batch_size) for name, ds in extra.items()}
@@ -84,6 +88,7 @@ def main(args):
         "model_a": args.model_a,
         "model_b": args.model_b,
         "loss": f"mean answer NLL on {args.split}",
+        "qa_format": qa_format.describe(tokenizer),
         **result.to_dict(),
     }
     (out / "lmc.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 
 from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult, get
 from hf_unlearn.benchmarks.sharding import process_info
+from hf_unlearn.data import QAFormat, add_qa_format_arguments
 
 
 CLI_BENCHMARKS = ("tofu", "tofu-legacy", "muse", "wmdp")
@@ -41,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: this rank's device).")
     parser.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
+    add_qa_format_arguments(parser)
     return parser
 
 
@@ -64,6 +67,7 @@ def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
             "retain_model": args.retain_model,
             "retain_stats": args.retain_stats,
             "show_progress": not args.no_progress,
+            "qa_format": QAFormat.from_args(args),
         }
     elif name == "muse":
         specific = {
@@ -112,6 +116,17 @@ def evaluate_model(
     return result
 
 
+def warn_default_format(qa_format: QAFormat, tokenizer) -> None:
+    """One line on stderr when a model without a chat template is evaluated in the default plain template."""
+    if qa_format.template is None and not getattr(tokenizer, "chat_template", None) and process_info()[0] == 0:
+        template = qa_format.describe(tokenizer)["template"]
+        print(
+            f"warning: the tokenizer has no chat template, so prompts use TOFU's plain template {template!r}; if the "
+            "model was fine-tuned in another format, pass it with --qa_template (and --system_prompt).",
+            file=sys.stderr,
+        )
+
+
 def default_output_dir(model: str) -> Path:
     return Path(model) / "eval" if Path(model).is_dir() else Path("eval")
 
@@ -119,6 +134,8 @@ def default_output_dir(model: str) -> Path:
 def run_eval(args: argparse.Namespace) -> str:
     """Run ``hf-unlearn eval`` from parsed args; print (main process) and return the results table."""
     model, tokenizer = load_for_eval(args.model, args.dtype, args.device)
+    if args.benchmark.startswith("tofu"):
+        warn_default_format(QAFormat.from_args(args), tokenizer)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.model)
     result = evaluate_model(model, tokenizer, args.benchmark, output_dir, args.model, **benchmark_settings(args))
     stem = result.benchmark.replace("/", "_")

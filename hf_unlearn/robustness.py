@@ -97,12 +97,14 @@ def robustness_checks(
     relearn_data=None,
     config: RobustnessConfig | None = None,
     original_model=None,
+    qa_format=None,
 ) -> dict[str, Any]:
     """Evaluate `model`, then after each relearning budget and each quantization kind; `model` is left as it was.
 
     Returns ``{"unlearned": metrics, "relearn": {config, curve, losses} | None,
     "quantization": {kind: {"metrics", "codes_changed_fraction"}}, "weights_sha256", "runtime_s"}``;
-    ``codes_changed_fraction`` (vs `original_model`, the model before unlearning) is None without it.
+    ``codes_changed_fraction`` (vs `original_model`, the model before unlearning) is None without it. QA rows to
+    relearn on are tokenised in `qa_format` (a :class:`hf_unlearn.data.QAFormat`).
     """
     config = config or RobustnessConfig()
     start = time.perf_counter()
@@ -122,6 +124,7 @@ def robustness_checks(
                 seed=config.relearn_seed,
                 eval_fn=eval_fn,
                 eval_at=config.relearn_steps,
+                qa_format=qa_format,
             )
             del run.model  # free the relearned copy before quantizing
             results["relearn"] = run.to_dict()
@@ -187,6 +190,8 @@ class RobustnessCallback(TrainerCallback):
         tokenizer: default: the trainer's ``processing_class``.
         original_model: the model before unlearning, to report the fraction of quantization codes unlearning
             changed.
+        qa_format: the QA format (:class:`hf_unlearn.data.QAFormat`) of relearning rows and of the benchmark
+            (when `benchmark` is a name); the format the model was fine-tuned in.
     """
 
     def __init__(
@@ -198,11 +203,14 @@ class RobustnessCallback(TrainerCallback):
         relearn_data=None,
         tokenizer=None,
         original_model=None,
+        qa_format=None,
     ):
         if eval_fn is None and benchmark is None:
             raise ValueError("RobustnessCallback needs eval_fn=... or benchmark=... (e.g. 'tofu') to measure with.")
         self.config = config or RobustnessConfig()
-        self.eval_fn = eval_fn or benchmark_eval_fn(benchmark, **(benchmark_settings or {}))
+        settings = {**({"qa_format": qa_format} if qa_format is not None else {}), **(benchmark_settings or {})}
+        self.eval_fn = eval_fn or benchmark_eval_fn(benchmark, **settings)
+        self.qa_format = qa_format
         self.relearn_data, self.tokenizer, self.original_model = relearn_data, tokenizer, original_model
         self.runs: list[dict[str, Any]] = []
 
@@ -239,7 +247,7 @@ class RobustnessCallback(TrainerCallback):
         self._resolve_data(train_dataloader)
         target = gathered_copy(model) if _is_zero3(model) else model
         results = robustness_checks(
-            target, tokenizer, self.eval_fn, self.relearn_data, self.config, self.original_model
+            target, tokenizer, self.eval_fn, self.relearn_data, self.config, self.original_model, self.qa_format
         )
         results["zero3_gathered"] = target is not model
         record = {"trigger": trigger, "global_step": state.global_step, **results}

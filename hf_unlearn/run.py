@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 from hf_unlearn.benchmarks.tofu_data import load_tofu, tofu_split_names
-from hf_unlearn.data import ForgetRetainDataset, QADataset, TextBlockDataset, read_texts
+from hf_unlearn.data import ForgetRetainDataset, QADataset, QAFormat, TextBlockDataset, read_texts
 from hf_unlearn.recipes import ScriptArguments, parse_recipe
 from hf_unlearn.trainers import get_method
 
@@ -66,7 +66,7 @@ def build_train_dataset(
         source = f"{data_dir or 'locuslab/TOFU'}:{split}"
         return QADataset(
             load_tofu(split, data_dir), tokenizer, max_length=script_args.max_length,
-            template=script_args.qa_template, source=source,
+            qa_format=QAFormat.from_args(script_args), source=source,
         )  # fmt: skip
 
     retain = qa(retain_split) if trainer_cls.uses_retain(config) else None
@@ -94,7 +94,7 @@ def tofu_settings(script_args: ScriptArguments, data_dir: str | None, show_progr
         "show_progress": show_progress,
         "forget_split": script_args.forget_split,
         "data_dir": data_dir,
-        "template": script_args.qa_template,
+        "qa_format": QAFormat.from_args(script_args),
         "max_length": script_args.max_length,
         "max_new_tokens": script_args.eval_max_new_tokens,
         "retain_model": script_args.retain_model_path,
@@ -114,7 +114,13 @@ def callbacks_for(script_args: ScriptArguments, config, data_dir: str | None, ro
             original = AutoModelForCausalLM.from_pretrained(script_args.model_name_or_path)
         settings = tofu_settings(script_args, data_dir, show_progress=not config.disable_tqdm)
         callbacks.append(
-            RobustnessCallback(robustness, benchmark="tofu", benchmark_settings=settings, original_model=original)
+            RobustnessCallback(
+                robustness,
+                benchmark="tofu",
+                benchmark_settings=settings,
+                original_model=original,
+                qa_format=settings["qa_format"],
+            )  # fmt: skip
         )
     return callbacks
 

@@ -11,8 +11,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from hf_unlearn.data import QAFormat, add_qa_format_arguments
+
 
 def add_arguments(parser):
+    add_qa_format_arguments(parser)
     parser.add_argument("--model", required=True, help="Folder or Hub id of the unlearned model (and tokenizer).")
     parser.add_argument("--original_model", default=None, help="Model before unlearning: report codes changed.")
     parser.add_argument("--benchmark", default="tofu", help="tofu | tofu-legacy | nll (answer NLL, fast).")
@@ -37,6 +40,7 @@ def _eval_fn(args, data_dir):
         from hf_unlearn.robustness import benchmark_eval_fn
 
         settings = {"forget_split": args.forget_split, "data_dir": data_dir, "max_examples": args.max_examples}
+        settings["qa_format"] = QAFormat.from_args(args)
         return benchmark_eval_fn(args.benchmark, **settings)
 
     from hf_unlearn.analysis import mean_answer_loss
@@ -51,7 +55,8 @@ def _eval_fn(args, data_dir):
         if not cache:
             cache["collator"] = DataCollatorForUnlearning(tokenizer)
             for role in ("forget", "retain"):
-                cache[role] = (names[role], load_split(data_dir, names[role], tokenizer, args.max_examples))
+                split = load_split(data_dir, names[role], tokenizer, args.max_examples, QAFormat.from_args(args))
+                cache[role] = (names[role], split)
         return {
             f"nll/{name}": mean_answer_loss(model, dataset, cache["collator"])
             for name, dataset in (cache["forget"], cache["retain"])
@@ -87,11 +92,13 @@ def main(args):
         relearn_rows = load_dataset("json", data_files=args.relearn_data, split="train")
     else:
         relearn_rows = load_tofu(args.forget_split, data_dir)
-    results = robustness_checks(model, tokenizer, _eval_fn(args, data_dir), relearn_rows, config, original)
+    qa_format = QAFormat.from_args(args)
+    results = robustness_checks(model, tokenizer, _eval_fn(args, data_dir), relearn_rows, config, original, qa_format)
     document = {
         "format": RESULTS_FORMAT,
         "model": args.model,
         "config": asdict(config),
+        "qa_format": qa_format.describe(tokenizer),
         "runs": [{"trigger": "post_hoc", "global_step": None, **results}],
     }
     out = Path(args.output_dir)

@@ -136,9 +136,7 @@ def generate_greedy(
                 running = None
     progress.close()
     eos = tokenizer.eos_token_id
-    return [
-        _cut_at_stop(tokenizer.decode(_until_eos(t, eos), skip_special_tokens=True), stop_strings) for t in tokens
-    ]
+    return [_cut_at_stop(tokenizer.decode(_until_eos(t, eos), skip_special_tokens=True), stop_strings) for t in tokens]
 
 
 class _GreedyBatch:
