@@ -123,39 +123,54 @@ def generate_greedy(
         running = None
         while queue or running is not None:
             free = batch_size - (running.size if running is not None else 0)
-            if queue and (running is None or (running.can_merge and free >= max(1, batch_size // 4))):
+            threshold = max(1, batch_size // 4)
+            if queue and (running is None or (running.can_merge and free >= threshold)):
                 rows = [queue.popleft() for _ in range(min(free, len(queue)))]
                 fresh = _GreedyBatch.prefill(model, [prompts[i] for i in rows], rows, pad_token_id)
                 progress.update(fresh.record(tokens, caps, tokenizer.eos_token_id))
+                if running is not None and running.compact().size == 0:
+                    running = None
                 if fresh.size:
-                    running = fresh if running is None else running.merge(fresh)
+                    running = fresh.compact() if running is None else running.merge(fresh)
             else:
+                if running.dead >= threshold or (not queue and running.dead and not running.can_merge):
+                    running.compact()
                 running.step(model)
                 progress.update(running.record(tokens, caps, tokenizer.eos_token_id))
-            if running is not None and running.size == 0:
-                running = None
+                if running.size == 0:
+                    running = None
     progress.close()
     eos = tokenizer.eos_token_id
     return [_cut_at_stop(tokenizer.decode(_until_eos(t, eos), skip_special_tokens=True), stop_strings) for t in tokens]
+
+
+def _new_cache(model) -> DynamicCache:
+    return DynamicCache(config=getattr(model, "config", None))
 
 
 class _GreedyBatch:
     """The rows decoding together: their KV cache, attention mask, next positions and last greedy tokens.
 
     Rows are left-padded to a common cache length; ``position_ids`` count each row's own tokens, so a row's
-    logits do not depend on its padding. Finished rows leave (``batch_select_indices``); new rows join after
-    their own prefill by left-padding the shorter of the two caches (plain ``DynamicLayer`` caches only), and
-    cache columns that no row attends to any more are dropped. A model that keeps no cache (no ``cache`` use)
-    is fed the whole sequence at each step.
+    logits do not depend on its padding. A finished row stays in the batch (its tokens are ignored) until
+    :meth:`compact` drops finished rows, which happens when enough have finished that the copy is worth it
+    or new rows join; new rows join after their own prefill by left-padding the shorter of the two caches, and
+    cache columns no row attends to any more are dropped. A model that keeps no cache is fed the whole sequence
+    at each step.
     """
 
     def __init__(self, rows, cache, mask, positions, last, sequences):
         self.rows, self.cache, self.mask, self.positions, self.last = rows, cache, mask, positions, last
+        self.alive = [True] * len(rows)
         self.sequences = sequences  # full token rows, only for models without a cache
 
     @property
     def size(self) -> int:
-        return len(self.rows)
+        return sum(self.alive)
+
+    @property
+    def dead(self) -> int:
+        return len(self.alive) - self.size
 
     @property
     def can_merge(self) -> bool:
@@ -167,9 +182,14 @@ class _GreedyBatch:
         batch = pad_batch([{"input_ids": p, "attention_mask": [1] * len(p)} for p in prompts], pad_token_id, "left")
         input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=getattr(model, "config", None))
+        cache = _new_cache(model)
         logits = model(
-            input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
         ).logits
         sequences = None if cache.get_seq_length() > 0 else input_ids
         last = logits[:, -1].argmax(dim=-1)
@@ -177,11 +197,13 @@ class _GreedyBatch:
 
     def step(self, model) -> None:
         """One greedy token for every row."""
-        self.mask = torch.cat([self.mask, self.mask.new_ones(self.size, 1)], dim=1)
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         if self.sequences is not None:
             self.sequences = torch.cat([self.sequences, self.last[:, None]], dim=1)
             positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=self.sequences, attention_mask=self.mask, position_ids=positions).logits
+            logits = model(
+                input_ids=self.sequences, attention_mask=self.mask, position_ids=positions, logits_to_keep=1
+            ).logits
         else:
             logits = model(
                 input_ids=self.last[:, None],
@@ -194,39 +216,42 @@ class _GreedyBatch:
         self.last = logits[:, -1].argmax(dim=-1)
 
     def record(self, tokens: list[list[int]], caps: list[int], eos_token_id: int | None) -> int:
-        """Append each row's new token; drop rows that produced EOS or reached their cap; return how many ended."""
-        new = self.last.tolist()
-        keep = []
-        for slot, (row, token) in enumerate(zip(self.rows, new)):
+        """Append each live row's new token; rows that produced EOS or reached their cap finish; return how many."""
+        finished = 0
+        for slot, (row, token) in enumerate(zip(self.rows, self.last.tolist())):
+            if not self.alive[slot]:
+                continue
             tokens[row].append(token)
-            if token != eos_token_id and len(tokens[row]) < caps[row]:
-                keep.append(slot)
-        if len(keep) < self.size:
-            self._select(keep)
-        return len(new) - len(keep)
+            if token == eos_token_id or len(tokens[row]) >= caps[row]:
+                self.alive[slot] = False
+                finished += 1
+        return finished
 
-    def _select(self, slots: list[int]) -> None:
-        self.rows = [self.rows[s] for s in slots]
+    def compact(self) -> _GreedyBatch:
+        """Drop finished rows (and cache columns no remaining row attends to)."""
+        if self.dead == 0:
+            return self
+        slots = [slot for slot, alive in enumerate(self.alive) if alive]
+        self.rows, self.alive = [self.rows[s] for s in slots], [True] * len(slots)
         if not slots:
-            return
+            return self
         index = torch.tensor(slots, device=self.mask.device)
         self.mask, self.positions, self.last = self.mask[index], self.positions[index], self.last[index]
         if self.sequences is not None:
             self.sequences = self.sequences[index]
-        else:
-            self.cache.batch_select_indices(index)
-            self._drop_unused_columns()
-
-    def _drop_unused_columns(self) -> None:
+            return self
+        self.cache.batch_select_indices(index)
         used = self.mask.any(dim=0).nonzero()
         first = int(used[0]) if used.numel() else self.mask.shape[1]
         if first > 0 and self.can_merge:
             self.mask = self.mask[:, first:]
             for layer in self.cache.layers:
                 layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        return self
 
     def merge(self, other: _GreedyBatch) -> _GreedyBatch:
-        """One batch of both sets of rows; the shorter cache is left-padded with masked zeros."""
+        """One batch of both sets of live rows; the shorter cache is left-padded with masked zeros."""
+        other.compact()
         length = max(self.mask.shape[1], other.mask.shape[1])
 
         def left_pad(tensor, dim):
@@ -243,7 +268,7 @@ class _GreedyBatch:
         self.mask = torch.cat([left_pad(self.mask, 1), left_pad(other.mask, 1)])
         self.positions = torch.cat([self.positions, other.positions])
         self.last = torch.cat([self.last, other.last])
-        self.rows = self.rows + other.rows
+        self.rows, self.alive = self.rows + other.rows, self.alive + other.alive
         return self
 
 
