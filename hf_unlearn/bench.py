@@ -18,6 +18,7 @@ BENCHMARKS = {
     "zo_peak_memory": "hf_unlearn.bench_optim:bench_zo_peak_memory",
     "hybrid_vs_adam_wall": "hf_unlearn.bench_optim:bench_hybrid_wall_time",
     "tofu_eval_throughput": "hf_unlearn.bench_eval:bench_tofu_eval_throughput",
+    "tofu_full_eval_2m": "hf_unlearn.perf_eval:bench_tofu_full_eval",
 }
 
 
