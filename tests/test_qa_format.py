@@ -198,3 +198,33 @@ def test_recipe_keys_and_bad_template():
     parser = argparse.ArgumentParser()
     add_qa_format_arguments(parser)
     assert QAFormat.from_args(parser.parse_args([])) == QAFormat()
+
+
+@pytest.mark.parametrize("style", ["whitespace_attaching", "gpt2"])
+def test_idk_dpo_refusal_is_tokenised_like_a_joint_qa_example(style, tmp_path):
+    from hf_unlearn.data import ForgetRetainDataset
+    from hf_unlearn.trainers.idk_dpo import IdkDPOConfig, IdkDPOTrainer
+
+    rows = make_synthetic_tofu(num_authors=10, qa_per_author=4, seed=0)["forget10"]
+    texts = [TOFU_TEMPLATE.format(question=r["question"]) + r["answer"] for r in rows] + ["I don't know."]
+    if style == "gpt2":
+        tokenizer = train_tokenizer(texts, vocab_size=400, chat_template=False)
+    else:
+        tokenizer = whitespace_attaching_tokenizer(texts)
+    fmt = QAFormat(template=TOFU_TEMPLATE)
+    forget = QADataset(rows, tokenizer, qa_format=fmt)
+    args = IdkDPOConfig(
+        output_dir=str(tmp_path), report_to="none", idk_answers=["I don't know."], alpha=0.0, use_cpu=True
+    )
+    build_tiny_model(tokenizer).save_pretrained(tmp_path / "model")
+    trainer = IdkDPOTrainer(
+        str(tmp_path / "model"), args, train_dataset=ForgetRetainDataset(forget), processing_class=tokenizer
+    )
+    batch = DataCollatorForUnlearning(tokenizer)([{"forget": {**forget[i], "index": i}} for i in range(len(forget))])
+    preferred = trainer.preferred_batch(batch["forget"])
+    for i, row in enumerate(rows):
+        expected = tokenize_qa(tokenizer, row["question"], "I don't know.", qa_format=fmt)
+        n = len(expected["input_ids"])
+        assert preferred["input_ids"][i, :n].tolist() == expected["input_ids"]
+        labelled = [t for t in preferred["labels"][i].tolist() if t != IGNORE_INDEX]
+        assert tokenizer.decode(labelled).strip() == "I don't know.</s>"  # no doubled or missing space
