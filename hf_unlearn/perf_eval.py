@@ -54,7 +54,10 @@ def build_eval_model(data_dir: str | Path, finetune_epochs: float = 2.0, batch_s
 
 
 def time_tofu_evaluation(model, tokenizer, data_dir, forget_split="forget10", batch_size=32, max_new_tokens=200):
-    """``(seconds of retain statistics + evaluation, TOFU result)`` of one full evaluation."""
+    """``(wall seconds, process CPU seconds, TOFU result)`` of retain statistics + evaluation.
+
+    CPU time is reported beside wall time because it barely moves when other processes share the machine.
+    """
     from hf_unlearn.benchmarks.tofu import TofuBenchmark
 
     settings = {
@@ -64,10 +67,10 @@ def time_tofu_evaluation(model, tokenizer, data_dir, forget_split="forget10", ba
         "max_new_tokens": max_new_tokens,
         "show_progress": False,
     }
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     reference = TofuBenchmark(**settings).retain_statistics(model, tokenizer)
     result = TofuBenchmark(**settings, retain_stats=reference).evaluate(model, tokenizer)
-    return time.perf_counter() - start, result
+    return time.perf_counter() - start, time.process_time() - cpu_start, result
 
 
 def bench_tofu_full_eval(
@@ -78,7 +81,11 @@ def bench_tofu_full_eval(
     finetune_epochs: float = 2.0,
     threads: int = 1,
 ) -> dict:
-    """Examples/s of the full TOFU evaluation of the 2M-parameter shape, with the evaluator's stage breakdown."""
+    """Examples/s of the full TOFU evaluation of the 2M-parameter shape, with the evaluator's stage breakdown.
+
+    Issue 11's reference on a quiet machine: open-unlearning's evaluator 88.8 s, hf_unlearn before it 45.4 s; the
+    target is 3x open-unlearning (~30 s). Fine-tuning the model first takes ~3 CPU minutes at one thread.
+    """
     from hf_unlearn.benchmarks.tofu_data import default_tofu_dir
 
     data_dir = data_dir or default_tofu_dir()
@@ -90,7 +97,9 @@ def bench_tofu_full_eval(
         start = time.perf_counter()
         model, tokenizer = build_eval_model(data_dir, finetune_epochs)
         finetune_seconds = time.perf_counter() - start
-        seconds, result = time_tofu_evaluation(model, tokenizer, data_dir, forget_split, batch_size, max_new_tokens)
+        seconds, cpu_seconds, result = time_tofu_evaluation(
+            model, tokenizer, data_dir, forget_split, batch_size, max_new_tokens
+        )
     finally:
         torch.set_num_threads(previous)
     examples = sum(result.num_examples.values())
@@ -99,6 +108,7 @@ def bench_tofu_full_eval(
     return {
         "examples": examples,
         "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu_seconds, 2),
         "examples_per_second": round(examples / seconds, 2),
         "stages_seconds": result.config.get("timings"),
         "mean_generated_tokens": round(sum(generated) / max(len(generated), 1), 1),
