@@ -258,6 +258,8 @@ class RobustnessCallback(TrainerCallback):
             path = Path(args.output_dir) / self.config.results_file
             path.parent.mkdir(parents=True, exist_ok=True)
             document = {"format": RESULTS_FORMAT, "config": asdict(self.config), "runs": self.runs}
+            if self.qa_format is not None:
+                document["qa_format"] = self.qa_format.describe(tokenizer)
             path.write_text(json.dumps(document, indent=2) + "\n")
         if world_size > 1:
             torch.distributed.barrier()  # no rank moves on (or exits) before the file is written
