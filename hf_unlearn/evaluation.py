@@ -58,6 +58,11 @@ def add_eval_subparser(subparsers) -> argparse.ArgumentParser:
 def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The benchmark constructor's keyword arguments from parsed CLI options (unset options are left out)."""
     name = args.benchmark
+    if not name.startswith("tofu") and QAFormat.from_args(args) != QAFormat():
+        raise ValueError(
+            f"--qa_template/--system_prompt/--no_chat_template apply to TOFU; {name}'s prompts are fixed by the "
+            "benchmark. Drop them."
+        )
     common = {"data_dir": args.data_dir, "batch_size": args.batch_size}
     if name.startswith("tofu"):
         specific = {

@@ -228,3 +228,13 @@ def test_idk_dpo_refusal_is_tokenised_like_a_joint_qa_example(style, tmp_path):
         assert preferred["input_ids"][i, :n].tolist() == expected["input_ids"]
         labelled = [t for t in preferred["labels"][i].tolist() if t != IGNORE_INDEX]
         assert tokenizer.decode(labelled).strip() == "I don't know.</s>"  # no doubled or missing space
+
+
+def test_eval_rejects_qa_format_flags_for_benchmarks_with_fixed_prompts():
+    from hf_unlearn.evaluation import add_arguments, benchmark_settings
+
+    args = add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--model", "m", "--benchmark", "muse", "--qa_template", "Q: {question} A: "]
+    )
+    with pytest.raises(ValueError, match="apply to TOFU; muse's prompts are fixed"):
+        benchmark_settings(args)
