@@ -131,6 +131,8 @@ class RobustnessCallback(TrainerCallback):
         tokenizer: default: the trainer's ``processing_class``.
         original_model: the model before unlearning, to report the fraction of quantization codes unlearning
             changed.
+        qa_format: the QA format (:class:`hf_unlearn.data.QAFormat`) of relearning rows and of the benchmark
+            (when `benchmark` is a name); the format the model was fine-tuned in.
     """
 
     def __init__(
@@ -142,11 +144,14 @@ class RobustnessCallback(TrainerCallback):
         relearn_data=None,
         tokenizer=None,
         original_model=None,
+        qa_format=None,
     ):
         if eval_fn is None and benchmark is None:
             raise ValueError("RobustnessCallback needs eval_fn=... or benchmark=... (e.g. 'tofu') to measure with.")
         self.config = config or RobustnessConfig()
-        self.eval_fn = eval_fn or benchmark_eval_fn(benchmark, **(benchmark_settings or {}))
+        settings = {**({"qa_format": qa_format} if qa_format is not None else {}), **(benchmark_settings or {})}
+        self.eval_fn = eval_fn or benchmark_eval_fn(benchmark, **settings)
+        self.qa_format = qa_format
         self.relearn_data, self.tokenizer, self.original_model = relearn_data, tokenizer, original_model
         self.runs: list[dict[str, Any]] = []
 
@@ -183,7 +188,7 @@ class RobustnessCallback(TrainerCallback):
         self._resolve_data(train_dataloader)
         target = gathered_copy(model) if is_zero3(model) else model
         results = robustness_checks(
-            target, tokenizer, self.eval_fn, self.relearn_data, self.config, self.original_model
+            target, tokenizer, self.eval_fn, self.relearn_data, self.config, self.original_model, self.qa_format
         )
         results["zero3_gathered"] = target is not model
         record = {"trigger": trigger, "global_step": state.global_step, **results}
@@ -194,6 +199,8 @@ class RobustnessCallback(TrainerCallback):
             path = Path(args.output_dir) / self.config.results_file
             path.parent.mkdir(parents=True, exist_ok=True)
             document = {"format": RESULTS_FORMAT, "config": asdict(self.config), "runs": self.runs}
+            if self.qa_format is not None:
+                document["qa_format"] = self.qa_format.describe(tokenizer)
             path.write_text(json.dumps(document, indent=2) + "\n")
         if world_size > 1:
             torch.distributed.barrier()  # no rank moves on (or exits) before the file is written

@@ -15,6 +15,8 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hf_unlearn.data import QAFormat
+
 
 FINETUNE_BENCHMARKS = ("tofu", "synthetic")
 MODELS = ("target", "retain")
@@ -84,13 +86,13 @@ def training_split(model: str, forget_split: str) -> str:
     return "full" if model == "target" else tofu_split_names(forget_split)["retain"]
 
 
-def qa_sft_dataset(rows, tokenizer, max_length: int, template: str | None, source: str):
+def qa_sft_dataset(rows, tokenizer, max_length: int, qa_format: QAFormat | None, source: str):
     """A `datasets.Dataset` of `input_ids`/`attention_mask`/`labels` in hf_unlearn's prompt/answer format."""
     from datasets import Dataset
 
     from hf_unlearn.data import QADataset
 
-    examples = QADataset(rows, tokenizer, max_length=max_length, template=template, source=source)
+    examples = QADataset(rows, tokenizer, max_length=max_length, qa_format=qa_format, source=source)
     return Dataset.from_list([examples[i] for i in range(len(examples))])
 
 
@@ -139,7 +141,7 @@ def finetune(script_args: FinetuneArguments, config, model_args) -> dict:
         split = training_split(model, script_args.forget_split)
         source = f"{data_dir or 'locuslab/TOFU'}:{split}"
         dataset = qa_sft_dataset(
-            load_tofu(split, data_dir), tokenizer, config.max_length, script_args.qa_template, source
+            load_tofu(split, data_dir), tokenizer, config.max_length, QAFormat.from_args(script_args), source
         )
         args = copy.copy(config)
         args.output_dir = str(Path(config.output_dir) / model)

@@ -77,7 +77,17 @@ class ScriptArguments:
     max_length: int = field(default=512, metadata={"help": "Maximum tokens per QA example or text block."})
     qa_template: str | None = field(
         default=None,
-        metadata={"help": "Plain prompt template with {question}; unset = the tokenizer's chat template if any."},
+        metadata={
+            "help": "Plain prompt template with {question}; the answer follows the rendered template directly (TOFU: "
+            "'Question: {question}\\nAnswer: ', the space in the prompt; a typed \\n is a newline). Unset: the "
+            "tokenizer's chat template if any, else TOFU's template."
+        },
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System prompt the model was fine-tuned with (chat: a system message)."}
+    )
+    no_chat_template: bool = field(
+        default=False, metadata={"help": "Ignore the tokenizer's chat template; use qa_template or TOFU's template."}
     )
     synthetic_num_authors: int = field(default=20, metadata={"help": "synthetic: number of fictitious authors."})
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter (TRL's name); rank lora_r or 16."})

@@ -208,7 +208,7 @@ def bos_tokenizer():
 
 
 class RecordingBigramLM(BigramLM):
-    """BigramLM that records every prompt it is asked to continue and every sequence it scores."""
+    """BigramLM that records every prompt it is asked to continue and the length of every sequence it scores."""
 
     def __init__(self, table, context=None):
         super().__init__(table)
@@ -217,13 +217,13 @@ class RecordingBigramLM(BigramLM):
             self.config = SimpleNamespace(max_position_embeddings=context)
 
     def forward(self, input_ids, attention_mask=None, **kwargs):
-        self.forward_lengths.append(input_ids.shape[1])
+        if "position_ids" not in kwargs:  # scoring; generation's steps pass positions
+            self.forward_lengths.append(input_ids.shape[1])
+        cache = kwargs.get("cache")
+        if kwargs.get("use_cache") and cache is not None and cache.get_seq_length() == 0:  # a generation's prefill
+            for row, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+                self.prompts.append([token for token, keep in zip(row, mask) if keep])
         return super().forward(input_ids, attention_mask, **kwargs)
-
-    def generate(self, input_ids, attention_mask=None, **kwargs):
-        for row, mask in zip(input_ids.tolist(), attention_mask.tolist()):
-            self.prompts.append([token for token, keep in zip(row, mask) if keep])
-        return super().generate(input_ids, attention_mask, **kwargs)
 
 
 @pytest.mark.parametrize("original", [False, True])

@@ -96,12 +96,14 @@ def robustness_checks(
     relearn_data=None,
     config: RobustnessConfig | None = None,
     original_model=None,
+    qa_format=None,
 ) -> dict[str, Any]:
     """Evaluate `model`, then after each relearning budget and each quantization kind; `model` is left as it was.
 
     Returns ``{"unlearned": metrics, "relearn": {config, curve, losses} | None,
     "quantization": {kind: {"metrics", "codes_changed_fraction"}}, "weights_sha256", "runtime_s"}``;
-    ``codes_changed_fraction`` (vs `original_model`, the model before unlearning) is None without it.
+    ``codes_changed_fraction`` (vs `original_model`, the model before unlearning) is None without it. QA rows to
+    relearn on are tokenised in `qa_format` (a :class:`hf_unlearn.data.QAFormat`).
     """
     config = config or RobustnessConfig()
     start = time.perf_counter()
@@ -121,6 +123,7 @@ def robustness_checks(
                 seed=config.relearn_seed,
                 eval_fn=eval_fn,
                 eval_at=config.relearn_steps,
+                qa_format=qa_format,
             )
             del run.model  # free the relearned copy before quantizing
             results["relearn"] = run.to_dict()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
-from hf_unlearn.data import QADataset, TextBlockDataset, check_columns
+from hf_unlearn.data import QADataset, QAFormat, TextBlockDataset, check_columns
 
 
 HUB_ID = "locuslab/TOFU"
@@ -76,7 +76,9 @@ def load_tofu(config_name: str, data_dir: str | Path | None = None) -> Dataset:
     return rows
 
 
-def load_split(data: str | None, split: str, tokenizer, max_examples: int | None = None, template: str | None = None):
+def load_split(
+    data: str | None, split: str, tokenizer, max_examples: int | None = None, qa_format: QAFormat | None = None
+):
     """Tokenised examples of one split: a TOFU config from a folder, or the rows of one JSON Lines file."""
     if data is not None and Path(data).is_file():
         rows = load_dataset("json", data_files=data, split="train")
@@ -88,7 +90,7 @@ def load_split(data: str | None, split: str, tokenizer, max_examples: int | None
     if max_examples is not None:
         rows = rows.select(range(min(max_examples, len(rows))))
     if "question" in rows.column_names:
-        return QADataset(rows, tokenizer, template=template, source=f"{data}:{split}")
+        return QADataset(rows, tokenizer, qa_format=qa_format, source=f"{data}:{split}")
     if "text" in rows.column_names:
         return TextBlockDataset(rows["text"], tokenizer, block_size=512, source=f"{data}:{split}")
     raise ValueError(f"{data}: rows need question/answer or text columns, found {rows.column_names}.")

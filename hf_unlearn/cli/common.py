@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from hf_unlearn.data import DEFAULT_QA_TEMPLATE
+
 
 def add_model(parser, required: bool = True, help_text: str = "Model folder or Hub id (with its tokenizer).") -> None:
     parser.add_argument("--model", required=required, help=help_text)
@@ -20,9 +22,18 @@ def add_retain_model(parser) -> None:
     )
 
 
-def add_qa_template(parser) -> None:
-    parser.add_argument(
-        "--qa_template", default=None, help="Plain prompt template with {question}; unset: the chat template if any."
+def add_qa_format(parser) -> None:
+    """``--qa_template``, ``--system_prompt``, ``--no_chat_template``: the same flags on every command."""
+    group = parser.add_argument_group("QA format (must match how the model was fine-tuned)")
+    group.add_argument(
+        "--qa_template",
+        default=None,
+        help="Plain prompt template with {question}; the answer follows it directly; a typed \\n is a newline. "
+        f"Default: the tokenizer's chat template, else {DEFAULT_QA_TEMPLATE!r} (TOFU's format).",
+    )
+    group.add_argument("--system_prompt", default=None, help="System prompt the model was fine-tuned with.")
+    group.add_argument(
+        "--no_chat_template", action="store_true", help="Ignore the tokenizer's chat template (use a plain template)."
     )
 
 

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from hf_unlearn.cli import common
+from hf_unlearn.data import QAFormat
 
 
 def add_arguments(parser):
@@ -26,7 +27,7 @@ def add_arguments(parser):
     )
     parser.add_argument("--max_examples", type=int, default=None, help="Use only the first N rows of each split.")
     parser.add_argument("--batch_size", type=int, default=16, help="Sequences per forward.")
-    common.add_qa_template(parser)
+    common.add_qa_format(parser)
     common.add_output_dir(parser, "outputs/lmc", "Where lmc.json and lmc.png go.")
     common.add_device(parser)
 
@@ -43,10 +44,10 @@ def main(args):
     model_a, tokenizer = load_model_and_tokenizer(args.model_a, device=args.device)
     model_b, _ = load_model_and_tokenizer(args.model_b, device=args.device)
     collator = DataCollatorForUnlearning(tokenizer)
-    main_set = load_split(args.data_dir, args.split, tokenizer, args.max_examples, args.qa_template)
+    qa_format = QAFormat.from_args(args)
+    main_set = load_split(args.data_dir, args.split, tokenizer, args.max_examples, qa_format)
     extra = {
-        name: load_split(args.data_dir, name, tokenizer, args.max_examples, args.qa_template)
-        for name in args.eval_splits
+        name: load_split(args.data_dir, name, tokenizer, args.max_examples, qa_format) for name in args.eval_splits
     }
 
     def metrics_fn(model):
@@ -66,6 +67,7 @@ def main(args):
         "model_a": args.model_a,
         "model_b": args.model_b,
         "loss": f"mean answer NLL on {args.split}",
+        "qa_format": qa_format.describe(tokenizer),
         **result.to_dict(),
     }
     (out / "lmc.json").write_text(json.dumps(record, indent=2) + "\n")
