@@ -74,6 +74,7 @@ def flags(tiny: dict[str, Path], out: Path) -> list[str]:
         "--gradient_accumulation_steps", "1", "--learning_rate", "1e-6", "--zo_learning_rate", "1e-2",
         "--lr_scheduler_type", "constant", "--warmup_steps", "0", "--logging_steps", "1", "--save_strategy", "steps",
         "--save_steps", "1", "--save_only_model", "true", "--disable_tqdm", "true",
+        "--bf16", "false",  # the recipe targets GPUs in bf16; this CPU has no bf16 training
     ]  # fmt: skip
 
 

@@ -51,7 +51,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def report_error(command: str, err: BaseException) -> int:
     """One line on stderr naming the command and the library's message; 2 for bad input, 1 for other failures."""
-    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    # Some library messages span lines (DeepSpeed lists each mismatched value): one line, nothing dropped.
+    message = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
     bad_input = isinstance(err, (ValueError, OSError, KeyError, TypeError, ImportError))
     print(f"hf-unlearn {command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
     return 2 if bad_input else 1
