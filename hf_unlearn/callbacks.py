@@ -4,6 +4,8 @@
 - :class:`PairingEpochCallback`: re-pairs forget and retain examples each epoch on every process.
 - :class:`RobustnessCallback`: relearning and quantization attacks at train end (``hf_unlearn.attacks``).
 - :class:`ComputeAccountingCallback`: counts forward and backward passes per phase (FO / ZO) for the report.
+- :class:`DivergenceGuardCallback`: stops training before a step with a non-finite (or runaway) loss or gradient
+  updates the weights.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from hf_unlearn.attacks.robustness import (
     rank_and_world,
     robustness_checks,
 )
+from hf_unlearn.io import atomic_write_text
 from hf_unlearn.optim.args import check_hybrid_max_steps
 from hf_unlearn.optim.hybrid import HybridOptimizer, unwrap_optimizer, zo_optimizer_of
 
@@ -192,9 +195,8 @@ class RobustnessCallback(TrainerCallback):
         rank, world_size = rank_and_world()
         if rank == 0 and self.config.results_file:
             path = Path(args.output_dir) / self.config.results_file
-            path.parent.mkdir(parents=True, exist_ok=True)
             document = {"format": RESULTS_FORMAT, "config": asdict(self.config), "runs": self.runs}
-            path.write_text(json.dumps(document, indent=2) + "\n")
+            atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")
         if world_size > 1:
             torch.distributed.barrier()  # no rank moves on (or exits) before the file is written
 
@@ -329,3 +331,74 @@ def _tensors(output):
     elif isinstance(output, dict):
         for item in output.values():
             yield from _tensors(item)
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped by :class:`DivergenceGuardCallback`; `record` is what the report keeps of the stop."""
+
+    def __init__(self, record: dict[str, Any]):
+        self.record = record
+        super().__init__(record["message"])
+
+
+class DivergenceGuardCallback(TrainerCallback):
+    """Stop a run at the first step whose loss, gradient norm or ZO projected gradient is not finite, or whose
+    forget loss passes ``max_forget_loss`` in absolute value (gradient ascent's collapse), before the optimizer
+    applies that step.
+
+    The trainer hands each forward's loss and parts to :meth:`observe`; gradients are checked in
+    ``on_pre_optimizer_step``. A failed check raises :class:`TrainingDiverged` (one message naming the step, the value
+    and the likely cause), so the step's update never reaches the weights, no checkpoint of it is written, and the
+    caller decides what to keep (the pipeline keeps the report and saves no final model).
+    """
+
+    def __init__(self, max_forget_loss: float | None = None):
+        self.max_forget_loss = max_forget_loss
+
+    @classmethod
+    def from_args(cls, args) -> DivergenceGuardCallback:
+        return cls(max_forget_loss=args.divergence_max_forget_loss)
+
+    def observe(self, step: int, loss: torch.Tensor | None, parts: dict[str, list] | None, args=None) -> None:
+        """Check one forward's loss and its parts (``loss/forget``, ...) as soon as they exist, before any update.
+
+        Called by the trainer after each `training_step`, also when that step raised (a ZO optimizer refusing a
+        non-finite projected gradient): the guard's message then replaces the optimizer's.
+        """
+        values = {"loss": [loss]} if loss is not None else {}
+        values.update(parts or {})
+        for name, items in values.items():
+            if not items:
+                continue
+            value = torch.stack([v.detach().float().reshape(-1)[0] for v in items]).cpu()
+            if not torch.isfinite(value).all():
+                self._stop(args, step, name, value[~torch.isfinite(value)][0].item(), "a non-finite loss")
+            if name == "loss/forget" and self.max_forget_loss is not None:
+                worst = value[value.abs().argmax()].item()
+                if abs(worst) > self.max_forget_loss:
+                    self._stop(
+                        args, step, name, worst,
+                        f"a forget loss past divergence_max_forget_loss={self.max_forget_loss}: the model collapses",
+                    )  # fmt: skip
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        step = state.global_step + 1
+        zo = zo_optimizer_of(optimizer) if optimizer is not None else None
+        projected = zo.last_projected_grad if zo is not None and zo.pending_records else None
+        if projected is not None and not math.isfinite(float(projected)):
+            self._stop(args, step, "zo/projected_grad", float(projected), "a non-finite zeroth-order gradient")
+        if model is not None:
+            norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+            if norms:
+                grad_norm = torch.linalg.vector_norm(torch.stack([n.cpu() for n in norms])).item()
+                if not math.isfinite(grad_norm):
+                    self._stop(args, step, "grad_norm", grad_norm, "a non-finite gradient")
+
+    def _stop(self, args, step: int, name: str, value: float, what: str) -> None:
+        lr = getattr(args, "learning_rate", None)
+        rate = f" (learning_rate={lr:g})" if lr is not None else ""
+        message = (
+            f"training diverged at step {step}: {name} = {value:.6g} ({what}); the likely cause is a learning rate "
+            f"too high for this method{rate}: lower it (or set divergence_guard=false to train on regardless)"
+        )
+        raise TrainingDiverged({"step": step, "quantity": name, "value": str(value), "message": message})

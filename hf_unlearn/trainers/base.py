@@ -17,7 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
 from transformers.utils import is_peft_available
 
-from hf_unlearn.callbacks import HybridScheduleCallback, PairingEpochCallback
+from hf_unlearn.callbacks import DivergenceGuardCallback, HybridScheduleCallback, PairingEpochCallback
 from hf_unlearn.configs import UnlearnConfig
 from hf_unlearn.data import DataCollatorForUnlearning
 from hf_unlearn.modeling import answer_token_nll, model_inputs
@@ -156,6 +156,10 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
         callbacks = self.callback_handler.callbacks
         if args.optimizer == "hybrid" and not any(isinstance(cb, HybridScheduleCallback) for cb in callbacks):
             self.add_callback(HybridScheduleCallback.from_args(args))
+        self.divergence_guard = next((cb for cb in callbacks if isinstance(cb, DivergenceGuardCallback)), None)
+        if self.divergence_guard is None and args.divergence_guard:
+            self.divergence_guard = DivergenceGuardCallback.from_args(args)
+            self.add_callback(self.divergence_guard)
 
     # ---- what a method declares --------------------------------------------------------------------------------
 
@@ -296,9 +300,13 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
     def training_step(self, model, inputs, num_items_in_batch=None):
         """Log each loss part as its mean over the step's forwards: one in a FO step, the ±μ ones in a ZO step."""
         self._step_parts = defaultdict(list)
+        loss = None
         try:
-            return super().training_step(model, inputs, num_items_in_batch)
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            return loss
         finally:
+            if self.divergence_guard is not None:  # raises before the step's update when a value is not finite
+                self.divergence_guard.observe(self.state.global_step + 1, loss, self._step_parts, self.args)
             for key, values in self._step_parts.items():
                 self._log_sums[key] = self._log_sums[key] + torch.stack(values).mean()
             self._step_parts = None
