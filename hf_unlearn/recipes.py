@@ -303,6 +303,27 @@ def check_output_folders(script: ScriptArguments, config) -> None:
         check_synthetic_folder(script.data_dir, num_authors=script.synthetic_num_authors, seed=config.seed)
 
 
+def check_data_files(script: ScriptArguments) -> None:
+    """Read the local training data once, before any weight loads: a malformed file fails in one line naming the
+    file, the line and the field (TOFU splits in data_dir; the forget / retain corpora of the text sources)."""
+    from hf_unlearn.data import read_texts
+
+    if script.data_source == "tofu" and script.data_dir:
+        from hf_unlearn.benchmarks.tofu_data import check_tofu_file, tofu_split_names
+
+        for split in (script.forget_split, script.retain_split or tofu_split_names(script.forget_split)["retain"]):
+            path = Path(script.data_dir) / f"{split}.json"
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"data_dir {script.data_dir} has no {split}.json; point data_dir at a TOFU copy."
+                )
+            check_tofu_file(path, split)
+    elif script.data_source in ("muse", "wmdp", "jsonl"):
+        for name in ("forget_file", "retain_file"):
+            if getattr(script, name):
+                read_texts(getattr(script, name), script.text_field)
+
+
 def parse_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
     """The typed `Recipe` from a recipe file and flags (flags win; `--method` also switches the config class).
 
@@ -344,4 +365,5 @@ def parse_recipe(path: str | Path | None, overrides: list[str] | None = None) ->
 
         check_push_possible(config.hub_model_id, config.hub_token)
     check_output_folders(script, config)
+    check_data_files(script)
     return Recipe(script, config, robustness, None if path is None else str(path), overrides)
