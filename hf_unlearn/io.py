@@ -93,6 +93,8 @@ def check_output_dir(
                 f"files; choose another {flag}."
             )
     existing = next((p for p in (target, *target.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NotADirectoryError(f"{flag} {path} cannot be created: {existing} is a file; choose another folder.")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"{flag} {path}: {existing} is not writable; choose a folder you can write to.")
     if check_contents and out.is_dir() and not overwrite:

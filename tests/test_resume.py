@@ -26,9 +26,9 @@ def is_zo_step(step: int) -> bool:
 def command(model_dir, data_dir, output_dir) -> list[str]:
     flags = {
         "model_name_or_path": model_dir, "data_source": "tofu", "data_dir": data_dir, "output_dir": output_dir,
-        "max_steps": MAX_STEPS, "hybrid_fo_steps": FO_STEPS, "hybrid_zo_steps": ZO_STEPS, "per_device_train_batch_size": 2,
-        "save_strategy": "steps", "save_steps": 1, "logging_steps": 1, "evaluate": "true",
-        "evaluate_before_training": "false", "eval_max_new_tokens": 4, "disable_tqdm": "true", "max_length": 64,
+        "max_steps": MAX_STEPS, "hybrid_fo_steps": FO_STEPS, "hybrid_zo_steps": ZO_STEPS,
+        "per_device_train_batch_size": 2, "save_strategy": "steps", "save_steps": 1, "logging_steps": 1,
+        "evaluate": "true", "evaluate_before_training": "false", "eval_max_new_tokens": 4, "disable_tqdm": "true", "max_length": 64,
     }  # fmt: skip
     argv = [sys.executable, "-m", "hf_unlearn", "run", str(DEMO_RECIPE)]
     for key, value in flags.items():
@@ -50,8 +50,15 @@ def complete_checkpoints(output_dir: Path) -> list[int]:
 
 def report_numbers(output_dir: Path) -> dict:
     report = json.loads((output_dir / "unlearn_report.json").read_text())
-    log = [{k: v for k, v in row.items() if "runtime" not in k and "per_second" not in k} for row in report["training_log"]]
-    return {"log": log, "evaluations": {k: v["values"] for k, v in report["evaluations"].items()}, "stopped": report["stopped"]}
+    log = [
+        {k: v for k, v in row.items() if "runtime" not in k and "per_second" not in k}
+        for row in report["training_log"]
+    ]
+    return {
+        "log": log,
+        "evaluations": {k: v["values"] for k, v in report["evaluations"].items()},
+        "stopped": report["stopped"],
+    }
 
 
 def all_files(folder: Path) -> list[str]:
