@@ -28,7 +28,8 @@ def command(model_dir, data_dir, output_dir) -> list[str]:
         "model_name_or_path": model_dir, "data_source": "tofu", "data_dir": data_dir, "output_dir": output_dir,
         "max_steps": MAX_STEPS, "hybrid_fo_steps": FO_STEPS, "hybrid_zo_steps": ZO_STEPS,
         "per_device_train_batch_size": 2, "save_strategy": "steps", "save_steps": 1, "logging_steps": 1,
-        "evaluate": "true", "evaluate_before_training": "false", "eval_max_new_tokens": 4, "disable_tqdm": "true", "max_length": 64,
+        "evaluate": "true", "evaluate_before_training": "false", "eval_max_new_tokens": 4, "disable_tqdm": "true",
+        "max_length": 64,
     }  # fmt: skip
     argv = [sys.executable, "-m", "hf_unlearn", "run", str(DEMO_RECIPE)]
     for key, value in flags.items():
