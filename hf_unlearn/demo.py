@@ -162,8 +162,15 @@ def run_demo(
     finetune_epochs: int = 30,
     variants: list[str] | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> list[dict]:
-    """Run the demo end to end; print and write the report; return its rows."""
+    """Run the demo end to end; print and write the report; return its rows.
+
+    `output_dir` must be new or empty unless `overwrite` (an earlier demo's files are then written over).
+    """
+    from hf_unlearn.io import check_output_dir
+
+    check_output_dir(output_dir, flag="--output_dir", overwrite=overwrite, overwrite_flag="--overwrite")
     import datasets
     from transformers.utils import logging
 
@@ -190,6 +197,7 @@ def run_demo(
         "--model_name_or_path", str(original), "--data_source", "tofu", "--data_dir", str(data_dir),
         "--retain_model", str(retain_model), "--robustness", "true", "--report_codes_changed", "true",
         "--eval_max_new_tokens", "48", "--disable_tqdm", "true", "--seed", str(seed),
+        "--overwrite_output_dir", str(overwrite).lower(),
     ]  # fmt: skip
     for variant in variants:
         print(f"Unlearning with NPO + {variant}, then attacking the result ...")

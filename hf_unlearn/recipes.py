@@ -287,9 +287,6 @@ def check_output_folders(script: ScriptArguments, config) -> None:
     }
     if script.data_source != "synthetic":
         protected["data_dir"] = script.data_dir
-    for name in ("forget_file", "retain_file"):
-        if getattr(script, name):
-            protected[f"{name}'s"] = str(Path(getattr(script, name)).parent)
     check_output_dir(
         config.output_dir,
         overwrite=config.overwrite_output_dir,
