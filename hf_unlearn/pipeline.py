@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 
 from hf_unlearn.benchmarks.sources import DataSource, source_from_recipe
-from hf_unlearn.callbacks import ComputeAccountingCallback, RobustnessCallback, TrainingDiverged
+from hf_unlearn.callbacks import ComputeAccountingCallback, RobustnessCallback, TrainingDiverged, logs_to_stderr
 from hf_unlearn.loading import disable_progress_bars, load_model_and_tokenizer, load_tokenizer
 from hf_unlearn.recipes import Recipe
 from hf_unlearn.report import AFTER, BEFORE, UnlearnReport
@@ -155,6 +155,7 @@ def run(recipe: Recipe) -> UnlearnReport:
         model_config_checked=True,
     )
     ComputeAccountingCallback.for_trainer(trainer)
+    logs_to_stderr(trainer)
     if script.evaluate_before_training and (script.evaluate or script.robustness):
         with report.timed("evaluate_before"):
             report.add_evaluation(BEFORE, source.evaluate(model.eval(), tokenizer, **evaluation_settings(config)))
