@@ -1,9 +1,10 @@
 """Robustness checks of an unlearned model: metrics before and after relearning and weight quantization.
 
-:func:`robustness_checks` is the plain function (also behind ``hf-unlearn attack``); :class:`RobustnessCallback`
-runs it at the end of training (and optionally after each evaluation) and records the results in
-``state.log_history`` and ``<output_dir>/robustness.json``. The weights the user keeps are verified bit for bit
-afterwards: relearning trains a copy, quantization swaps weights in place and restores them.
+:func:`robustness_checks` is the plain function (also behind ``hf-unlearn attack``);
+``hf_unlearn.callbacks.RobustnessCallback`` runs it at the end of training (and optionally after each evaluation)
+and records the results in ``state.log_history`` (and, standalone, in ``<output_dir>/robustness.json``; recipe runs
+put them in their ``UnlearnReport``). The weights the user keeps are verified bit for bit afterwards: relearning
+trains a copy, quantization swaps weights in place and restores them.
 
 Multi-process runs: every rank runs the checks (relearning is seeded identically, so each rank's copy is the
 same) and the benchmark evaluator shards its examples across ranks and gathers them; rank 0 writes the file.

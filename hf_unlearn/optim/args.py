@@ -139,7 +139,9 @@ class OptimizerArguments:
         """The one check of every optimizer field; raises ``ValueError`` in one line naming the field and the fix.
 
         Reads the ``TrainingArguments`` fields it depends on (``learning_rate``, ``max_steps``, ``fp16``,
-        ``deepspeed``), which both ``UnlearnConfig`` and the standalone ``OptimizerConfig`` have.
+        ``deepspeed``), which both ``UnlearnConfig`` and the standalone ``OptimizerConfig`` have. Runs in their
+        ``__post_init__``; a TRL config that mixes these fields in (``class C(DPOConfig, OptimizerArguments)``) has
+        no hook for it, so ``OptimizerFactoryMixin.create_optimizer`` runs it there (see ``optimizer_fields_checked``).
         """
         from .zero import validate_deepspeed_for_zo
 
@@ -204,6 +206,11 @@ class OptimizerArguments:
             )
         if self.uses_zeroth_order:
             validate_deepspeed_for_zo(self)
+        self._optimizer_fields_checked = True
+
+    @property
+    def optimizer_fields_checked(self) -> bool:
+        return getattr(self, "_optimizer_fields_checked", False)
 
 
 @dataclass

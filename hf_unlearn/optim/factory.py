@@ -32,6 +32,8 @@ def optimizer_config(args: Any = None, **overrides) -> OptimizerArguments:
     ``overrides``; building it runs the one validation of every field.
     """
     if isinstance(args, OptimizerArguments) and not overrides:
+        if not args.optimizer_fields_checked:  # a TRL config with the optimizer fields mixed in
+            args.check_optimizer_fields()
         return args
     names = {f.name for f in dataclasses.fields(OptimizerConfig)}
     unknown = set(overrides) - names

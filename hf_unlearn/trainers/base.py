@@ -89,8 +89,9 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
         peft_config: a peft config (e.g. `LoraConfig`); the model is wrapped and only the adapter trains.
         model_config_checked: the caller already ran `check_model_config` on this model's config.
 
-    The frozen reference (NPO, KL retain, RMU) is the model loaded again from `args.ref_model_path` or the model's
-    own path, never a deep copy; under peft it is the same model with the adapter disabled.
+    The frozen reference (KL retain, RMU, online NPO) is the model loaded again from `args.ref_model_path` or the
+    model's own path, never a deep copy; under peft it is the same model with the adapter disabled. Cached NPO
+    needs none: its reference values are the policy's own before the first update.
     """
 
     _name = "unlearn"
