@@ -103,6 +103,16 @@ def resume_checkpoint(resume, output_dir: str):
     return str(complete)
 
 
+def remove_stale_report(output_dir: str) -> None:
+    """With overwrite_output_dir: remove an earlier run's report, recipe, plots and card before this run trains, so
+    that no file describing a model that is gone survives beside the new one (whether or not this run finishes)."""
+    from hf_unlearn.model_card import CARD_FILE
+    from hf_unlearn.report import LOSS_PLOT, MARKDOWN_FILE, RECIPE_FILE, RELEARN_PLOT, REPORT_FILE
+
+    for name in (REPORT_FILE, MARKDOWN_FILE, RECIPE_FILE, LOSS_PLOT, RELEARN_PLOT, CARD_FILE):
+        (Path(output_dir) / name).unlink(missing_ok=True)
+
+
 def prepare_tokenizer(script):
     """The model's tokenizer, with `pad_token` applied; a tokenizer without one fails here, before any weight loads."""
     tokenizer = load_tokenizer(script.model_name_or_path, trust_remote_code=script.trust_remote_code)
@@ -159,6 +169,8 @@ def run(recipe: Recipe) -> UnlearnReport:
     if script.evaluate_before_training and (script.evaluate or script.robustness):
         with report.timed("evaluate_before"):
             report.add_evaluation(BEFORE, source.evaluate(model.eval(), tokenizer, **evaluation_settings(config)))
+    if config.overwrite_output_dir and not resume and trainer.is_world_process_zero():
+        remove_stale_report(config.output_dir)
     try:
         with report.timed("train"):
             result = trainer.train(resume_from_checkpoint=resume)

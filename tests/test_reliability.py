@@ -170,3 +170,25 @@ def test_cli_drops_import_noise_but_not_real_messages(capsys):
     captured = capsys.readouterr()
     assert "Setting accelerator" not in captured.out + captured.err
     assert "ZeRO stage 3 needs more memory" in captured.err and "ZeRO" not in captured.out
+
+
+def test_overwrite_replaces_the_earlier_report_and_keeps_other_files(
+    cli, tiny_model_dir, synthetic_data_dir, tmp_path
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "unlearn_report.json").write_text('{"stale": true}')
+    (out / "unlearn_relearning.png").write_bytes(b"an earlier run's plot")
+    (out / "notes.txt").write_text("the user's own notes")
+    flags = recipe_flags(tiny_model_dir, synthetic_data_dir, out)
+    code, _, stderr = cli("run", DEMO, *flags)
+    assert (
+        code == 2
+        and "overwrite_output_dir" in stderr
+        and (out / "unlearn_report.json").read_text() == '{"stale": true}'
+    )
+    code, _, stderr = cli("run", DEMO, *flags, "--overwrite_output_dir", "true")
+    assert code == 0, stderr
+    assert "stale" not in (out / "unlearn_report.json").read_text()
+    assert not (out / "unlearn_relearning.png").exists()  # this run has no relearning: the old plot must not stay
+    assert (out / "notes.txt").read_text() == "the user's own notes" and (out / "model.safetensors").is_file()
