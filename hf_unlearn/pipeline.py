@@ -113,6 +113,17 @@ def remove_stale_report(output_dir: str) -> None:
         (Path(output_dir) / name).unlink(missing_ok=True)
 
 
+def check_causal_lm(model_config, path: str) -> None:
+    """Unlearning trains a causal LM: any other architecture fails here, from its config, before weights load."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if type(model_config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not getattr(model_config, "auto_map", None):
+        raise ValueError(
+            f"model_name_or_path {path} is a {model_config.model_type} model without a causal-LM head in "
+            "transformers; unlearning needs a decoder (causal) language model such as Llama, Qwen or GPT-2."
+        )
+
+
 def prepare_tokenizer(script):
     """The model's tokenizer, with `pad_token` applied; a tokenizer without one fails here, before any weight loads."""
     tokenizer = load_tokenizer(script.model_name_or_path, trust_remote_code=script.trust_remote_code)
@@ -143,7 +154,9 @@ def run(recipe: Recipe) -> UnlearnReport:
     # Checks that need only the model's config (the RMU layer) run before the data is tokenised; the trainer then
     # receives the loaded model and does not check it again.
     trust = {"trust_remote_code": script.trust_remote_code}
-    trainer_cls.check_model_config(AutoConfig.from_pretrained(script.model_name_or_path, **trust), config)
+    model_config = AutoConfig.from_pretrained(script.model_name_or_path, **trust)
+    check_causal_lm(model_config, script.model_name_or_path)
+    trainer_cls.check_model_config(model_config, config)
     tokenizer = prepare_tokenizer(script)
     resume = resume_checkpoint(config.resume_from_checkpoint, config.output_dir)
     source = source_from_recipe(script, config)

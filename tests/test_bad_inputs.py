@@ -100,6 +100,24 @@ CASES = [
     Case("tokenizer-without-pad", run(model_name_or_path="{in}/nopad_model"), 2, ["no pad token", "pad_token: eos"]),
     Case("retain-model-missing", run(retain_model="{in}/no_retain"), 2, ["retain_model", "does not exist"]),
     Case(
+        "model-not-a-causal-lm", run(model_name_or_path="{in}/t5_model"), 2, ["is a t5 model", "causal"]
+    ),  # fmt: skip
+    Case(
+        "rmu-pattern-matches-nothing",
+        run(
+            recipe=RMU,
+            data_source="jsonl",
+            data_dir=None,
+            forget_file="{in}/texts.jsonl",
+            retain_file="{in}/texts.jsonl",
+            layer=1,
+            trainable_layers=1,
+            trainable_pattern="attention_nope",
+        ),
+        2,
+        ["trainable_pattern 'attention_nope'", "names:"],
+    ),  # fmt: skip
+    Case(
         "rmu-layer-out-of-range",
         run(
             recipe=RMU,
@@ -248,6 +266,8 @@ def inputs(tmp_path_factory, tiny_model_dir, synthetic_data_dir):
     typo = (ROOT / "recipes" / "demo.yaml").read_text().replace("learning_rate: 1.0e-3", "learnig_rate: 1.0e-3")
     (folder / "typo.yaml").write_text(typo)
     (folder / "empty_model").mkdir()
+    (folder / "t5_model").mkdir()
+    (folder / "t5_model" / "config.json").write_text(json.dumps({"model_type": "t5", "num_layers": 2}))
     shutil.copytree(tiny_model_dir, folder / "corrupt_model")
     (folder / "corrupt_model" / "config.json").write_text('{"model_type": "llama", ')
     shutil.copytree(tiny_model_dir, folder / "nopad_model")
