@@ -347,14 +347,15 @@ class DivergenceGuardCallback(TrainerCallback):
     forget loss passes ``max_forget_loss`` in absolute value (gradient ascent's collapse), before the optimizer
     applies that step.
 
-    The trainer hands each forward's loss and parts to :meth:`observe`; gradients are checked in
-    ``on_pre_optimizer_step``. A failed check raises :class:`TrainingDiverged` (one message naming the step, the value
+    The trainer hands each forward's loss and parts to :meth:`observe` (non-finite values stop at once); gradients
+    and the forget-loss bound (its largest magnitude over all processes) are checked in ``on_pre_optimizer_step``. A failed check raises :class:`TrainingDiverged` (one message naming the step, the value
     and the likely cause), so the step's update never reaches the weights, no checkpoint of it is written, and the
     caller decides what to keep (the pipeline keeps the report and saves no final model).
     """
 
     def __init__(self, max_forget_loss: float | None = None):
         self.max_forget_loss = max_forget_loss
+        self._worst_forget = 0.0  # the forget loss of largest magnitude in this optimizer step
 
     @classmethod
     def from_args(cls, args) -> DivergenceGuardCallback:
@@ -376,14 +377,28 @@ class DivergenceGuardCallback(TrainerCallback):
                 self._stop(args, step, name, value[~torch.isfinite(value)][0].item(), "a non-finite loss")
             if name == "loss/forget" and self.max_forget_loss is not None:
                 worst = value[value.abs().argmax()].item()
-                if abs(worst) > self.max_forget_loss:
-                    self._stop(
-                        args, step, name, worst,
-                        f"a forget loss past divergence_max_forget_loss={self.max_forget_loss}: the model collapses",
-                    )  # fmt: skip
+                if abs(worst) > abs(self._worst_forget):
+                    self._worst_forget = worst
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._worst_forget = 0.0
 
     def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
         step = state.global_step + 1
+        if self.max_forget_loss is not None:
+            # Checked here, across processes, so that every process stops at the same step (a rank-local stop
+            # would leave the others waiting in the next collective).
+            worst = torch.tensor([abs(self._worst_forget), self._worst_forget], dtype=torch.float64)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                gathered = [torch.zeros_like(worst) for _ in range(torch.distributed.get_world_size())]
+                torch.distributed.all_gather(gathered, worst.to(args.device) if args.device.type != "cpu" else worst)
+                worst = max((g.cpu() for g in gathered), key=lambda g: g[0].item())
+            if worst[0].item() > self.max_forget_loss:
+                self._stop(
+                    args, step, "loss/forget", worst[1].item(),
+                    f"a forget loss past divergence_max_forget_loss={self.max_forget_loss}: the model collapses",
+                )  # fmt: skip
+        self._worst_forget = 0.0
         zo = zo_optimizer_of(optimizer) if optimizer is not None else None
         projected = zo.last_projected_grad if zo is not None and zo.pending_records else None
         if projected is not None and not math.isfinite(float(projected)):
