@@ -348,9 +348,10 @@ class DivergenceGuardCallback(TrainerCallback):
     applies that step.
 
     The trainer hands each forward's loss and parts to :meth:`observe` (non-finite values stop at once); gradients
-    and the forget-loss bound (its largest magnitude over all processes) are checked in ``on_pre_optimizer_step``. A failed check raises :class:`TrainingDiverged` (one message naming the step, the value
-    and the likely cause), so the step's update never reaches the weights, no checkpoint of it is written, and the
-    caller decides what to keep (the pipeline keeps the report and saves no final model).
+    and the forget-loss bound (its largest magnitude over all processes) are checked in ``on_pre_optimizer_step``.
+    A failed check raises :class:`TrainingDiverged` (one message naming the step, the value and the likely cause),
+    so the step's update never reaches the weights, no checkpoint of it is written, and the caller decides what to
+    keep (the pipeline keeps the report and saves no final model).
     """
 
     def __init__(self, max_forget_loss: float | None = None):
