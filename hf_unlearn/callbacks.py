@@ -397,7 +397,8 @@ class DivergenceGuardCallback(TrainerCallback):
             if worst[0].item() > self.max_forget_loss:
                 self._stop(
                     args, step, "loss/forget", worst[1].item(),
-                    f"a forget loss past divergence_max_forget_loss={self.max_forget_loss}: the model collapses",
+                    f"past divergence_max_forget_loss={self.max_forget_loss}, the sign of a collapsing model; "
+                    "raise the bound if this loss is expected",
                 )  # fmt: skip
         self._worst_forget = 0.0
         zo = zo_optimizer_of(optimizer) if optimizer is not None else None
