@@ -239,26 +239,60 @@ class TextBlockDataset(Dataset):
         return self.examples[index]
 
 
-def read_texts(path: str | Path, field: str = "text") -> list[str]:
-    """The `field` of every row of a JSON Lines file (a raw-text forget or retain corpus)."""
+def read_json_rows(path: str | Path, required: Sequence[str] = (), what: str = "rows") -> list[dict[str, Any]]:
+    """The rows of a JSON Lines file (or of a JSON array of objects), each checked to hold every `required` field.
+
+    Every problem is one line naming the file, the line (or row) and the field: bytes that are not UTF-8, a line
+    that is not a JSON object, a missing or null field, an empty file.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; give a JSON Lines file with a {field!r} field per line.")
-    texts = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
+        raise FileNotFoundError(f"{path} not found; give a JSON Lines file of {what} (one JSON object per line).")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: bytes that are not UTF-8 (at byte {err.start}); save the file as UTF-8."
+        ) from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty; it must hold {what}, one JSON object per line.")
+    if text.lstrip().startswith("["):  # a JSON array of objects, which datasets' json loader also reads
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix that line.") from None
+        numbered = [(f"{path} row {i}", row) for i, row in enumerate(values, start=1)]
+    else:
+        numbered = []
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                numbered.append((f"{path}:{number}", json.loads(line)))
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not a JSON object ({err.msg}).") from err
-            if not isinstance(row, dict) or field not in row:
-                raise ValueError(f"{path}:{number}: missing field {field!r}; expected one JSON object per line.")
-            texts.append(row[field])
-    if not texts:
-        raise ValueError(f"{path} holds no text rows.")
-    return texts
+                raise ValueError(f"{path}:{number}: not a JSON object ({err.msg}); fix or remove that line.") from None
+    rows = []
+    for where, row in numbered:
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object with {list(required)}, got {type(row).__name__}.")
+        missing = [name for name in required if row.get(name) is None]
+        if missing:
+            raise ValueError(f"{where}: missing field {missing[0]!r}; every row needs {list(required)}.")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} holds no rows; it must hold {what}, one JSON object per line.")
+    return rows
+
+
+def read_texts(path: str | Path, field: str = "text") -> list[str]:
+    """The `field` of every row of a JSON Lines file (a raw-text forget or retain corpus)."""
+    rows = read_json_rows(path, [field], what=f"texts (a {field!r} field per line)")
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row[field], str):
+            raise ValueError(f"{path} row {number}: field {field!r} must be text, got {type(row[field]).__name__}.")
+    return [row[field] for row in rows]
 
 
 def chunk_text(texts: Sequence[str], tokenizer, block_size: int) -> list[dict[str, list[int]]]:

@@ -15,7 +15,6 @@ The numbers are what this tiny model measures, not the paper's 7B results.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 from hf_unlearn.benchmarks.tofu_data import load_tofu
 from hf_unlearn.data import DataCollatorForUnlearning, QADataset
+from hf_unlearn.io import atomic_write_json, atomic_write_text
 from hf_unlearn.loading import load_model_and_tokenizer
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
 
@@ -162,8 +162,15 @@ def run_demo(
     finetune_epochs: int = 30,
     variants: list[str] | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> list[dict]:
-    """Run the demo end to end; print and write the report; return its rows."""
+    """Run the demo end to end; print and write the report; return its rows.
+
+    `output_dir` must be new or empty unless `overwrite` (an earlier demo's files are then written over).
+    """
+    from hf_unlearn.io import check_output_dir
+
+    check_output_dir(output_dir, flag="--output_dir", overwrite=overwrite, overwrite_flag="--overwrite")
     import datasets
     from transformers.utils import logging
 
@@ -190,6 +197,7 @@ def run_demo(
         "--model_name_or_path", str(original), "--data_source", "tofu", "--data_dir", str(data_dir),
         "--retain_model", str(retain_model), "--robustness", "true", "--report_codes_changed", "true",
         "--eval_max_new_tokens", "48", "--disable_tqdm", "true", "--seed", str(seed),
+        "--overwrite_output_dir", str(overwrite).lower(),
     ]  # fmt: skip
     for variant in variants:
         print(f"Unlearning with NPO + {variant}, then attacking the result ...")
@@ -199,8 +207,8 @@ def run_demo(
         rows.append(reference_row("noise of the size of NPO + zo", control, data_dir, retain_model))
 
     report = table(rows) + "\n\n" + quantization_note(rows)
-    (out / "report.json").write_text(json.dumps(rows, indent=2))
-    (out / "report.md").write_text(f"# hf_unlearn demo\n\n{report}\n")
+    atomic_write_json(out / "report.json", rows)
+    atomic_write_text(out / "report.md", f"# hf_unlearn demo\n\n{report}\n")
     print(report)
     print(f"Models (each with its unlearn_report.json and model card) and report.md/report.json are in {out}")
     return rows

@@ -52,6 +52,10 @@ class FinetuneArguments:
         metadata={"help": "Plain prompt template with {question}; unset = the tokenizer's chat template if any."},
     )
     synthetic_num_authors: int = field(default=20, metadata={"help": "data_source=synthetic: number of authors."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Write into an output_dir that already holds files (refused otherwise, before any load)."},
+    )
 
     def __post_init__(self):
         if self.data_source not in FINETUNE_BENCHMARKS:
@@ -71,12 +75,40 @@ def finetune_parser(**kwargs):
     """A `trl.TrlParser` over (FinetuneArguments, SFTConfig, ModelConfig), as TRL's own `sft` script builds it."""
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    return TrlParser((FinetuneArguments, SFTConfig, ModelConfig), prog="hf-unlearn finetune", **kwargs)
+    parser = TrlParser((FinetuneArguments, SFTConfig, ModelConfig), prog="hf-unlearn finetune", **kwargs)
+
+    def one_line_error(message: str):
+        # argparse would print the whole usage first; the command boundary prints this one line
+        raise ValueError(f"{message}; `hf-unlearn finetune --help` lists the flags")
+
+    parser.error = one_line_error
+    return parser
 
 
 def parse_finetune_args(argv: list[str] | None = None):
-    """(FinetuneArguments, SFTConfig, ModelConfig) from TRL-style flags (`--config file.yaml` gives defaults)."""
-    return finetune_parser().parse_args_and_config(args=argv)
+    """(FinetuneArguments, SFTConfig, ModelConfig) from TRL-style flags (`--config file.yaml` gives defaults).
+
+    The output folder is checked here, before any weight loads: not a file, not the base model's or the data's own
+    folder, and holding no other files unless overwrite_output_dir.
+    """
+    import os
+
+    from hf_unlearn.io import check_output_dir
+
+    try:
+        script_args, config, model_args = finetune_parser().parse_args_and_config(args=argv)
+    except ValueError as err:
+        if "not used by the HfArgumentParser" in str(err):  # an unknown flag
+            raise ValueError(f"{err}; `hf-unlearn finetune --help` lists the flags") from None
+        raise
+    protected = {"model_name_or_path": model_args.model_name_or_path}
+    if script_args.data_source != "synthetic":
+        protected["data_dir"] = script_args.data_dir
+    check_output_dir(
+        config.output_dir, overwrite=script_args.overwrite_output_dir, protected=protected,
+        check_contents=int(os.environ.get("RANK", "0")) == 0,
+    )  # fmt: skip
+    return script_args, config, model_args
 
 
 def training_split(model: str, forget_split: str) -> str:

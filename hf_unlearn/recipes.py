@@ -112,6 +112,17 @@ class ScriptArguments:
         default=False,
         metadata={"help": "Robustness: load the original model again to report the share of 4-bit codes changed."},
     )
+    pad_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "The token batches are padded with when the tokenizer has none: 'eos' (its eos token) or a "
+            "token of its vocabulary. Unset: the tokenizer's own pad token (a tokenizer without one is an error)."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Let from_pretrained run the model repository's own Python code. Off unless set here."},
+    )
     evaluate_before_training: bool = field(
         default=True,
         metadata={
@@ -259,10 +270,65 @@ def recipe_parser(method: str) -> HfArgumentParser:
     from hf_unlearn.trainers import get_method, method_names
 
     parser = HfArgumentParser((ScriptArguments, get_method(method).config_class, RobustnessConfig))
+
+    def one_line_error(message: str):
+        # argparse would print the whole usage (150 lines) before the message; the command boundary prints one line.
+        raise ValueError(f"{message}; `hf-unlearn run --method {method} --help` lists every key")
+
+    parser.error = one_line_error
     for action in parser._actions:
         if action.dest == "method" and action.help:
             action.help = action.help.replace("{methods}", ", ".join(method_names()))
     return parser
+
+
+def check_output_folders(script: ScriptArguments, config) -> None:
+    """Where the run writes, checked before anything loads: `output_dir` is not a file, not the model's or the data's
+    own folder, and (main process) holds no other files unless overwrite_output_dir or a resume; a synthetic
+    `data_dir` holds nothing but this benchmark."""
+    import os
+
+    from hf_unlearn.io import check_output_dir
+
+    protected = {
+        "model_name_or_path": script.model_name_or_path,
+        "retain_model": script.retain_model,
+        "ref_model_path": getattr(config, "ref_model_path", None),
+    }
+    if script.data_source != "synthetic":
+        protected["data_dir"] = script.data_dir
+    check_output_dir(
+        config.output_dir,
+        overwrite=config.overwrite_output_dir,
+        resume=bool(config.resume_from_checkpoint),
+        protected=protected,
+        check_contents=int(os.environ.get("RANK", "0")) == 0,  # other ranks may start after rank 0 has written
+    )
+    if script.data_source == "synthetic" and script.data_dir:
+        from hf_unlearn.benchmarks.synthetic import check_synthetic_folder
+
+        check_synthetic_folder(script.data_dir, num_authors=script.synthetic_num_authors, seed=config.seed)
+
+
+def check_data_files(script: ScriptArguments) -> None:
+    """Read the local training data once, before any weight loads: a malformed file fails in one line naming the
+    file, the line and the field (TOFU splits in data_dir; the forget / retain corpora of the text sources)."""
+    from hf_unlearn.data import read_texts
+
+    if script.data_source == "tofu" and script.data_dir:
+        from hf_unlearn.benchmarks.tofu_data import check_tofu_file, tofu_split_names
+
+        for split in (script.forget_split, script.retain_split or tofu_split_names(script.forget_split)["retain"]):
+            path = Path(script.data_dir) / f"{split}.json"
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"data_dir {script.data_dir} has no {split}.json; point data_dir at a TOFU copy."
+                )
+            check_tofu_file(path, split)
+    elif script.data_source in ("muse", "wmdp", "jsonl"):
+        for name in ("forget_file", "retain_file"):
+            if getattr(script, name):
+                read_texts(getattr(script, name), script.text_field)
 
 
 def parse_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
@@ -305,4 +371,6 @@ def parse_recipe(path: str | Path | None, overrides: list[str] | None = None) ->
         from hf_unlearn.hub import check_push_possible
 
         check_push_possible(config.hub_model_id, config.hub_token)
+    check_output_folders(script, config)
+    check_data_files(script)
     return Recipe(script, config, robustness, None if path is None else str(path), overrides)

@@ -130,7 +130,8 @@ def test_original_mode_turns_stemmer_off_and_reports_privleak_unavailable_withou
     assert "--privleak_ref_auc" in result.unavailable["privleak"]
 
 
-def test_muse_on_tiny_model_with_retain_model_reference(tmp_path, tokenizer):
+def test_muse_on_tiny_model_with_retain_model_reference(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setenv("HF_UNLEARN_CACHE", str(tmp_path / "cache"))
     data = write_muse(tmp_path / "muse")
     retain_dir = tmp_path / "retain"
     build_tiny_model(tokenizer, seed=9).save_pretrained(retain_dir)
@@ -140,7 +141,8 @@ def test_muse_on_tiny_model_with_retain_model_reference(tmp_path, tokenizer):
         data_dir=data, retain_model=retain_dir, verbmem_new_tokens=8, knowmem_new_tokens=4, show_progress=False
     )
     result = bench.evaluate(model, tokenizer)
-    cache = list(retain_dir.glob("hf_unlearn_muse_retain_stats_*.json"))
+    assert not list(retain_dir.glob("hf_unlearn_*"))  # a user's model folder is not a cache
+    cache = list((tmp_path / "cache").rglob("*hf_unlearn_muse_retain_stats_*.json"))
     assert len(cache) == 1
     reference_auc = json.loads(cache[0].read_text())["mia_min_k_auc"]
     assert reference_auc == pytest.approx(

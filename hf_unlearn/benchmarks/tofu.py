@@ -331,13 +331,25 @@ def summarise(
     else:
         values["model_utility"] = metrics.harmonic_mean(utility_inputs)
 
+    forget_ratios = [r["truth_ratio"] for r in records["forget"]]
     if reference is None:
         values["forget_quality"] = None
         unavailable["forget_quality"] = reference_reason
+    elif not all(math.isfinite(x) for x in forget_ratios):
+        values["forget_quality"] = None
+        unavailable["forget_quality"] = "a forget-set truth ratio is not finite (the model's probabilities are NaN?)"
     else:
-        values["forget_quality"] = metrics.forget_quality(
-            [r["truth_ratio"] for r in records["forget"]], reference["forget_truth_ratio"]
+        values["forget_quality"] = metrics.forget_quality(forget_ratios, reference["forget_truth_ratio"])
+    scores = [r["min_k"] for r in records["forget"] + records["holdout"]]
+    undefined = sum(s is None or not math.isfinite(s) for s in scores)
+    if undefined:  # a NaN model would otherwise score every text alike and print AUC 0.5, privleak 0
+        reason = (
+            f"{undefined} of {len(scores)} forget/holdout answers have no finite Min-K% score (no scored token, or "
+            "the model's log-probabilities are not finite)"
         )
+        values["mia_min_k_auc"] = values["privleak"] = None
+        unavailable["mia_min_k_auc"] = unavailable["privleak"] = reason
+        return values, unavailable
     with timer("mia"):
         mia_auc = metrics.auc([r["min_k"] for r in records["forget"]], [r["min_k"] for r in records["holdout"]])
     values["mia_min_k_auc"] = mia_auc

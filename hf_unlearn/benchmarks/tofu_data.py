@@ -53,6 +53,13 @@ def default_tofu_dir() -> Path | None:
     return next((c for c in candidates if (c / "full.json").is_file()), None)
 
 
+def check_tofu_file(path: str | Path, config_name: str) -> None:
+    """One line naming the file, the line and the field when a local TOFU file is malformed (see read_json_rows)."""
+    from hf_unlearn.data import read_json_rows
+
+    read_json_rows(path, TOFU_CONFIGS[config_name], what=f"TOFU {config_name} rows")
+
+
 def load_tofu(config_name: str, data_dir: str | Path | None = None) -> Dataset:
     """Load one TOFU config by name, from `data_dir` (JSON Lines named `<config>.json`) or else from the Hub."""
     if config_name not in TOFU_CONFIGS:
@@ -65,6 +72,7 @@ def load_tofu(config_name: str, data_dir: str | Path | None = None) -> Dataset:
         if not path.is_file():
             present = sorted(p.stem for p in Path(data_dir).glob("*.json")) if Path(data_dir).is_dir() else []
             raise FileNotFoundError(f"{path} not found; splits present in {data_dir}: {', '.join(present) or 'none'}.")
+        check_tofu_file(path, config_name)  # names the line and the field, which datasets' own errors do not
         try:
             rows = load_dataset("json", data_files=str(path), split="train")
         except Exception as err:  # datasets raises several types for malformed JSON; keep the file name in view

@@ -55,6 +55,7 @@ def add_arguments(parser):
     add_config_arguments(parser, RobustnessConfig, ATTACK_FIELDS)
     common.add_output_dir(parser, "outputs/attack", "Where unlearn_report.json / .md and the plots go.")
     common.add_device(parser)
+    common.add_overwrite(parser)
 
 
 def _eval_fn(args, data_dir):
@@ -101,6 +102,8 @@ def main(args):
     if args.relearn_data and not Path(args.relearn_data).is_file():
         raise FileNotFoundError(f"--relearn_data {args.relearn_data} not found; give a JSON Lines file.")
     data_dir = args.data_dir or default_tofu_dir()
+    protected = {"--model": args.model, "--original_model": args.original_model, "--retain_model": args.retain_model}
+    common.check_output(args, {**protected, "--data_dir": data_dir}, inside_ok=("--model",))
     model, tokenizer = load_model_and_tokenizer(args.model, device=args.device)
     original = load_model_and_tokenizer(args.original_model, device=args.device)[0] if args.original_model else None
     if not config.relearn_steps:

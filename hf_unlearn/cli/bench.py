@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import platform
-from pathlib import Path
 
 import torch
 
+from hf_unlearn.io import atomic_write_text
 from hf_unlearn.perf import MEASUREMENTS, SCALE_MEASUREMENTS, run_measurements
 
 
@@ -32,5 +32,5 @@ def main(args):
         },
         "results": run_measurements(names),
     }
-    Path(args.output).write_text(json.dumps(report, indent=2))
+    atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
     print(f"Wrote {args.output}")

@@ -43,3 +43,21 @@ def add_device(parser) -> None:
 
 def add_output_dir(parser, default: str | None, help_text: str) -> None:
     parser.add_argument("--output_dir", default=default, help=help_text)
+
+
+def add_overwrite(parser) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Write into an output folder that already holds files (refused otherwise).",
+    )
+
+
+def check_output(args, protected: dict[str, str | None], inside_ok: tuple[str, ...] = (), flag: str = "--output_dir"):
+    """The command's output folder, checked before any weight loads (see `hf_unlearn.io.check_output_dir`)."""
+    from hf_unlearn.io import check_output_dir
+
+    return check_output_dir(
+        args.output_dir, flag=flag, overwrite=args.overwrite, overwrite_flag="--overwrite", protected=protected,
+        inside_ok=inside_ok,
+    )  # fmt: skip

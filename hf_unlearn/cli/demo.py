@@ -14,7 +14,10 @@ def add_arguments(parser):
         "--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="Optimizers to compare."
     )
     parser.add_argument("--seed", type=int, default=0, help="Seed for data, models and training.")
+    parser.add_argument("--overwrite", action="store_true", help="Write over an earlier demo in --output_dir.")
 
 
 def main(args):
-    run_demo(args.output_dir, args.recipe, args.num_authors, args.finetune_epochs, args.variants, args.seed)
+    run_demo(
+        args.output_dir, args.recipe, args.num_authors, args.finetune_epochs, args.variants, args.seed, args.overwrite
+    )

@@ -66,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     common.add_device(parser)
     parser.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
+    common.add_overwrite(parser)
     return parser
 
 
@@ -128,11 +129,21 @@ def run_eval(args: argparse.Namespace) -> str:
         check_model_path(args.retain_model, "--retain_model")
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise FileNotFoundError(f"--data_dir {args.data_dir} is not a folder.")
+    if args.output_dir is None:
+        args.output_dir = str(default_output_dir(args.model))
+    # The default <model>/eval lies inside the evaluated model's folder: a subfolder of its own, never the folder.
+    output_dir = common.check_output(
+        args, {"--model": args.model, "--retain_model": args.retain_model, "--data_dir": args.data_dir},
+        inside_ok=("--model",),
+    )  # fmt: skip
+    if args.no_progress:
+        from hf_unlearn.loading import disable_progress_bars
+
+        disable_progress_bars()
     benchmark = get(args.benchmark, **benchmark_settings(args))  # bad settings fail before any weight loads
     model, tokenizer = load_model_and_tokenizer(args.model, device=args.device, dtype=args.dtype)
     if args.benchmark.startswith("tofu"):
         warn_default_format(QAFormat.from_args(args), tokenizer)
-    output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.model)
     result = evaluate_model(model, tokenizer, benchmark, output_dir, args.model)
     stem = result.benchmark.replace("/", "_")
     table = f"{result.table()}\nwrote {output_dir / REPORT_FILE} and {stem}_per_example.json"
