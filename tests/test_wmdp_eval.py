@@ -94,7 +94,8 @@ def test_eval_cli_runs_a_local_task(tmp_path, model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    write_jsonl(tmp_path / "wmdp_bio.json", QUESTIONS)
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data" / "wmdp_bio.json", QUESTIONS)
     code = main(
         [
             "eval",
@@ -105,7 +106,7 @@ def test_eval_cli_runs_a_local_task(tmp_path, model_and_tokenizer):
             "--tasks",
             "wmdp_bio",
             "--data_dir",
-            str(tmp_path),
+            str(tmp_path / "data"),
             "--limit",
             "3",
             "--output_dir",
