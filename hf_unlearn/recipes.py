@@ -197,19 +197,25 @@ def field_names(*classes) -> set[str]:
     return {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
 
 
+def yaml_mapping(text: str, source: str) -> dict:
+    """The YAML mapping in `text`; a one-line ``ValueError`` naming `source` and the line when it is not one."""
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"{source}{line} is not valid YAML: {getattr(err, 'problem', err)}.") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{source} must be a YAML mapping of key: value lines.")
+    return values
+
+
 def load_recipe(path: str | Path) -> dict:
     """The recipe's keys and values; a one-line error when the file is missing or not a YAML mapping."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Recipe {path} not found; recipes ship in the repository's recipes/ folder.")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" line {where.line + 1}" if where is not None else ""
-        raise ValueError(f"Recipe {path}{line} is not valid YAML: {getattr(err, 'problem', err)}.") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"Recipe {path} must be a YAML mapping of key: value lines.")
+    values = yaml_mapping(path.read_text(), f"Recipe {path}")
     values.pop(LAUNCH_KEY, None)  # a self-launching recipe's first line, for Python's eyes only (hf_unlearn.launch)
     return values
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 from rouge_score import rouge_scorer
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from tokenizers import processors
 
 from hf_unlearn import benchmarks
 from hf_unlearn.benchmarks import metrics
@@ -21,7 +20,7 @@ from hf_unlearn.benchmarks.muse import (
     few_shot_prompt,
 )
 from hf_unlearn.cli.eval import add_arguments, benchmark_settings
-from hf_unlearn.tiny import BOS, EOS, PAD, UNK, build_tiny_model, train_tokenizer
+from hf_unlearn.tiny import BOS, build_tiny_model, train_tokenizer
 from tests.fixed_logits import BigramLM, random_table, reference_answer_stats, reference_greedy
 from tests.helpers import synthetic_tokenizer
 
@@ -178,25 +177,9 @@ FEW_SHOT = "Question: Who wrote The Silent River?\nAnswer: Bram Okafor\n\n"
 
 def whitespace_attaching_tokenizer():
     """Byte-level BPE whose pre-tokenizer keeps each word's trailing whitespace, so "Answer: " is one token."""
-    backend = Tokenizer(models.BPE(unk_token=UNK))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"\S+\s*|\s+"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000,
-        special_tokens=[PAD, BOS, EOS, UNK],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     prompts = [FEW_SHOT + f"Question: {q}\nAnswer: {a}" for q, a in QA]
-    backend.train_from_iterator(prompts * 10 + FORGET_TEXT + HOLDOUT_TEXT + ["Lisbon"] * 10, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK
-    )
+    texts = prompts * 10 + FORGET_TEXT + HOLDOUT_TEXT + ["Lisbon"] * 10
+    return train_tokenizer(texts, vocab_size=1000, chat_template=False, whitespace_attaching=True)
 
 
 def bos_tokenizer():

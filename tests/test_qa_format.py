@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from hf_unlearn.benchmarks.synthetic import make_synthetic_tofu, write_synthetic_tofu
@@ -28,24 +27,7 @@ TOFU_TEMPLATE = "Question: {question}\nAnswer: "
 
 def whitespace_attaching_tokenizer(texts) -> PreTrainedTokenizerFast:
     """A byte-level BPE whose pre-tokenizer keeps each word's trailing whitespace: "Answer: " is one piece."""
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"\S+\s*|\s+"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(list(texts), trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
-    )
+    return train_tokenizer(texts, vocab_size=600, chat_template=False, whitespace_attaching=True)
 
 
 def answer_probabilities(model, batch) -> list[float]:

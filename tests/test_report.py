@@ -25,7 +25,7 @@ from hf_unlearn.model_card import build_model_card, write_card
 from hf_unlearn.report import AFTER, BEFORE, SCHEMA_VERSION, Metrics, UnlearnReport
 from hf_unlearn.report_render import loss_figure
 from hf_unlearn.trainers import NPOConfig, NPOTrainer
-from tests.helpers import mean_answer_nll
+from tests.helpers import mean_answer_nll, one_thread
 from tests.scripts.optim_fixtures import npo_dataset, save_npo_model
 
 
@@ -34,11 +34,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def module_one_thread():
+    with one_thread():
+        yield
 
 
 def npo_config(output_dir, **overrides) -> NPOConfig:
