@@ -1,5 +1,7 @@
+import sys
+
 from hf_unlearn.cli import main
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

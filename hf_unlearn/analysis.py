@@ -104,7 +104,10 @@ def plot_lmc(result: LMCResult, path: str | Path, title: str | None = None, labe
     axes.set_title(title or f"Linear mode connectivity (barrier {result.barrier:.4g})")
     axes.legend()
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100)
-    return path
+    import io
+
+    from hf_unlearn.io import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return atomic_write_bytes(path, buffer.getvalue())

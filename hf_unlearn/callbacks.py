@@ -5,19 +5,22 @@
 - :class:`RobustnessCallback`: relearning and quantization attacks at train end (``hf_unlearn.attacks``).
 - :class:`ComputeAccountingCallback`: counts forward and backward passes per phase (FO / ZO) for the report.
 - :class:`ComputeBudgetCallback`: stops training once those passes reach a budget (compute-matched sweeps).
+- :class:`DivergenceGuardCallback`: stops training before a step with a non-finite (or runaway) loss or gradient
+  updates the weights.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, PrinterCallback, ProgressCallback
 
 from hf_unlearn.attacks.robustness import (
     RESULTS_FORMAT,
@@ -30,6 +33,7 @@ from hf_unlearn.attacks.robustness import (
     rank_and_world,
     robustness_checks,
 )
+from hf_unlearn.io import atomic_write_text
 from hf_unlearn.optim.args import check_hybrid_max_steps
 from hf_unlearn.optim.hybrid import HybridOptimizer, unwrap_optimizer, zo_optimizer_of
 
@@ -132,6 +136,8 @@ class RobustnessCallback(TrainerCallback):
         tokenizer: default: the trainer's ``processing_class``.
         original_model: the model before unlearning, to report the fraction of quantization codes unlearning
             changed.
+        qa_format: the QA format (:class:`hf_unlearn.data.QAFormat`) of relearning rows and of the benchmark
+            (when `benchmark` is a name); the format the model was fine-tuned in.
     """
 
     def __init__(
@@ -143,11 +149,14 @@ class RobustnessCallback(TrainerCallback):
         relearn_data=None,
         tokenizer=None,
         original_model=None,
+        qa_format=None,
     ):
         if eval_fn is None and benchmark is None:
             raise ValueError("RobustnessCallback needs eval_fn=... or benchmark=... (e.g. 'tofu') to measure with.")
         self.config = config or RobustnessConfig()
-        self.eval_fn = eval_fn or benchmark_eval_fn(benchmark, **(benchmark_settings or {}))
+        settings = {**({"qa_format": qa_format} if qa_format is not None else {}), **(benchmark_settings or {})}
+        self.eval_fn = eval_fn or benchmark_eval_fn(benchmark, **settings)
+        self.qa_format = qa_format
         self.relearn_data, self.tokenizer, self.original_model = relearn_data, tokenizer, original_model
         self.runs: list[dict[str, Any]] = []
 
@@ -184,7 +193,7 @@ class RobustnessCallback(TrainerCallback):
         self._resolve_data(train_dataloader)
         target = gathered_copy(model) if is_zero3(model) else model
         results = robustness_checks(
-            target, tokenizer, self.eval_fn, self.relearn_data, self.config, self.original_model
+            target, tokenizer, self.eval_fn, self.relearn_data, self.config, self.original_model, self.qa_format
         )
         results["zero3_gathered"] = target is not model
         record = {"trigger": trigger, "global_step": state.global_step, **results}
@@ -193,9 +202,10 @@ class RobustnessCallback(TrainerCallback):
         rank, world_size = rank_and_world()
         if rank == 0 and self.config.results_file:
             path = Path(args.output_dir) / self.config.results_file
-            path.parent.mkdir(parents=True, exist_ok=True)
             document = {"format": RESULTS_FORMAT, "config": asdict(self.config), "runs": self.runs}
-            path.write_text(json.dumps(document, indent=2) + "\n")
+            if self.qa_format is not None:
+                document["qa_format"] = self.qa_format.describe(tokenizer)
+            atomic_write_text(path, json.dumps(document, indent=2, default=str) + "\n")
         if world_size > 1:
             torch.distributed.barrier()  # no rank moves on (or exits) before the file is written
 
@@ -357,3 +367,120 @@ def _tensors(output):
     elif isinstance(output, dict):
         for item in output.values():
             yield from _tensors(item)
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped by :class:`DivergenceGuardCallback`; `record` is what the report keeps of the stop."""
+
+    def __init__(self, record: dict[str, Any]):
+        self.record = record
+        super().__init__(record["message"])
+
+
+class DivergenceGuardCallback(TrainerCallback):
+    """Stop a run at the first step whose loss, gradient norm or ZO projected gradient is not finite, or whose
+    forget loss passes ``max_forget_loss`` in absolute value (gradient ascent's collapse), before the optimizer
+    applies that step.
+
+    The trainer hands each forward's loss and parts to :meth:`observe` (non-finite values stop at once); gradients
+    and the forget-loss bound (its largest magnitude over all processes) are checked in ``on_pre_optimizer_step``.
+    A failed check raises :class:`TrainingDiverged` (one message naming the step, the value and the likely cause),
+    so the step's update never reaches the weights, no checkpoint of it is written, and the caller decides what to
+    keep (the pipeline keeps the report and saves no final model).
+    """
+
+    def __init__(self, max_forget_loss: float | None = None):
+        self.max_forget_loss = max_forget_loss
+        self._worst_forget = 0.0  # the forget loss of largest magnitude in this optimizer step
+
+    @classmethod
+    def from_args(cls, args) -> DivergenceGuardCallback:
+        return cls(max_forget_loss=args.divergence_max_forget_loss)
+
+    def observe(self, step: int, loss: torch.Tensor | None, parts: dict[str, list] | None, args=None) -> None:
+        """Check one forward's loss and its parts (``loss/forget``, ...) as soon as they exist, before any update.
+
+        Called by the trainer after each `training_step`, also when that step raised (a ZO optimizer refusing a
+        non-finite projected gradient): the guard's message then replaces the optimizer's.
+        """
+        values = {"loss": [loss]} if loss is not None else {}
+        values.update(parts or {})
+        for name, items in values.items():
+            if not items:
+                continue
+            value = torch.stack([v.detach().float().reshape(-1)[0] for v in items]).cpu()
+            if not torch.isfinite(value).all():
+                self._stop(args, step, name, value[~torch.isfinite(value)][0].item(), "a non-finite loss")
+            if name == "loss/forget" and self.max_forget_loss is not None:
+                worst = value[value.abs().argmax()].item()
+                if abs(worst) > abs(self._worst_forget):
+                    self._worst_forget = worst
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._worst_forget = 0.0
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, **kwargs):
+        step = state.global_step + 1
+        if self.max_forget_loss is not None:
+            # Checked here, across processes, so that every process stops at the same step (a rank-local stop
+            # would leave the others waiting in the next collective).
+            worst = torch.tensor([abs(self._worst_forget), self._worst_forget], dtype=torch.float64)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                gathered = [torch.zeros_like(worst) for _ in range(torch.distributed.get_world_size())]
+                torch.distributed.all_gather(gathered, worst.to(args.device) if args.device.type != "cpu" else worst)
+                worst = max((g.cpu() for g in gathered), key=lambda g: g[0].item())
+            if worst[0].item() > self.max_forget_loss:
+                self._stop(
+                    args, step, "loss/forget", worst[1].item(),
+                    f"past divergence_max_forget_loss={self.max_forget_loss}, the sign of a collapsing model; "
+                    "raise the bound if this loss is expected",
+                )  # fmt: skip
+        self._worst_forget = 0.0
+        zo = zo_optimizer_of(optimizer) if optimizer is not None else None
+        projected = zo.last_projected_grad if zo is not None and zo.pending_records else None
+        if projected is not None and not math.isfinite(float(projected)):
+            self._stop(args, step, "zo/projected_grad", float(projected), "a non-finite zeroth-order gradient")
+        if model is not None:
+            norms = [p.grad.detach().float().norm() for p in model.parameters() if p.grad is not None]
+            if norms:
+                grad_norm = torch.linalg.vector_norm(torch.stack([n.cpu() for n in norms])).item()
+                if not math.isfinite(grad_norm):
+                    self._stop(args, step, "grad_norm", grad_norm, "a non-finite gradient")
+
+    def _stop(self, args, step: int, name: str, value: float, what: str) -> None:
+        lr = getattr(args, "learning_rate", None)
+        rate = f" (learning_rate={lr:g})" if lr is not None else ""
+        message = (
+            f"training diverged at step {step}: {name} = {value:.6g} ({what}); the likely cause is a learning rate "
+            f"too high for this method{rate}: lower it (or set divergence_guard=false to train on regardless)"
+        )
+        raise TrainingDiverged({"step": step, "quantity": name, "value": str(value), "message": message})
+
+
+def _log_line(logs: dict) -> str:
+    return json.dumps({k: v for k, v in logs.items() if k != "total_flos"}, default=str)
+
+
+class LogLinesCallback(TrainerCallback):
+    """Training logs as JSON lines on stderr (numbers stay numbers), in place of `PrinterCallback`'s Python dicts on
+    stdout: a command's stdout carries only what a user would pipe (its report)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            print(_log_line(logs), file=sys.stderr, flush=True)
+
+
+class StderrProgressCallback(ProgressCallback):
+    """`ProgressCallback` whose log lines go to stderr as JSON, like its bar, not to stdout as Python dicts."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero and self.training_bar is not None:
+            self.training_bar.write(_log_line(logs), file=sys.stderr)
+
+
+def logs_to_stderr(trainer) -> None:
+    """Swap Trainer's stdout log printers (`PrinterCallback`, `ProgressCallback`) for their stderr counterparts."""
+    if trainer.pop_callback(PrinterCallback) is not None:
+        trainer.add_callback(LogLinesCallback())
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(StderrProgressCallback())

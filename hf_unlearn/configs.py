@@ -7,10 +7,12 @@ weight is loaded, with one line naming the field and the accepted values.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from hf_unlearn.distributed import resolve_cpu_deepspeed_backend
 from hf_unlearn.optim.args import OptimizerArguments
 
 
@@ -43,18 +45,49 @@ class UnlearnConfig(TrainingArguments, OptimizerArguments):
             "from. Ignored under peft, where the reference is the base model with the adapter disabled."
         },
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Write into an output_dir that already holds files (an earlier run's, say). Off: such a folder is "
+            "refused before anything loads, unless resume_from_checkpoint resumes the run whose checkpoints it holds."
+        },
+    )
+    divergence_guard: bool = field(
+        default=True,
+        metadata={
+            "help": "Stop training at the first step whose loss, gradient norm or ZO projected gradient is not "
+            "finite (or whose forget loss passes divergence_max_forget_loss), before that step updates the weights; "
+            "the last checkpoint stays the last good one and no final model is saved."
+        },
+    )
+    divergence_max_forget_loss: float | None = field(
+        default=None,
+        metadata={
+            "help": "With divergence_guard: also stop when |loss/forget| of a step exceeds this bound, e.g. 50 for "
+            "gradient ascent / grad_diff, whose forget loss (minus the answer NLL) falls without limit when the "
+            "model collapses. Unset: no bound."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Keep every column: unlearning batches are nested {'forget': ..., 'retain': ...} dicts."},
     )
 
     def __post_init__(self):
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value}; e.g. {name}=1.")
+        bound = self.divergence_max_forget_loss
+        if bound is not None and not 0 < bound < math.inf:
+            raise ValueError(f"divergence_max_forget_loss must be a finite number > 0 (or unset), got {bound}.")
         if self.gamma <= 0:
             raise ValueError(f"gamma (forget weight) must be > 0, got {self.gamma}.")
         if self.alpha < 0:
             raise ValueError(f"alpha (retain weight) must be >= 0, got {self.alpha}.")
         if self.retain_loss not in RETAIN_LOSSES:
             raise ValueError(f"retain_loss must be one of {', '.join(RETAIN_LOSSES)}, got {self.retain_loss!r}.")
+        resolve_cpu_deepspeed_backend(self)
         super().__post_init__()
         self.check_optimizer_fields()
 

@@ -7,7 +7,9 @@ their dataset `index`, so methods can key cached per-example statistics (NPO's r
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,49 +19,174 @@ from torch.utils.data import Dataset
 
 
 IGNORE_INDEX = -100
-DEFAULT_QA_TEMPLATE = "Question: {question}\nAnswer:"
+# TOFU's original plain format: the space after "Answer:" belongs to the prompt, the answer follows it directly.
+DEFAULT_QA_TEMPLATE = "Question: {question}\nAnswer: "
 
 
-def tokenize_prompt(tokenizer, question: str, template: str | None = None) -> list[int]:
-    """Token ids of the prompt for `question`: the chat template if the tokenizer has one, else `template`.
+@dataclass(frozen=True)
+class QAFormat:
+    """How a question/answer pair becomes tokens; every entry point (training, evaluation, attacks) takes one.
 
-    An explicit `template` (a format string with `{question}`) always wins over the chat template.
+    The convention of TOFU's code and open-unlearning: the prompt is rendered first, prompt + answer is tokenised
+    as one text, and the labels are the full text's tokens after the prompt's (+ eos). With a plain template the
+    prompt is the template rendered with the question and the answer follows it with nothing inserted; with the
+    tokenizer's chat template the prompt is ``[user]`` + generation prompt and the full text ``[user, assistant]``.
     """
-    if template is None and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], add_generation_prompt=True, tokenize=False
+
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Plain prompt template with {question}; the answer follows the rendered template directly. "
+            f"Unset: the tokenizer's chat template if it has one, else {DEFAULT_QA_TEMPLATE!r}."
+        },
+    )
+    system_prompt: str | None = field(
+        default=None,
+        metadata={"help": "System prompt: a system message in chat templates, text put verbatim before a plain one."},
+    )
+    use_chat_template: bool = field(
+        default=True, metadata={"help": "Use the tokenizer's chat template when no template is given."}
+    )
+    separate_answer: bool = field(
+        default=False,
+        metadata={
+            "help": "Tokenise the answer on its own (with the prompt's trailing spaces moved in front of it) and "
+            "append it to the prompt's tokens: hf_unlearn's earlier tokenisation, for models fine-tuned that way."
+        },
+    )
+
+    def __post_init__(self):
+        if self.template is not None and "{question}" not in self.template:
+            raise ValueError(
+                f"qa_template {self.template!r} has no '{{question}}' field; add one, e.g. {DEFAULT_QA_TEMPLATE!r}."
+            )
+
+    @classmethod
+    def from_args(cls, args) -> QAFormat:
+        """The format from parsed ``hf_unlearn.cli.common.add_qa_format`` flags (a typed backslash-n is a newline)."""
+        return cls(
+            template=unescape_newlines(getattr(args, "qa_template", None)),
+            system_prompt=unescape_newlines(getattr(args, "system_prompt", None)),
+            use_chat_template=not getattr(args, "no_chat_template", False),
         )
-        return tokenizer(text, add_special_tokens=False)["input_ids"]
-    if "{question}" not in (template or DEFAULT_QA_TEMPLATE):
-        raise ValueError(
-            f"QA template {template!r} has no '{{question}}' field; add one, e.g. {DEFAULT_QA_TEMPLATE!r}."
-        )
-    return tokenizer((template or DEFAULT_QA_TEMPLATE).format(question=question))["input_ids"]
+
+    def uses_chat_template(self, tokenizer) -> bool:
+        return self.template is None and self.use_chat_template and bool(getattr(tokenizer, "chat_template", None))
+
+    def describe(self, tokenizer) -> dict[str, Any]:
+        """The resolved format, as reports record it."""
+        chat = self.uses_chat_template(tokenizer)
+        return {
+            "kind": "chat_template" if chat else "plain",
+            "template": None if chat else self.template or DEFAULT_QA_TEMPLATE,
+            "template_is_default": not chat and self.template is None,
+            "system_prompt": self.system_prompt,
+            "separate_answer": self.separate_answer,
+        }
+
+    def _messages(self, question: str) -> list[dict[str, str]]:
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return [*system, {"role": "user", "content": question}]
+
+    def prompt_ids(self, tokenizer, question: str) -> list[int]:
+        """Token ids of the prompt alone (what generation starts from when no answer is known)."""
+        if self.uses_chat_template(tokenizer):
+            text = tokenizer.apply_chat_template(self._messages(question), add_generation_prompt=True, tokenize=False)
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+        text = (self.system_prompt or "") + (self.template or DEFAULT_QA_TEMPLATE).format(question=question)
+        if self.separate_answer:
+            text = text.rstrip(" ")
+        return tokenizer(text)["input_ids"]
+
+    def full_ids(self, tokenizer, question: str, answer: str) -> list[int]:
+        """Token ids of prompt + answer tokenised as one text (joint tokenisation), without the closing eos."""
+        if self.uses_chat_template(tokenizer):
+            messages = [*self._messages(question), {"role": "assistant", "content": answer}]
+            text = tokenizer.apply_chat_template(messages, tokenize=False)
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+        prompt = (self.system_prompt or "") + (self.template or DEFAULT_QA_TEMPLATE).format(question=question)
+        return tokenizer(prompt + answer)["input_ids"]
+
+    def answer_ids(self, tokenizer, question: str, answer: str) -> list[int]:
+        """``separate_answer``: the answer's own tokens, led by the spaces the plain prompt ended with."""
+        if self.uses_chat_template(tokenizer):
+            return tokenizer(answer, add_special_tokens=False)["input_ids"]
+        prompt = (self.template or DEFAULT_QA_TEMPLATE).format(question=question)
+        trailing = prompt[len(prompt.rstrip(" ")) :]
+        return tokenizer(trailing + answer, add_special_tokens=False)["input_ids"]
 
 
-def _answer_text(tokenizer, answer: str, template: str | None) -> str:
-    # Plain templates end in "Answer:", so the answer starts after a space; chat templates end on a role marker.
-    uses_chat = template is None and getattr(tokenizer, "chat_template", None)
-    return answer if uses_chat else " " + answer
+def unescape_newlines(value: str | None) -> str | None:
+    """A typed backslash-n (as users write it inside single quotes on a command line) becomes a newline."""
+    return None if value is None else value.replace("\\n", "\n")
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
 
 
 def tokenize_qa(
-    tokenizer, question: str, answer: str, max_length: int = 512, template: str | None = None
-) -> dict[str, list[int]]:
-    """`input_ids`, `attention_mask` and `labels` for one QA pair: prompt tokens -100, answer tokens + eos labelled.
+    tokenizer, question: str, answer: str, max_length: int = 512, qa_format: QAFormat | None = None
+) -> dict[str, Any]:
+    """``input_ids``, ``attention_mask`` and ``labels`` of one QA pair: prompt tokens -100, answer + eos labelled.
 
-    The answer is tokenised on its own, so the prompt/answer boundary is exact whatever the tokenizer merges.
-    Sequences longer than `max_length` lose answer tokens from the right.
+    Joint tokenisation (the default): the labels start after the longest common prefix of the prompt's tokens and
+    the full text's tokens. That is the prompt's token count when the prompt's tokens are a prefix of the full
+    text's; when the tokenizer merges across the boundary (e.g. a prompt's trailing space joins the answer's first
+    word) it is where the two first differ, so no answer character goes unlabelled. ``prompt_mismatch`` says which
+    case it was. Sequences longer than ``max_length`` lose answer tokens from the right.
     """
+    qa_format = qa_format or QAFormat()
     if tokenizer.eos_token_id is None:
         raise ValueError("The tokenizer has no eos token; set tokenizer.eos_token before tokenising answers.")
-    prompt = tokenize_prompt(tokenizer, question, template)
+    prompt = qa_format.prompt_ids(tokenizer, question)
     if len(prompt) >= max_length:
         raise ValueError(f"A prompt of {len(prompt)} tokens leaves no room for its answer; raise max_length.")
-    answer_ids = tokenizer(_answer_text(tokenizer, answer, template), add_special_tokens=False)["input_ids"]
-    input_ids = (prompt + answer_ids + [tokenizer.eos_token_id])[:max_length]
-    labels = ([IGNORE_INDEX] * len(prompt) + input_ids[len(prompt) :])[:max_length]
-    return {"input_ids": input_ids, "attention_mask": [1] * len(input_ids), "labels": labels}
+    if qa_format.separate_answer:
+        full, start = prompt + qa_format.answer_ids(tokenizer, question, answer), len(prompt)
+    else:
+        full = qa_format.full_ids(tokenizer, question, answer)
+        start = _common_prefix(prompt, full)
+    if not full or full[-1] != tokenizer.eos_token_id:
+        full = full + [tokenizer.eos_token_id]
+    input_ids = full[:max_length]
+    labels = [IGNORE_INDEX] * start + input_ids[start:]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": [1] * len(input_ids),
+        "labels": labels[:max_length],
+        "prompt_mismatch": start != len(prompt),
+    }
+
+
+def tokenize_qa_rows(
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    max_length: int = 512,
+    qa_format: QAFormat | None = None,
+    source: str = "QA data",
+) -> list[dict[str, list[int]]]:
+    """:func:`tokenize_qa` over ``(question, answer)`` pairs; one warning with the count of boundary merges."""
+    examples = [tokenize_qa(tokenizer, q, a, max_length, qa_format) for q, a in pairs]
+    merged = sum(e.pop("prompt_mismatch") for e in examples)
+    if merged:
+        warnings.warn(
+            f"{source}: in {merged} of {len(examples)} examples the prompt's tokens are not a prefix of "
+            "prompt + answer's (the tokenizer merges across the boundary, e.g. a trailing space into the answer's "
+            "first word); their labels start after the longest common prefix. Check that the QA format is the one "
+            "the model was fine-tuned with.",
+            stacklevel=2,
+        )
+    return examples
+
+
+def tokenize_prompt(tokenizer, question: str, qa_format: QAFormat | None = None) -> list[int]:
+    """Token ids of the prompt for ``question`` in ``qa_format`` (default: chat template if any, else TOFU's)."""
+    return (qa_format or QAFormat()).prompt_ids(tokenizer, question)
 
 
 def check_columns(rows, required: Sequence[str], source: str) -> None:
@@ -80,15 +207,15 @@ class QADataset(Dataset):
         question_key: str = "question",
         answer_key: str = "answer",
         max_length: int = 512,
-        template: str | None = None,
+        qa_format: QAFormat | None = None,
         source: str = "QA data",
     ):
         if len(rows) == 0:
             raise ValueError(f"{source} is empty; unlearning needs at least one example.")
         check_columns(rows, [question_key, answer_key], source)
-        self.examples = [
-            tokenize_qa(tokenizer, row[question_key], row[answer_key], max_length, template) for row in rows
-        ]
+        pairs = [(row[question_key], row[answer_key]) for row in rows]
+        self.qa_format = qa_format or QAFormat()
+        self.examples = tokenize_qa_rows(tokenizer, pairs, max_length, self.qa_format, source)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -112,26 +239,60 @@ class TextBlockDataset(Dataset):
         return self.examples[index]
 
 
-def read_texts(path: str | Path, field: str = "text") -> list[str]:
-    """The `field` of every row of a JSON Lines file (a raw-text forget or retain corpus)."""
+def read_json_rows(path: str | Path, required: Sequence[str] = (), what: str = "rows") -> list[dict[str, Any]]:
+    """The rows of a JSON Lines file (or of a JSON array of objects), each checked to hold every `required` field.
+
+    Every problem is one line naming the file, the line (or row) and the field: bytes that are not UTF-8, a line
+    that is not a JSON object, a missing or null field, an empty file.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; give a JSON Lines file with a {field!r} field per line.")
-    texts = []
-    with open(path) as f:
-        for number, line in enumerate(f, start=1):
+        raise FileNotFoundError(f"{path} not found; give a JSON Lines file of {what} (one JSON object per line).")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: bytes that are not UTF-8 (at byte {err.start}); save the file as UTF-8."
+        ) from None
+    if not text.strip():
+        raise ValueError(f"{path} is empty; it must hold {what}, one JSON object per line.")
+    if text.lstrip().startswith("["):  # a JSON array of objects, which datasets' json loader also reads
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix that line.") from None
+        numbered = [(f"{path} row {i}", row) for i, row in enumerate(values, start=1)]
+    else:
+        numbered = []
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                numbered.append((f"{path}:{number}", json.loads(line)))
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not a JSON object ({err.msg}).") from err
-            if not isinstance(row, dict) or field not in row:
-                raise ValueError(f"{path}:{number}: missing field {field!r}; expected one JSON object per line.")
-            texts.append(row[field])
-    if not texts:
-        raise ValueError(f"{path} holds no text rows.")
-    return texts
+                raise ValueError(f"{path}:{number}: not a JSON object ({err.msg}); fix or remove that line.") from None
+    rows = []
+    for where, row in numbered:
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}: expected a JSON object with {list(required)}, got {type(row).__name__}.")
+        missing = [name for name in required if row.get(name) is None]
+        if missing:
+            raise ValueError(f"{where}: missing field {missing[0]!r}; every row needs {list(required)}.")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} holds no rows; it must hold {what}, one JSON object per line.")
+    return rows
+
+
+def read_texts(path: str | Path, field: str = "text") -> list[str]:
+    """The `field` of every row of a JSON Lines file (a raw-text forget or retain corpus)."""
+    rows = read_json_rows(path, [field], what=f"texts (a {field!r} field per line)")
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row[field], str):
+            raise ValueError(f"{path} row {number}: field {field!r} must be text, got {type(row[field]).__name__}.")
+    return [row[field] for row in rows]
 
 
 def chunk_text(texts: Sequence[str], tokenizer, block_size: int) -> list[dict[str, list[int]]]:

@@ -84,8 +84,19 @@ def run_demo(
     extra: list[str] | None = None,
     seed: int = 0,
     checkpoints: int = 0,
+    overwrite: bool = False,
+    resume: bool = False,
 ) -> dict[str, dict]:
-    """Run the demo end to end; print and write the reports; return each regime's sweep report."""
+    """Run the demo end to end; print and write the reports; return each regime's sweep report.
+
+    `output_dir` must be new or empty, unless `overwrite` (the demo's own files there are removed first) or `resume`
+    (an interrupted demo continues: its models and finished runs are reused).
+    """
+    import shutil
+
+    from hf_unlearn.io import check_output_dir
+
+    check_output_dir(output_dir, flag="--output_dir", overwrite=overwrite or resume, overwrite_flag="--overwrite")
     import datasets
     from transformers.utils import logging
 
@@ -95,6 +106,11 @@ def run_demo(
     datasets.disable_progress_bars()
     logging.disable_progress_bar()
     out = Path(output_dir)
+    if overwrite and not resume:
+        for name in ("data", "original", "retain", *REGIMES):
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+        (out / "demo_report.md").unlink(missing_ok=True)
     regimes = list(REGIMES) if regimes is None else regimes
     unknown = [r for r in regimes if r not in REGIMES]
     if unknown:
@@ -103,7 +119,7 @@ def run_demo(
         raise FileNotFoundError(f"Demo recipe {recipe} not found; pass --recipe recipes/demo.yaml from the repo.")
     data_dir = write_synthetic_tofu(out / "data", num_authors=num_authors, seed=seed)
     models = {name: out / name for name in ("original", "retain")}
-    if not all((path / "model.safetensors").is_file() for path in models.values()):  # a rerun resumes here
+    if not all((path / "model.safetensors").is_file() for path in models.values()):  # else resumed
         full, retain = load_tofu("full", data_dir), load_tofu("retain90", data_dir)
         general = [*load_tofu("real_authors_perturbed", data_dir), *load_tofu("world_facts_perturbed", data_dir)]
         texts = [r["question"] + " " + r["answer"] for s in ("full", "holdout10") for r in load_tofu(s, data_dir)]

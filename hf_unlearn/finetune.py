@@ -15,6 +15,8 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hf_unlearn.data import QAFormat
+
 
 FINETUNE_BENCHMARKS = ("tofu", "synthetic")
 MODELS = ("target", "retain")
@@ -50,6 +52,10 @@ class FinetuneArguments:
         metadata={"help": "Plain prompt template with {question}; unset = the tokenizer's chat template if any."},
     )
     synthetic_num_authors: int = field(default=20, metadata={"help": "data_source=synthetic: number of authors."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Write into an output_dir that already holds files (refused otherwise, before any load)."},
+    )
 
     def __post_init__(self):
         if self.data_source not in FINETUNE_BENCHMARKS:
@@ -69,12 +75,40 @@ def finetune_parser(**kwargs):
     """A `trl.TrlParser` over (FinetuneArguments, SFTConfig, ModelConfig), as TRL's own `sft` script builds it."""
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    return TrlParser((FinetuneArguments, SFTConfig, ModelConfig), prog="hf-unlearn finetune", **kwargs)
+    parser = TrlParser((FinetuneArguments, SFTConfig, ModelConfig), prog="hf-unlearn finetune", **kwargs)
+
+    def one_line_error(message: str):
+        # argparse would print the whole usage first; the command boundary prints this one line
+        raise ValueError(f"{message}; `hf-unlearn finetune --help` lists the flags")
+
+    parser.error = one_line_error
+    return parser
 
 
 def parse_finetune_args(argv: list[str] | None = None):
-    """(FinetuneArguments, SFTConfig, ModelConfig) from TRL-style flags (`--config file.yaml` gives defaults)."""
-    return finetune_parser().parse_args_and_config(args=argv)
+    """(FinetuneArguments, SFTConfig, ModelConfig) from TRL-style flags (`--config file.yaml` gives defaults).
+
+    The output folder is checked here, before any weight loads: not a file, not the base model's or the data's own
+    folder, and holding no other files unless overwrite_output_dir.
+    """
+    import os
+
+    from hf_unlearn.io import check_output_dir
+
+    try:
+        script_args, config, model_args = finetune_parser().parse_args_and_config(args=argv)
+    except ValueError as err:
+        if "not used by the HfArgumentParser" in str(err):  # an unknown flag
+            raise ValueError(f"{err}; `hf-unlearn finetune --help` lists the flags") from None
+        raise
+    protected = {"model_name_or_path": model_args.model_name_or_path}
+    if script_args.data_source != "synthetic":
+        protected["data_dir"] = script_args.data_dir
+    check_output_dir(
+        config.output_dir, overwrite=script_args.overwrite_output_dir, protected=protected,
+        check_contents=int(os.environ.get("RANK", "0")) == 0,
+    )  # fmt: skip
+    return script_args, config, model_args
 
 
 def training_split(model: str, forget_split: str) -> str:
@@ -84,13 +118,13 @@ def training_split(model: str, forget_split: str) -> str:
     return "full" if model == "target" else tofu_split_names(forget_split)["retain"]
 
 
-def qa_sft_dataset(rows, tokenizer, max_length: int, template: str | None, source: str):
+def qa_sft_dataset(rows, tokenizer, max_length: int, qa_format: QAFormat | None, source: str):
     """A `datasets.Dataset` of `input_ids`/`attention_mask`/`labels` in hf_unlearn's prompt/answer format."""
     from datasets import Dataset
 
     from hf_unlearn.data import QADataset
 
-    examples = QADataset(rows, tokenizer, max_length=max_length, template=template, source=source)
+    examples = QADataset(rows, tokenizer, max_length=max_length, qa_format=qa_format, source=source)
     return Dataset.from_list([examples[i] for i in range(len(examples))])
 
 
@@ -139,7 +173,7 @@ def finetune(script_args: FinetuneArguments, config, model_args) -> dict:
         split = training_split(model, script_args.forget_split)
         source = f"{data_dir or 'locuslab/TOFU'}:{split}"
         dataset = qa_sft_dataset(
-            load_tofu(split, data_dir), tokenizer, config.max_length, script_args.qa_template, source
+            load_tofu(split, data_dir), tokenizer, config.max_length, QAFormat.from_args(script_args), source
         )
         args = copy.copy(config)
         args.output_dir = str(Path(config.output_dir) / model)

@@ -103,12 +103,12 @@ def push_to_hub(
     if not out.is_dir():
         raise HubPushError(f"Nothing to push: {out} is not a folder.")
     later = f"the model stays in {out}; push it later with `hf-unlearn push {out} --hub_model_id {hub_model_id}`."
+    if not (out / REPORT_FILE).is_file():  # the folder's own problems first: they need no network to find
+        raise HubPushError(f"No {REPORT_FILE} in {out}: push a folder written by `hf-unlearn run` (or `eval`).")
     try:
         check_push_possible(hub_model_id, token)
     except HubPushError as error:
         raise HubPushError(f"{error} Nothing was uploaded: {later}") from None
-    if not (out / REPORT_FILE).is_file():
-        raise HubPushError(f"No {REPORT_FILE} in {out}: push a folder written by `hf-unlearn run` (or `eval`).")
     files = files_to_upload(out)
     if not any(name.endswith(".safetensors") for name in files):
         raise HubPushError(f"No *.safetensors weights in {out}: save the model there before pushing.")

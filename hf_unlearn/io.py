@@ -50,3 +50,60 @@ def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> P
 def atomic_write_json(path: str | Path, value: Any, indent: int | None = 2) -> Path:
     """Serialise ``value`` first (so a value that is not JSON fails before any file is touched), then write it."""
     return atomic_write_text(path, json.dumps(value, indent=indent, allow_nan=False) + "\n")
+
+
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _resolved(path: str | Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def check_output_dir(
+    path: str | Path,
+    *,
+    flag: str = "output_dir",
+    overwrite: bool = False,
+    overwrite_flag: str = "overwrite_output_dir=true",
+    resume: bool = False,
+    protected: dict[str, str | Path | None] | None = None,
+    inside_ok: tuple[str, ...] = (),
+    check_contents: bool = True,
+) -> Path:
+    """Check, before anything is loaded or written, that a command may write into `path`; return it as a Path.
+
+    Refused in one line (nothing is created): a file where the folder should be; a folder that is, or lies inside,
+    one of the `protected` folders (the model, the data: name -> path; `inside_ok` names may hold it as a
+    subfolder but never be it); a folder that cannot be written; and, with `check_contents`, a folder that already
+    holds files, unless `overwrite` is set or `resume` is set and the folder holds the run's own checkpoints.
+    """
+    out = Path(path).expanduser()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{flag} {path} is a file; point {flag} at a new or empty folder.")
+    target = _resolved(out)
+    for name, folder in (protected or {}).items():
+        if not folder or not Path(folder).expanduser().is_dir():
+            continue
+        own = _resolved(folder)
+        if target == own or (name not in inside_ok and _within(target, own)):
+            where = "is" if target == own else "is inside"
+            raise ValueError(
+                f"{flag} {path} {where} the {name} folder {folder}: writing there would replace or mix with its "
+                f"files; choose another {flag}."
+            )
+    existing = next((p for p in (target, *target.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NotADirectoryError(f"{flag} {path} cannot be created: {existing} is a file; choose another folder.")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {path}: {existing} is not writable; choose a folder you can write to.")
+    if check_contents and out.is_dir() and not overwrite:
+        present = sorted(p.name for p in out.iterdir())
+        checkpoints = [name for name in present if name.startswith("checkpoint-")]
+        if present and not (resume and checkpoints):
+            shown = ", ".join(present[:3]) + (f" and {len(present) - 3} more" if len(present) > 3 else "")
+            raise FileExistsError(
+                f"{flag} {path} already holds files ({shown}); choose a new folder, or set {overwrite_flag} to "
+                "write over them."
+            )
+    return out

@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from hf_unlearn.recipes import LAUNCH_LINE
+from hf_unlearn.recipes import LAUNCH_LINE, yaml_mapping
 
 
 def run_this_recipe(path: str) -> None:
@@ -44,18 +44,13 @@ def check_self_launching(path: str | Path) -> None:
     Checks that the file is a flat YAML mapping, that its first entry is the launch line, and that Python compiles
     the whole file (it must: Python compiles a script before running its first statement).
     """
-    import yaml
 
     path = Path(path)
     text = path.read_text()
     try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise NotSelfLaunching(f"{path}:{where} is not valid YAML ({getattr(err, 'problem', err)}).") from err
-    if not isinstance(values, dict):
-        raise NotSelfLaunching(f"{path}: a recipe is a YAML mapping of `key: value` lines.")
+        yaml_mapping(text, str(path))
+    except ValueError as err:
+        raise NotSelfLaunching(str(err)) from None
     lines = text.splitlines()
     statements = [(n, line) for n, line in enumerate(lines, start=1) if line.strip()[:1] not in ("", "#")]
     if not statements or statements[0][1].rstrip() != LAUNCH_LINE:

@@ -59,16 +59,28 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def load_tokenizer(path: str | os.PathLike):
+def disable_progress_bars() -> None:
+    """Hide the dataset-preparation, weight-loading and download bars (what `disable_tqdm` / `--no_progress` ask)."""
+    import datasets
+    import huggingface_hub
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()
+
+
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
 def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device | None = None, **model_kwargs):
     """``(model, tokenizer)`` from a local folder or Hub id; on `device` in eval mode when one is given.
 
-    ``dtype`` may be a string (``"bfloat16"``) or a torch dtype; ``"auto"`` keeps the checkpoint's.
+    ``dtype`` may be a string (``"bfloat16"``) or a torch dtype; ``"auto"`` keeps the checkpoint's. Weights are read
+    from safetensors only (a pickled ``.bin`` can run code) and ``trust_remote_code`` stays off unless passed.
     """
     from transformers import AutoModelForCausalLM
 
@@ -77,7 +89,9 @@ def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device
         dtype = getattr(torch, dtype)
     if dtype is not None:
         model_kwargs["dtype"] = dtype
-    tokenizer = load_tokenizer(path)
+    model_kwargs.setdefault("use_safetensors", True)
+    model_kwargs.setdefault("trust_remote_code", False)
+    tokenizer = load_tokenizer(path, trust_remote_code=model_kwargs["trust_remote_code"])
     model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
     if device is not None:
         model = model.to(resolve_device(device)).eval()

@@ -8,10 +8,17 @@ fail on a bad recipe has failed in `parse_recipe` before this module loads a wei
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from hf_unlearn.benchmarks.sources import DataSource, source_from_recipe
-from hf_unlearn.callbacks import ComputeAccountingCallback, ComputeBudgetCallback, RobustnessCallback
-from hf_unlearn.loading import load_model_and_tokenizer
+from hf_unlearn.callbacks import (
+    ComputeAccountingCallback,
+    ComputeBudgetCallback,
+    RobustnessCallback,
+    TrainingDiverged,
+    logs_to_stderr,
+)
+from hf_unlearn.loading import disable_progress_bars, load_model_and_tokenizer, load_tokenizer
 from hf_unlearn.recipes import Recipe
 from hf_unlearn.report import AFTER, BEFORE, UnlearnReport
 from hf_unlearn.trainers import get_method
@@ -80,6 +87,67 @@ def new_report(recipe: Recipe, source: DataSource) -> UnlearnReport:
     )
 
 
+def resume_checkpoint(resume, output_dir: str):
+    """What `Trainer.train(resume_from_checkpoint=...)` gets: `true` / `latest` -> the latest *complete* checkpoint
+    in `output_dir` (one whose trainer_state.json, written last, exists: a run killed while saving leaves a partial
+    folder that must not be resumed from); a path as given; unset -> None."""
+    if isinstance(resume, str) and resume.lower() in ("true", "latest"):
+        resume = True
+    if resume is not True:
+        return resume or None
+    folders = sorted(
+        (p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    complete = next((p for p in folders if (p / "trainer_state.json").is_file()), None)
+    if complete is None:
+        raise FileNotFoundError(
+            f"resume_from_checkpoint=true but {output_dir} holds no complete checkpoint-N folder; drop the flag to "
+            "start from step 0."
+        )
+    return str(complete)
+
+
+def remove_stale_report(output_dir: str) -> None:
+    """With overwrite_output_dir: remove an earlier run's report, recipe, plots and card before this run trains, so
+    that no file describing a model that is gone survives beside the new one (whether or not this run finishes)."""
+    from hf_unlearn.model_card import CARD_FILE
+    from hf_unlearn.report import LOSS_PLOT, MARKDOWN_FILE, RECIPE_FILE, RELEARN_PLOT, REPORT_FILE
+
+    for name in (REPORT_FILE, MARKDOWN_FILE, RECIPE_FILE, LOSS_PLOT, RELEARN_PLOT, CARD_FILE):
+        (Path(output_dir) / name).unlink(missing_ok=True)
+
+
+def check_causal_lm(model_config, path: str) -> None:
+    """Unlearning trains a causal LM: any other architecture fails here, from its config, before weights load."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if type(model_config) not in MODEL_FOR_CAUSAL_LM_MAPPING and not getattr(model_config, "auto_map", None):
+        raise ValueError(
+            f"model_name_or_path {path} is a {model_config.model_type} model without a causal-LM head in "
+            "transformers; unlearning needs a decoder (causal) language model such as Llama, Qwen or GPT-2."
+        )
+
+
+def prepare_tokenizer(script):
+    """The model's tokenizer, with `pad_token` applied; a tokenizer without one fails here, before any weight loads."""
+    tokenizer = load_tokenizer(script.model_name_or_path, trust_remote_code=script.trust_remote_code)
+    if script.pad_token:
+        token = tokenizer.eos_token if script.pad_token == "eos" else script.pad_token
+        if token is None:
+            raise ValueError(f"pad_token=eos but the tokenizer of {script.model_name_or_path} has no eos token.")
+        if script.pad_token != "eos" and tokenizer.convert_tokens_to_ids(token) in (None, tokenizer.unk_token_id):
+            raise ValueError(f"pad_token={token!r} is not in the tokenizer's vocabulary; use pad_token: eos.")
+        tokenizer.pad_token = token
+    if tokenizer.pad_token_id is None:
+        raise ValueError(
+            f"The tokenizer of {script.model_name_or_path} has no pad token; set pad_token: eos in the recipe "
+            "(or --pad_token eos) to pad with its eos token."
+        )
+    return tokenizer
+
+
 def run(recipe: Recipe, compute_budget: int | None = None) -> UnlearnReport:
     """Train the recipe's method, save the unlearned model, evaluate / attack it if the recipe asks, and write its
     report and model card into `output_dir` (then push, with `push_to_hub`).
@@ -90,17 +158,26 @@ def run(recipe: Recipe, compute_budget: int | None = None) -> UnlearnReport:
     from transformers import AutoConfig
 
     script, config = recipe.script, recipe.config
+    if config.disable_tqdm:
+        disable_progress_bars()
     trainer_cls = get_method(script.method)
     # Checks that need only the model's config (the RMU layer) run before the data is tokenised; the trainer then
     # receives the loaded model and does not check it again.
-    trainer_cls.check_model_config(AutoConfig.from_pretrained(script.model_name_or_path), config)
+    trust = {"trust_remote_code": script.trust_remote_code}
+    model_config = AutoConfig.from_pretrained(script.model_name_or_path, **trust)
+    check_causal_lm(model_config, script.model_name_or_path)
+    trainer_cls.check_model_config(model_config, config)
+    tokenizer = prepare_tokenizer(script)
+    resume = resume_checkpoint(config.resume_from_checkpoint, config.output_dir)
     source = source_from_recipe(script, config)
     prepare_source(source)
     report = new_report(recipe, source)
-    model, tokenizer = load_model_and_tokenizer(script.model_name_or_path)
+    model, _ = load_model_and_tokenizer(script.model_name_or_path, **trust)
     dataset = train_dataset(source, trainer_cls, config, tokenizer)
     checks = robustness_callback(recipe, source, tokenizer) if script.robustness else None
     push, config.push_to_hub = config.push_to_hub, False  # pushed below, with the card and the report
+    # The token is used for the push below and never reaches training_args.bin, the report or the card.
+    token, config.hub_token = config.hub_token, None
     trainer = trainer_cls(
         model=model,
         args=config,
@@ -113,14 +190,22 @@ def run(recipe: Recipe, compute_budget: int | None = None) -> UnlearnReport:
     accounting = ComputeAccountingCallback.for_trainer(trainer)
     if compute_budget is not None:
         trainer.add_callback(ComputeBudgetCallback(accounting, compute_budget))
+    logs_to_stderr(trainer)
     if script.evaluate_before_training and (script.evaluate or script.robustness):
         with report.timed("evaluate_before"):
             report.add_evaluation(BEFORE, source.evaluate(model.eval(), tokenizer, **evaluation_settings(config)))
-    resume = config.resume_from_checkpoint
-    if isinstance(resume, str) and resume.lower() in ("true", "latest"):
-        resume = True  # the latest checkpoint in output_dir, as Trainer.train(resume_from_checkpoint=True) reads it
-    with report.timed("train"):
-        result = trainer.train(resume_from_checkpoint=resume)
+    if config.overwrite_output_dir and not resume and trainer.is_world_process_zero():
+        remove_stale_report(config.output_dir)
+    try:
+        with report.timed("train"):
+            result = trainer.train(resume_from_checkpoint=resume)
+    except TrainingDiverged as stop:
+        # Nothing of the diverged model is saved: the checkpoints written before this step are the last good ones.
+        report.record_training(trainer)
+        report.stopped = stop.record
+        if trainer.is_world_process_zero():
+            report.save(config.output_dir)
+        raise
     report.record_training(trainer, result)
     trainer.save_model(config.output_dir)
     if checks is not None:
@@ -141,7 +226,5 @@ def run(recipe: Recipe, compute_budget: int | None = None) -> UnlearnReport:
         if push:
             from hf_unlearn.hub import push_to_hub
 
-            push_to_hub(
-                config.output_dir, config.hub_model_id, private=config.hub_private_repo, token=config.hub_token
-            )
+            push_to_hub(config.output_dir, config.hub_model_id, private=config.hub_private_repo, token=token)
     return report

@@ -79,7 +79,17 @@ class ScriptArguments:
     max_length: int = field(default=512, metadata={"help": "Maximum tokens per QA example or text block."})
     qa_template: str | None = field(
         default=None,
-        metadata={"help": "Plain prompt template with {question}; unset = the tokenizer's chat template if any."},
+        metadata={
+            "help": "Plain prompt template with {question}; the answer follows the rendered template directly (TOFU: "
+            "'Question: {question}\\nAnswer: ', the space in the prompt; a typed \\n is a newline). Unset: the "
+            "tokenizer's chat template if any, else TOFU's template."
+        },
+    )
+    system_prompt: str | None = field(
+        default=None, metadata={"help": "System prompt the model was fine-tuned with (chat: a system message)."}
+    )
+    no_chat_template: bool = field(
+        default=False, metadata={"help": "Ignore the tokenizer's chat template; use qa_template or TOFU's template."}
     )
     synthetic_num_authors: int = field(default=20, metadata={"help": "synthetic: number of fictitious authors."})
     use_peft: bool = field(default=False, metadata={"help": "Train a LoRA adapter (TRL's name); rank lora_r or 16."})
@@ -103,6 +113,17 @@ class ScriptArguments:
     report_codes_changed: bool = field(
         default=False,
         metadata={"help": "Robustness: load the original model again to report the share of 4-bit codes changed."},
+    )
+    pad_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "The token batches are padded with when the tokenizer has none: 'eos' (its eos token) or a "
+            "token of its vocabulary. Unset: the tokenizer's own pad token (a tokenizer without one is an error)."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Let from_pretrained run the model repository's own Python code. Off unless set here."},
     )
     evaluate_before_training: bool = field(
         default=True,
@@ -178,19 +199,25 @@ def field_names(*classes) -> set[str]:
     return {f.name for cls in classes for f in dataclasses.fields(cls) if f.init}
 
 
+def yaml_mapping(text: str, source: str) -> dict:
+    """The YAML mapping in `text`; a one-line ``ValueError`` naming `source` and the line when it is not one."""
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"{source}{line} is not valid YAML: {getattr(err, 'problem', err)}.") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{source} must be a YAML mapping of key: value lines.")
+    return values
+
+
 def load_recipe(path: str | Path) -> dict:
     """The recipe's keys and values; a one-line error when the file is missing or not a YAML mapping."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Recipe {path} not found; recipes ship in the repository's recipes/ folder.")
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" line {where.line + 1}" if where is not None else ""
-        raise ValueError(f"Recipe {path}{line} is not valid YAML: {getattr(err, 'problem', err)}.") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"Recipe {path} must be a YAML mapping of key: value lines.")
+    values = yaml_mapping(path.read_text(), f"Recipe {path}")
     values.pop(LAUNCH_KEY, None)  # a self-launching recipe's first line, for Python's eyes only (hf_unlearn.launch)
     values.pop(SWEEP_KEY, None)
     return values
@@ -252,10 +279,65 @@ def recipe_parser(method: str) -> HfArgumentParser:
     from hf_unlearn.trainers import get_method, method_names
 
     parser = HfArgumentParser((ScriptArguments, get_method(method).config_class, RobustnessConfig))
+
+    def one_line_error(message: str):
+        # argparse would print the whole usage (150 lines) before the message; the command boundary prints one line.
+        raise ValueError(f"{message}; `hf-unlearn run --method {method} --help` lists every key")
+
+    parser.error = one_line_error
     for action in parser._actions:
         if action.dest == "method" and action.help:
             action.help = action.help.replace("{methods}", ", ".join(method_names()))
     return parser
+
+
+def check_output_folders(script: ScriptArguments, config) -> None:
+    """Where the run writes, checked before anything loads: `output_dir` is not a file, not the model's or the data's
+    own folder, and (main process) holds no other files unless overwrite_output_dir or a resume; a synthetic
+    `data_dir` holds nothing but this benchmark."""
+    import os
+
+    from hf_unlearn.io import check_output_dir
+
+    protected = {
+        "model_name_or_path": script.model_name_or_path,
+        "retain_model": script.retain_model,
+        "ref_model_path": getattr(config, "ref_model_path", None),
+    }
+    if script.data_source != "synthetic":
+        protected["data_dir"] = script.data_dir
+    check_output_dir(
+        config.output_dir,
+        overwrite=config.overwrite_output_dir,
+        resume=bool(config.resume_from_checkpoint),
+        protected=protected,
+        check_contents=int(os.environ.get("RANK", "0")) == 0,  # other ranks may start after rank 0 has written
+    )
+    if script.data_source == "synthetic" and script.data_dir:
+        from hf_unlearn.benchmarks.synthetic import check_synthetic_folder
+
+        check_synthetic_folder(script.data_dir, num_authors=script.synthetic_num_authors, seed=config.seed)
+
+
+def check_data_files(script: ScriptArguments) -> None:
+    """Read the local training data once, before any weight loads: a malformed file fails in one line naming the
+    file, the line and the field (TOFU splits in data_dir; the forget / retain corpora of the text sources)."""
+    from hf_unlearn.data import read_texts
+
+    if script.data_source == "tofu" and script.data_dir:
+        from hf_unlearn.benchmarks.tofu_data import check_tofu_file, tofu_split_names
+
+        for split in (script.forget_split, script.retain_split or tofu_split_names(script.forget_split)["retain"]):
+            path = Path(script.data_dir) / f"{split}.json"
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"data_dir {script.data_dir} has no {split}.json; point data_dir at a TOFU copy."
+                )
+            check_tofu_file(path, split)
+    elif script.data_source in ("muse", "wmdp", "jsonl"):
+        for name in ("forget_file", "retain_file"):
+            if getattr(script, name):
+                read_texts(getattr(script, name), script.text_field)
 
 
 def parse_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
@@ -298,4 +380,6 @@ def parse_recipe(path: str | Path | None, overrides: list[str] | None = None) ->
         from hf_unlearn.hub import check_push_possible
 
         check_push_possible(config.hub_model_id, config.hub_token)
+    check_output_folders(script, config)
+    check_data_files(script)
     return Recipe(script, config, robustness, None if path is None else str(path), overrides)

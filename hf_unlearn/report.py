@@ -47,7 +47,11 @@ RECIPE_FILE = "unlearn_recipe.yaml"
 # The forget metric that relearning curves and robustness tables follow, in order of preference.
 NO_VALUE = "the evaluator returned no value"
 VERSIONED_PACKAGES = ("torch", "transformers", "trl", "accelerate", "huggingface_hub", "datasets", "peft", "deepspeed")
-LOGGED_KEYS = ("loss", "loss/forget", "loss/retain", "optim/phase", "learning_rate", "grad_norm", "zo/projected_grad")
+# Never written into a report, a card or saved args: the Hub token (TrainingArguments.to_dict already masks it).
+SECRET_FIELDS = ("hub_token",)
+LOGGED_KEYS = (
+    "epoch", "loss", "loss/forget", "loss/retain", "optim/phase", "learning_rate", "grad_norm", "zo/projected_grad"
+)  # fmt: skip
 
 
 @dataclass
@@ -215,7 +219,10 @@ class UnlearnReport:
     evaluations: dict[str, Metrics] = field(default_factory=dict)
     attacks: list[AttackRun] = field(default_factory=list)
     compute: dict[str, Any] | None = None
+    training: dict[str, float] = field(default_factory=dict)
     training_log: list[dict[str, float]] = field(default_factory=list)
+    # Why training stopped early (the divergence guard: step, quantity, value, message); None for a complete run.
+    stopped: dict[str, Any] | None = None
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 
@@ -256,15 +263,17 @@ class UnlearnReport:
         self.papers = self.papers or paper_records(getattr(trainer, "_paper", None))
         self.optimizer = self.optimizer or getattr(args, "optimizer", None)
         self.seed = args.seed
-        self.config = json_safe(args.to_dict())
+        self.config = {k: v for k, v in json_safe(args.to_dict()).items() if k not in SECRET_FIELDS}
         self.optimizer_schedule = optimizer_schedule(self.config)
         if self.base_model is None:
             model = trainer.accelerator.unwrap_model(trainer.model)
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             self.base_model = getattr(base.config, "_name_or_path", None) or None
         self.training_log = training_log(trainer.state.log_history)
-        if train_output is not None and "train_runtime" in train_output.metrics:
-            self.wall_time_s["train"] = float(train_output.metrics["train_runtime"])
+        if train_output is not None:
+            self.training = json_safe({"global_step": train_output.global_step, **train_output.metrics})
+            if "train_runtime" in train_output.metrics:
+                self.wall_time_s["train"] = float(train_output.metrics["train_runtime"])
         for callback in trainer.callback_handler.callbacks:
             if isinstance(callback, ComputeAccountingCallback):
                 self.compute = {**callback.to_dict(), "num_processes": trainer.accelerator.num_processes}

@@ -154,6 +154,8 @@ def report_markdown(report: UnlearnReport) -> str:
         ("command", f"`{report.command}`" if report.command else None), ("created", report.created_at),
     ]  # fmt: skip
     lines += [f"- {name}: {value}" for name, value in facts if value is not None]
+    if report.stopped:
+        lines += ["", f"**Training stopped early:** {report.stopped.get('message')}"]
     lines += ["", "## Optimizer schedule", "", schedule_text(report), "", "## Benchmark", "", benchmark_table(report)]
     for run in report.attacks:
         lines += ["", f"## Robustness: {run.label}", "", robustness_table(run)]

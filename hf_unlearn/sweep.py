@@ -181,8 +181,11 @@ def four_bit_kind(kinds: Sequence[str]) -> str:
 
 
 def cell_overrides(settings: SweepSettings, cell: Cell, base) -> list[str]:
+    # The sweep owns each cell's folder: a finished cell is never run again and an unfinished one is emptied before
+    # it runs, so the run may write into it (overwrite_output_dir).
     flags = [*settings.overrides, *cell.optimizer.flags(), "--seed", str(cell.seed), "--output_dir",
-             str(cell.output_dir), "--robustness", "true", "--report_codes_changed", "true",
+             str(cell.output_dir), "--overwrite_output_dir", "true", "--robustness", "true",
+             "--report_codes_changed", "true",
              "--quantization", *quantization_kinds(base.robustness.quantization)]  # fmt: skip
     if settings.checkpoints:
         steps = base.config.max_steps

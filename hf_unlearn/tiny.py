@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
@@ -33,11 +33,23 @@ ARCHITECTURES = ("llama", "qwen2", "gpt2")
 
 
 def train_tokenizer(
-    texts: Iterable[str], vocab_size: int = 512, chat_template: bool = True
+    texts: Iterable[str], vocab_size: int = 512, chat_template: bool = True, whitespace_attaching: bool = False
 ) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on `texts` (pad/bos/eos/unk, optional chat template)."""
+    """Train a byte-level BPE tokenizer on `texts` (pad/bos/eos/unk, optional chat template).
+
+    `whitespace_attaching=True` keeps each word's trailing whitespace in the word's piece (so ``"Answer: "`` can
+    be one token), as some real tokenizers do: the case where prompt formatting decides which tokens a model saw.
+    """
     tokenizer = Tokenizer(models.BPE(unk_token=UNK))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if whitespace_attaching:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(r"\S+\s*|\s+"), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     specials = [PAD, BOS, EOS, UNK, USER, ASSISTANT]
     trainer = trainers.BpeTrainer(

@@ -94,7 +94,7 @@ def test_lmc_command_writes_json_and_plot(tmp_path):
     lmc_command.main(args)
     record = json.loads((tmp_path / "out" / "lmc.json").read_text())
     assert set(record) == {
-        "format", "model_a", "model_b", "loss", "alphas", "losses", "barrier", "barrier_alpha", "metrics"
+        "format", "model_a", "model_b", "loss", "qa_format", "alphas", "losses", "barrier", "barrier_alpha", "metrics"
     }  # fmt: skip
     assert record["alphas"] == [0.0, 0.5, 1.0] and len(record["losses"]) == 3
     assert record["losses"][0] == pytest.approx(mean_answer_loss(original, forget, collator), rel=1e-6)

@@ -6,6 +6,7 @@ from hf_unlearn.data import (
     DataCollatorForUnlearning,
     ForgetRetainDataset,
     QADataset,
+    QAFormat,
     TextBlockDataset,
     chunk_text,
     pad_batch,
@@ -26,14 +27,16 @@ def test_labels_cover_exactly_the_answer_and_eos_with_chat_template():
     assert ex["attention_mask"] == [1] * len(ex["input_ids"])
 
 
-def test_plain_template_masks_prompt_and_prefixes_answer_with_space():
+def test_plain_template_masks_prompt_and_answer_follows_it_directly():
     tok = synthetic_tokenizer()
-    ex = tokenize_qa(tok, "Where?", "Oslo.", template="Q: {question}\nA:")
+    fmt = QAFormat(template="Q: {question}\nA:")
+    ex = tokenize_qa(tok, "Where?", "Oslo.", qa_format=fmt)
     n_prompt = len(tok("Q: Where?\nA:")["input_ids"])
     assert ex["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
-    assert tok.decode(ex["input_ids"][n_prompt:]) == " Oslo.</s>"
+    assert tok.decode(ex["input_ids"]) == "Q: Where?\nA:Oslo.</s>"  # nothing inserted between prompt and answer
+    assert tok.decode(ex["input_ids"][n_prompt:]) == "Oslo.</s>"
     with pytest.raises(ValueError, match="question"):
-        tokenize_qa(tok, "Where?", "Oslo.", template="no field here")
+        QAFormat(template="no field here")
 
 
 def test_truncation_keeps_prompt_and_errors_when_prompt_fills_max_length():

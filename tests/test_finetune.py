@@ -33,7 +33,7 @@ def forget_probability(model_dir, rows, tokenizer) -> float:
 def test_sft_examples_are_the_unlearning_format(tmp_path):
     tokenizer = synthetic_tokenizer()
     rows = load_tofu("forget10", write_synthetic_tofu(tmp_path, num_authors=10, qa_per_author=4))
-    dataset = qa_sft_dataset(rows, tokenizer, max_length=128, template=None, source="forget10")
+    dataset = qa_sft_dataset(rows, tokenizer, max_length=128, qa_format=None, source="forget10")
     reference = QADataset(rows, tokenizer, max_length=128)
     assert dataset.column_names == ["input_ids", "attention_mask", "labels"]
     assert [dict(dataset[i]) for i in range(len(dataset))] == [reference[i] for i in range(len(reference))]

@@ -5,7 +5,7 @@ import torch
 from transformers import TrainerCallback
 
 from hf_unlearn.callbacks import HybridScheduleCallback
-from hf_unlearn.trainers.zeroth_order import ZerothOrderMixin
+from hf_unlearn.trainers import NPOTrainer
 from tests.helpers import one_thread
 from tests.scripts.optim_fixtures import RandomTokens, ZOTrainer, tiny_llama, training_args, weights
 
@@ -107,7 +107,7 @@ def test_schedule_state_travels_in_checkpoints():
 
 def test_hybrid_npo_unlearning_with_the_unlearn_trainer(tmp_path):
     from hf_unlearn.trainers import NPOConfig
-    from tests.scripts.optim_fixtures import FORGET_SIZE, npo_dataset, save_npo_model, zo_npo_trainer_class
+    from tests.scripts.optim_fixtures import FORGET_SIZE, npo_dataset, save_npo_model
 
     path = save_npo_model(tmp_path / "model")
     args = NPOConfig(
@@ -116,11 +116,10 @@ def test_hybrid_npo_unlearning_with_the_unlearn_trainer(tmp_path):
         learning_rate=1e-2, optimizer="hybrid", hybrid_fo_steps=2, zo_learning_rate=1e-3, beta=0.1, seed=0,
     )  # fmt: skip
     recorder = _StepRecorder()
-    trainer = zo_npo_trainer_class()(
+    trainer = NPOTrainer(
         model=path, args=args, train_dataset=npo_dataset(path),
         callbacks=[HybridScheduleCallback.from_args(args), recorder],
     )  # fmt: skip
-    assert isinstance(trainer, ZerothOrderMixin)
     trainer.train()
     assert recorder.had_grad == [True, True, False, False]
     logs = [log for log in trainer.state.log_history if "loss" in log]

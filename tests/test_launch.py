@@ -1,6 +1,5 @@
 """Recipes that launch themselves: `python recipe.yaml` and `accelerate launch recipe.yaml`, typed as a user would."""
 
-import json
 import os
 import shutil
 import subprocess
@@ -11,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from hf_unlearn.report import UnlearnReport
 from hf_unlearn.tiny import build_tiny_model
 from tests.helpers import synthetic_tokenizer
 
@@ -33,8 +33,8 @@ def accelerate() -> str:
     return str(found) if found.is_file() else shutil.which("accelerate")
 
 
-def launch(command: list[str], original: Path, out: Path, processes: int = 1) -> dict:
-    """Run `command recipes/demo.yaml --flags...` in a fresh process; the run's summary."""
+def launch(command: list[str], original: Path, out: Path, processes: int = 1) -> UnlearnReport:
+    """Run `command recipes/demo.yaml --flags...` in a fresh process; the run's report."""
     flags = ["--model_name_or_path", str(original), "--data_dir", str(out / "data"), "--output_dir", str(out)]
     flags += ["--synthetic_num_authors", "10", "--max_steps", "2", "--hybrid_fo_steps", "1"]
     flags += ["--per_device_train_batch_size", "1", "--disable_tqdm", "true"]
@@ -46,26 +46,26 @@ def launch(command: list[str], original: Path, out: Path, processes: int = 1) ->
         timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((out / "run_summary.json").read_text())
+    report = UnlearnReport.load(out)
     # Each process walks ceil(n / processes) forget examples per epoch at batch 1: the epoch after 2 steps
     # shows how many processes shared the data.
     forget = (out / "data" / "forget10.json").read_text().strip().splitlines()
     steps_per_epoch = -(-len(forget) // processes)
-    assert summary["train"]["epoch"] == pytest.approx(2 / steps_per_epoch)
+    assert report.training["global_step"] == 2 and report.training["epoch"] == pytest.approx(2 / steps_per_epoch)
     before = AutoModelForCausalLM.from_pretrained(original).state_dict()
     after = AutoModelForCausalLM.from_pretrained(out).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    return summary
+    return report
 
 
 def test_python_runs_the_recipe_file_with_its_flags(original, tmp_path):
-    summary = launch([sys.executable], original, tmp_path / "python")
-    assert summary["method"] == "npo" and summary["optimizer"] == "hybrid"
+    report = launch([sys.executable], original, tmp_path / "python")
+    assert report.method == "npo" and report.optimizer == "hybrid"
 
 
 def test_accelerate_launch_runs_the_recipe_file(original, tmp_path):
-    summary = launch([accelerate(), "launch", "--num_processes", "1"], original, tmp_path / "single")
-    assert summary["method"] == "npo" and summary["train"]["train_loss"] > 0
+    report = launch([accelerate(), "launch", "--num_processes", "1"], original, tmp_path / "single")
+    assert report.method == "npo" and report.training["train_loss"] > 0
 
 
 @pytest.mark.slow

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 from rouge_score import rouge_scorer
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import PreTrainedTokenizerFast
+from tokenizers import processors
 
 from hf_unlearn import benchmarks
 from hf_unlearn.benchmarks import metrics
@@ -21,7 +20,7 @@ from hf_unlearn.benchmarks.muse import (
     few_shot_prompt,
 )
 from hf_unlearn.cli.eval import add_arguments, benchmark_settings
-from hf_unlearn.tiny import BOS, EOS, PAD, UNK, build_tiny_model, train_tokenizer
+from hf_unlearn.tiny import BOS, build_tiny_model, train_tokenizer
 from tests.fixed_logits import BigramLM, random_table, reference_answer_stats, reference_greedy
 from tests.helpers import synthetic_tokenizer
 
@@ -130,7 +129,8 @@ def test_original_mode_turns_stemmer_off_and_reports_privleak_unavailable_withou
     assert "--privleak_ref_auc" in result.unavailable["privleak"]
 
 
-def test_muse_on_tiny_model_with_retain_model_reference(tmp_path, tokenizer):
+def test_muse_on_tiny_model_with_retain_model_reference(tmp_path, tokenizer, monkeypatch):
+    monkeypatch.setenv("HF_UNLEARN_CACHE", str(tmp_path / "cache"))
     data = write_muse(tmp_path / "muse")
     retain_dir = tmp_path / "retain"
     build_tiny_model(tokenizer, seed=9).save_pretrained(retain_dir)
@@ -140,7 +140,8 @@ def test_muse_on_tiny_model_with_retain_model_reference(tmp_path, tokenizer):
         data_dir=data, retain_model=retain_dir, verbmem_new_tokens=8, knowmem_new_tokens=4, show_progress=False
     )
     result = bench.evaluate(model, tokenizer)
-    cache = list(retain_dir.glob("hf_unlearn_muse_retain_stats_*.json"))
+    assert not list(retain_dir.glob("hf_unlearn_*"))  # a user's model folder is not a cache
+    cache = list((tmp_path / "cache").rglob("*hf_unlearn_muse_retain_stats_*.json"))
     assert len(cache) == 1
     reference_auc = json.loads(cache[0].read_text())["mia_min_k_auc"]
     assert reference_auc == pytest.approx(
@@ -176,25 +177,9 @@ FEW_SHOT = "Question: Who wrote The Silent River?\nAnswer: Bram Okafor\n\n"
 
 def whitespace_attaching_tokenizer():
     """Byte-level BPE whose pre-tokenizer keeps each word's trailing whitespace, so "Answer: " is one token."""
-    backend = Tokenizer(models.BPE(unk_token=UNK))
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(r"\S+\s*|\s+"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1000,
-        special_tokens=[PAD, BOS, EOS, UNK],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     prompts = [FEW_SHOT + f"Question: {q}\nAnswer: {a}" for q, a in QA]
-    backend.train_from_iterator(prompts * 10 + FORGET_TEXT + HOLDOUT_TEXT + ["Lisbon"] * 10, trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK
-    )
+    texts = prompts * 10 + FORGET_TEXT + HOLDOUT_TEXT + ["Lisbon"] * 10
+    return train_tokenizer(texts, vocab_size=1000, chat_template=False, whitespace_attaching=True)
 
 
 def bos_tokenizer():
@@ -208,7 +193,7 @@ def bos_tokenizer():
 
 
 class RecordingBigramLM(BigramLM):
-    """BigramLM that records every prompt it is asked to continue and every sequence it scores."""
+    """BigramLM that records every prompt it is asked to continue and the length of every sequence it scores."""
 
     def __init__(self, table, context=None):
         super().__init__(table)
@@ -217,13 +202,13 @@ class RecordingBigramLM(BigramLM):
             self.config = SimpleNamespace(max_position_embeddings=context)
 
     def forward(self, input_ids, attention_mask=None, **kwargs):
-        self.forward_lengths.append(input_ids.shape[1])
+        if "position_ids" not in kwargs:  # scoring; generation's steps pass positions
+            self.forward_lengths.append(input_ids.shape[1])
+        cache = kwargs.get("cache")
+        if kwargs.get("use_cache") and cache is not None and cache.get_seq_length() == 0:  # a generation's prefill
+            for row, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+                self.prompts.append([token for token, keep in zip(row, mask) if keep])
         return super().forward(input_ids, attention_mask, **kwargs)
-
-    def generate(self, input_ids, attention_mask=None, **kwargs):
-        for row, mask in zip(input_ids.tolist(), attention_mask.tolist()):
-            self.prompts.append([token for token, keep in zip(row, mask) if keep])
-        return super().generate(input_ids, attention_mask, **kwargs)
 
 
 @pytest.mark.parametrize("original", [False, True])

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from hf_unlearn.optim import (
-    KNOWN_OPTIMIZERS,
     ZOSGD,
     AdaZO,
     HybridOptimizer,
@@ -300,7 +299,9 @@ ZERO = {"train_batch_size": "auto"}
 @pytest.mark.parametrize(
     ("deepspeed", "message"),
     [
-        ({**ZERO, "zero_optimization": {"stage": 2}, "bf16": {"enabled": True}}, "disable bf16/fp16"),
+        ({**ZERO, "zero_optimization": {"stage": 2}, "fp16": {"enabled": True}}, "use bf16, not fp16"),
+        ({**ZERO, "zero_optimization": {"stage": 1}, "bf16": {"enabled": True}}, "stage to 2 or 3"),
+        ({**ZERO, "zero_optimization": {"stage": 0}, "bf16": {"enabled": True}}, "stage to 2 or 3"),
         ({**ZERO, "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}, "offload_optimizer"),
     ],
 )
@@ -321,13 +322,36 @@ def test_exact_restore_is_refused_under_zero3_only():
 
 
 @pytest.mark.parametrize("stage", [2, 3])
+def test_zero_bf16_passes_validation_and_master_options_are_refused_under_it(stage):
+    bf16 = {**ZERO, "zero_optimization": {"stage": stage}, "bf16": {"enabled": True}}
+    validate_optimizer_args(optimizer="hybrid", deepspeed=bf16)
+    with pytest.raises(ValueError, match="duplicates the fp32 masters DeepSpeed ZeRO keeps"):
+        validate_optimizer_args(optimizer="hybrid", deepspeed=bf16, zo_master_weights=True)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
 def test_zero_fp32_passes_validation(tmp_path, stage):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({**ZERO, "zero_optimization": {"stage": stage}, "bf16": {"enabled": "auto"}}))
-    validate_optimizer_args(optimizer="adazo", deepspeed=str(path))
+    assert validate_optimizer_args(optimizer="adazo", deepspeed=str(path)).uses_zeroth_order
 
 
 def test_valid_corner_cases_pass_validation():
-    validate_optimizer_args(optimizer="hybrid", hybrid_zo_steps=0, fp16=True)  # no ZO step runs: fp16 allowed
-    validate_optimizer_args(optimizer="hybrid", hybrid_fo_steps=5, max_steps=30)
-    assert "hybrid" in KNOWN_OPTIMIZERS and "sam" in KNOWN_OPTIMIZERS and len(KNOWN_OPTIMIZERS) == 13
+    assert validate_optimizer_args(optimizer="hybrid", hybrid_zo_steps=0, fp16=True).hybrid_schedule == (20, 0)
+    assert validate_optimizer_args(optimizer="hybrid", hybrid_fo_steps=5, max_steps=30).hybrid_schedule == (5, 5)
+
+
+def test_a_trl_style_config_with_the_optimizer_fields_is_checked_when_the_optimizer_is_built(tmp_path):
+    from dataclasses import dataclass
+
+    from transformers import TrainingArguments
+
+    from hf_unlearn.optim import OptimizerArguments
+
+    @dataclass
+    class MixedConfig(TrainingArguments, OptimizerArguments):  # TrainingArguments' __post_init__ runs, not ours
+        pass
+
+    args = MixedConfig(output_dir=str(tmp_path), optimizer="adazo", zo_mu=-1.0, use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="zo_mu=-1.0 must be a finite number > 0"):
+        build_optimizer(torch.nn.Linear(2, 2), args)

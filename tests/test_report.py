@@ -25,7 +25,7 @@ from hf_unlearn.model_card import build_model_card, write_card
 from hf_unlearn.report import AFTER, BEFORE, SCHEMA_VERSION, Metrics, UnlearnReport
 from hf_unlearn.report_render import loss_figure
 from hf_unlearn.trainers import NPOConfig, NPOTrainer
-from tests.helpers import mean_answer_nll
+from tests.helpers import mean_answer_nll, one_thread
 from tests.scripts.optim_fixtures import npo_dataset, save_npo_model
 
 
@@ -34,11 +34,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def module_one_thread():
+    with one_thread():
+        yield
 
 
 def npo_config(output_dir, **overrides) -> NPOConfig:
@@ -128,7 +126,8 @@ def test_compute_accounting_equals_hand_count_for_fo_and_zo_steps(finished_run):
 
 def test_compute_accounting_counts_the_cached_reference_pass_once(tmp_path):
     # adazo, 1 step of 1 micro-batch of 2 pairs; ref_log_probs="cached" computes the reference log-probs of the
-    # 4 forget examples once, in one batch (per_device_eval_batch_size=8) inside the first step: 1 reference forward.
+    # 4 forget examples once, in one batch (per_device_eval_batch_size=8) at the start of the first step, with the
+    # policy itself (no second model is loaded): 1 more model forward in step 1, no reference-model forward.
     # q=2 central differences: 4 loss evaluations × (forget + retain) = 8 model forwards, no backward.
     base_path = save_npo_model(tmp_path / "base")
     args = npo_config(tmp_path / "out", optimizer="adazo", max_steps=2, gradient_accumulation_steps=1,
@@ -136,14 +135,14 @@ def test_compute_accounting_counts_the_cached_reference_pass_once(tmp_path):
     trainer = NPOTrainer(model=base_path, args=args, train_dataset=npo_dataset(base_path))
     accounting = ComputeAccountingCallback.for_trainer(trainer)
     trainer.train()
-    step = {"steps": 1, "micro_batches": 1, "forwards": 8, "backwards": 0}
+    step = {"steps": 1, "micro_batches": 1, "backwards": 0, "reference_forwards": 0}
     assert accounting.history == [
-        {"step": 1, "phase": "zo", **step, "reference_forwards": 1},
-        {"step": 2, "phase": "zo", **step, "reference_forwards": 0},
+        {"step": 1, "phase": "zo", **step, "forwards": 9},
+        {"step": 2, "phase": "zo", **step, "forwards": 8},
     ]
     # forwards outside optimizer steps are not counted, and the hooks are gone after training
     trainer.model(**{k: torch.tensor([v]) for k, v in npo_dataset(base_path).forget[0].items() if k != "labels"})
-    assert accounting.to_dict()["zo"]["forwards"] == 16
+    assert accounting.to_dict()["zo"]["forwards"] == 17
 
 
 # ---- report ----------------------------------------------------------------------------------------------------

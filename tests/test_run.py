@@ -134,3 +134,21 @@ def test_text_recipes_train_evaluate_and_attack_with_their_own_benchmark(source,
     for metrics in (run.unlearned, run.relearn[-1].metrics, run.quantization[0].metrics):
         assert expected in metrics.values, sorted(metrics.values)
     assert (out / "model.safetensors").is_file()
+
+
+def test_lora_recipe_with_reference_path_zo_seed_retain_split_and_template(original, tmp_path):
+    folder, data_dir = original
+    out = tmp_path / "lora"
+    flags = ["--model_name_or_path", folder / "original", "--data_source", "tofu", "--data_dir", data_dir]
+    flags += ["--output_dir", out, "--max_steps", "2", "--hybrid_fo_steps", "1", "--lora_r", "4"]
+    flags += ["--ref_model_path", folder / "original", "--zo_seed", "3", "--retain_split", "retain95"]
+    flags += ["--qa_template", "Q: {question}\nA:", "--disable_tqdm", "true", "--learning_rate", "1e-2"]
+    assert main(["run", str(DEMO_RECIPE), *map(str, flags)]) == 0
+    report = UnlearnReport.load(out)
+    assert report.recipe["retain_split"] == "retain95" and report.recipe["qa_template"] == "Q: {question}\nA:"
+    assert report.config["zo_seed"] == 3 and report.config["ref_model_path"] == str(folder / "original")
+    adapter = out / "adapter_model.safetensors"
+    assert adapter.is_file() and not (out / "model.safetensors").exists()  # only the adapter was trained and saved
+    from safetensors.torch import load_file
+
+    assert all("lora_" in name for name in load_file(adapter))

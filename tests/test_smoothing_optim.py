@@ -21,15 +21,14 @@ from hf_unlearn.optim import (
 )
 from hf_unlearn.trainers.smoothing import SmoothingMixin
 from hf_unlearn.trainers.zeroth_order import ZerothOrderMixin
+from tests.helpers import one_thread
 from tests.scripts.optim_fixtures import RandomTokens, tiny_llama, training_args, weights
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def module_one_thread():
+    with one_thread():
+        yield
 
 
 class _Quartic(nn.Module):

@@ -190,9 +190,11 @@ def test_tofu_end_to_end_on_real_data_with_cached_retain_statistics(tmp_path, mo
         "show_progress": False,
         "retain_model": retain_dir,
     }
+    monkeypatch.setenv("HF_UNLEARN_CACHE", str(tmp_path / "cache"))
     result = benchmarks.get("tofu", **kwargs).evaluate(model, tok)
 
-    caches = list(retain_dir.glob("hf_unlearn_tofu_retain_stats_*.json"))
+    assert not list(retain_dir.glob("hf_unlearn_*"))  # a user's model folder is not a cache
+    caches = list((tmp_path / "cache").rglob("*hf_unlearn_tofu_retain_stats_*.json"))
     assert len(caches) == 1
     cached = json.loads(caches[0].read_text())
     assert len(cached["forget_truth_ratio"]) == 4 == result.num_examples["forget"]

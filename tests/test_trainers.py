@@ -197,6 +197,9 @@ LOSS_CASES = [
 def test_loss_matches_hand_computation(
     method, config_cls, overrides, tmp_path, memorised_path, datasets, tokenizer, qa_rows
 ):
+    if overrides.get("ref_log_probs") == "cached":
+        # cached NPO's default reference is the policy itself (ratio 0 here); name one that differs from it
+        overrides = {**overrides, "ref_model_path": memorised_path}
     args = config(config_cls, tmp_path, **overrides)
     model = perturbed_model(memorised_path)
     trainer = get_method(method)(model, args, train_dataset=datasets["pairs"], processing_class=tokenizer)
@@ -470,3 +473,31 @@ def test_npo_keeps_its_reference_when_the_kl_retain_term_needs_it(tmp_path, memo
     trainer.train()
     assert trainer.ref_cache is not None and trainer.ref_model is not None
     assert all(math.isfinite(log["loss/retain"]) for log in trainer.state.log_history if "loss/retain" in log)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "overrides"),
+    [
+        ("sophia", {"sophia_rho": 0.04}),
+        ("signsgd", {}),
+        ("qadam", {"qadam_bits": 4}),
+        ("adamw_8bit", {}),
+    ],
+)
+def test_each_first_order_grade_unlearns_inside_the_trainer(
+    optimizer, overrides, tmp_path, memorised_path, datasets, tokenizer
+):
+    if optimizer == "adamw_8bit":
+        pytest.importorskip("bitsandbytes")
+    args = config(NPOConfig, tmp_path, max_steps=4, optimizer=optimizer, learning_rate=1e-2, **overrides)
+    trainer = get_method("npo")(memorised_path, args, train_dataset=datasets["pairs"], processing_class=tokenizer)
+    before = weights(trainer.model)
+    forget_before = mean_token_nll(trainer.model, datasets["forget"])
+    trainer.train()
+    trainer.model.eval()
+    assert type(trainer.optimizer.optimizer).__name__ == {
+        "sophia": "SophiaG", "signsgd": "SignSGD", "qadam": "QAdam", "adamw_8bit": "AdamW8bit"
+    }[optimizer]  # fmt: skip
+    after = weights(trainer.model)
+    assert all(not torch.equal(before[n], after[n]) for n, p in trainer.model.named_parameters() if p.ndim == 2)
+    assert mean_token_nll(trainer.model, datasets["forget"]) > forget_before  # four steps already unlearn

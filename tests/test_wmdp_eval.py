@@ -63,10 +63,19 @@ def test_local_multiple_choice_tasks_give_hand_computed_accuracy(tmp_path, model
 
 
 def test_packaged_demo_task_and_limit(model_and_tokenizer):
+    from hf_unlearn.benchmarks.wmdp import TASKS_DIR
+
     model, tokenizer = model_and_tokenizer
     result = benchmarks.get("wmdp", tasks=["mc_demo_local"], limit=5).evaluate(model, tokenizer)
     assert result.num_examples == {"mc_demo": 5}
-    assert result.metrics["mc_demo_acc"] == pytest.approx(sum(r["acc"] for r in result.per_example["mc_demo"]) / 5)
+    rows = [json.loads(line) for line in (TASKS_DIR / "mc_demo.json").read_text().splitlines()][:5]
+    description = local_task_config("mc_demo_local")["description"]
+    correct = 0
+    for row in rows:  # the accuracy by hand, from our own log-likelihoods, never from lm-eval's records
+        context = description + f"{row['question']}\n" + "".join(f"{L}. {c}\n" for L, c in zip("ABCD", row["choices"]))
+        expected = choice_loglikelihoods(model, tokenizer, context + "Answer:")
+        correct += max(range(4), key=lambda i: expected[i]) == row["answer"]
+    assert result.metrics["mc_demo_acc"] == pytest.approx(correct / 5)
 
 
 def test_missing_local_file_and_offline_builtin_task_fail_clearly(tmp_path, monkeypatch):
@@ -85,7 +94,8 @@ def test_eval_cli_runs_a_local_task(tmp_path, model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
     model.save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    write_jsonl(tmp_path / "wmdp_bio.json", QUESTIONS)
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data" / "wmdp_bio.json", QUESTIONS)
     code = main(
         [
             "eval",
@@ -96,7 +106,7 @@ def test_eval_cli_runs_a_local_task(tmp_path, model_and_tokenizer):
             "--tasks",
             "wmdp_bio",
             "--data_dir",
-            str(tmp_path),
+            str(tmp_path / "data"),
             "--limit",
             "3",
             "--output_dir",

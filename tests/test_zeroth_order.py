@@ -265,9 +265,14 @@ def test_deepspeed_from_an_accelerate_config_is_checked_when_the_optimizer_is_bu
     trainer = ZOTrainer(
         model=tiny_llama(), args=training_args(tmp_path, optimizer="adazo"), train_dataset=RandomTokens(n=4)
     )
-    plugin = SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}})
+    plugin = SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": 2}, "fp16": {"enabled": True}})
     monkeypatch.setattr(AcceleratorState, "deepspeed_plugin", property(lambda self: plugin), raising=False)
-    with pytest.raises(ValueError, match="disable bf16/fp16 in the DeepSpeed config"):
+    with pytest.raises(ValueError, match="no backward to loss-scale: use bf16, not fp16"):
         trainer.create_optimizer()
-    plugin.deepspeed_config["bf16"]["enabled"] = False
+    # bf16 needs the fp32 master partitions of ZeRO-2/3
+    plugin.deepspeed_config.update({"fp16": {"enabled": False}, "bf16": {"enabled": True}})
+    plugin.deepspeed_config["zero_optimization"]["stage"] = 1
+    with pytest.raises(ValueError, match="set zero_optimization.stage to 2 or 3"):
+        trainer.create_optimizer()
+    plugin.deepspeed_config["zero_optimization"]["stage"] = 2
     assert type(trainer.create_optimizer()).__name__ == "AdaZO"

@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import get_scheduler
 
-from hf_unlearn.data import DataCollatorForUnlearning, QADataset, TextBlockDataset
+from hf_unlearn.data import DataCollatorForUnlearning, QADataset, QAFormat, TextBlockDataset
 from hf_unlearn.modeling import eval_mode
 
 
@@ -80,11 +80,13 @@ def text_samples(texts: Sequence[str], tokenizer, max_length: int) -> list[dict[
     return examples
 
 
-def relearn_dataset(data, tokenizer, preset: RelearnPreset | str | None = None) -> Dataset | list:
+def relearn_dataset(
+    data, tokenizer, preset: RelearnPreset | str | None = None, qa_format: QAFormat | None = None
+) -> Dataset | list:
     """Tokenised relearning examples from a tokenised dataset, QA rows, or raw texts (formatted per `preset`).
 
     Accepted: a dataset/list of items with ``input_ids`` (used as is); rows with ``question``/``answer``
-    (a ``datasets.Dataset`` or list of dicts); rows with ``text``; a list of strings.
+    (a ``datasets.Dataset`` or list of dicts), tokenised in ``qa_format``; rows with ``text``; a list of strings.
     """
     preset = get_preset(preset) if isinstance(preset, str) else preset or RelearnPreset(eval_at=())
     if data is None or len(data) == 0:
@@ -95,7 +97,7 @@ def relearn_dataset(data, tokenizer, preset: RelearnPreset | str | None = None) 
     if isinstance(first, dict) and "input_ids" in first:
         return data
     if isinstance(first, dict) and "question" in first:
-        return QADataset(data, tokenizer, max_length=preset.max_length, source="relearning data")
+        return QADataset(data, tokenizer, max_length=preset.max_length, qa_format=qa_format, source="relearning data")
     if isinstance(first, dict) and "text" in first:
         texts = [row["text"] for row in data]
     elif isinstance(first, str):
@@ -171,6 +173,7 @@ def relearn(
     eval_fn: EvalFn | None = None,
     eval_at: Sequence[int] | None = None,
     preset: str | None = None,
+    qa_format: QAFormat | None = None,
 ) -> RelearnResult:
     """Fine-tune a deep copy of `model` on (a seeded subset of) forget `data` with AdamW; the caller's model is kept.
 
@@ -182,6 +185,7 @@ def relearn(
             (0 evaluates the unlearned model itself).
         preset: ``tofu`` | ``muse-books`` | ``muse-news`` | ``wmdp``: supplies `eval_at`, `num_examples`
             and how raw text is cut, where those are not given.
+        qa_format: how QA rows are tokenised (the format the model was fine-tuned in).
     Returns:
         A :class:`RelearnResult` with the relearned copy and one curve record per `eval_at` step.
     """
@@ -190,7 +194,7 @@ def relearn(
         eval_at = chosen.eval_at if eval_at is None and steps is None else eval_at
         num_examples = chosen.num_examples if num_examples is None else num_examples
     steps, points = _check_schedule(steps, eval_at)
-    dataset = relearn_dataset(data, tokenizer, chosen)
+    dataset = relearn_dataset(data, tokenizer, chosen, qa_format)
     generator = torch.Generator().manual_seed(seed)
     indices = _subset(dataset, num_examples, generator)
     collator = DataCollatorForUnlearning(tokenizer)

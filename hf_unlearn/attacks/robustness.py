@@ -1,9 +1,10 @@
 """Robustness checks of an unlearned model: metrics before and after relearning and weight quantization.
 
-:func:`robustness_checks` is the plain function (also behind ``hf-unlearn attack``); :class:`RobustnessCallback`
-runs it at the end of training (and optionally after each evaluation) and records the results in
-``state.log_history`` and ``<output_dir>/robustness.json``. The weights the user keeps are verified bit for bit
-afterwards: relearning trains a copy, quantization swaps weights in place and restores them.
+:func:`robustness_checks` is the plain function (also behind ``hf-unlearn attack``);
+``hf_unlearn.callbacks.RobustnessCallback`` runs it at the end of training (and optionally after each evaluation)
+and records the results in ``state.log_history`` (and, standalone, in ``<output_dir>/robustness.json``; recipe runs
+put them in their ``UnlearnReport``). The weights the user keeps are verified bit for bit afterwards: relearning
+trains a copy, quantization swaps weights in place and restores them.
 
 Multi-process runs: every rank runs the checks (relearning is seeded identically, so each rank's copy is the
 same) and the benchmark evaluator shards its examples across ranks and gathers them; rank 0 writes the file.
@@ -95,12 +96,14 @@ def robustness_checks(
     relearn_data=None,
     config: RobustnessConfig | None = None,
     original_model=None,
+    qa_format=None,
 ) -> dict[str, Any]:
     """Evaluate `model`, then after each relearning budget and each quantization kind; `model` is left as it was.
 
     Returns ``{"unlearned": metrics, "relearn": {config, curve, losses} | None,
     "quantization": {kind: {"metrics", "codes_changed_fraction"}}, "weights_sha256", "runtime_s"}``;
-    ``codes_changed_fraction`` (vs `original_model`, the model before unlearning) is None without it.
+    ``codes_changed_fraction`` (vs `original_model`, the model before unlearning) is None without it. QA rows to
+    relearn on are tokenised in `qa_format` (a :class:`hf_unlearn.data.QAFormat`).
     """
     config = config or RobustnessConfig()
     start = time.perf_counter()
@@ -120,6 +123,7 @@ def robustness_checks(
                 seed=config.relearn_seed,
                 eval_fn=eval_fn,
                 eval_at=config.relearn_steps,
+                qa_format=qa_format,
             )
             del run.model  # free the relearned copy before quantizing
             results["relearn"] = run.to_dict()

@@ -39,7 +39,7 @@ class BenchmarkResult:
     runtime_s: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        """Everything except the per-example records (the content of ``<benchmark>_summary.json``)."""
+        """Everything except the per-example records (what a report records of an evaluation)."""
         data = asdict(self)
         data.pop("per_example")
         return _json_safe(data)

@@ -7,12 +7,15 @@ every row's next token is at the same position. Both restore the model's train/e
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
+import torch
 from tqdm.auto import tqdm
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from hf_unlearn.benchmarks.metrics import MIN_K_FRACTION, answer_token_stats
-from hf_unlearn.data import pad_batch
+from hf_unlearn.data import IGNORE_INDEX, pad_batch
 from hf_unlearn.modeling import eval_mode, model_device
 
 
@@ -55,10 +58,20 @@ def score_examples(
     with eval_mode(model):
         for batch_indices in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
             batch = pad_batch([examples[i] for i in batch_indices], pad_token_id, padding_side="right")
+            labels = batch["labels"].to(device)
+            # Logits are needed only from the position before the first scored token on: the output head (and the
+            # statistics over the vocabulary) skip the prompt tokens every row shares at the start.
+            scored = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()
+            start = int(scored[0]) if scored.numel() else 0
+            keep = labels.shape[1] - start
             logits = model(
-                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=batch["attention_mask"].to(device),
+                logits_to_keep=keep,
             ).logits
-            stats = answer_token_stats(logits, batch["labels"].to(device), k, min_k_at_least_one).to_lists()
+            if logits.shape[1] != keep:  # a model that returns every position
+                logits = logits[:, -keep:]
+            stats = answer_token_stats(logits, labels[:, start:], k, min_k_at_least_one).to_lists()
             for row, index in enumerate(batch_indices):
                 results[index] = {name: values[row] for name, values in stats.items()}
     return results
@@ -78,43 +91,174 @@ def generate_greedy(
 
     ``max_new_tokens`` may be one cap or one per prompt; each row is cut to its own cap, so the text does not
     depend on which prompts share its batch. Generation stops at EOS; the text is then cut before the first
-    of ``stop_strings``.
+    of ``stop_strings``. At most ``batch_size`` prompts are decoded together: a row leaves the batch when it
+    ends and the next prompts take its place (see :class:`_GreedyBatch`), so one long answer does not keep a
+    whole batch stepping.
     """
     pad_token_id = require_pad_token(tokenizer)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     caps = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
     if len(caps) != len(prompts):
         raise ValueError(f"Got {len(caps)} max_new_tokens values for {len(prompts)} prompts.")
-    texts: list[str | None] = [None] * len(prompts)
-    device = model_device(model)
+    # Longest prompts first: rows that decode together have similar lengths, so little left padding.
+    queue = deque(sorted((i for i in range(len(prompts)) if caps[i] > 0), key=lambda i: -len(prompts[i])))
+    tokens: list[list[int]] = [[] for _ in prompts]
+    progress = tqdm(total=len(queue), desc=desc, disable=not show_progress, leave=False)
     with eval_mode(model):
-        for batch_indices in tqdm(
-            _length_sorted_batches([len(p) for p in prompts], batch_size),
-            desc=desc,
-            disable=not show_progress,
-            leave=False,
-        ):
-            batch_cap = max(caps[i] for i in batch_indices)
-            if batch_cap <= 0:
-                for i in batch_indices:
-                    texts[i] = ""
+        running = None
+        while queue or running is not None:
+            free = batch_size - (running.size if running is not None else 0)
+            threshold = max(1, batch_size // 4)
+            if queue and (running is None or (running.can_merge and free >= threshold)):
+                rows = [queue.popleft() for _ in range(min(free, len(queue)))]
+                fresh = _GreedyBatch.prefill(model, [prompts[i] for i in rows], rows, pad_token_id)
+                progress.update(fresh.record(tokens, caps, tokenizer.eos_token_id))
+                if running is not None and running.compact().size == 0:
+                    running = None
+                if fresh.size:
+                    running = fresh.compact() if running is None else running.merge(fresh)
+            else:
+                if running.dead >= threshold or (not queue and running.dead and not running.can_merge):
+                    running.compact()
+                running.step(model)
+                progress.update(running.record(tokens, caps, tokenizer.eos_token_id))
+                if running.size == 0:
+                    running = None
+    progress.close()
+    eos = tokenizer.eos_token_id
+    return [_cut_at_stop(tokenizer.decode(_until_eos(t, eos), skip_special_tokens=True), stop_strings) for t in tokens]
+
+
+def _new_cache(model) -> DynamicCache:
+    from transformers import PretrainedConfig
+
+    config = getattr(model, "config", None)
+    return DynamicCache(config=config) if isinstance(config, PretrainedConfig) else DynamicCache()
+
+
+class _GreedyBatch:
+    """The rows decoding together: their KV cache, attention mask, next positions and last greedy tokens.
+
+    Rows are left-padded to a common cache length; ``position_ids`` count each row's own tokens, so a row's
+    logits do not depend on its padding. A finished row stays in the batch (its tokens are ignored) until
+    :meth:`compact` drops finished rows, which happens when enough have finished that the copy is worth it
+    or new rows join; new rows join after their own prefill by left-padding the shorter of the two caches, and
+    cache columns no row attends to any more are dropped. A model that keeps no cache is fed the whole sequence
+    at each step.
+    """
+
+    def __init__(self, rows, cache, mask, positions, last, sequences):
+        self.rows, self.cache, self.mask, self.positions, self.last = rows, cache, mask, positions, last
+        self.alive = [True] * len(rows)
+        self.sequences = sequences  # full token rows, only for models without a cache
+
+    @property
+    def size(self) -> int:
+        return sum(self.alive)
+
+    @property
+    def dead(self) -> int:
+        return len(self.alive) - self.size
+
+    @property
+    def can_merge(self) -> bool:
+        return self.sequences is None and all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    @classmethod
+    def prefill(cls, model, prompts: list[list[int]], rows: list[int], pad_token_id: int) -> _GreedyBatch:
+        device = model_device(model)
+        batch = pad_batch([{"input_ids": p, "attention_mask": [1] * len(p)} for p in prompts], pad_token_id, "left")
+        input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = _new_cache(model)
+        logits = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits
+        sequences = None if cache.get_seq_length() > 0 else input_ids
+        last = logits[:, -1].argmax(dim=-1)
+        return cls(list(rows), cache, mask, positions[:, -1] + 1, last, sequences)
+
+    def step(self, model) -> None:
+        """One greedy token for every row."""
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
+        if self.sequences is not None:
+            self.sequences = torch.cat([self.sequences, self.last[:, None]], dim=1)
+            positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+            logits = model(
+                input_ids=self.sequences, attention_mask=self.mask, position_ids=positions, logits_to_keep=1
+            ).logits
+        else:
+            logits = model(
+                input_ids=self.last[:, None],
+                attention_mask=self.mask,
+                position_ids=self.positions[:, None],
+                cache=self.cache,
+                use_cache=True,
+            ).logits
+        self.positions = self.positions + 1
+        self.last = logits[:, -1].argmax(dim=-1)
+
+    def record(self, tokens: list[list[int]], caps: list[int], eos_token_id: int | None) -> int:
+        """Append each live row's new token; rows that produced EOS or reached their cap finish; return how many."""
+        finished = 0
+        for slot, (row, token) in enumerate(zip(self.rows, self.last.tolist())):
+            if not self.alive[slot]:
                 continue
-            rows = [{"input_ids": prompts[i], "attention_mask": [1] * len(prompts[i])} for i in batch_indices]
-            batch = pad_batch(rows, pad_token_id, padding_side="left")
-            input_ids = batch["input_ids"].to(device)
-            output = model.generate(
-                input_ids=input_ids,
-                attention_mask=batch["attention_mask"].to(device),
-                max_new_tokens=batch_cap,
-                do_sample=False,
-                num_beams=1,
-                pad_token_id=pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            new_tokens = output[:, input_ids.shape[1] :].tolist()
-            for row, index in enumerate(batch_indices):
-                tokens = _until_eos(new_tokens[row][: max(caps[index], 0)], tokenizer.eos_token_id)
-                texts[index] = _cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop_strings)
-    return texts
+            tokens[row].append(token)
+            if token == eos_token_id or len(tokens[row]) >= caps[row]:
+                self.alive[slot] = False
+                finished += 1
+        return finished
+
+    def compact(self) -> _GreedyBatch:
+        """Drop finished rows (and cache columns no remaining row attends to)."""
+        if self.dead == 0:
+            return self
+        slots = [slot for slot, alive in enumerate(self.alive) if alive]
+        self.rows, self.alive = [self.rows[s] for s in slots], [True] * len(slots)
+        if not slots:
+            return self
+        index = torch.tensor(slots, device=self.mask.device)
+        self.mask, self.positions, self.last = self.mask[index], self.positions[index], self.last[index]
+        if self.sequences is not None:
+            self.sequences = self.sequences[index]
+            return self
+        self.cache.batch_select_indices(index)
+        used = self.mask.any(dim=0).nonzero()
+        first = int(used[0]) if used.numel() else self.mask.shape[1]
+        if first > 0 and self.can_merge:
+            self.mask = self.mask[:, first:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        return self
+
+    def merge(self, other: _GreedyBatch) -> _GreedyBatch:
+        """One batch of both sets of live rows; the shorter cache is left-padded with masked zeros."""
+        other.compact()
+        length = max(self.mask.shape[1], other.mask.shape[1])
+
+        def left_pad(tensor, dim):
+            missing = length - tensor.shape[dim]
+            if missing == 0:
+                return tensor
+            shape = list(tensor.shape)
+            shape[dim] = missing
+            return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([left_pad(mine.keys, 2), left_pad(theirs.keys, 2)])
+            mine.values = torch.cat([left_pad(mine.values, 2), left_pad(theirs.values, 2)])
+        self.mask = torch.cat([left_pad(self.mask, 1), left_pad(other.mask, 1)])
+        self.positions = torch.cat([self.positions, other.positions])
+        self.last = torch.cat([self.last, other.last])
+        self.rows, self.alive = self.rows + other.rows, self.alive + other.alive
+        return self
 
 
 def _until_eos(tokens: list[int], eos_token_id: int | None) -> list[int]:

@@ -72,7 +72,8 @@ def min_k_scores(
     """Min-K% membership score per row: mean of the ``m`` lowest log-probs of the row's ``n`` scored tokens.
 
     ``m = max(1, floor(k*n))`` by default; ``at_least_one=False`` uses ``m = floor(k*n)`` (the MUSE code's
-    ``int(k * n)``), so rows with ``m = 0`` get NaN. Rows without any scored token get NaN either way.
+    ``int(k * n)``), so rows with ``m = 0`` get NaN. Rows without any scored token get NaN either way, and so do rows
+    with a non-finite scored log-prob (a diverged model): sorting would otherwise hide a NaN behind the others.
     """
     if not 0.0 < k <= 1.0:
         raise ValueError(f"Min-K% fraction k must be in (0, 1], got {k}.")
@@ -85,7 +86,8 @@ def min_k_scores(
     last = (num_k.clamp(min=1) - 1).clamp(max=max(ordered.size(1) - 1, 0))
     picked = cumulative.gather(1, last.unsqueeze(1)).squeeze(1)
     scores = picked / num_k.clamp(min=1)
-    return torch.where(num_k > 0, scores, torch.full_like(scores, math.nan))
+    finite_rows = (torch.isfinite(logprobs) | ~mask).all(dim=1)
+    return torch.where((num_k > 0) & finite_rows, scores, torch.full_like(scores, math.nan))
 
 
 def min_k_count(num_tokens: torch.Tensor, k: float = MIN_K_FRACTION, at_least_one: bool = True) -> torch.Tensor:

@@ -287,6 +287,7 @@ class MuseBenchmark(Benchmark):
         undefined = sum(r["min_k"] is None or math.isnan(r["min_k"]) for r in forget + holdout)
         if undefined:
             rule = "floor(k*n) = 0 as in the MUSE code" if self.original else "no scored token"
+            rule += ", or non-finite log-probabilities"
             return None, (
                 f"{undefined} of {len(forget) + len(holdout)} PrivLeak texts have no Min-K% score ({rule}; the MUSE "
                 "code's AUC fails on them too)"

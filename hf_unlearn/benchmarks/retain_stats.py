@@ -25,15 +25,24 @@ def model_fingerprint(path: str | Path) -> str:
     return ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
 
 
+def cache_root() -> Path:
+    """``$HF_UNLEARN_CACHE``, else ``hf_unlearn`` under the Hugging Face cache home (``$HF_HOME``)."""
+    if os.environ.get("HF_UNLEARN_CACHE"):
+        return Path(os.environ["HF_UNLEARN_CACHE"]).expanduser()
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "hf_unlearn"
+
+
 def default_cache_path(retain_model: str | Path, fmt: str, settings: dict[str, Any]) -> Path:
-    """Cache file for computed statistics: in the retain model's folder if writable, else ``$HF_UNLEARN_CACHE``."""
+    """Cache file for computed statistics, under :func:`cache_root` (never in the retain model's own folder: a
+    user's model folder is not a cache), keyed by the model's resolved path and the evaluation settings."""
     key = hashlib.sha1(json.dumps([fmt, settings], sort_keys=True, default=str).encode()).hexdigest()[:12]
     name = f"hf_unlearn_{fmt.split('/')[0].split('.')[-1]}_{key}.json"
-    folder = Path(retain_model)
-    if folder.is_dir() and os.access(folder, os.W_OK):
-        return folder / name
-    cache_root = Path(os.environ.get("HF_UNLEARN_CACHE", Path.home() / ".cache" / "hf_unlearn"))
-    return cache_root / "retain_stats" / f"{str(retain_model).replace('/', '--')}_{name}"
+    folder = Path(retain_model).expanduser()
+    model_id = str(folder.resolve()) if folder.is_dir() else str(retain_model)
+    model_key = hashlib.sha1(model_id.encode()).hexdigest()[:12]
+    return cache_root() / "retain_stats" / f"{folder.name or 'model'}-{model_key}_{name}"
 
 
 def check_statistics(stats: dict, fmt: str, settings: dict[str, Any], source: str) -> tuple[dict | None, str | None]:
@@ -77,8 +86,9 @@ def resolve_reference(
             return stats, None
     stats = {**compute(), "format": fmt, **settings, "retain_model": str(retain_model), "fingerprint": fingerprint}
     if process_info()[0] == 0:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(stats) + "\n")
+        from hf_unlearn.io import atomic_write_text
+
+        atomic_write_text(cache, json.dumps(stats) + "\n")
     return stats, None
 
 

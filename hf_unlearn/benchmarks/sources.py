@@ -14,7 +14,7 @@ from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult, get
 from hf_unlearn.benchmarks.nll import NLLBenchmark
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 from hf_unlearn.benchmarks.tofu_data import load_tofu, tofu_split_names
-from hf_unlearn.data import QADataset, TextBlockDataset, read_texts
+from hf_unlearn.data import QADataset, QAFormat, TextBlockDataset, read_texts
 
 
 class DataSource:
@@ -53,7 +53,7 @@ class TofuSource(DataSource):
         data_dir: str | Path | None = None,
         forget_split: str = "forget10",
         retain_split: str | None = None,
-        template: str | None = None,
+        qa_format: QAFormat | None = None,
         max_length: int = 512,
         retain_model: str | None = None,
         max_new_tokens: int = 200,
@@ -61,7 +61,7 @@ class TofuSource(DataSource):
         self.names = tofu_split_names(forget_split)
         self.data_dir, self.forget_split = data_dir, forget_split
         self.retain_split = retain_split or self.names["retain"]
-        self.template, self.max_length = template, max_length
+        self.qa_format, self.max_length = qa_format or QAFormat(), max_length
         self.retain_model, self.max_new_tokens = retain_model, max_new_tokens
 
     def datasets(self) -> list[str]:
@@ -70,7 +70,7 @@ class TofuSource(DataSource):
     def _qa(self, split: str, tokenizer) -> QADataset:
         source = f"{self.data_dir or 'locuslab/TOFU'}:{split}"
         rows = load_tofu(split, self.data_dir)
-        return QADataset(rows, tokenizer, max_length=self.max_length, template=self.template, source=source)
+        return QADataset(rows, tokenizer, max_length=self.max_length, qa_format=self.qa_format, source=source)
 
     def forget_dataset(self, tokenizer) -> QADataset:
         return self._qa(self.forget_split, tokenizer)
@@ -82,7 +82,7 @@ class TofuSource(DataSource):
         own = {
             "forget_split": self.forget_split,
             "data_dir": self.data_dir,
-            "template": self.template,
+            "qa_format": self.qa_format,
             "max_length": self.max_length,
             "max_new_tokens": self.max_new_tokens,
             "retain_model": self.retain_model,
@@ -170,7 +170,7 @@ def source_from_recipe(script, config) -> DataSource:
     tofu = {
         "forget_split": script.forget_split,
         "retain_split": script.retain_split,
-        "template": script.qa_template,
+        "qa_format": QAFormat.from_args(script),
         "max_length": script.max_length,
         "retain_model": script.retain_model,
         "max_new_tokens": script.eval_max_new_tokens,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 from pathlib import Path
 
@@ -165,6 +164,32 @@ def make_synthetic_tofu(
     return splits
 
 
+def _synthetic_files(**kwargs) -> dict[str, str]:
+    return {
+        f"{name}.json": "".join(json.dumps(r) + "\n" for r in rows)
+        for name, rows in make_synthetic_tofu(**kwargs).items()
+    }
+
+
+def check_synthetic_folder(out_dir: str | Path, contents: dict[str, str] | None = None, **kwargs) -> Path:
+    """Refuse, in one line, a folder the synthetic benchmark may not be written into (see `write_synthetic_tofu`)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file; give a folder for the synthetic benchmark.")
+    if out.is_dir():
+        contents = contents if contents is not None else _synthetic_files(**kwargs)
+        present = {p.name for p in out.iterdir()}
+        foreign = sorted(present - set(contents))
+        differing = sorted(n for n in present & set(contents) if (out / n).read_bytes() != contents[n].encode())
+        if foreign or differing:
+            example = (foreign or differing)[0]
+            raise FileExistsError(
+                f"{out} already holds other data ({example}{' and more' if len(foreign + differing) > 1 else ''}); "
+                "the synthetic benchmark is written only into a new or empty folder: choose another data_dir."
+            )
+    return out
+
+
 def write_synthetic_tofu(out_dir: str | Path, **kwargs) -> Path:
     """Write `make_synthetic_tofu(**kwargs)` as `<config>.json` JSON Lines files, the layout `load_tofu` reads.
 
@@ -172,26 +197,12 @@ def write_synthetic_tofu(out_dir: str | Path, **kwargs) -> Path:
     settings): a folder with any other file, or with different data under the same names (a real TOFU copy, say),
     is refused in one line and left untouched. Each file is written to a temporary name and renamed.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out} is a file; give a folder for the synthetic benchmark.")
-    contents = {
-        f"{name}.json": "".join(json.dumps(r) + "\n" for r in rows)
-        for name, rows in make_synthetic_tofu(**kwargs).items()
-    }
-    if out.is_dir():
-        present = {p.name for p in out.iterdir()}
-        foreign = sorted(present - set(contents))
-        differing = sorted(n for n in present & set(contents) if (out / n).read_text() != contents[n])
-        if foreign or differing:
-            example = (foreign or differing)[0]
-            raise FileExistsError(
-                f"{out} already holds other data ({example}{' and more' if len(foreign + differing) > 1 else ''}); "
-                "the synthetic benchmark is written only into a new or empty folder: choose another data_dir."
-            )
+    from hf_unlearn.io import atomic_write_text
+
+    contents = _synthetic_files(**kwargs)
+    out = check_synthetic_folder(out_dir, contents)
     out.mkdir(parents=True, exist_ok=True)
     for name, text in contents.items():
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        if not (out / name).is_file():
+            atomic_write_text(out / name, text)
     return out

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
 from hf_unlearn.benchmarks.engine import generate_greedy, require_pad_token, score_examples
 from hf_unlearn.benchmarks.sharding import gather_in_order, process_info, shard
 from hf_unlearn.benchmarks.tofu_data import load_tofu, tofu_split_names
-from hf_unlearn.data import tokenize_prompt, tokenize_qa
+from hf_unlearn.data import IGNORE_INDEX, QAFormat, tokenize_qa_rows
 
 
 RETAIN_STATS_FORMAT = "hf_unlearn.tofu_retain_stats/v1"
@@ -50,7 +53,8 @@ class TofuBenchmark(Benchmark):
         max_examples: evaluate only the first ``max_examples`` rows of each set (overrides legacy's 300).
         batch_size: sequences per scoring forward; ``generation_batch_size`` (default: same) per generate call.
         max_new_tokens: generation length for ROUGE outside legacy mode.
-        template: QA prompt format string with ``{question}``; ``None`` uses the tokenizer's chat template.
+        qa_format: how questions and answers become tokens (:class:`hf_unlearn.data.QAFormat`); it must be the
+            format the model was fine-tuned in. Default: the tokenizer's chat template, else TOFU's plain format.
         retain_model: path / Hub id of the retain model; its statistics are computed once and cached.
         retain_stats: a statistics JSON file (read if it exists, else where the computed statistics are written),
             or the statistics dict itself.
@@ -70,7 +74,7 @@ class TofuBenchmark(Benchmark):
         batch_size: int = 16,
         generation_batch_size: int | None = None,
         max_new_tokens: int = 200,
-        template: str | None = None,
+        qa_format: QAFormat | None = None,
         max_length: int = 512,
         retain_model: str | Path | None = None,
         retain_stats: str | Path | dict | None = None,
@@ -86,7 +90,7 @@ class TofuBenchmark(Benchmark):
         self.batch_size = batch_size
         self.generation_batch_size = generation_batch_size or batch_size
         self.max_new_tokens = max_new_tokens
-        self.template = template
+        self.qa_format = qa_format or QAFormat()
         self.max_length = max_length
         self.retain_model = retain_model
         self.retain_stats = retain_stats
@@ -118,25 +122,35 @@ class TofuBenchmark(Benchmark):
             "forget_split": self.forget_split,
             "legacy": self.legacy,
             "max_examples": self.max_examples,
-            "template": self.template,
+            "qa_format": asdict(self.qa_format),
             "min_k": self.min_k,
         }
 
     # ----------------------------------------------------------------------------------------- evaluation
     def evaluate(self, model, tokenizer) -> BenchmarkResult:
-        """All TOFU metrics of ``model``: summary in ``metrics``, per-example values in ``per_example``."""
+        """All TOFU metrics of ``model``: summary in ``metrics``, per-example values in ``per_example``.
+
+        ``config["timings"]`` holds the seconds of each stage per set (tokenise, scoring, generation, truth ratio)
+        and of the summary stages (ROUGE, truth-ratio aggregation, MIA, retain statistics).
+        """
         start = time.perf_counter()
         require_pad_token(tokenizer)
-        records = {name: self._evaluate_set(model, tokenizer, name, generate=SETS[name][2]) for name in SETS}
-        reference, reason = self.reference_statistics(model)
-        values, unavailable = summarise(records, reference, reason, self.use_stemmer)
+        timer = StageTimer()
+        records = {
+            name: self._evaluate_set(model, tokenizer, name, generate=SETS[name][2], timer=timer) for name in SETS
+        }
+        with timer("retain_statistics"):
+            reference, reason = self.reference_statistics(model)
+        values, unavailable = summarise(records, reference, reason, self.use_stemmer, timer)
         config = {
             **self.settings(),
+            "qa_format": self.qa_format.describe(tokenizer),
             "data_dir": str(self.data_dir) if self.data_dir else "locuslab/TOFU",
             "max_new_tokens": None if self.legacy else self.max_new_tokens,
             "max_total_tokens": LEGACY_TOTAL_TOKENS if self.legacy else None,
             "use_stemmer": self.use_stemmer,
             "privleak_reference": "retain model" if reference else "0.5 (no retain-model statistics)",
+            "timings": timer.report(time.perf_counter() - start),
         }
         return BenchmarkResult(
             benchmark=self.name,
@@ -160,52 +174,99 @@ class TofuBenchmark(Benchmark):
             "mia_min_k_auc": metrics.auc([r["min_k"] for r in forget], [r["min_k"] for r in holdout]),
         }
 
-    def _evaluate_set(self, model, tokenizer, set_name: str, generate: bool) -> list[dict[str, Any]]:
+    def _evaluate_set(
+        self, model, tokenizer, set_name: str, generate: bool, timer: StageTimer | None = None
+    ) -> list[dict[str, Any]]:
+        timer = timer or StageTimer()
         rows = self.load_rows(set_name)
         rank, world_size = process_info()
         local = shard(rows, rank, world_size)
         progress = self.show_progress and rank == 0
         variants = SETS[set_name][1]
 
-        # Every answer variant of every local row goes into one scoring pass.
-        sequences, owners = [], []
-        for position, (_, row) in enumerate(local):
-            for variant in variants:
-                answers = row[variant] if variant == "perturbed_answer" else [row[variant]]
-                for option, answer in enumerate(answers):
-                    sequences.append(tokenize_qa(tokenizer, row["question"], answer, self.max_length, self.template))
-                    owners.append((position, variant, option))
-        scores = score_examples(
-            model,
-            sequences,
-            tokenizer.pad_token_id,
-            self.batch_size,
-            self.min_k,
-            f"TOFU {set_name}: scoring",
-            progress,
-        )
+        # Every answer variant of every local row goes into one scoring pass; identical sequences are scored once.
+        with timer("tokenise", set_name):
+            pairs, owners = [], []
+            for position, (_, row) in enumerate(local):
+                for variant in variants:
+                    answers = row[variant] if variant == "perturbed_answer" else [row[variant]]
+                    for option, answer in enumerate(answers):
+                        pairs.append((row["question"], answer))
+                        owners.append((position, variant, option))
+            sequences = tokenize_qa_rows(
+                tokenizer, pairs, self.max_length, self.qa_format, f"TOFU {self.splits[SETS[set_name][0]]}"
+            )
+            unique: dict[tuple[int, ...], int] = {}
+            slots = [unique.setdefault(tuple(s["input_ids"]), len(unique)) for s in sequences]
+            distinct = [None] * len(unique)
+            for slot, sequence in zip(slots, sequences):
+                distinct[slot] = sequence
+        with timer("scoring", set_name):
+            scores = score_examples(
+                model,
+                distinct,
+                tokenizer.pad_token_id,
+                self.batch_size,
+                self.min_k,
+                f"TOFU {set_name}: scoring",
+                progress,
+            )
         by_row: list[dict[str, list[dict]]] = [{v: [] for v in variants} for _ in local]
-        for (position, variant, _), score in zip(owners, scores):
-            by_row[position][variant].append(score)
+        prompts: list[list[int] | None] = [None] * len(local)
+        for (position, variant, _), slot, sequence in zip(owners, slots, sequences):
+            by_row[position][variant].append(scores[slot])
+            if variant == "answer":
+                # Generation starts from the tokens the true answer was scored after: the prompt as the model saw
+                # it in prompt + answer (the same as the prompt's own tokens unless the tokenizer merges there).
+                prompts[position] = sequence["input_ids"][: _label_start(sequence["labels"])]
 
         generations = [None] * len(local)
         if generate:
-            prompts = [tokenize_prompt(tokenizer, row["question"], self.template) for _, row in local]
-            caps = [max(0, LEGACY_TOTAL_TOKENS - len(p)) for p in prompts] if self.legacy else self.max_new_tokens
-            generations = generate_greedy(
-                model,
-                tokenizer,
-                prompts,
-                caps,
-                self.generation_batch_size,
-                desc=f"TOFU {set_name}: generating",
-                show_progress=progress,
-            )
-        records = [
-            (index, example_record(index, row, by_row[position], generations[position], set_name))
-            for position, (index, row) in enumerate(local)
-        ]
+            with timer("generation", set_name):
+                caps = [max(0, LEGACY_TOTAL_TOKENS - len(p)) for p in prompts] if self.legacy else self.max_new_tokens
+                generations = generate_greedy(
+                    model,
+                    tokenizer,
+                    prompts,
+                    caps,
+                    self.generation_batch_size,
+                    desc=f"TOFU {set_name}: generating",
+                    show_progress=progress,
+                )
+        with timer("truth_ratio", set_name):
+            records = [
+                (index, example_record(index, row, by_row[position], generations[position], set_name))
+                for position, (index, row) in enumerate(local)
+            ]
         return gather_in_order(records, len(rows), world_size)
+
+
+def _label_start(labels: list[int]) -> int:
+    return next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+
+
+class StageTimer:
+    """Wall-clock seconds per stage, overall and per evaluation set (``with timer("scoring", "forget"): ...``)."""
+
+    def __init__(self):
+        self.stages: dict[str, float] = defaultdict(float)
+        self.sets: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+
+    @contextmanager
+    def __call__(self, stage: str, set_name: str | None = None):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - start
+            self.stages[stage] += seconds
+            if set_name is not None:
+                self.sets[set_name][stage] += seconds
+
+    def report(self, total: float) -> dict[str, Any]:
+        rounded = {stage: round(seconds, 4) for stage, seconds in self.stages.items()}
+        per_set = {name: {k: round(v, 4) for k, v in stages.items()} for name, stages in self.sets.items()}
+        return {"total_s": round(total, 4), "stages_s": rounded, "sets_s": per_set}
 
 
 def example_record(
@@ -238,14 +299,20 @@ def example_record(
 
 
 def summarise(
-    records: dict[str, list[dict]], reference: dict | None, reference_reason: str | None, use_stemmer: bool = True
+    records: dict[str, list[dict]],
+    reference: dict | None,
+    reference_reason: str | None,
+    use_stemmer: bool = True,
+    timer: StageTimer | None = None,
 ) -> tuple[dict[str, float | None], dict[str, str]]:
     """The TOFU summary metrics from per-example records (ROUGE is added to the records here)."""
+    timer = timer or StageTimer()
     values: dict[str, float | None] = {}
     unavailable: dict[str, str] = {}
     for set_name in ("forget", "retain", "real_authors", "world_facts"):
         rows = records[set_name]
-        scores = metrics.rouge_l([r["generation"] for r in rows], [r["answer"] for r in rows], use_stemmer)
+        with timer("rouge", set_name):
+            scores = metrics.rouge_l([r["generation"] for r in rows], [r["answer"] for r in rows], use_stemmer)
         for row, recall in zip(rows, scores["recall"]):
             row["rouge_l_recall"] = recall
         prob_key = "normalised_prob" if set_name in ("real_authors", "world_facts") else "prob"
@@ -253,7 +320,8 @@ def summarise(
         values[f"{set_name}_prob"] = metrics.nanmean([r[prob_key] for r in rows])
         values[f"{set_name}_rouge_l_recall"] = metrics.nanmean(scores["recall"])
         aggregate = metrics.truth_ratio_forget_score if set_name == "forget" else metrics.truth_ratio_utility_score
-        values[f"{set_name}_truth_ratio"] = aggregate(ratios)
+        with timer("truth_ratio", set_name):
+            values[f"{set_name}_truth_ratio"] = aggregate(ratios)
     values["forget_extraction_strength"] = metrics.nanmean([r["extraction_strength"] for r in records["forget"]])
 
     utility_inputs = [values[f"{s}_{m}"] for s in UTILITY_SETS for m in ("prob", "rouge_l_recall", "truth_ratio")]
@@ -263,14 +331,27 @@ def summarise(
     else:
         values["model_utility"] = metrics.harmonic_mean(utility_inputs)
 
+    forget_ratios = [r["truth_ratio"] for r in records["forget"]]
     if reference is None:
         values["forget_quality"] = None
         unavailable["forget_quality"] = reference_reason
+    elif not all(math.isfinite(x) for x in forget_ratios):
+        values["forget_quality"] = None
+        unavailable["forget_quality"] = "a forget-set truth ratio is not finite (the model's probabilities are NaN?)"
     else:
-        values["forget_quality"] = metrics.forget_quality(
-            [r["truth_ratio"] for r in records["forget"]], reference["forget_truth_ratio"]
+        values["forget_quality"] = metrics.forget_quality(forget_ratios, reference["forget_truth_ratio"])
+    scores = [r["min_k"] for r in records["forget"] + records["holdout"]]
+    undefined = sum(s is None or not math.isfinite(s) for s in scores)
+    if undefined:  # a NaN model would otherwise score every text alike and print AUC 0.5, privleak 0
+        reason = (
+            f"{undefined} of {len(scores)} forget/holdout answers have no finite Min-K% score (no scored token, or "
+            "the model's log-probabilities are not finite)"
         )
-    mia_auc = metrics.auc([r["min_k"] for r in records["forget"]], [r["min_k"] for r in records["holdout"]])
+        values["mia_min_k_auc"] = values["privleak"] = None
+        unavailable["mia_min_k_auc"] = unavailable["privleak"] = reason
+        return values, unavailable
+    with timer("mia"):
+        mia_auc = metrics.auc([r["min_k"] for r in records["forget"]], [r["min_k"] for r in records["holdout"]])
     values["mia_min_k_auc"] = mia_auc
     reference_auc = reference["mia_min_k_auc"] if reference else 0.5
     if reference_auc >= 1.0:

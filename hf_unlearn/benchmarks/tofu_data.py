@@ -7,7 +7,7 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
-from hf_unlearn.data import QADataset, TextBlockDataset, check_columns
+from hf_unlearn.data import QADataset, QAFormat, TextBlockDataset, check_columns
 
 
 HUB_ID = "locuslab/TOFU"
@@ -53,6 +53,13 @@ def default_tofu_dir() -> Path | None:
     return next((c for c in candidates if (c / "full.json").is_file()), None)
 
 
+def check_tofu_file(path: str | Path, config_name: str) -> None:
+    """One line naming the file, the line and the field when a local TOFU file is malformed (see read_json_rows)."""
+    from hf_unlearn.data import read_json_rows
+
+    read_json_rows(path, TOFU_CONFIGS[config_name], what=f"TOFU {config_name} rows")
+
+
 def load_tofu(config_name: str, data_dir: str | Path | None = None) -> Dataset:
     """Load one TOFU config by name, from `data_dir` (JSON Lines named `<config>.json`) or else from the Hub."""
     if config_name not in TOFU_CONFIGS:
@@ -65,6 +72,7 @@ def load_tofu(config_name: str, data_dir: str | Path | None = None) -> Dataset:
         if not path.is_file():
             present = sorted(p.stem for p in Path(data_dir).glob("*.json")) if Path(data_dir).is_dir() else []
             raise FileNotFoundError(f"{path} not found; splits present in {data_dir}: {', '.join(present) or 'none'}.")
+        check_tofu_file(path, config_name)  # names the line and the field, which datasets' own errors do not
         try:
             rows = load_dataset("json", data_files=str(path), split="train")
         except Exception as err:  # datasets raises several types for malformed JSON; keep the file name in view
@@ -76,7 +84,9 @@ def load_tofu(config_name: str, data_dir: str | Path | None = None) -> Dataset:
     return rows
 
 
-def load_split(data: str | None, split: str, tokenizer, max_examples: int | None = None, template: str | None = None):
+def load_split(
+    data: str | None, split: str, tokenizer, max_examples: int | None = None, qa_format: QAFormat | None = None
+):
     """Tokenised examples of one split: a TOFU config from a folder, or the rows of one JSON Lines file."""
     if data is not None and Path(data).is_file():
         rows = load_dataset("json", data_files=data, split="train")
@@ -88,7 +98,7 @@ def load_split(data: str | None, split: str, tokenizer, max_examples: int | None
     if max_examples is not None:
         rows = rows.select(range(min(max_examples, len(rows))))
     if "question" in rows.column_names:
-        return QADataset(rows, tokenizer, template=template, source=f"{data}:{split}")
+        return QADataset(rows, tokenizer, qa_format=qa_format, source=f"{data}:{split}")
     if "text" in rows.column_names:
         return TextBlockDataset(rows["text"], tokenizer, block_size=512, source=f"{data}:{split}")
     raise ValueError(f"{data}: rows need question/answer or text columns, found {rows.column_names}.")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
@@ -31,6 +32,48 @@ COMMANDS = {
 RAW_ARGV = {"run", "finetune", "sweep"}
 
 
+class UsageError(ValueError):
+    """A command-line mistake argparse found (unknown flag, a value of the wrong type): bad input, exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (raised to the command boundary), not the usage and a line."""
+
+    def error(self, message):
+        raise UsageError(f"{message}; `{self.prog} --help` lists the flags")
+
+
+class _ThirdPartyNoise(logging.Filter):
+    """Drops two import-time messages that are not errors and sends DeepSpeed's other messages to stderr.
+
+    - bitsandbytes: "Failed to load CPU gemm_4bit_forward from kernels-community" (an optional CPU kernel package is
+      not installed; 4-bit CPU code falls back to its own kernels);
+    - DeepSpeed: "Setting accelerator to CPU" (there is no GPU: the user knows). DeepSpeed logs to stdout, which
+      must carry only what a user would pipe, so its remaining messages are written to stderr instead.
+    """
+
+    DROPPED = ("Failed to load CPU gemm_4bit_forward from kernels-community", "Setting accelerator to CPU.")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith(self.DROPPED):
+            return False
+        if record.name == "DeepSpeed":
+            if record.levelno >= logging.getLogger("DeepSpeed").getEffectiveLevel():
+                print(f"[DeepSpeed] {record.levelname}: {message}", file=sys.stderr)
+            return False
+        return True
+
+
+def quiet_third_party_noise() -> None:
+    """Install :class:`_ThirdPartyNoise` on the two loggers (before their packages are imported); CLI only."""
+    noise = _ThirdPartyNoise()
+    for name in ("bitsandbytes.backends.cpu.ops", "DeepSpeed"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _ThirdPartyNoise) for f in logger.filters):
+            logger.addFilter(noise)
+
+
 def debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("HF_UNLEARN_DEBUG", "0").lower() in ("1", "true", "yes")
 
@@ -38,10 +81,10 @@ def debug_requested(argv: list[str]) -> bool:
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     from hf_unlearn import __version__
 
-    parser = argparse.ArgumentParser(prog="hf-unlearn", description="Robust LLM unlearning on the Hugging Face stack.")
+    parser = OneLineParser(prog="hf-unlearn", description="Robust LLM unlearning on the Hugging Face stack.")
     parser.add_argument("--version", action="version", version=f"hf_unlearn {__version__}")
     parser.add_argument("--debug", action="store_true", help="Show tracebacks instead of one-line errors.")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
     for name, help_text in COMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         if name in argv[:1]:  # only the chosen command pays for its imports
@@ -52,7 +95,8 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 def report_error(command: str, err: BaseException) -> int:
     """One line on stderr naming the command and the library's message; 2 for bad input, 1 for other failures."""
-    message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    # Some library messages span lines (DeepSpeed lists each mismatched value): one line, nothing dropped.
+    message = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
     bad_input = isinstance(err, (ValueError, OSError, KeyError, TypeError, ImportError))
     print(f"hf-unlearn {command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
     return 2 if bad_input else 1
@@ -61,6 +105,7 @@ def report_error(command: str, err: BaseException) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
+    quiet_third_party_noise()
     command = argv[0] if argv else None
     try:
         if command in RAW_ARGV:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from hf_unlearn.attacks.robustness import RobustnessConfig
 from hf_unlearn.cli import common
+from hf_unlearn.data import QAFormat
 
 
 ATTACK_FIELDS = (
@@ -47,13 +48,14 @@ def add_arguments(parser):
     parser.add_argument("--forget_split", default="forget10", help="TOFU forget split (forget01/05/10).")
     parser.add_argument("--max_examples", type=int, default=None, help="Evaluate only the first N rows per set.")
     common.add_retain_model(parser)
-    common.add_qa_template(parser)
+    common.add_qa_format(parser)
     parser.add_argument(
         "--relearn_data", default=None, help="JSON Lines of QA or text rows to relearn on (default: the forget split)."
     )
     add_config_arguments(parser, RobustnessConfig, ATTACK_FIELDS)
     common.add_output_dir(parser, "outputs/attack", "Where unlearn_report.json / .md and the plots go.")
     common.add_device(parser)
+    common.add_overwrite(parser)
 
 
 def _eval_fn(args, data_dir):
@@ -61,7 +63,7 @@ def _eval_fn(args, data_dir):
         from hf_unlearn.attacks.robustness import benchmark_eval_fn
 
         settings = {"forget_split": args.forget_split, "data_dir": data_dir, "max_examples": args.max_examples}
-        settings.update(template=args.qa_template, retain_model=args.retain_model)
+        settings.update(qa_format=QAFormat.from_args(args), retain_model=args.retain_model)
         return benchmark_eval_fn(args.benchmark, **settings)
 
     from hf_unlearn.benchmarks.nll import NLLBenchmark
@@ -72,8 +74,11 @@ def _eval_fn(args, data_dir):
 
     def eval_fn(model, tokenizer):
         if not cache:
-            splits = {names[role]: load_split(data_dir, names[role], tokenizer, args.max_examples, args.qa_template)
-                      for role in ("forget", "retain")}  # fmt: skip
+            qa_format = QAFormat.from_args(args)
+            splits = {
+                names[role]: load_split(data_dir, names[role], tokenizer, args.max_examples, qa_format)
+                for role in ("forget", "retain")
+            }
             cache["benchmark"] = NLLBenchmark(splits)
         return dict(cache["benchmark"].evaluate(model, tokenizer).metrics)
 
@@ -97,6 +102,8 @@ def main(args):
     if args.relearn_data and not Path(args.relearn_data).is_file():
         raise FileNotFoundError(f"--relearn_data {args.relearn_data} not found; give a JSON Lines file.")
     data_dir = args.data_dir or default_tofu_dir()
+    protected = {"--model": args.model, "--original_model": args.original_model, "--retain_model": args.retain_model}
+    common.check_output(args, {**protected, "--data_dir": data_dir}, inside_ok=("--model",))
     model, tokenizer = load_model_and_tokenizer(args.model, device=args.device)
     original = load_model_and_tokenizer(args.original_model, device=args.device)[0] if args.original_model else None
     if not config.relearn_steps:
@@ -105,14 +112,20 @@ def main(args):
         relearn_rows = load_dataset("json", data_files=args.relearn_data, split="train")
     else:
         relearn_rows = load_tofu(args.forget_split, data_dir)
+    qa_format = QAFormat.from_args(args)
     report = UnlearnReport(
         base_model=args.model,
         benchmark=args.benchmark,
         command=command_line("attack"),
-        recipe={"attack": dataclasses.asdict(config), "original_model": args.original_model},
+        recipe={
+            "attack": dataclasses.asdict(config),
+            "original_model": args.original_model,
+            "qa_format": qa_format.describe(tokenizer),
+        },
     )
     with report.timed("attacks"):
-        results = robustness_checks(model, tokenizer, _eval_fn(args, data_dir), relearn_rows, config, original)
+        eval_fn = _eval_fn(args, data_dir)
+        results = robustness_checks(model, tokenizer, eval_fn, relearn_rows, config, original, qa_format)
     report.add_evaluation(EVALUATED, results["unlearned"])
     report.add_attacks(results, label=f"{args.model} (post hoc)")
     report.save(args.output_dir)

@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import json
 import platform
-from pathlib import Path
 
 import torch
 
-from hf_unlearn.perf import MEASUREMENTS, run_measurements
+from hf_unlearn.io import atomic_write_text
+from hf_unlearn.perf import MEASUREMENTS, SCALE_MEASUREMENTS, run_measurements
 
 
 def add_arguments(parser):
     parser.add_argument("--output", default="bench.json", help="JSON file the measurements are written to.")
     parser.add_argument(
-        "--only", nargs="+", choices=sorted(MEASUREMENTS), help="Run only these entries (default: all)."
+        "--only", nargs="+", choices=sorted({**MEASUREMENTS, **SCALE_MEASUREMENTS}), help="Run only these entries."
+    )
+    parser.add_argument(
+        "--scale", action="store_true", help="Also measure the 6M and ~100M shapes side by side (minutes more)."
     )
 
 
 def main(args):
-    names = args.only or list(MEASUREMENTS)
+    names = args.only or list(MEASUREMENTS) + (list(SCALE_MEASUREMENTS) if args.scale else [])
     report = {
         "machine": {
             "platform": platform.platform(),
@@ -29,5 +32,5 @@ def main(args):
         },
         "results": run_measurements(names),
     }
-    Path(args.output).write_text(json.dumps(report, indent=2))
+    atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
     print(f"Wrote {args.output}")

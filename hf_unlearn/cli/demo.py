@@ -21,6 +21,8 @@ def add_arguments(parser):
         help="Checkpoints per run for the utility-matched table (0: final models only, the fastest).",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="Seed for data and models; runs use seed..seed+seeds-1.")
+    parser.add_argument("--overwrite", action="store_true", help="Remove an earlier demo in --output_dir first.")
+    parser.add_argument("--resume", action="store_true", help="Continue an interrupted demo in --output_dir.")
 
 
 def main(args):
@@ -29,4 +31,5 @@ def main(args):
     run_demo(
         args.output_dir, args.recipe, args.num_authors, args.finetune_epochs, args.optimizers, args.seeds,
         args.regimes, args.max_new_tokens, extra, args.seed, args.checkpoints,
+        args.overwrite, args.resume,
     )  # fmt: skip

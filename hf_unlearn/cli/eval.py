@@ -8,12 +8,14 @@ the gathered result, and only the main process writes files and prints. Python c
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from hf_unlearn.benchmarks import evaluate_model, get
 from hf_unlearn.benchmarks.sharding import process_info
 from hf_unlearn.cli import common
+from hf_unlearn.data import QAFormat
 from hf_unlearn.loading import check_model_path, load_model_and_tokenizer
 from hf_unlearn.report import REPORT_FILE, UnlearnReport
 
@@ -46,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--forget_split", default="forget10", help="TOFU: forget01 | forget05 | forget10.")
     common.add_retain_model(parser)
     parser.add_argument("--retain_stats", help="TOFU/MUSE: retain statistics JSON (read, or written when computed).")
-    common.add_qa_template(parser)
+    common.add_qa_format(parser)
     parser.add_argument("--corpus", choices=("news", "books"), default="news", help="MUSE corpus.")
     parser.add_argument(
         "--muse_original", action="store_true", help="MUSE: the official code's rules (docs/definitions.md)."
@@ -64,12 +66,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     common.add_device(parser)
     parser.add_argument("--no_progress", action="store_true", help="Hide progress bars.")
+    common.add_overwrite(parser)
     return parser
 
 
 def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The benchmark constructor's keyword arguments from parsed CLI options (unset options are left out)."""
     name = args.benchmark
+    if not name.startswith("tofu") and QAFormat.from_args(args) != QAFormat():
+        raise ValueError(
+            f"--qa_template/--system_prompt/--no_chat_template apply to TOFU; {name}'s prompts are fixed by the "
+            "benchmark. Drop them."
+        )
     shared = {"data_dir": args.data_dir, "batch_size": args.batch_size}
     if name.startswith("tofu"):
         specific = {
@@ -78,7 +86,7 @@ def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
             "max_new_tokens": args.max_new_tokens,
             "retain_model": args.retain_model,
             "retain_stats": args.retain_stats,
-            "template": args.qa_template,
+            "qa_format": QAFormat.from_args(args),
             "show_progress": not args.no_progress,
         }
     elif name == "muse":
@@ -99,6 +107,17 @@ def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
+def warn_default_format(qa_format: QAFormat, tokenizer) -> None:
+    """One line on stderr when a model without a chat template is evaluated in the default plain template."""
+    if qa_format.template is None and not getattr(tokenizer, "chat_template", None) and process_info()[0] == 0:
+        template = qa_format.describe(tokenizer)["template"]
+        print(
+            f"warning: the tokenizer has no chat template, so prompts use TOFU's plain template {template!r}; if the "
+            "model was fine-tuned in another format, pass it with --qa_template (and --system_prompt).",
+            file=sys.stderr,
+        )
+
+
 def default_output_dir(model: str) -> Path:
     return Path(model) / "eval" if Path(model).is_dir() else Path("eval")
 
@@ -110,9 +129,21 @@ def run_eval(args: argparse.Namespace) -> str:
         check_model_path(args.retain_model, "--retain_model")
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise FileNotFoundError(f"--data_dir {args.data_dir} is not a folder.")
+    if args.output_dir is None:
+        args.output_dir = str(default_output_dir(args.model))
+    # The default <model>/eval lies inside the evaluated model's folder: a subfolder of its own, never the folder.
+    output_dir = common.check_output(
+        args, {"--model": args.model, "--retain_model": args.retain_model, "--data_dir": args.data_dir},
+        inside_ok=("--model",),
+    )  # fmt: skip
+    if args.no_progress:
+        from hf_unlearn.loading import disable_progress_bars
+
+        disable_progress_bars()
     benchmark = get(args.benchmark, **benchmark_settings(args))  # bad settings fail before any weight loads
     model, tokenizer = load_model_and_tokenizer(args.model, device=args.device, dtype=args.dtype)
-    output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args.model)
+    if args.benchmark.startswith("tofu"):
+        warn_default_format(QAFormat.from_args(args), tokenizer)
     result = evaluate_model(model, tokenizer, benchmark, output_dir, args.model)
     stem = result.benchmark.replace("/", "_")
     table = f"{result.table()}\nwrote {output_dir / REPORT_FILE} and {stem}_per_example.json"

@@ -5,10 +5,10 @@ Writes ``lmc.json`` (alphas, losses, barrier, the NLL on each ``--eval_splits`` 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from hf_unlearn.cli import common
+from hf_unlearn.data import QAFormat
 
 
 def add_arguments(parser):
@@ -26,9 +26,10 @@ def add_arguments(parser):
     )
     parser.add_argument("--max_examples", type=int, default=None, help="Use only the first N rows of each split.")
     parser.add_argument("--batch_size", type=int, default=16, help="Sequences per forward.")
-    common.add_qa_template(parser)
+    common.add_qa_format(parser)
     common.add_output_dir(parser, "outputs/lmc", "Where lmc.json and lmc.png go.")
     common.add_device(parser)
+    common.add_overwrite(parser)
 
 
 def main(args):
@@ -36,17 +37,20 @@ def main(args):
     from hf_unlearn.benchmarks.nll import mean_answer_loss
     from hf_unlearn.benchmarks.tofu_data import load_split
     from hf_unlearn.data import DataCollatorForUnlearning
+    from hf_unlearn.io import atomic_write_json
     from hf_unlearn.loading import check_model_path, load_model_and_tokenizer
 
     check_model_path(args.model_a, "model_a")
     check_model_path(args.model_b, "model_b")
+    data_folder = args.data_dir if args.data_dir and Path(args.data_dir).is_dir() else None
+    out = common.check_output(args, {"model_a": args.model_a, "model_b": args.model_b, "--data_dir": data_folder})
     model_a, tokenizer = load_model_and_tokenizer(args.model_a, device=args.device)
     model_b, _ = load_model_and_tokenizer(args.model_b, device=args.device)
     collator = DataCollatorForUnlearning(tokenizer)
-    main_set = load_split(args.data_dir, args.split, tokenizer, args.max_examples, args.qa_template)
+    qa_format = QAFormat.from_args(args)
+    main_set = load_split(args.data_dir, args.split, tokenizer, args.max_examples, qa_format)
     extra = {
-        name: load_split(args.data_dir, name, tokenizer, args.max_examples, args.qa_template)
-        for name in args.eval_splits
+        name: load_split(args.data_dir, name, tokenizer, args.max_examples, qa_format) for name in args.eval_splits
     }
 
     def metrics_fn(model):
@@ -59,16 +63,15 @@ def main(args):
         points=args.points,
         metrics_fn=metrics_fn if extra else None,
     )
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     record = {
         "format": "hf_unlearn.lmc/v1",
         "model_a": args.model_a,
         "model_b": args.model_b,
         "loss": f"mean answer NLL on {args.split}",
+        "qa_format": qa_format.describe(tokenizer),
         **result.to_dict(),
     }
-    (out / "lmc.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_json(out / "lmc.json", record)
     plot_lmc(result, out / "lmc.png", label=f"answer NLL ({args.split})")
     losses = ", ".join(f"{x:.4f}" for x in result.losses)
     print(f"barrier {result.barrier:.4f} at a = {result.barrier_alpha:.2f}; losses {losses}")

@@ -74,6 +74,24 @@ class OptimizerArguments:
             "(memory: one copy of them; cheap for LoRA or RMU). Off: restored in place, within one rounding step."
         },
     )
+    zo_master_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "For a model loaded in bf16/fp16 (dtype: bfloat16) on one device: keep an fp32 master copy of the "
+            "trainable weights; ZO perturbs them as cast(master +- mu z), restores cast(master) exactly and updates "
+            "the master. Memory: 4 bytes per trainable weight (2x the bf16 weights: 28 GB for a full 7B model, 0.1 GB "
+            "for LoRA or RMU's few layers). Without it ZO updates (~1e-6) mostly vanish below bf16's spacing (1e-4). "
+            "Not needed with fp32 weights or under DeepSpeed ZeRO-2/3 bf16, whose fp32 masters are used directly."
+        },
+    )
+    zo_stochastic_rounding: bool = field(
+        default=False,
+        metadata={
+            "help": "For bf16 weights without masters: round each ZO update into bf16 stochastically (unbiased), no "
+            "extra memory; combine with zo_exact_restore (one bf16 copy) to stop the +-mu restore from drifting. "
+            "Stays further from the fp32 trajectory than zo_master_weights (see README, performance)."
+        },
+    )
     zo_beta1: float = field(default=0.9, metadata={"help": "First-moment factor of zo_adam / adazo."})
     zo_beta2: float = field(default=0.999, metadata={"help": "Second-moment factor of zo_adam / adazo."})
     zo_eps: float = field(default=1e-8, metadata={"help": "Epsilon of zo_adam / adazo."})
@@ -139,7 +157,9 @@ class OptimizerArguments:
         """The one check of every optimizer field; raises ``ValueError`` in one line naming the field and the fix.
 
         Reads the ``TrainingArguments`` fields it depends on (``learning_rate``, ``max_steps``, ``fp16``,
-        ``deepspeed``), which both ``UnlearnConfig`` and the standalone ``OptimizerConfig`` have.
+        ``deepspeed``), which both ``UnlearnConfig`` and the standalone ``OptimizerConfig`` have. Runs in their
+        ``__post_init__``; a TRL config that mixes these fields in (``class C(DPOConfig, OptimizerArguments)``) has
+        no hook for it, so ``OptimizerFactoryMixin.create_optimizer`` runs it there (see ``optimizer_fields_checked``).
         """
         from .zero import validate_deepspeed_for_zo
 
@@ -202,8 +222,17 @@ class OptimizerArguments:
                 f"fp16=True cannot be combined with optimizer={self.optimizer!r}: its zeroth-order steps have no "
                 "backward to loss-scale; set fp16=False and use bf16=True or fp32"
             )
+        if self.uses_zeroth_order and self.zo_master_weights and self.zo_stochastic_rounding:
+            fail(
+                "zo_master_weights and zo_stochastic_rounding exclude each other; keep zo_master_weights (nearer fp32)"
+            )
         if self.uses_zeroth_order:
             validate_deepspeed_for_zo(self)
+        self._optimizer_fields_checked = True
+
+    @property
+    def optimizer_fields_checked(self) -> bool:
+        return getattr(self, "_optimizer_fields_checked", False)
 
 
 @dataclass

@@ -32,6 +32,8 @@ def optimizer_config(args: Any = None, **overrides) -> OptimizerArguments:
     ``overrides``; building it runs the one validation of every field.
     """
     if isinstance(args, OptimizerArguments) and not overrides:
+        if not args.optimizer_fields_checked:  # a TRL config with the optimizer fields mixed in
+            args.check_optimizer_fields()
         return args
     names = {f.name for f in dataclasses.fields(OptimizerConfig)}
     unknown = set(overrides) - names
@@ -109,6 +111,7 @@ def _zeroth_order(name: str, groups: list[dict], cfg: OptimizerArguments):
     lr = cfg.learning_rate if cfg.zo_learning_rate is None else cfg.zo_learning_rate
     zo = {"mu": cfg.zo_mu, "num_directions": cfg.zo_num_directions, "direction": cfg.zo_direction}
     zo.update(difference=cfg.zo_difference, exact_restore=cfg.zo_exact_restore)
+    zo.update(master_weights=cfg.zo_master_weights, stochastic_rounding=cfg.zo_stochastic_rounding)
     betas = (cfg.zo_beta1, cfg.zo_beta2)
     if name == "zo_sgd":
         return ZOSGD(groups, lr=lr, weight_decay=cfg.weight_decay, **zo)

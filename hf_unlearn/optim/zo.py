@@ -4,12 +4,16 @@ A ZO step never materialises a gradient or an activation graph. The trainer (``Z
 perturbs the weights in place by ``+μz``, ``−2μz``, ``+μz`` (``z`` regenerated from the seed, one tensor at a
 time), and records the projected gradient ``c = (f(θ+μz) − f(θ−μz)) / 2μ`` with :meth:`ZerothOrderOptimizer.record`.
 :meth:`~ZerothOrderOptimizer.step` then regenerates each ``z`` once more and applies the update to the estimate
-``ĝ = Σ_records c·z``.
+``ĝ = Σ_records c·z``. Regenerating ``z`` is the whole extra cost of a step over its forwards: one sweep for the
+sphere's norm (cached per seed), ``+μz``, ``−2μz``, then the restore and the update in one sweep (the trainer leaves
+the last perturbation for the step to undo, ``defer_restore``: the same operations per weight, so the same bits).
 
 Restoring by ``+μz`` after ``−2μz`` is exact in real arithmetic but not bit-exact in floating point: each weight
 may come back up to three half-ulp roundings (≤ 1.5·eps·(|θ| + |μz|)) away. Bit-exact restoring in place would
 need a copy of the weights, which is the memory ZO exists to save. Runs stay deterministic (bit-exact resumption
-holds); in bf16/fp16 the rounding step is much coarser, so perturb fp32 weights when precision matters.
+holds). In bf16/fp16 the rounding step is much coarser and updates below the weights' spacing vanish: perturb and
+update fp32 master weights instead (``hf_unlearn.optim.masters``: DeepSpeed ZeRO-2/3's, or ``master_weights=True``
+on one device), or round updates stochastically (``stochastic_rounding=True``, bf16).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from collections.abc import Callable, Iterable
 
 import torch
 from torch.optim import Optimizer
+
+from .masters import FP32MasterCopy, MasterWeights, stochastic_round_
 
 
 DIRECTIONS = ("sphere", "gaussian", "rademacher")
@@ -75,6 +81,19 @@ class SeededDirections:
         self._generators: dict[torch.device, torch.Generator] = {}
         self._sphere_scale: dict[int, float] = {}
         self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+        # With fp32 masters (hf_unlearn.optim.masters) z is drawn in the masters' dtype and only over the pieces
+        # this process owns; see attach_masters.
+        self.masters: MasterWeights | None = None
+
+    def attach_masters(self, masters: MasterWeights) -> None:
+        """Perturb and update through ``masters`` from now on (drops cached norms: z's dtype may change)."""
+        if len(masters.pieces) != len(self.params):
+            raise ValueError(f"{len(masters.pieces)} master pieces for {len(self.params)} trainable tensors")
+        self.masters = masters
+        self.release()
+
+    def _dtype(self, index: int) -> torch.dtype:
+        return self.masters.dtype if self.masters is not None else self.params[index].dtype
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
@@ -100,18 +119,25 @@ class SeededDirections:
         """
         scale = self.scale(seed) if scaled else 1.0  # first: computing it refills the scratch buffer
         p = self.params[index]
-        key = (p.device, p.dtype)
+        key = (p.device, self._dtype(index))
         if key not in self._scratch:
-            size = max(_numel(q) for q in self.params if (q.device, q.dtype) == key)
-            self._scratch[key] = torch.empty(size, dtype=p.dtype, device=p.device)
+            size = max(_numel(q) for i, q in enumerate(self.params) if (q.device, self._dtype(i)) == key)
+            self._scratch[key] = torch.empty(size, dtype=key[1], device=p.device)
         z = self._fill(seed, index, self._scratch[key][: _numel(p)])
         return z if scale == 1.0 else z.mul_(scale)
+
+    def sample(self, seed: int, index: int, fresh: bool = False) -> torch.Tensor:
+        """The unscaled sample behind ``z`` for tensor ``index``: in the scratch buffer, or a fresh tensor."""
+        if not fresh:
+            return self.scratch_direction(seed, index, scaled=False)
+        p = self.params[index]
+        return self._fill(seed, index, torch.empty(_numel(p), dtype=self._dtype(index), device=p.device))
 
     def direction(self, seed: int, index: int) -> torch.Tensor:
         """The slice of ``z`` for tensor ``index`` (a fresh tensor the caller may keep and modify)."""
         scale = self.scale(seed)
         p = self.params[index]
-        z = self._fill(seed, index, torch.empty(_numel(p), dtype=p.dtype, device=p.device))
+        z = self._fill(seed, index, torch.empty(_numel(p), dtype=self._dtype(index), device=p.device))
         return z if scale == 1.0 else z.mul_(scale)
 
     def scale(self, seed: int) -> float:
@@ -131,10 +157,43 @@ class SeededDirections:
     @torch.no_grad()
     def perturb_(self, seed: int, alpha: float) -> None:
         """``θ ← θ + alpha·z`` in place, one tensor-sized ``z`` alive at a time."""
+        if self.masters is not None:
+            raise RuntimeError("with master weights, move the weights with move_(seed, to, at)")
         alpha = alpha * self.scale(seed)
         for index, p in enumerate(self.params):
             with self.materialized(index):
                 p.add_(self.scratch_direction(seed, index, scaled=False), alpha=alpha)
+
+    @torch.no_grad()
+    def move_(self, seed: int, to: float, at: float) -> None:
+        """Weights at ``θ + at·z`` → ``θ + to·z``.
+
+        Without masters: ``θ ← θ + (to − at)·z`` in place. With separate masters: written as ``cast(master + to·z)``
+        (``cast(master)`` for ``to = 0``, which needs no ``z``), so each perturbed value is rounded once and
+        restoring is exact.
+        """
+        masters = self.masters
+        if masters is None:
+            self.perturb_(seed, to - at)
+            return
+        masters.before_write()
+        scale = self.scale(seed)
+        for index, piece in enumerate(masters.pieces):
+            if piece is None:
+                continue
+            if masters.absolute and to == 0:
+                piece.low.copy_(piece.master)
+                continue
+            raw = self._piece_of(self.scratch_direction(seed, index, scaled=False), piece)
+            if masters.absolute:
+                piece.low.copy_(raw.mul_(to * scale).add_(piece.master))
+            else:
+                piece.low.add_(raw, alpha=(to - at) * scale)
+        masters.after_write()
+
+    @staticmethod
+    def _piece_of(z: torch.Tensor, piece) -> torch.Tensor:
+        return z.view(-1)[piece.start : piece.start + piece.length]
 
     def materialized(self, index: int):
         """Context in which tensor ``index`` holds its full value and in-place changes to it persist.
@@ -160,6 +219,11 @@ class ZerothOrderOptimizer(Optimizer):
     """Base class of the ZO optimizers: owns the perturbation engine and the pending (seed, c) records.
 
     Only parameters with ``requires_grad`` are perturbed and updated. Subclasses implement :meth:`_update`.
+
+    ``master_weights``: for bf16/fp16 trainable weights, keep an fp32 copy (4 bytes per weight) that is perturbed
+    from, restored from exactly and updated (a no-op for fp32 weights). ``stochastic_rounding``: for bf16 weights,
+    compute each update in fp32 and round it into the weights stochastically (no extra memory beyond fp32 moments).
+    Under DeepSpeed ZeRO the engine's masters are attached instead (``hf_unlearn.optim.zero``).
     """
 
     def __init__(
@@ -171,6 +235,8 @@ class ZerothOrderOptimizer(Optimizer):
         direction: str = "sphere",
         difference: str = "central",
         exact_restore: bool = False,
+        master_weights: bool = False,
+        stochastic_rounding: bool = False,
     ):
         if mu <= 0:
             raise ValueError(f"zo_mu must be > 0, got {mu}")
@@ -180,17 +246,24 @@ class ZerothOrderOptimizer(Optimizer):
             raise ValueError(f"zo_difference must be one of {DIFFERENCES}, got {difference!r}")
         if defaults.get("lr", 1.0) <= 0:
             raise ValueError(f"lr must be > 0, got {defaults['lr']}")
+        if master_weights and stochastic_rounding:
+            raise ValueError("zo_master_weights and zo_stochastic_rounding exclude each other; set one of them")
         super().__init__(params, defaults)
         self.mu = mu
         self.num_directions = num_directions
         self.difference = difference
         self.direction_kind = direction
         self.exact_restore = exact_restore
+        self.master_weights = master_weights
+        self.stochastic_rounding = stochastic_rounding
         self._directions: SeededDirections | None = None
+        self._group_index: list[int] = []
         self._records: dict[int, float] = {}
+        # (seed, offset in units of mu) of a perturbation left in place for step() to undo in its own sweep
+        self._pending_restore: tuple[int, float] | None = None
         # The trainer stores the last step's mean projected gradient here for logging (``zo/projected_grad``).
         self.last_projected_grad: float | None = None
-        self.directions  # noqa: B018 -- validate the direction kind now, not at the first ZO step
+        self.directions  # noqa: B018 -- validate the direction kind (and build masters) now, not at the first step
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -200,19 +273,45 @@ class ZerothOrderOptimizer(Optimizer):
     def directions(self) -> SeededDirections:
         """The perturbation engine over the trainable parameters, in param-group order."""
         if self._directions is None:
-            params = [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+            pairs = [(g, p) for g, group in enumerate(self.param_groups) for p in group["params"] if p.requires_grad]
+            self._group_index = [g for g, _ in pairs]
+            params = [p for _, p in pairs]
             self._directions = SeededDirections(params, self.direction_kind)
+            low = [p for p in params if p.dtype in (torch.float16, torch.bfloat16)]
+            if self.master_weights and low:
+                self._directions.attach_masters(FP32MasterCopy(params))
+            elif low and not self.stochastic_rounding and not any(hasattr(p, "ds_id") for p in params):
+                warnings.warn(
+                    f"zeroth-order steps on {low[0].dtype} weights without fp32 masters: updates below the weights' "
+                    "spacing are lost and the +-mu restore drifts; set zo_master_weights=True (or load in fp32)",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            if self.stochastic_rounding and any(p.dtype != torch.bfloat16 for p in params):
+                raise ValueError("zo_stochastic_rounding rounds ZO updates into bf16 weights; load the model in bf16")
         return self._directions
 
     def perturb_(self, seed: int, scale: float) -> None:
-        """``θ ← θ + scale·μ·z(seed)`` in place on the trainable parameters."""
+        """``θ ← θ + scale·μ·z(seed)`` in place on the trainable parameters (no masters)."""
         self.directions.perturb_(seed, scale * self.mu)
+
+    def move_(self, seed: int, to: float, at: float) -> None:
+        """Weights at ``θ + at·μ·z(seed)`` → ``θ + to·μ·z(seed)`` (written from the masters when there are any)."""
+        self.directions.move_(seed, to * self.mu, at * self.mu)
+
+    @property
+    def restores_exactly(self) -> bool:
+        """Whether the weights come back bit for bit after a perturbation (a snapshot, or separate masters)."""
+        masters = self.directions.masters
+        return self.exact_restore or (masters is not None and masters.absolute)
 
     @torch.no_grad()
     def snapshot(self) -> list[torch.Tensor] | None:
-        """With ``exact_restore``, a copy of the trainable weights to restore bit for bit; else None."""
-        if not self.exact_restore:
-            return None
+        """With ``exact_restore`` (and no masters), a copy of the trainable weights to restore bit for bit."""
+        self.flush_restore_()
+        masters = self.directions.masters
+        if not self.exact_restore or (masters is not None and masters.absolute):
+            return None  # masters restore exactly by themselves
         params = self.directions.params
         if any(hasattr(p, "ds_id") for p in params):
             raise ValueError("zo_exact_restore cannot copy ZeRO-3 partitioned weights; unset it under ZeRO-3.")
@@ -220,12 +319,26 @@ class ZerothOrderOptimizer(Optimizer):
 
     @torch.no_grad()
     def restore_(self, snapshot: list[torch.Tensor] | None, seed: int, scale: float) -> None:
-        """Undo the current perturbation ``scale·μ·z(seed)``: copy the snapshot back, or subtract in place."""
+        """Undo the current perturbation ``scale·μ·z(seed)``: copy the snapshot back, re-cast the masters, or subtract
+        in place."""
         if snapshot is None:
-            self.perturb_(seed, -scale)
+            self.move_(seed, 0.0, scale)
             return
         for p, saved in zip(self.directions.params, snapshot):
             p.copy_(saved)
+
+    def defer_restore_(self, seed: int, scale: float) -> None:
+        """Leave the perturbation ``scale·μ·z(seed)`` in place: the next :meth:`step` undoes it in its own sweep over
+        ``z`` (bit for bit the same as restoring first). Anything else that needs the weights restores first."""
+        self.flush_restore_()
+        self._pending_restore = (seed, scale)
+
+    def flush_restore_(self) -> None:
+        """Undo a deferred perturbation now (no-op when none is pending)."""
+        if self._pending_restore is not None:
+            seed, scale = self._pending_restore
+            self._pending_restore = None
+            self.restore_(None, seed, scale)
 
     def record(self, seed: int, projected_grad: float) -> None:
         """Queue ``projected_grad·z(seed)`` for the next :meth:`step` (records with the same seed add up)."""
@@ -240,31 +353,79 @@ class ZerothOrderOptimizer(Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """Apply the update for ``ĝ = Σ c·z`` over the recorded seeds and clear the records."""
+        """Apply the update for ``ĝ = Σ c·z`` over the recorded seeds and clear the records.
+
+        One sweep over ``z``: a perturbation left in place by :meth:`defer_restore_` is undone tensor by tensor in
+        the same sweep, with the ``z`` of its (recorded) seed drawn once for both. Each weight then sees the same
+        operations in the same order as restoring first, so the result is the same bit for bit. With masters the
+        update goes to the master and the weights are re-cast from it (which also restores them).
+        """
         if closure is not None:
             raise ValueError("ZO optimizers take no closure: record projected gradients with record(seed, c)")
         if not self._records:
+            self.flush_restore_()
             raise RuntimeError(
                 "ZO optimizer stepped with no recorded projected gradient: train with a ZerothOrderMixin trainer "
                 "(or call record(seed, c) before step())"
             )
-        group_of = {id(p): group for group in self.param_groups for p in group["params"]}
         directions = self.directions
+        masters = directions.masters
+        absolute = masters is not None and masters.absolute
+        pending, self._pending_restore = self._pending_restore, None
         records = list(self._records.items())
+        first_seed = records[0][0]
+        fused = pending is not None and pending[0] in self._records
+        if masters is not None:
+            masters.before_write()
         for index, p in enumerate(directions.params):
-            # A single record (q = 1, the common case) needs no tensor beyond the scratch buffer.
-            first_seed, first_c = records[0]
-            if len(records) == 1:
-                estimate = directions.scratch_direction(first_seed, index).mul_(first_c)
-            else:
-                estimate = directions.direction(first_seed, index).mul_(first_c)
-            for seed, c in records[1:]:
-                estimate.add_(directions.scratch_direction(seed, index), alpha=c)
-            with directions.materialized(index):
-                self._update(p, estimate, group_of[id(p)], self.state[p])
+            piece = masters.pieces[index] if masters is not None else None
+            if masters is not None and piece is None:
+                continue  # none of this tensor lives on this process
+            group = self.param_groups[self._group_index[index]]
+            with directions.materialized(index) if masters is None else contextlib.nullcontext():
+                low = p if piece is None else piece.low
+                if pending is not None and not fused and not absolute:  # a perturbation along an unrecorded seed
+                    raw = directions.scratch_direction(pending[0], index, scaled=False)
+                    self._restore_tensor(low, raw, piece, pending)
+                estimate = None
+                for k, (seed, c) in enumerate(records):
+                    scale = directions.scale(seed)  # first: computing it refills the scratch buffer
+                    # with q > 1 the first sample is the accumulator: a fresh tensor, as the others use the scratch
+                    raw = directions.sample(seed, index, fresh=k == 0 and len(records) > 1)
+                    if pending is not None and seed == pending[0] and not absolute:
+                        self._restore_tensor(low, raw, piece, pending)  # with z before scaling, as move_ does
+                    z = raw if scale == 1.0 else raw.mul_(scale)
+                    estimate = z.mul_(c) if k == 0 else estimate.add_(z, alpha=c)
+                self._apply(p, piece, estimate, group, first_seed, index)
+        if masters is not None:
+            masters.after_write()
         self._records.clear()
         directions.release()
         return None
+
+    def _restore_tensor(self, low: torch.Tensor, raw: torch.Tensor, piece, pending: tuple[int, float]) -> None:
+        # the same float operations as move_(seed, 0, at) on this tensor
+        seed, at = pending
+        z = raw if piece is None else SeededDirections._piece_of(raw, piece)
+        low.add_(z, alpha=(0.0 - at * self.mu) * self.directions.scale(seed))
+
+    def _apply(self, p, piece, estimate, group, seed, index) -> None:
+        state = self.state[p]
+        if piece is None and not self.stochastic_rounding:
+            self._update(p, estimate.view_as(p), group, state)
+        elif piece is None:  # bf16 weights: update in fp32, round at random so small updates survive on average
+            wide = p.float()
+            self._update(wide, estimate.view_as(p), group, state)
+            generator = self.directions._generator(p.device)
+            generator.manual_seed(derive_seed(seed, index, 0x5352))
+            stochastic_round_(p.data, wide, generator)
+        else:
+            piece_estimate = SeededDirections._piece_of(estimate, piece)
+            if piece.master is None:
+                self._update(piece.low, piece_estimate, group, state)
+            else:
+                self._update(piece.master, piece_estimate, group, state)
+                piece.low.copy_(piece.master)
 
     def _update(self, p: torch.Tensor, estimate: torch.Tensor, group: dict, state: dict) -> None:
         raise NotImplementedError
@@ -371,38 +532,51 @@ class AdaZO(ZerothOrderOptimizer):
 
 @torch.no_grad()
 def projected_gradients(
-    optimizer: ZerothOrderOptimizer, loss_fn: Callable[[], torch.Tensor], seeds: Iterable[int]
+    optimizer: ZerothOrderOptimizer,
+    loss_fn: Callable[[], torch.Tensor],
+    seeds: Iterable[int],
+    defer_restore: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Finite-difference projected gradients along ``z(seed)`` for each seed, perturbing the weights in place.
 
     Central: ``c = (f(θ+μz) − f(θ−μz)) / 2μ`` via ``+μz, −2μz, +μz``; forward: ``c = (f(θ+μz) − f(θ)) / μ`` via
-    ``+μz, −μz`` with ``f(θ)`` evaluated once. The weights are restored before returning (up to rounding, see the
-    module docstring) and ``loss_fn`` must not need autograd.
+    ``+μz, −μz`` with ``f(θ)`` evaluated once. With fp32 masters the weights are written as ``cast(master ± μz)``
+    and restored as ``cast(master)`` instead. The weights are restored before returning (up to rounding without
+    masters or a snapshot, see the module docstring) and ``loss_fn`` must not need autograd.
+
+    ``defer_restore``: leave the last perturbation in place for the optimizer's next ``step()``, which undoes it
+    in its update sweep (one sweep over ``z`` less, same result bit for bit). Only when that step comes next.
 
     Returns:
         ``(c, loss)``: the projected gradients (float64, one per seed) and the loss to report (``f(θ)`` for forward
         differences, the mean of ``f(θ±μz)`` for central ones, an ``O(μ²)`` estimate of it).
     """
+    optimizer.flush_restore_()
+    seeds = list(seeds)
     mu = optimizer.mu
     central = optimizer.difference == "central"
     base = None if central else loss_fn().detach().double()
     projected, observed = [], []
     snapshot = optimizer.snapshot()
-    for seed in seeds:
-        optimizer.perturb_(seed, 1.0)
+    for k, seed in enumerate(seeds):
+        optimizer.move_(seed, 1.0, 0.0)
         plus = loss_fn().detach().double()
+        at = 1.0
         if central:
             if snapshot is None:
-                optimizer.perturb_(seed, -2.0)
+                optimizer.move_(seed, -1.0, 1.0)
             else:  # from θ itself, so θ−μz is rounded once, as θ+μz was
                 optimizer.restore_(snapshot, seed, 1.0)
-                optimizer.perturb_(seed, -1.0)
+                optimizer.move_(seed, -1.0, 0.0)
             minus = loss_fn().detach().double()
-            optimizer.restore_(snapshot, seed, -1.0)
+            at = -1.0
             projected.append((plus - minus) / (2 * mu))
             observed += [plus, minus]
         else:
-            optimizer.restore_(snapshot, seed, 1.0)
             projected.append((plus - base) / mu)
+        if defer_restore and snapshot is None and k == len(seeds) - 1:
+            optimizer.defer_restore_(seed, at)
+        else:
+            optimizer.restore_(snapshot, seed, at)
     loss = torch.stack(observed).mean() if central else base
     return torch.stack(projected), loss

@@ -14,14 +14,18 @@ MEASUREMENTS = {
     "zo_peak_memory": "hf_unlearn.perf.optim:bench_zo_peak_memory",
     "hybrid_vs_adam_wall": "hf_unlearn.perf.optim:bench_hybrid_wall_time",
     "tofu_eval_throughput": "hf_unlearn.perf.eval:bench_tofu_eval_throughput",
+    "bf16_zo_trajectory": "hf_unlearn.perf.scale:bench_bf16_trajectory",
+    "tofu_full_eval_2m": "hf_unlearn.perf.tofu_full_eval:bench_tofu_full_eval",
 }
+# Only with `hf-unlearn bench --scale` (minutes more): the 6M and ~100M shapes side by side.
+SCALE_MEASUREMENTS = {"shapes_6m_100m": "hf_unlearn.perf.scale:bench_shapes_at_scale"}
 
 
 def run_measurements(names: list[str]) -> dict:
     """Run the named measurements in order, printing each result line as it comes."""
     results = {}
     for name in names:
-        module, function = MEASUREMENTS[name].split(":")
+        module, function = {**MEASUREMENTS, **SCALE_MEASUREMENTS}[name].split(":")
         start = time.perf_counter()
         results[name] = getattr(importlib.import_module(module), function)()
         results[name]["bench_seconds"] = round(time.perf_counter() - start, 2)

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
 from transformers.utils import is_peft_available
 
-from hf_unlearn.callbacks import HybridScheduleCallback, PairingEpochCallback
+from hf_unlearn.callbacks import DivergenceGuardCallback, HybridScheduleCallback, PairingEpochCallback
 from hf_unlearn.configs import UnlearnConfig
 from hf_unlearn.data import DataCollatorForUnlearning
 from hf_unlearn.modeling import answer_token_nll, model_inputs
@@ -89,8 +89,9 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
         peft_config: a peft config (e.g. `LoraConfig`); the model is wrapped and only the adapter trains.
         model_config_checked: the caller already ran `check_model_config` on this model's config.
 
-    The frozen reference (NPO, KL retain, RMU) is the model loaded again from `args.ref_model_path` or the model's
-    own path, never a deep copy; under peft it is the same model with the adapter disabled.
+    The frozen reference (KL retain, RMU, online NPO) is the model loaded again from `args.ref_model_path` or the
+    model's own path, never a deep copy; under peft it is the same model with the adapter disabled. Cached NPO
+    needs none: its reference values are the policy's own before the first update.
     """
 
     _name = "unlearn"
@@ -150,12 +151,16 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
         self.ref_model = None if ref is None else self._prepare_reference(ref)
         self._log_sums: dict[str, torch.Tensor] = defaultdict(float)
         self._step_parts: dict[str, list[torch.Tensor]] | None = None
-        self._log_from_step = 0
+        self._logged_steps: set[int] = set()  # the steps summed in _log_sums (not a step range: resume-proof)
         if hasattr(train_dataset, "set_epoch"):
             self.add_callback(PairingEpochCallback(train_dataset))
         callbacks = self.callback_handler.callbacks
         if args.optimizer == "hybrid" and not any(isinstance(cb, HybridScheduleCallback) for cb in callbacks):
             self.add_callback(HybridScheduleCallback.from_args(args))
+        self.divergence_guard = next((cb for cb in callbacks if isinstance(cb, DivergenceGuardCallback)), None)
+        if self.divergence_guard is None and args.divergence_guard:
+            self.divergence_guard = DivergenceGuardCallback.from_args(args)
+            self.add_callback(self.divergence_guard)
 
     # ---- what a method declares --------------------------------------------------------------------------------
 
@@ -296,9 +301,15 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
     def training_step(self, model, inputs, num_items_in_batch=None):
         """Log each loss part as its mean over the step's forwards: one in a FO step, the ±μ ones in a ZO step."""
         self._step_parts = defaultdict(list)
+        loss = None
         try:
-            return super().training_step(model, inputs, num_items_in_batch)
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            return loss
         finally:
+            if self.divergence_guard is not None:  # raises before the step's update when a value is not finite
+                self.divergence_guard.observe(self.state.global_step + 1, loss, self._step_parts, self.args)
+            if self._step_parts:
+                self._logged_steps.add(self.state.global_step)
             for key, values in self._step_parts.items():
                 self._log_sums[key] = self._log_sums[key] + torch.stack(values).mean()
             self._step_parts = None
@@ -345,12 +356,12 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add the mean `loss/forget` and `loss/retain` since the last training log to each training log."""
         if "loss" in logs and self._log_sums:
-            steps = max(self.state.global_step - self._log_from_step, 1)
+            steps = max(len(self._logged_steps), 1)
             for key, total in self._log_sums.items():
                 value = torch.as_tensor(total, device=self.args.device, dtype=torch.float64).reshape(1)
                 logs[key] = self.accelerator.gather(value).mean().item() / steps
             self._log_sums.clear()
-            self._log_from_step = self.state.global_step
+            self._logged_steps.clear()
         super().log(logs, start_time)
 
 

@@ -46,8 +46,10 @@ class IdkDPOConfig(UnlearnConfig):
 class IdkDPOTrainer(UnlearnTrainer):
     """Loss = −mean log σ(β·[(log π_θ(idk) − log π_ref(idk)) − (log π_θ(y) − log π_ref(y))]) on forget questions.
 
-    The preferred answer keeps the forget example's prompt tokens and replaces its answer by a refusal,
-    tokenised as `tokenize_qa` tokenises answers (a leading space unless the tokenizer has a chat template).
+    The preferred answer keeps the forget example's prompt tokens (those before its labels) and replaces its
+    answer by a refusal. As in `tokenize_qa`'s joint tokenisation, the refusal follows the prompt text directly:
+    it starts with a space unless the prompt's tokens already end in whitespace (TOFU's `Answer: ` on a tokenizer
+    that keeps a word's trailing space) or the tokenizer has a chat template.
     """
 
     _name = "idk_dpo"
@@ -69,11 +71,17 @@ class IdkDPOTrainer(UnlearnTrainer):
         tokenizer = self.processing_class
         if tokenizer is None:
             raise ValueError("idk_dpo needs processing_class (the tokenizer) to tokenise the idk_answers.")
-        space = "" if getattr(tokenizer, "chat_template", None) else " "
-        self.idk_ids = [
-            tokenizer(space + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            for answer in self.args.idk_answers
-        ]
+        chat = bool(getattr(tokenizer, "chat_template", None))
+
+        def refusals(space: str) -> list[list[int]]:
+            return [
+                tokenizer(space + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                for answer in self.args.idk_answers
+            ]
+
+        self.idk_ids = refusals("" if chat else " ")
+        self.idk_ids_after_space = refusals("")
+        self.decode = tokenizer.decode
         self.pad_token_id = tokenizer.pad_token_id
 
     def idk_choice(self, index: int) -> int:
@@ -87,8 +95,9 @@ class IdkDPOTrainer(UnlearnTrainer):
         ):
             kept = [(t, lab) for t, m, lab in zip(ids, mask, labels) if m]
             prompt_len = next((i for i, (_, lab) in enumerate(kept) if lab != IGNORE_INDEX), len(kept))
-            answer = self.idk_ids[self.idk_choice(int(index))]
             prompt = [t for t, _ in kept[:prompt_len]]
+            after_space = prompt and self.decode(prompt[-1:])[-1:].isspace()
+            answer = (self.idk_ids_after_space if after_space else self.idk_ids)[self.idk_choice(int(index))]
             rows.append(
                 {
                     "input_ids": prompt + answer,

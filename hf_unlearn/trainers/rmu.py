@@ -120,10 +120,12 @@ class RMUTrainer(UnlearnTrainer):
             raise ValueError(
                 f"layer={args.layer} is out of range: the model has {count} decoder layers (0..{count - 1})."
             )
-        with torch.device("meta"):
-            from transformers import AutoModelForCausalLM
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-            skeleton = AutoModelForCausalLM.from_config(config)
+        with torch.device("meta"):
+            # The class itself, not AutoModelForCausalLM.from_config: under ZeRO-3 that would run zero.Init and
+            # initialise this shape-only skeleton's weights, which meta tensors cannot hold.
+            skeleton = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config)
         select_trainable(decoder_layers(skeleton), args.trainable_layers, args.trainable_pattern)
 
     def __init__(self, *args, **kwargs):

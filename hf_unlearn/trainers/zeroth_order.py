@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from hf_unlearn.optim.hybrid import zo_optimizer_of
-from hf_unlearn.optim.zero import zo_step_under_deepspeed
+from hf_unlearn.optim.zero import attach_zero_masters, zo_step_under_deepspeed
 from hf_unlearn.optim.zo import ZerothOrderOptimizer, derive_seed, projected_gradients
 
 
@@ -26,8 +26,13 @@ class ZerothOrderMixin:
     the model in eval mode (no dropout), records the projected gradients into the optimizer for its ``step()``, and
     returns the loss for logging; no ``.grad`` and no activation graph is created. Otherwise it defers to
     ``super().training_step``. fp16 loss scaling is rejected at config time (nothing to scale). Under DeepSpeed
-    ZeRO (fp32, stages 0-3) the update is applied at the end of the accumulation window and reaches the fp32 master
-    partitions (see ``hf_unlearn.optim.zero``).
+    ZeRO (fp32 at stages 0-3, bf16 at stages 2-3) each rank perturbs and updates its partition of DeepSpeed's fp32
+    masters, and the update is applied at the end of the accumulation window (see ``hf_unlearn.optim.zero``).
+
+    The forwards run through ``self.compute_loss`` on the model the Trainer passes in, which accelerate has wrapped
+    in the mixed-precision autocast (``bf16=True`` with fp32 weights): ZO and FO steps see the same forward.
+    On the last micro-batch of an accumulation window the last perturbation is left for the optimizer step to undo
+    in its update sweep (``projected_gradients(defer_restore=True)``, the same result bit for bit).
     """
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -47,11 +52,15 @@ class ZerothOrderMixin:
                 loss = self.compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
             return loss.mean() if self.args.n_gpu > 1 else loss
 
+        if self.is_deepspeed_enabled:
+            attach_zero_masters(zo, self.optimizer)
+        # the optimizer step follows this micro-batch directly (DDP's scalar all-reduce touches no weight)
+        defer = bool(self.accelerator.sync_gradients)
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad():
-                projected, loss = projected_gradients(zo, loss_fn, seeds)
+                projected, loss = projected_gradients(zo, loss_fn, seeds, defer_restore=defer)
         finally:
             model.train(was_training)
 

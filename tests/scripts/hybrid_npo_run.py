@@ -16,8 +16,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 import torch  # noqa: E402
 
 from hf_unlearn.callbacks import HybridScheduleCallback  # noqa: E402
-from hf_unlearn.trainers import NPOConfig  # noqa: E402
-from tests.scripts.optim_fixtures import npo_dataset, zo_npo_trainer_class  # noqa: E402
+from hf_unlearn.trainers import (
+    NPOConfig,  # noqa: E402
+    NPOTrainer,  # noqa: E402
+)
+from tests.scripts.optim_fixtures import npo_dataset  # noqa: E402
 
 
 def main(model_path: str, out_dir: str, per_device_batch: int, deepspeed: str | None = None) -> None:
@@ -45,7 +48,7 @@ def main(model_path: str, out_dir: str, per_device_batch: int, deepspeed: str | 
         seed=0,
         deepspeed=deepspeed,
     )
-    trainer = zo_npo_trainer_class()(
+    trainer = NPOTrainer(
         model=model_path,
         args=args,
         train_dataset=npo_dataset(model_path),

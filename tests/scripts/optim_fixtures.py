@@ -102,16 +102,3 @@ def npo_dataset(model_path):
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = _qa_rows()
     return ForgetRetainDataset(QADataset(rows["forget"], tokenizer), QADataset(rows["retain"], tokenizer), seed=0)
-
-
-def zo_npo_trainer_class():
-    """NPO with zeroth-order steps (the unlearning trainers may already include the mixin)."""
-    from hf_unlearn.trainers import NPOTrainer
-
-    if issubclass(NPOTrainer, ZerothOrderMixin):
-        return NPOTrainer
-
-    class ZONPOTrainer(ZerothOrderMixin, NPOTrainer):
-        pass
-
-    return ZONPOTrainer
