@@ -135,9 +135,8 @@ def test_recipe_sweep_section_and_compute_budget(memorised_model_dir, synthetic_
     report = json.loads((out / "sweep_report.json").read_text())
     (cell,) = report["cells"]
     assert (cell["optimizer"], cell["seed"], report["compute_budget"]) == ("adamw", 0, 6)
-    # An NPO AdamW step is 2 forwards (forget, retain) and 2 backwards, plus the reference forwards (not cached
-    # yet): step 1 stays under 6 passes, step 2 crosses the budget and finishes; steps 3 and 4 never run.
+    # An NPO AdamW step is at least 2 forwards (forget, retain) and 2 backwards, plus the reference's forwards:
+    # step 1 stays under 6 passes, step 2 crosses the budget and finishes; steps 3 and 4 never run.
     compute = cell["compute"]
-    assert cell["global_step"] == 2 and compute["steps"] == 2
-    assert (compute["forwards"], compute["backwards"]) == (4, 4) and compute["reference_forwards"] >= 1
-    assert compute["passes"] == compute["forwards"] + compute["reference_forwards"] + compute["backwards"]
+    assert cell["global_step"] == 2 and compute["steps"] == 2 and compute["backwards"] == 4
+    assert compute["passes"] == compute["forwards"] + compute["reference_forwards"] + compute["backwards"] >= 6
