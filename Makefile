@@ -24,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
-# Skips the multi-process and DeepSpeed tests.
+# Skips the multi-process, DeepSpeed and subprocess-launch tests.
 test-fast: install
 	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow" tests
 
