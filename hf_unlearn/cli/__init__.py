@@ -119,6 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         return report_error(command or "hf-unlearn", err)
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """Destroy the process group a launched command joined: left to interpreter exit, gloo's threads can abort."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hf_unlearn.pipeline import run
 from hf_unlearn.recipes import parse_recipe
+from tests.scripts.optim_fixtures import close_process_group
 
 
 def main(argv: list[str]) -> None:
@@ -23,3 +24,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
+    close_process_group()

@@ -27,7 +27,14 @@ from hf_unlearn.attacks.robustness import RobustnessConfig  # noqa: E402
 from hf_unlearn.callbacks import HybridScheduleCallback, RobustnessCallback  # noqa: E402
 from hf_unlearn.optim.hybrid import unwrap_optimizer  # noqa: E402
 from hf_unlearn.optim.zo import projected_gradients  # noqa: E402
-from tests.scripts.optim_fixtures import RandomTokens, ZOTrainer, tiny_llama, training_args, weights  # noqa: E402
+from tests.scripts.optim_fixtures import (  # noqa: E402
+    RandomTokens,
+    ZOTrainer,
+    close_process_group,
+    tiny_llama,
+    training_args,
+    weights,
+)
 
 
 def full_weights(model) -> dict[str, torch.Tensor]:
@@ -152,3 +159,4 @@ def main(out_dir: str, deepspeed: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
+    close_process_group()
