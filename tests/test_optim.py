@@ -355,3 +355,10 @@ def test_a_trl_style_config_with_the_optimizer_fields_is_checked_when_the_optimi
     args = MixedConfig(output_dir=str(tmp_path), optimizer="adazo", zo_mu=-1.0, use_cpu=True, report_to="none")
     with pytest.raises(ValueError, match="zo_mu=-1.0 must be a finite number > 0"):
         build_optimizer(torch.nn.Linear(2, 2), args)
+
+
+def test_zo_optimizer_built_directly_checks_with_the_config_gates_wording():
+    with pytest.raises(ValueError, match=r"^zo_mu=-0.001 must be a finite number > 0 \(try 1e-3\)$"):
+        build_optimizer(nn.Linear(2, 2), optimizer="zo_sgd", zo_mu=-1e-3)
+    with pytest.raises(ValueError, match=r"^zo_mu=-0.001 must be a finite number > 0 \(try 1e-3\)$"):
+        ZOSGD(nn.Linear(2, 2).parameters(), lr=0.1, mu=-1e-3)

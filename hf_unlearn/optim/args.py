@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .zo import DIFFERENCES as ZO_DIFFERENCES
-from .zo import DIRECTIONS as ZO_DIRECTIONS
+from .zo import check_zo_settings
 
 
 FIRST_ORDER_OPTIMIZERS = ("adamw", "sgd", "signsgd", "signadam", "qadam", "adamw_8bit", "sophia")
@@ -176,14 +175,7 @@ class OptimizerArguments:
             fail(
                 f"hybrid_zo_optimizer={self.hybrid_zo_optimizer!r}: choose one of {', '.join(ZEROTH_ORDER_OPTIMIZERS)}"
             )
-        if not (isinstance(self.zo_num_directions, int) and self.zo_num_directions >= 1):
-            fail(f"zo_num_directions={self.zo_num_directions!r} must be an integer >= 1 (q directions per ZO step)")
-        if not (self.zo_mu > 0 and math.isfinite(self.zo_mu)):
-            fail(f"zo_mu={self.zo_mu!r} must be a finite number > 0 (try 1e-3)")
-        if self.zo_direction not in ZO_DIRECTIONS:
-            fail(f"zo_direction={self.zo_direction!r}: choose one of {', '.join(ZO_DIRECTIONS)}")
-        if self.zo_difference not in ZO_DIFFERENCES:
-            fail(f"zo_difference={self.zo_difference!r}: choose one of {', '.join(ZO_DIFFERENCES)}")
+        check_zo_settings(self.zo_mu, self.zo_num_directions, self.zo_difference, self.zo_direction)
         if self.zo_learning_rate is not None and not (
             self.zo_learning_rate > 0 and math.isfinite(self.zo_learning_rate)
         ):

@@ -61,6 +61,18 @@ def _numel(p: torch.Tensor) -> int:
     return p.ds_numel if hasattr(p, "ds_numel") else p.numel()
 
 
+def check_zo_settings(mu, num_directions, difference, direction: str = "sphere") -> None:
+    """The one check of the ZO engine's settings (used by the config gate and by the optimizers built directly)."""
+    if not (isinstance(num_directions, int) and num_directions >= 1):
+        raise ValueError(f"zo_num_directions={num_directions!r} must be an integer >= 1 (q directions per ZO step)")
+    if not (mu > 0 and math.isfinite(mu)):
+        raise ValueError(f"zo_mu={mu!r} must be a finite number > 0 (try 1e-3)")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"zo_direction={direction!r}: choose one of {', '.join(DIRECTIONS)}")
+    if difference not in DIFFERENCES:
+        raise ValueError(f"zo_difference={difference!r}: choose one of {', '.join(DIFFERENCES)}")
+
+
 class SeededDirections:
     """Regenerates a random direction ``z`` over a list of tensors, one tensor at a time, from a seed.
 
@@ -238,12 +250,7 @@ class ZerothOrderOptimizer(Optimizer):
         master_weights: bool = False,
         stochastic_rounding: bool = False,
     ):
-        if mu <= 0:
-            raise ValueError(f"zo_mu must be > 0, got {mu}")
-        if num_directions < 1:
-            raise ValueError(f"zo_num_directions must be >= 1, got {num_directions}")
-        if difference not in DIFFERENCES:
-            raise ValueError(f"zo_difference must be one of {DIFFERENCES}, got {difference!r}")
+        check_zo_settings(mu, num_directions, difference)
         if defaults.get("lr", 1.0) <= 0:
             raise ValueError(f"lr must be > 0, got {defaults['lr']}")
         if master_weights and stochastic_rounding:
