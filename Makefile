@@ -18,7 +18,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -c constraints.txt -e ".[deepspeed,quant,eval,peft,dev]"
+	$(PIP) install --quiet -c constraints.txt -e ".[deepspeed,quant,eval,peft,real,dev]"
 	touch $(STAMP)
 
 test: install

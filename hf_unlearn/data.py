@@ -134,6 +134,9 @@ def tokenize_qa(
 ) -> dict[str, Any]:
     """``input_ids``, ``attention_mask`` and ``labels`` of one QA pair: prompt tokens -100, answer + eos labelled.
 
+    The labelled tokens are the answer's and one eos: a chat template's turn-closing eos, with whatever the template
+    writes after it (ChatML's newline) dropped, or an eos appended when the text has none.
+
     Joint tokenisation (the default): the labels start after the longest common prefix of the prompt's tokens and
     the full text's tokens. That is the prompt's token count when the prompt's tokens are a prefix of the full
     text's; when the tokenizer merges across the boundary (e.g. a prompt's trailing space joins the answer's first
@@ -151,8 +154,12 @@ def tokenize_qa(
     else:
         full = qa_format.full_ids(tokenizer, question, answer)
         start = _common_prefix(prompt, full)
-    if not full or full[-1] != tokenizer.eos_token_id:
-        full = full + [tokenizer.eos_token_id]
+    eos = tokenizer.eos_token_id
+    if eos in full[start:]:
+        # A chat template closes the turn with eos and may add text after it (ChatML's newline): the answer ends there.
+        full = full[: full.index(eos, start) + 1]
+    else:
+        full = full + [eos]
     input_ids = full[:max_length]
     labels = [IGNORE_INDEX] * start + input_ids[start:]
     return {

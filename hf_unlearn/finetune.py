@@ -101,6 +101,9 @@ def parse_finetune_args(argv: list[str] | None = None):
         if "not used by the HfArgumentParser" in str(err):  # an unknown flag
             raise ValueError(f"{err}; `hf-unlearn finetune --help` lists the flags") from None
         raise
+    from hf_unlearn.loading import check_model_path
+
+    model_args.model_name_or_path = check_model_path(model_args.model_name_or_path, "model_name_or_path")
     protected = {"model_name_or_path": model_args.model_name_or_path}
     if script_args.data_source != "synthetic":
         protected["data_dir"] = script_args.data_dir

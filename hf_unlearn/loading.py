@@ -21,14 +21,18 @@ def hub_offline() -> bool:
 
 
 def check_model_path(path: str | os.PathLike | None, name: str = "model") -> str:
-    """Check that `path` is a model folder (holding config.json) or a Hub id; return it as a string.
+    """Check that `path` is a model folder (holding config.json), a packaged model's name or a Hub id.
 
-    Raises ``FileNotFoundError`` / ``ValueError`` in one line naming `name` (the field or flag) and the fix. A Hub id
-    is accepted as is, except offline (``HF_HUB_OFFLINE=1``) when it is not in the local Hugging Face cache.
+    Returns what to load: the folder or Hub id as a string, a packaged model's name resolved to its fetched folder
+    (:mod:`hf_unlearn.models`). Raises ``FileNotFoundError`` / ``ValueError`` in one line naming `name` (the field or
+    flag) and the fix. A Hub id is accepted as is, except offline (``HF_HUB_OFFLINE=1``) when it is not in the local
+    Hugging Face cache.
     """
+    from hf_unlearn.models import resolve_packaged_model
+
     if path is None or str(path) == "":
-        raise ValueError(f"{name} is required: a local model folder or a Hub id.")
-    text = str(path)
+        raise ValueError(f"{name} is required: a local model folder, a packaged model's name or a Hub id.")
+    text = resolve_packaged_model(path)
     folder = Path(text).expanduser()
     if folder.exists():
         if not folder.is_dir():
@@ -73,7 +77,9 @@ def disable_progress_bars() -> None:
 def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    from hf_unlearn.models import resolve_packaged_model
+
+    return AutoTokenizer.from_pretrained(resolve_packaged_model(path), trust_remote_code=trust_remote_code)
 
 
 def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device | None = None, **model_kwargs):
@@ -84,6 +90,9 @@ def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device
     """
     from transformers import AutoModelForCausalLM
 
+    from hf_unlearn.models import resolve_packaged_model
+
+    path = resolve_packaged_model(path)
     dtype = model_kwargs.pop("dtype", None)
     if isinstance(dtype, str) and dtype != "auto":
         dtype = getattr(torch, dtype)

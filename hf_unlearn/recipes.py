@@ -137,9 +137,9 @@ class ScriptArguments:
 
         if self.data_source not in DATA_SOURCES:
             raise ValueError(f"data_source={self.data_source!r} is unknown; choose one of {', '.join(DATA_SOURCES)}.")
-        check_model_path(self.model_name_or_path, "model_name_or_path")
+        self.model_name_or_path = check_model_path(self.model_name_or_path, "model_name_or_path")
         if self.retain_model is not None:
-            check_model_path(self.retain_model, "retain_model")
+            self.retain_model = check_model_path(self.retain_model, "retain_model")
         if self.max_length < 8:
             raise ValueError(f"max_length={self.max_length} is too small for any QA example; use e.g. 512.")
         if self.lora_r < 0:

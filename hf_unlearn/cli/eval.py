@@ -124,16 +124,16 @@ def default_output_dir(model: str) -> Path:
 
 def run_eval(args: argparse.Namespace) -> str:
     """Run ``hf-unlearn eval`` from parsed args; print (main process) and return the results table."""
-    check_model_path(args.model, "--model")
+    model_path = check_model_path(args.model, "--model")
     if args.retain_model:
-        check_model_path(args.retain_model, "--retain_model")
+        args.retain_model = check_model_path(args.retain_model, "--retain_model")
     if args.data_dir and not Path(args.data_dir).is_dir():
         raise FileNotFoundError(f"--data_dir {args.data_dir} is not a folder.")
     if args.output_dir is None:
         args.output_dir = str(default_output_dir(args.model))
     # The default <model>/eval lies inside the evaluated model's folder: a subfolder of its own, never the folder.
     output_dir = common.check_output(
-        args, {"--model": args.model, "--retain_model": args.retain_model, "--data_dir": args.data_dir},
+        args, {"--model": model_path, "--retain_model": args.retain_model, "--data_dir": args.data_dir},
         inside_ok=("--model",),
     )  # fmt: skip
     if args.no_progress:
@@ -141,7 +141,7 @@ def run_eval(args: argparse.Namespace) -> str:
 
         disable_progress_bars()
     benchmark = get(args.benchmark, **benchmark_settings(args))  # bad settings fail before any weight loads
-    model, tokenizer = load_model_and_tokenizer(args.model, device=args.device, dtype=args.dtype)
+    model, tokenizer = load_model_and_tokenizer(model_path, device=args.device, dtype=args.dtype)
     if args.benchmark.startswith("tofu"):
         warn_default_format(QAFormat.from_args(args), tokenizer)
     result = evaluate_model(model, tokenizer, benchmark, output_dir, args.model)
