@@ -110,6 +110,10 @@ class ScriptArguments:
         metadata={"help": "Model trained without the forget set: its statistics give forget quality and privleak."},
     )
     eval_max_new_tokens: int = field(default=200, metadata={"help": "Generation length of the TOFU evaluation."})
+    eval_max_examples: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate only the first N examples of each set (TOFU, MUSE): quick checks; unset: all."},
+    )
     report_codes_changed: bool = field(
         default=False,
         metadata={"help": "Robustness: load the original model again to report the share of 4-bit codes changed."},
@@ -140,6 +144,8 @@ class ScriptArguments:
         self.model_name_or_path = check_model_path(self.model_name_or_path, "model_name_or_path")
         if self.retain_model is not None:
             self.retain_model = check_model_path(self.retain_model, "retain_model")
+        if self.eval_max_examples is not None and self.eval_max_examples < 1:
+            raise ValueError(f"eval_max_examples={self.eval_max_examples} must be >= 1 (unset: every example).")
         if self.max_length < 8:
             raise ValueError(f"max_length={self.max_length} is too small for any QA example; use e.g. 512.")
         if self.lora_r < 0:

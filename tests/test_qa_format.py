@@ -150,6 +150,25 @@ def test_chat_template_path_pinned_on_a_hand_built_template():
     }
 
 
+def test_text_after_the_turns_eos_is_not_labelled():
+    """ChatML-style templates write a newline after the turn's eos: the answer and that one eos are the labels."""
+    rows = make_synthetic_tofu(num_authors=10, qa_per_author=4, seed=0)["full"]
+    tokenizer = train_tokenizer([r["question"] + " " + r["answer"] for r in rows], vocab_size=400)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ '" + USER + "' if m['role'] == 'user' else '" + ASSISTANT + "' }}"
+        "{{ m['content'] }}</s>\n{% endfor %}"
+        "{% if add_generation_prompt %}" + ASSISTANT + "{% endif %}"
+    )
+    eos = tokenizer.eos_token_id
+    question, answer = "Where was Ava Varga born?", "Ava Varga was born in Oslo."
+    example = tokenize_qa(tokenizer, question, answer)
+    prompt = QAFormat().prompt_ids(tokenizer, question)
+    answer_ids = example["input_ids"][len(prompt) : -1]
+    assert tokenizer.decode(answer_ids).strip() == answer
+    assert example["input_ids"][-1] == eos and example["input_ids"].count(eos) == 2  # the user's turn and the answer's
+    assert example["labels"] == [IGNORE_INDEX] * len(prompt) + answer_ids + [eos]
+
+
 @pytest.mark.parametrize("module", ["hf_unlearn.cli.eval", "hf_unlearn.cli.attack", "hf_unlearn.cli.lmc"], ids=str)
 def test_every_command_takes_the_same_qa_format_flags(module):
     parser = argparse.ArgumentParser()

@@ -226,3 +226,121 @@ def test_a_zo_step_moves_the_tied_weights_once_and_a_restore_is_exact(real_model
     step = model.model.embed_tokens.weight.detach() - before["model.embed_tokens.weight"]
     torch.testing.assert_close(step, -lr * c * z, atol=1e-7, rtol=1e-3)
     assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+
+
+# ---- after training: evaluation, attacks, lmc, card, push -----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def npo_run(real_model, tofu_dir, tmp_path_factory):
+    """One NPO + AdamW run of 2 steps, evaluated in-run (TOFU forget01, 2 examples a set, 8 new tokens)."""
+    from hf_unlearn.cli import main
+
+    out = tmp_path_factory.mktemp("npo") / "run"
+    extra = ["--learning_rate", "1e-4", "--evaluate", "true", "--eval_max_new_tokens", "8", "--eval_max_examples", "2"]
+    assert main([*run_flags(str(real_model), tofu_dir, out, *extra)]) == 0
+    return out
+
+
+def test_eval_tofu_forget01_with_generation_scores_answer_tokens_only(by_name, real_model, tofu_dir, tmp_path, cli):
+    out = tmp_path / "eval"
+    code, printed, err = cli(
+        "eval", "--model", by_name, "--benchmark", "tofu", "--data_dir", tofu_dir, "--forget_split", "forget01",
+        "--max_examples", "2", "--max_new_tokens", "8", "--batch_size", "4", "--output_dir", out, "--no_progress",
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = UnlearnReport.load(out).evaluations["evaluated_model"]
+    assert 0 < metrics.get("forget_prob") < 1 and 0 <= metrics.get("forget_rouge") <= 1
+    assert 0 < metrics.get("model_utility") < 1
+    assert metrics.get("forget_quality") is None  # no retain model: unavailable with its reason, never a number
+    # The first forget answer's probability, by hand: exp(-mean NLL) of its answer tokens + <|im_end|> in ChatML.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_unlearn.benchmarks.tofu_data import load_tofu
+
+    row = load_tofu("forget01", tofu_dir)[0]
+    tokenizer = AutoTokenizer.from_pretrained(real_model)
+    model = AutoModelForCausalLM.from_pretrained(real_model, use_safetensors=True).eval()
+    example = tokenize_qa(tokenizer, row["question"], row["answer"], 512, QAFormat())
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([example["input_ids"]])).logits[0, :-1].double()
+    labels = torch.tensor(example["labels"][1:])
+    picked = labels != IGNORE_INDEX
+    nll = -torch.log_softmax(logits, -1)[picked.nonzero()[:, 0], labels[picked]].mean()
+    per_example = json.loads((out / "tofu_per_example.json").read_text())
+    assert per_example["forget"]["prob"][0] == pytest.approx(torch.exp(-nll).item(), rel=1e-4)
+
+
+def test_eval_muse_style_text(by_name, tmp_path, cli):
+    from tests.test_muse_eval import write_muse
+
+    data = tmp_path / "muse"
+    write_muse(data)
+    code, _, err = cli(
+        "eval", "--model", by_name, "--benchmark", "muse", "--data_dir", data, "--max_examples", "2",
+        "--privleak_ref_auc", "0.5", "--output_dir", tmp_path / "out", "--no_progress",
+    )  # fmt: skip
+    assert code == 0, err
+    metrics = UnlearnReport.load(tmp_path / "out").evaluations["evaluated_model"]
+    for name in ("verbmem_f", "knowmem_f", "knowmem_r"):
+        assert 0 <= metrics.get(name) <= 1, name
+    assert metrics.get("privleak") is not None
+
+
+def test_attack_relearns_and_quantizes_a_copy_leaving_the_saved_model(npo_run, by_name, tofu_dir, tmp_path, cli):
+    saved = sha256_of(npo_run / "model.safetensors")
+    code, _, err = cli(
+        "attack", "--model", npo_run, "--original_model", by_name, "--benchmark", "nll", "--data_dir", tofu_dir,
+        "--forget_split", "forget01", "--max_examples", "2", "--relearn_steps", "1", "--relearn_batch_size", "2",
+        "--relearn_lr", "1e-4", "--quantization", "nf4", "int8", "--output_dir", tmp_path / "attack",
+    )  # fmt: skip
+    assert code == 0, err
+    (run,) = UnlearnReport.load(tmp_path / "attack").attacks
+    unlearned = run.unlearned.values["nll/forget01"]
+    assert run.relearn[0].metrics.values["nll/forget01"] < unlearned  # one step on the forget set lowers its loss
+    nf4, int8 = run.quantization
+    assert (nf4.kind, int8.kind) == ("nf4", "int8")
+    for attack in (nf4, int8):
+        assert attack.metrics.values["nll/forget01"] != unlearned  # the quantized copy has other weights
+    assert 0 < nf4.codes_changed_fraction < 1
+    assert sha256_of(npo_run / "model.safetensors") == saved  # the user's model is untouched
+
+
+def test_lmc_between_the_model_and_its_unlearned_run(npo_run, by_name, tofu_dir, tmp_path, cli):
+    code, printed, err = cli(
+        "lmc", by_name, npo_run, "--points", "3", "--data_dir", tofu_dir, "--split", "forget01", "--max_examples", "2",
+        "--output_dir", tmp_path / "lmc",
+    )  # fmt: skip
+    assert code == 0, err
+    record = json.loads((tmp_path / "lmc" / "lmc.json").read_text())
+    assert record["alphas"] == [0.0, 0.5, 1.0] and len(record["losses"]) == 3
+    assert record["losses"][2] > record["losses"][0]  # NPO raised the forget loss
+
+
+def test_card_and_a_push_captured_offline(npo_run, tmp_path, monkeypatch, cli):
+    import shutil
+
+    import huggingface_hub
+    from huggingface_hub import ModelCard
+
+    from tests.test_report import CapturingApi
+
+    folder = tmp_path / "run"
+    shutil.copytree(npo_run, folder)
+    (folder / "README.md").unlink()
+    code, _, err = cli("card", folder)
+    assert code == 0, err
+    card = ModelCard.load(folder / "README.md")
+    report = UnlearnReport.load(folder)
+    assert card.data.to_dict()["model-index"] and report.evaluations["after_training"].get("forget_prob") is not None
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "HfApi", CapturingApi)
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token_for_the_test")
+    CapturingApi.calls = []
+    code, _, err = cli("push", folder, "--hub_model_id", "me/smollm2-npo")
+    assert code == 0, err
+    (_, upload) = [c for c in CapturingApi.calls if c[0] == "upload_folder"][0], None
+    assert upload is None
+    uploaded = [c for c in CapturingApi.calls if c[0] == "upload_folder"][0][1]
+    assert "model.safetensors" in uploaded["allow_patterns"] and "chat_template.jinja" in uploaded["allow_patterns"]

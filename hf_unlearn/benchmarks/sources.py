@@ -57,12 +57,13 @@ class TofuSource(DataSource):
         max_length: int = 512,
         retain_model: str | None = None,
         max_new_tokens: int = 200,
+        max_examples: int | None = None,
     ):
         self.names = tofu_split_names(forget_split)
         self.data_dir, self.forget_split = data_dir, forget_split
         self.retain_split = retain_split or self.names["retain"]
         self.qa_format, self.max_length = qa_format or QAFormat(), max_length
-        self.retain_model, self.max_new_tokens = retain_model, max_new_tokens
+        self.retain_model, self.max_new_tokens, self.max_examples = retain_model, max_new_tokens, max_examples
 
     def datasets(self) -> list[str]:
         return [str(self.data_dir) if self.data_dir else "locuslab/TOFU"]
@@ -86,6 +87,7 @@ class TofuSource(DataSource):
             "max_length": self.max_length,
             "max_new_tokens": self.max_new_tokens,
             "retain_model": self.retain_model,
+            "max_examples": self.max_examples,
         }
         return get("tofu", **{**own, **settings})
 
@@ -174,6 +176,7 @@ def source_from_recipe(script, config) -> DataSource:
         "max_length": script.max_length,
         "retain_model": script.retain_model,
         "max_new_tokens": script.eval_max_new_tokens,
+        "max_examples": script.eval_max_examples,
     }
     text = {
         "forget_file": script.forget_file,
@@ -188,7 +191,9 @@ def source_from_recipe(script, config) -> DataSource:
         folder = script.data_dir or str(Path(config.output_dir) / "data")
         return SyntheticSource(folder, num_authors=script.synthetic_num_authors, seed=config.seed, **tofu)
     if script.data_source == "muse":
-        return MuseSource(corpus=script.muse_corpus, retain_model=script.retain_model, **text)
+        return MuseSource(
+            corpus=script.muse_corpus, retain_model=script.retain_model, max_examples=script.eval_max_examples, **text
+        )
     if script.data_source == "wmdp":
         return WmdpSource(**text)
     return TextSource(**text)
