@@ -24,9 +24,9 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS) tests
 
-# Skips the multi-process, DeepSpeed and subprocess-launch tests.
+# Skips the multi-process, DeepSpeed, subprocess-launch and real-model tests.
 test-fast: install
-	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow" tests
+	$(PY) -m pytest $(PYTEST_ARGS) -m "not slow and not real_model" tests
 
 demo: install
 	$(VENV)/bin/hf-unlearn demo --output_dir outputs/demo

@@ -8,21 +8,29 @@ import platform
 import torch
 
 from hf_unlearn.io import atomic_write_text
-from hf_unlearn.perf import MEASUREMENTS, SCALE_MEASUREMENTS, run_measurements
+from hf_unlearn.perf import MEASUREMENTS, REAL_MEASUREMENTS, SCALE_MEASUREMENTS, run_measurements
 
 
 def add_arguments(parser):
     parser.add_argument("--output", default="bench.json", help="JSON file the measurements are written to.")
     parser.add_argument(
-        "--only", nargs="+", choices=sorted({**MEASUREMENTS, **SCALE_MEASUREMENTS}), help="Run only these entries."
+        "--only",
+        nargs="+",
+        choices=sorted({**MEASUREMENTS, **SCALE_MEASUREMENTS, **REAL_MEASUREMENTS}),
+        help="Run only these entries.",
     )
     parser.add_argument(
         "--scale", action="store_true", help="Also measure the 6M and ~100M shapes side by side (minutes more)."
     )
+    parser.add_argument(
+        "--real", action="store_true", help="Also measure the fetched SmolLM2-135M-Instruct (forward, NPO step)."
+    )
 
 
 def main(args):
-    names = args.only or list(MEASUREMENTS) + (list(SCALE_MEASUREMENTS) if args.scale else [])
+    names = args.only or list(MEASUREMENTS)
+    if not args.only:
+        names += (list(SCALE_MEASUREMENTS) if args.scale else []) + (list(REAL_MEASUREMENTS) if args.real else [])
     report = {
         "machine": {
             "platform": platform.platform(),

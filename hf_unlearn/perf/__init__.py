@@ -19,13 +19,15 @@ MEASUREMENTS = {
 }
 # Only with `hf-unlearn bench --scale` (minutes more): the 6M and ~100M shapes side by side.
 SCALE_MEASUREMENTS = {"shapes_6m_100m": "hf_unlearn.perf.scale:bench_shapes_at_scale"}
+# Only with `hf-unlearn bench --real`: the fetched SmolLM2-135M-Instruct (`hf-unlearn models fetch`).
+REAL_MEASUREMENTS = {"real_model_costs": "hf_unlearn.perf.real:bench_real_model_costs"}
 
 
 def run_measurements(names: list[str]) -> dict:
     """Run the named measurements in order, printing each result line as it comes."""
     results = {}
     for name in names:
-        module, function = {**MEASUREMENTS, **SCALE_MEASUREMENTS}[name].split(":")
+        module, function = {**MEASUREMENTS, **SCALE_MEASUREMENTS, **REAL_MEASUREMENTS}[name].split(":")
         start = time.perf_counter()
         results[name] = getattr(importlib.import_module(module), function)()
         results[name]["bench_seconds"] = round(time.perf_counter() - start, 2)
