@@ -10,7 +10,9 @@ run on a padded float32 batch.
 from __future__ import annotations
 
 import copy
+import json
 import math
+import sys
 
 import pytest
 import torch
@@ -308,3 +310,39 @@ def test_defaults_follow_the_papers_and_open_unlearning(tmp_path):
 def test_bad_hyperparameters_fail_in_one_line(config_cls, field, value, message, tmp_path):
     with pytest.raises(ValueError, match=f"^{message}"):
         config(config_cls, tmp_path, **{field: value})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ce_u", "undial"])
+def test_ddp_hybrid_matches_one_process_with_the_same_global_batch(method, tmp_path):
+    """Two processes × batch 2 against one process × batch 4, two AdamW then two AdaZO steps: CE-U's token count
+    (trimmed labels, gathered over processes) and UNDIAL's teacher forward on each rank must give the same run."""
+    from tests.scripts.optim_fixtures import save_npo_model
+    from tests.test_distributed_optim import ROOT, _run
+
+    script = ROOT / "tests" / "scripts" / "hybrid_method_run.py"
+    model_path = save_npo_model(tmp_path / "model")
+    ddp = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    ddp += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    _run(
+        lambda port: [
+            *ddp,
+            "--main_process_port",
+            str(port),
+            str(script),
+            method,
+            model_path,
+            str(tmp_path / "ddp"),
+            "2",
+        ],
+        300,
+    )
+    _run(lambda port: [sys.executable, str(script), method, model_path, str(tmp_path / "single"), "4"], 300)
+    rank0, rank1 = (torch.load(tmp_path / "ddp" / f"rank{r}.pt") for r in (0, 1))
+    single = torch.load(tmp_path / "single" / "rank0.pt")
+    logs, single_logs = (json.loads((tmp_path / run / "logs0.json").read_text()) for run in ("ddp", "single"))
+    assert [log["optim/phase"] for log in logs] == [0, 0, 1, 1]
+    assert [log["loss/forget"] for log in logs] == pytest.approx([log["loss/forget"] for log in single_logs], rel=1e-5)
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+        torch.testing.assert_close(rank0[name], single[name], rtol=0, atol=1e-6)
