@@ -278,6 +278,21 @@ def test_two_steps_move_every_trainable_weight(method, optimizer, tmp_path, memo
     assert [n for n in start if torch.equal(start[n], end[n].detach())] == []
 
 
+@pytest.mark.parametrize(
+    "method,optimizer", [("undial", "sam"), ("ce_u", "fo_rs"), ("satimp", "sophia"), ("wga", "adazo")]
+)
+def test_two_steps_with_the_other_grades(method, optimizer, tmp_path, memorised_model_dir, datasets):
+    """One more optimizer per method, so SAM, FO-RS, Sophia and pure ZO each drive one of the new losses."""
+    args = config(NEW_METHODS[method], tmp_path, alpha=0.5, optimizer=optimizer)
+    trainer = get_method(method)(str(memorised_model_dir), args, train_dataset=datasets["pairs"])
+    start = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 2 and all(math.isfinite(e["loss"]) for e in logs)
+    moved = [n for n, p in trainer.model.named_parameters() if not torch.equal(start[n], p.detach())]
+    assert len(moved) == len(start)
+
+
 def test_reference_is_built_only_when_read(tmp_path, memorised_model_dir, datasets):
     for method in ("satimp", "wga", "ce_u"):
         args = config(NEW_METHODS[method], tmp_path, alpha=1.0, retain_loss="kl")
