@@ -212,6 +212,7 @@ def test_undial_equals_open_unlearning_literally_where_every_position_is_an_answ
         loss = trainer.compute_loss(trainer.model, batch).item()
     literal = mean(undial_terms(student, teacher, text, args.beta, every_position=True))
     assert loss == pytest.approx(literal, rel=1e-5)
+    print(f"undial, every position an answer token: ours {loss:.6f}, open-unlearning literally {literal:.6f}")
     # ...while on a QA example the prompt positions open-unlearning also scores change its number
     qa = datasets["forget"][0]
     answer_only = mean(undial_terms(student, teacher, qa, args.beta))
