@@ -21,8 +21,8 @@ class CEUConfig(UnlearnConfig):
     ignore_first_n_answer_tokens: int = field(
         default=1,
         metadata={
-            "help": "Predicted answer tokens left out at the start of each forget answer (the paper's footnote: the "
-            "first tokens of an answer carry little of the fact); 0 scores every answer token."
+            "help": "Predicted answer tokens left out at the start of each forget answer (a footnote in the paper's "
+            "training settings; 1 there); 0 scores every answer token."
         },
     )
     alpha: float = field(

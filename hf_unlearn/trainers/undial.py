@@ -19,7 +19,7 @@ class UNDIALConfig(UnlearnConfig):
 
     beta: float = field(
         default=10.0,
-        metadata={"help": "How far the teacher's logit of the true token is lowered (β; the paper tried 3, 10, 30)."},
+        metadata={"help": "How far the teacher's logit of the true token is lowered (β; typically 3, 10 or 30); > 0."},
     )
     alpha: float = field(
         default=0.0,
