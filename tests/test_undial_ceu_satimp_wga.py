@@ -1,7 +1,7 @@
 """UNDIAL, CE-U, SatImp and WGA: each loss against a hand computation of open-unlearning's formula, and each method
 training for two steps with AdamW and with the FO-ZO hybrid.
 
-The hand computations follow locuslab/open-unlearning (commit d3d7cf9): `src/trainer/utils.py::compute_undial_loss`
+The hand computations follow locuslab/open-unlearning: `src/trainer/utils.py::compute_undial_loss`
 (used by `src/trainer/unlearn/undial.py`), `src/trainer/unlearn/ceu.py`, `src/trainer/unlearn/satimp.py` and
 `src/trainer/unlearn/wga.py`. They run one unpadded example at a time in float64 with explicit indexing; our losses
 run on a padded float32 batch.
