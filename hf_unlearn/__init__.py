@@ -15,7 +15,8 @@ _PUBLIC = {
     "hf_unlearn.trainers": [
         "UnlearnTrainer", "get_method", "GradAscentConfig", "GradAscentTrainer", "GradDiffConfig", "GradDiffTrainer",
         "IdkDPOConfig", "IdkDPOTrainer", "NPOConfig", "NPOTrainer", "RMUConfig", "RMUTrainer", "SimNPOConfig",
-        "SimNPOTrainer",
+        "SimNPOTrainer", "UNDIALConfig", "UNDIALTrainer", "CEUConfig", "CEUTrainer", "SatImpConfig", "SatImpTrainer",
+        "WGAConfig", "WGATrainer",
     ],
     "hf_unlearn.trainers.zeroth_order": ["ZerothOrderMixin"],
     "hf_unlearn.optim": ["build_optimizer", "OptimizerArguments", "OptimizerConfig", "OptimizerFactoryMixin"],

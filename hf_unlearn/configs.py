@@ -96,3 +96,9 @@ def check_positive(name: str, value: float) -> None:
     """One-line error for a hyperparameter that must be strictly positive."""
     if not value > 0:
         raise ValueError(f"{name} must be > 0, got {value}.")
+
+
+def check_non_negative(name: str, value: float) -> None:
+    """One-line error for a hyperparameter that must be zero or positive."""
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}.")

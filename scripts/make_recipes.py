@@ -3,9 +3,10 @@
     python scripts/make_recipes.py           # (re)write them
     python scripts/make_recipes.py --check   # exit 1 if a committed recipe differs from what this script writes
 
-The grid: TOFU forget01/05/10 x {npo, grad_diff, simnpo} x {adamw, signadam, adazo, hybrid}; MUSE news/books NPO
-and WMDP RMU, each with AdamW and the FO-ZO hybrid. Every file says where its numbers come from; tests check that
-the committed files equal this script's output, so edit here, not there.
+The grid: TOFU forget01/05/10 x {npo, grad_diff, simnpo} x {adamw, signadam, adazo, hybrid}, and TOFU
+forget01/05/10 x {undial, ce_u, satimp, wga} x {adamw, hybrid}; MUSE news/books NPO and WMDP RMU, each with AdamW
+and the FO-ZO hybrid. Every file says where its numbers come from; tests check that the committed files equal this
+script's output, so edit here, not there.
 """
 
 from __future__ import annotations
@@ -39,6 +40,30 @@ METHODS = {
         {"beta": 2.5, "margin": 0.0, "alpha": 1.0, "retain_loss": "nll"},
     ),
 }
+
+# Methods outside the paper's grid, each with its own published setting, run with AdamW and the hybrid.
+OTHER_METHODS = {
+    "undial": (
+        "UNDIAL (Dong et al. 2024): beta 10, no retain term (open-unlearning configs/trainer/UNDIAL.yaml, which "
+        "trains at lr 1e-4; here the grid's shared lr, so methods compare at one setting)",
+        {"beta": 10.0, "alpha": 0.0},
+    ),
+    "ce_u": (
+        "CE-U (Yang 2025): the first answer token ignored, no retain term (open-unlearning "
+        "src/trainer/unlearn/ceu.py)",
+        {"ignore_first_n_answer_tokens": 1, "alpha": 0.0},
+    ),
+    "satimp": (
+        "SatImp (Yang et al. 2025): beta1 5, beta2 1, forget weight 1, retain NLL weight 0.1 (the authors' code, "
+        "tmlr-group/SatImp, satimp_gd with coeff 0.1)",
+        {"beta1": 5.0, "beta2": 1.0, "gamma": 1.0, "alpha": 0.1, "retain_loss": "nll"},
+    ),
+    "wga": (
+        "WGA (Wang et al. 2025): beta 1, retain NLL weight 1 (open-unlearning configs/trainer/WGA.yaml)",
+        {"beta": 1.0, "gamma": 1.0, "alpha": 1.0, "retain_loss": "nll"},
+    ),
+}
+OTHER_OPTIMIZERS = ("adamw", "hybrid")
 
 # The ZO settings the paper leaves open (REFERENCE.md section 1, "not recovered"): mu 1e-3 per weight, one sphere
 # direction, AdaZO betas (0.9, 0.999) with Adam-style bias correction and an lr 10x below the FO lr.
@@ -113,14 +138,17 @@ def tofu_recipes() -> dict[str, str]:
     files = {}
     for split, (examples, n, steps) in TOFU_SPLITS.items():
         warmup = max(1, round(examples / 32))
-        for method, (method_source, method_fields) in METHODS.items():
-            for name, (optimizer_source, optimizer_fields) in OPTIMIZERS.items():
+        grid = [(method, entry, list(OPTIMIZERS)) for method, entry in METHODS.items()]
+        grid += [(method, entry, list(OTHER_OPTIMIZERS)) for method, entry in OTHER_METHODS.items()]
+        for method, (method_source, method_fields), optimizers in grid:
+            for name in optimizers:
+                optimizer_source, optimizer_fields = OPTIMIZERS[name]
                 path = f"recipes/tofu/{split}_{method}_{name}.yaml"
                 schedule = {"hybrid_fo_steps": n} if name == "hybrid" else {}
                 header = [
                     f"TOFU {split} ({examples} forget QA pairs), {method}, {optimizer_source}.",
                     f"Method: {method_source}.",
-                    "Training: TOFU / open-unlearning defaults (REFERENCE.md section 4): lr 1e-5, effective batch 32,",
+                    "Training: TOFU's defaults (Maini et al. 2024): lr 1e-5, effective batch 32,",
                     f"weight decay 0.01, warm-up 1 epoch; {steps} steps = about 10 epochs, a multiple of the hybrid "
                     f"period 2N = {2 * n}.",
                     "Forget quality needs TOFU's retain model: add --evaluate true --retain_model <model>.",

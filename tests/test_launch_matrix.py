@@ -41,6 +41,10 @@ METHOD_KEYS = {
     "simnpo": {"beta": 2.5},
     "rmu": {"layer": 1, "trainable_layers": [1], "alpha": 10.0},
     "idk_dpo": {"beta": 0.1},
+    "undial": {"beta": 10.0},
+    "ce_u": {"ignore_first_n_answer_tokens": 1},
+    "satimp": {"beta1": 5.0, "beta2": 1.0},
+    "wga": {"beta": 1.0},
 }
 
 
@@ -155,7 +159,7 @@ def test_two_process_launch(method, launcher, tiny, tmp_path):
 
 @pytest.mark.slow
 def test_every_method_under_one_zero3_launch(tiny, tmp_path):
-    """All six methods in one process start, under the launcher that partitions the most (ZeRO-3)."""
+    """Every method in one process start, under the launcher that partitions the most (ZeRO-3)."""
     recipes = [str(method_recipe(tmp_path, method)) for method in METHOD_KEYS]
     launcher = LAUNCHERS["zero3"]
     launch([*launcher, str(EVERY_METHOD), *recipes, "--", *flags(tiny, tmp_path / "out")], timeout=600)

@@ -45,6 +45,13 @@ def test_recipes_folder_holds_the_paper_settings():
         for optimizer in ("adamw", "signadam", "adazo", "hybrid")
     }
     assert grid <= names and len(grid) == 36
+    others = {
+        f"tofu/{split}_{method}_{optimizer}.yaml"
+        for split in ("forget01", "forget05", "forget10")
+        for method in ("undial", "ce_u", "satimp", "wga")
+        for optimizer in ("adamw", "hybrid")
+    }
+    assert others <= names and len(others) == 24
 
 
 def test_committed_recipes_equal_the_generator_output():
@@ -52,7 +59,7 @@ def test_committed_recipes_equal_the_generator_output():
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
     expected = generator.all_recipes()
-    assert len(expected) == 42
+    assert len(expected) == 66
     for relative, text in expected.items():
         assert (ROOT / relative).read_text() == text, f"{relative} differs: run python scripts/make_recipes.py"
 

@@ -13,12 +13,16 @@ from hf_unlearn.callbacks import PairingEpochCallback
 from hf_unlearn.data import DataCollatorForUnlearning, ForgetRetainDataset, QADataset, tokenize_qa
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
 from hf_unlearn.trainers import (
+    CEUConfig,
     GradAscentConfig,
     GradDiffConfig,
     IdkDPOConfig,
     NPOConfig,
     RMUConfig,
+    SatImpConfig,
     SimNPOConfig,
+    UNDIALConfig,
+    WGAConfig,
     get_method,
 )
 from tests.helpers import memorise, one_thread
@@ -231,6 +235,10 @@ TRAIN_CASES = {
         1.5,
     ),
     "idk_dpo": (IdkDPOConfig, {"learning_rate": 7e-3}, 1.0, 0.5),
+    "undial": (UNDIALConfig, {"learning_rate": 5e-3, "alpha": 1.0}, 1.0, 0.5),
+    "ce_u": (CEUConfig, {"learning_rate": 5e-3, "alpha": 1.0}, 1.0, 0.5),
+    "satimp": (SatImpConfig, {"learning_rate": 1e-2, "alpha": 1.0}, 1.0, 0.5),
+    "wga": (WGAConfig, {"learning_rate": 5e-3}, 1.0, 0.5),
 }
 
 
@@ -325,6 +333,10 @@ LORA_CASES = {
     "simnpo": (SimNPOConfig, {}),
     "rmu": (RMUConfig, {"layer": 1, "trainable_layers": [1], "steering_coeff": 20.0, "alpha": 1.0}),
     "idk_dpo": (IdkDPOConfig, {}),
+    "undial": (UNDIALConfig, {}),
+    "ce_u": (CEUConfig, {}),
+    "satimp": (SatImpConfig, {}),
+    "wga": (WGAConfig, {"retain_loss": "kl"}),
 }
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from hf_unlearn.trainers.base import Paper, UnlearnTrainer
+from hf_unlearn.trainers.ce_u import CEUConfig, CEUTrainer
 from hf_unlearn.trainers.grad_ascent import GradAscentConfig, GradAscentTrainer
 from hf_unlearn.trainers.grad_diff import GradDiffConfig, GradDiffTrainer
 from hf_unlearn.trainers.idk_dpo import IdkDPOConfig, IdkDPOTrainer
 from hf_unlearn.trainers.npo import NPOConfig, NPOTrainer
 from hf_unlearn.trainers.rmu import RMUConfig, RMUTrainer
+from hf_unlearn.trainers.satimp import SatImpConfig, SatImpTrainer
 from hf_unlearn.trainers.simnpo import SimNPOConfig, SimNPOTrainer
+from hf_unlearn.trainers.undial import UNDIALConfig, UNDIALTrainer
+from hf_unlearn.trainers.wga import WGAConfig, WGATrainer
 
 
 # One line per method: its trainer class (which names its config class, its `_name` and its `_paper`).
@@ -21,6 +25,10 @@ METHODS: dict[str, type[UnlearnTrainer]] = {
         SimNPOTrainer,
         RMUTrainer,
         IdkDPOTrainer,
+        UNDIALTrainer,
+        CEUTrainer,
+        SatImpTrainer,
+        WGATrainer,
     )
 }
 
@@ -44,6 +52,8 @@ __all__ = [
     "method_names",
     "Paper",
     "UnlearnTrainer",
+    "CEUConfig",
+    "CEUTrainer",
     "GradAscentConfig",
     "GradAscentTrainer",
     "GradDiffConfig",
@@ -54,6 +64,12 @@ __all__ = [
     "NPOTrainer",
     "RMUConfig",
     "RMUTrainer",
+    "SatImpConfig",
+    "SatImpTrainer",
     "SimNPOConfig",
     "SimNPOTrainer",
+    "UNDIALConfig",
+    "UNDIALTrainer",
+    "WGAConfig",
+    "WGATrainer",
 ]
