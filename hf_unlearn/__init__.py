@@ -15,7 +15,7 @@ _PUBLIC = {
     "hf_unlearn.trainers": [
         "UnlearnTrainer", "get_method", "GradAscentConfig", "GradAscentTrainer", "GradDiffConfig", "GradDiffTrainer",
         "IdkDPOConfig", "IdkDPOTrainer", "NPOConfig", "NPOTrainer", "RMUConfig", "RMUTrainer", "SimNPOConfig",
-        "SimNPOTrainer",
+        "SimNPOTrainer", "PDUConfig", "PDUTrainer", "IdkNLLConfig", "IdkNLLTrainer", "AltPOConfig", "AltPOTrainer",
     ],
     "hf_unlearn.trainers.zeroth_order": ["ZerothOrderMixin"],
     "hf_unlearn.optim": ["build_optimizer", "OptimizerArguments", "OptimizerConfig", "OptimizerFactoryMixin"],

@@ -23,6 +23,7 @@ COMMANDS = {
     "eval": "Evaluate a model on TOFU, MUSE or WMDP; write summary and per-example JSON.",
     "attack": "Relearning and quantization attacks on a saved model, evaluated.",
     "lmc": "Linear mode connectivity between two checkpoints: losses, barrier, plot.",
+    "alternates": "Generate AltPO's alternate answers to a TOFU forget split with the model itself (JSON Lines).",
     "synthetic": "Write the synthetic fictitious-author benchmark as a local TOFU folder.",
     "bench": "Measure speed and memory ratios; write them as JSON.",
     "card": "(Re)build a finished run's model card (README.md) from its unlearn_report.json.",
