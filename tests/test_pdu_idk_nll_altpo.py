@@ -11,24 +11,26 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from hf_unlearn.alternates import read_alternates
-from hf_unlearn.data import ForgetRetainDataset, QADataset, tokenize_qa
+from hf_unlearn.data import ForgetRetainDataset, tokenize_qa
 from hf_unlearn.trainers import AltPOConfig, IdkNLLConfig, PDUConfig, get_method
 from hf_unlearn.trainers.refusals import default_idk_answers
-from tests.test_trainers import (  # noqa: F401 (module fixtures used by name)
+from tests import test_trainers
+from tests.test_trainers import (
     FORGET_IDS,
     answer_log_prob,
     config,
-    datasets,
     fixed_batch,
     log_sigmoid,
     mean_token_nll,
-    memorised_path,
-    module_one_thread,
     perturbed_model,
-    qa_rows,
-    tokenizer,
     weights,
 )
+
+
+# test_trainers' module fixtures: the memorising tiny model and its forget/retain data, built once for this module
+module_one_thread = test_trainers.module_one_thread
+qa_rows, tokenizer = test_trainers.qa_rows, test_trainers.tokenizer
+memorised_path, datasets = test_trainers.memorised_path, test_trainers.datasets
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +144,9 @@ def test_pdu_multiplier_stays_at_zero_while_the_constraint_holds(tmp_path, memor
 
 
 def test_pdu_multiplier_per_epoch_uses_the_epochs_retain_examples(tmp_path, memorised_path, datasets, tokenizer):
-    """lr 0: the weights stay those of the memorised model, so each epoch's constraint is computable by hand."""
+    """lr 1e-12: the weights stay those of the memorised model, so each epoch's constraint is computable by hand."""
     args = config(
-        PDUConfig, tmp_path, max_steps=-1, num_train_epochs=2, learning_rate=0.0, optimizer="sgd", alpha=0.3,
+        PDUConfig, tmp_path, max_steps=-1, num_train_epochs=2, learning_rate=1e-12, optimizer="sgd", alpha=0.3,
         retain_loss_eps=-0.5, dual_step_size=0.5, dual_update="epoch",
     )  # fmt: skip
     trainer = get_method("pdu")(memorised_path, args, train_dataset=datasets["pairs"], processing_class=tokenizer)
@@ -211,42 +213,6 @@ def test_idk_answers_ship_with_the_package_and_the_draw_is_seeded(tmp_path, memo
 
 
 # ---- AltPO's alternates -----------------------------------------------------------------------------------------
-
-
-def test_alternates_command_writes_what_altpo_reads(cli, tmp_path, tiny_model_dir, synthetic_data_dir):
-    out = tmp_path / "alternates.jsonl"
-    flags = ["--model", tiny_model_dir, "--data_dir", synthetic_data_dir, "--forget_split", "forget10",
-             "--max_new_tokens", "6", "--batch_size", "3", "--device", "cpu"]  # fmt: skip
-    code, stdout, stderr = cli("alternates", *flags, "--output", out)
-    assert code == 0, stderr
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    forget = [json.loads(line) for line in (synthetic_data_dir / "forget10.json").read_text().splitlines()]
-    assert [(r["question"], r["answer"]) for r in rows] == [(f["question"], f["answer"]) for f in forget]
-    assert all(r["alternate"].strip() for r in rows)
-    # greedy: the same prompt gives the same continuation, one prompt at a time as in batches of 3
-    from hf_unlearn.alternates import generate_alternates
-    from hf_unlearn.loading import load_model_and_tokenizer
-
-    model, tok = load_model_and_tokenizer(tiny_model_dir)
-    single = generate_alternates(model, tok, forget[:2], max_new_tokens=6, batch_size=1)
-    assert [r["alternate"] for r in single] == [r["alternate"] for r in rows[:2]]
-    code, _, stderr = cli("alternates", *flags, "--output", out)
-    assert code == 2 and "already exists; choose a new file, or pass --overwrite" in stderr
-    code, _, stderr = cli("alternates", *flags, "--output", tmp_path / "x.jsonl", "--instruction", "Q: {question}")
-    assert code == 2 and "has no {answer} field" in stderr and not (tmp_path / "x.jsonl").exists()
-    # the file drives an altpo run on the same split
-    from hf_unlearn.pipeline import run
-    from hf_unlearn.recipes import parse_recipe
-
-    recipe = parse_recipe(
-        None,
-        ["--method", "altpo", "--model_name_or_path", str(tiny_model_dir), "--data_dir", str(synthetic_data_dir),
-         "--forget_split", "forget10", "--alternates_file", str(out), "--output_dir", str(tmp_path / "run"),
-         "--max_steps", "2", "--per_device_train_batch_size", "2", "--use_cpu", "true", "--report_to", "none",
-         "--save_strategy", "no", "--max_length", "64", "--disable_tqdm", "true"],
-    )  # fmt: skip
-    report = run(recipe)
-    assert all(math.isfinite(log["loss"]) for log in report.training_log if "loss" in log)
 
 
 def test_altpo_needs_an_alternate_for_every_forget_question(tmp_path, memorised_path, datasets, tokenizer, qa_rows):
