@@ -76,8 +76,8 @@ def test_pdu_loss_matches_open_unlearning_formula(tmp_path, memorised_path, data
 
 
 def test_idk_nll_loss_matches_hand_computation(tmp_path, memorised_path, datasets, tokenizer, qa_rows):
-    """IdkNLL as open-unlearning runs it (src/trainer/unlearn/grad_diff.py's descent on TOFU's idk data): mean NLL of
-    the refusal tokens after each forget prompt + α·retain NLL."""
+    """IdkNLL (TOFU's IDK baseline; locuslab/open-unlearning has no src/trainer/unlearn file for it): mean NLL of the
+    refusal tokens after each forget prompt + α·retain NLL, over refusal tokens."""
     args = config(IdkNLLConfig, tmp_path, gamma=1.0, alpha=0.4)
     model = perturbed_model(memorised_path)
     trainer = get_method("idk_nll")(model, args, train_dataset=datasets["pairs"], processing_class=tokenizer)
