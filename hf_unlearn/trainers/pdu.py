@@ -140,7 +140,7 @@ class PDUTrainer(UnlearnTrainer):
         items = [dataset[i]["retain"] for i in range(len(dataset))]
         size = self.args.per_device_eval_batch_size
         total, tokens = 0.0, 0.0
-        model = self.model
+        model = self.model_wrapped  # the engine under DeepSpeed, as NPO's reference pass
         with eval_mode(model, inference=False):
             for start in range(0, len(items), size):
                 batch = self._prepare_inputs(self.data_collator(items[start : start + size]))
