@@ -282,3 +282,34 @@ def test_lora_trains_the_adapter_only(method, tmp_path, memorised_path, datasets
     after = weights(trainer.model)
     assert adapter and [n for n in adapter if torch.equal(before[n], after[n])] == []
     assert [n for n in before if n not in adapter and not torch.equal(before[n], after[n])] == []
+
+
+@pytest.mark.parametrize("method", ["pdu", "idk_nll", "altpo"])
+def test_gradient_accumulation_matches_full_batch(method, tmp_path, datasets, tokenizer, alternates_file, qa_rows):
+    """Batch 4 × 1 and batch 2 × 2 see the same examples: the logged terms (IdkNLL: normalised over the window's
+    refusal tokens; PDU: its constraint and λ) must not depend on the split. An untrained model, whose per-token NLLs
+    vary, makes a per-micro-batch normalisation visible."""
+    from hf_unlearn.tiny import build_tiny_model
+
+    untrained = str(tmp_path / "untrained")
+    build_tiny_model(tokenizer, "llama", seed=3).save_pretrained(untrained)
+    keys = ["loss", "loss/forget", "loss/retain"] + (["pdu/lambda"] if method == "pdu" else [])
+    histories = []
+    for batch, accumulation in ((4, 1), (2, 2)):
+        args = method_args(
+            method, tmp_path / f"{batch}x{accumulation}", alternates_file, per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation, max_steps=4, optimizer="sgd", learning_rate=0.01,
+            **({"dual_step_size": 0.1} if method == "pdu" else {}),
+        )  # fmt: skip
+        trainer = get_method(method)(untrained, args, train_dataset=datasets["pairs"], processing_class=tokenizer)
+        trainer.train()
+        histories.append([[e[k] for k in keys] for e in trainer.state.log_history if "loss" in e])
+    assert len(histories[0]) == 4
+    if method == "idk_nll":  # the first step's forget term, at the starting weights, over the window's refusal tokens
+        model = AutoModelForCausalLM.from_pretrained(untrained).eval()
+        answers = [args.idk_answers[trainer.refusals.choice(i)] for i in range(len(qa_rows["forget"]))]
+        refusals = [tokenize_qa(tokenizer, r["question"], a) for r, a in zip(qa_rows["forget"], answers)]
+        assert histories[1][0][1] == pytest.approx(mean_token_nll(model, refusals), rel=1e-5)
+    assert [v for step in histories[0] for v in step] == pytest.approx(
+        [v for step in histories[1] for v in step], rel=1e-5, abs=1e-5
+    )
