@@ -25,6 +25,10 @@ def test_alternates_command_writes_what_altpo_reads(cli, tmp_path, tiny_model_di
     assert [r["alternate"] for r in single] == [r["alternate"] for r in rows[:2]]
     code, _, stderr = cli("alternates", *flags, "--output", out)
     assert code == 2 and "already exists; choose a new file, or pass --overwrite" in stderr
+    code, _, stderr = cli("alternates", *flags, "--output", synthetic_data_dir / "alternates.jsonl")
+    assert (
+        code == 2 and "is inside the data folder" in stderr and not (synthetic_data_dir / "alternates.jsonl").exists()
+    )
     code, _, stderr = cli("alternates", *flags, "--output", tmp_path / "x.jsonl", "--instruction", "Q: {question}")
     assert code == 2 and "has no {answer} field" in stderr and not (tmp_path / "x.jsonl").exists()
     # the file drives an altpo run on the same split

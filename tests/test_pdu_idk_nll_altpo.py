@@ -190,6 +190,14 @@ def test_pdu_bad_settings_fail_in_one_line(overrides, message, tmp_path):
         config(PDUConfig, tmp_path, **overrides)
 
 
+def test_pdu_needs_retain_data_whatever_alpha(tmp_path, memorised_path, datasets, tokenizer):
+    args = config(PDUConfig, tmp_path, alpha=0.0, retain_loss_eps=0.1)
+    with pytest.raises(
+        ValueError, match=r"pdu needs retain data, whatever alpha .* ForgetRetainDataset\(forget, retain\)"
+    ):
+        get_method("pdu")(memorised_path, args, train_dataset=ForgetRetainDataset(datasets["forget"]))
+
+
 # ---- IdkNLL's answers -----------------------------------------------------------------------------------------
 
 

@@ -35,15 +35,20 @@ def add_arguments(parser):
     common.add_device(parser)
 
 
-def check_output_file(path: str, overwrite: bool, model: str) -> Path:
+def check_output_file(path: str, overwrite: bool, protected: dict[str, str | None]) -> Path:
+    """The output file: not a folder, not an existing file unless --overwrite, not inside the model or data folder."""
     out = Path(path).expanduser()
     if out.is_dir():
         raise IsADirectoryError(f"--output {path} is a folder; give a file name, e.g. {out / 'alternates.jsonl'}.")
     if out.exists() and not overwrite:
         raise FileExistsError(f"--output {path} already exists; choose a new file, or pass --overwrite.")
-    model_dir = Path(model).expanduser()
-    if model_dir.is_dir() and model_dir.resolve() in out.resolve().parents:
-        raise ValueError(f"--output {path} is inside the model folder {model}; write it elsewhere.")
+    for name, folder in protected.items():
+        if (
+            folder
+            and Path(folder).expanduser().is_dir()
+            and Path(folder).expanduser().resolve() in out.resolve().parents
+        ):
+            raise ValueError(f"--output {path} is inside the {name} folder {folder}; write it elsewhere.")
     return out
 
 
@@ -61,10 +66,10 @@ def main(args):
     if not args.forget_split.startswith("forget"):
         raise ValueError(f"--forget_split {args.forget_split!r} is not a forget split; use forget01/05/10.")
     check_model_path(args.model, "--model")
-    out = check_output_file(args.output, args.overwrite, args.model)
+    out = check_output_file(args.output, args.overwrite, {"model": args.model, "data": args.data_dir})
     rows = list(load_tofu(args.forget_split, args.data_dir))  # the data is checked before the weights load
     model, tokenizer = load_model_and_tokenizer(args.model, device=args.device)
-    if tokenizer.pad_token_id is None:
+    if tokenizer.pad_token_id is None:  # left padding under the attention mask: the pad id is never attended to
         tokenizer.pad_token = tokenizer.eos_token
     generated = generate_alternates(
         model, tokenizer, rows, QAFormat.from_args(args), instruction=instruction,

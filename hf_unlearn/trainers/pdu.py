@@ -85,6 +85,20 @@ class PDUTrainer(UnlearnTrainer):
     def needs_reference(cls, args) -> bool:
         return False
 
+    @classmethod
+    def check_train_data(cls, train_dataset, args) -> None:
+        item = train_dataset[0] if hasattr(train_dataset, "__getitem__") else None
+        if item is not None and "forget" in item and "retain" not in item:
+            raise ValueError(
+                "pdu needs retain data, whatever alpha (its constraint is the retain NLL): pass "
+                "ForgetRetainDataset(forget, retain)."
+            )
+        if args.dual_update == "epoch" and not (hasattr(train_dataset, "__len__") and item is not None):
+            raise ValueError(
+                "pdu with dual_update=epoch scores the epoch's retain examples: pass a map-style dataset."
+            )
+        super().check_train_data(train_dataset, args)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.add_callback(DualMultiplier(self.args.alpha))
