@@ -188,9 +188,10 @@ class DualMultiplier(TrainerCallback, ExportableState):
         self.value = float(saved["args"]["value"])
 
     def on_step_end(self, args, state, control, **kwargs):
-        constraint = self.trainer.step_constraint()  # always: every process takes part in the all-reduce
         if args.dual_update == "step":
-            self.trainer.update_multiplier(constraint)
+            self.trainer.update_multiplier(self.trainer.step_constraint())
+        else:
+            self.pending = 0.0
 
     def on_epoch_end(self, args, state, control, **kwargs):
         if args.dual_update == "epoch":
