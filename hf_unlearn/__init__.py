@@ -17,6 +17,7 @@ _PUBLIC = {
         "IdkDPOConfig", "IdkDPOTrainer", "NPOConfig", "NPOTrainer", "RMUConfig", "RMUTrainer", "SimNPOConfig",
         "SimNPOTrainer", "UNDIALConfig", "UNDIALTrainer", "CEUConfig", "CEUTrainer", "SatImpConfig", "SatImpTrainer",
         "WGAConfig", "WGATrainer",
+        "SimNPOTrainer", "PDUConfig", "PDUTrainer", "IdkNLLConfig", "IdkNLLTrainer", "AltPOConfig", "AltPOTrainer",
     ],
     "hf_unlearn.trainers.zeroth_order": ["ZerothOrderMixin"],
     "hf_unlearn.optim": ["build_optimizer", "OptimizerArguments", "OptimizerConfig", "OptimizerFactoryMixin"],

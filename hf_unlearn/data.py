@@ -221,6 +221,7 @@ class QADataset(Dataset):
             raise ValueError(f"{source} is empty; unlearning needs at least one example.")
         check_columns(rows, [question_key, answer_key], source)
         pairs = [(row[question_key], row[answer_key]) for row in rows]
+        self.pairs, self.max_length = pairs, max_length  # the source text, for methods that re-tokenise answers
         self.qa_format = qa_format or QAFormat()
         self.examples = tokenize_qa_rows(tokenizer, pairs, max_length, self.qa_format, source)
 

@@ -50,7 +50,8 @@ VERSIONED_PACKAGES = ("torch", "transformers", "trl", "accelerate", "huggingface
 # Never written into a report, a card or saved args: the Hub token (TrainingArguments.to_dict already masks it).
 SECRET_FIELDS = ("hub_token",)
 LOGGED_KEYS = (
-    "epoch", "loss", "loss/forget", "loss/retain", "optim/phase", "learning_rate", "grad_norm", "zo/projected_grad"
+    "epoch", "loss", "loss/forget", "loss/retain", "optim/phase", "learning_rate", "grad_norm", "zo/projected_grad",
+    "pdu/lambda",
 )  # fmt: skip
 
 

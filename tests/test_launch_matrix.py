@@ -45,6 +45,9 @@ METHOD_KEYS = {
     "ce_u": {"ignore_first_n_answer_tokens": 1},
     "satimp": {"beta1": 5.0, "beta2": 1.0},
     "wga": {"beta": 1.0},
+    "pdu": {"retain_loss_eps": 0.5},
+    "idk_nll": {},
+    "altpo": {"beta": 0.1},  # + alternates_file, written by method_recipe
 }
 
 
@@ -60,12 +63,21 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return {"model": folder / "model", "data": Path(data_dir), "folder": folder}
 
 
-def method_recipe(folder: Path, method: str) -> Path:
+def method_recipe(folder: Path, method: str, data_dir: Path) -> Path:
     """The NPO recipe with another method and that method's own keys, as a user would write it."""
     values = yaml.safe_load(NPO_RECIPE.read_text())
     for key in METHOD_KEYS["npo"]:
         values.pop(key)
     values.update(method=method, **METHOD_KEYS[method])
+    if (
+        method == "altpo"
+    ):  # hand-written alternates for the recipe's forget split (`hf-unlearn alternates` has its test)
+        rows = [json.loads(line) for line in (data_dir / f"{values['forget_split']}.json").read_text().splitlines()]
+        alternates = folder / "alternates.jsonl"
+        alternates.write_text(
+            "".join(json.dumps({**r, "alternate": "Someone else wrote that book."}) + "\n" for r in rows)
+        )
+        values["alternates_file"] = str(alternates)
     path = folder / f"{method}.yaml"
     path.write_text(yaml.safe_dump(values))
     return path
@@ -151,7 +163,7 @@ CASES = [("npo", name) for name in LAUNCHERS] + [("grad_diff", "zero2")]
 @pytest.mark.slow
 @pytest.mark.parametrize("method,launcher", CASES, ids=[f"{m}-{name}" for m, name in CASES])
 def test_two_process_launch(method, launcher, tiny, tmp_path):
-    recipe = NPO_RECIPE if method == "npo" else method_recipe(tmp_path, method)
+    recipe = NPO_RECIPE if method == "npo" else method_recipe(tmp_path, method, tiny["data"])
     out = tmp_path / "out"
     launch([*LAUNCHERS[launcher], "-m", "hf_unlearn.run", str(recipe), *flags(tiny, out)])
     check_run(out, method)
@@ -160,8 +172,20 @@ def test_two_process_launch(method, launcher, tiny, tmp_path):
 @pytest.mark.slow
 def test_every_method_under_one_zero3_launch(tiny, tmp_path):
     """Every method in one process start, under the launcher that partitions the most (ZeRO-3)."""
-    recipes = [str(method_recipe(tmp_path, method)) for method in METHOD_KEYS]
+    recipes = [str(method_recipe(tmp_path, method, tiny["data"])) for method in METHOD_KEYS]
     launcher = LAUNCHERS["zero3"]
     launch([*launcher, str(EVERY_METHOD), *recipes, "--", *flags(tiny, tmp_path / "out")], timeout=600)
     for method in METHOD_KEYS:
         check_run(tmp_path / "out" / method, method)
+
+
+@pytest.mark.slow
+def test_pdu_idk_nll_altpo_under_one_ddp_launch(tiny, tmp_path):
+    """The three methods of issue 21 under two-process DDP; PDU's multiplier is logged at every step."""
+    methods = ["pdu", "idk_nll", "altpo"]
+    recipes = [str(method_recipe(tmp_path, method, tiny["data"])) for method in methods]
+    launch([*LAUNCHERS["multi_gpu"], str(EVERY_METHOD), *recipes, "--", *flags(tiny, tmp_path / "out")], timeout=600)
+    for method in methods:
+        check_run(tmp_path / "out" / method, method)
+    logs = UnlearnReport.load(tmp_path / "out" / "pdu").training_log
+    assert [math.isfinite(log["pdu/lambda"]) and log["pdu/lambda"] >= 0 for log in logs if "loss" in log] == [True] * 4

@@ -59,7 +59,7 @@ def test_committed_recipes_equal_the_generator_output():
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
     expected = generator.all_recipes()
-    assert len(expected) == 66
+    assert len(expected) == 69
     for relative, text in expected.items():
         assert (ROOT / relative).read_text() == text, f"{relative} differs: run python scripts/make_recipes.py"
 
@@ -111,6 +111,10 @@ def test_every_recipe_parses_into_its_method_config(recipe, tmp_path, tiny_model
     text = recipe.read_text()
     if any(f"data_source: {s}" in text for s in ("muse", "wmdp", "jsonl")):
         flags += ["--forget_file", str(corpus), "--retain_file", str(corpus)]
+    if "method: altpo" in text:  # the recipe names the file `hf-unlearn alternates` would write
+        alternates = tmp_path / "alternates.jsonl"
+        alternates.write_text('{"question": "Q?", "answer": "A.", "alternate": "B."}\n')
+        flags += ["--alternates_file", str(alternates)]
     parsed = parse_recipe(recipe, flags)
     assert type(parsed.config).__name__.lower().startswith(parsed.script.method.replace("_", ""))
     assert parsed.config.remove_unused_columns is False

@@ -24,6 +24,7 @@ COMMANDS = {
     "attack": "Relearning and quantization attacks on a saved model, evaluated.",
     "lmc": "Linear mode connectivity between two checkpoints: losses, barrier, plot.",
     "models": "List or fetch real pretrained models that install offline by name (models list | models fetch NAME).",
+    "alternates": "Generate AltPO's alternate answers to a TOFU forget split with the model itself (JSON Lines).",
     "synthetic": "Write the synthetic fictitious-author benchmark as a local TOFU folder.",
     "bench": "Measure speed and memory ratios; write them as JSON.",
     "card": "(Re)build a finished run's model card (README.md) from its unlearn_report.json.",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from hf_unlearn.trainers.altpo import AltPOConfig, AltPOTrainer
 from hf_unlearn.trainers.base import Paper, UnlearnTrainer
 from hf_unlearn.trainers.ce_u import CEUConfig, CEUTrainer
 from hf_unlearn.trainers.grad_ascent import GradAscentConfig, GradAscentTrainer
 from hf_unlearn.trainers.grad_diff import GradDiffConfig, GradDiffTrainer
 from hf_unlearn.trainers.idk_dpo import IdkDPOConfig, IdkDPOTrainer
+from hf_unlearn.trainers.idk_nll import IdkNLLConfig, IdkNLLTrainer
 from hf_unlearn.trainers.npo import NPOConfig, NPOTrainer
+from hf_unlearn.trainers.pdu import PDUConfig, PDUTrainer
 from hf_unlearn.trainers.rmu import RMUConfig, RMUTrainer
 from hf_unlearn.trainers.satimp import SatImpConfig, SatImpTrainer
 from hf_unlearn.trainers.simnpo import SimNPOConfig, SimNPOTrainer
@@ -29,6 +32,9 @@ METHODS: dict[str, type[UnlearnTrainer]] = {
         CEUTrainer,
         SatImpTrainer,
         WGATrainer,
+        PDUTrainer,
+        IdkNLLTrainer,
+        AltPOTrainer,
     )
 }
 
@@ -54,14 +60,20 @@ __all__ = [
     "UnlearnTrainer",
     "CEUConfig",
     "CEUTrainer",
+    "AltPOConfig",
+    "AltPOTrainer",
     "GradAscentConfig",
     "GradAscentTrainer",
     "GradDiffConfig",
     "GradDiffTrainer",
     "IdkDPOConfig",
     "IdkDPOTrainer",
+    "IdkNLLConfig",
+    "IdkNLLTrainer",
     "NPOConfig",
     "NPOTrainer",
+    "PDUConfig",
+    "PDUTrainer",
     "RMUConfig",
     "RMUTrainer",
     "SatImpConfig",

@@ -178,6 +178,10 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
     def check_model_config(cls, config, args: UnlearnConfig) -> None:
         """Checks that need only the model's config; run before any weight is loaded."""
 
+    def retain_coefficient(self) -> float:
+        """The weight of the retain term: `alpha`, or a value the method updates during training (PDU's λ)."""
+        return self.args.alpha
+
     def forget_loss(self, model, forget: dict[str, torch.Tensor], counts: SideCounts) -> torch.Tensor:
         """The method's forget term, a sum over the batch divided by the window's `counts`."""
         raise NotImplementedError(f"{type(self).__name__} must define forget_loss.")
@@ -292,7 +296,7 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
             if "retain" not in inputs:
                 raise ValueError(f"{self._name} with alpha={self.args.alpha} got a batch without retain data.")
             parts["loss/retain"] = self.retain_loss(model, inputs["retain"], counts.retain) * scale
-            loss = loss + retain_weight * self.args.alpha * parts["loss/retain"]
+            loss = loss + retain_weight * self.retain_coefficient() * parts["loss/retain"]
         if self._step_parts is not None:
             for key, value in parts.items():
                 self._step_parts[key].append(value.detach())

@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from hf_unlearn.configs import UnlearnConfig, check_positive
-from hf_unlearn.data import IGNORE_INDEX, pad_batch
 from hf_unlearn.trainers.base import Paper, UnlearnTrainer
 from hf_unlearn.trainers.losses import sequence_log_prob
-
-
-DEFAULT_IDK_ANSWERS = [
-    "I don't know.",
-    "I'm not sure.",
-    "I have no information about that.",
-    "I can't answer that.",
-    "That is not something I know.",
-    "I'm afraid I don't have that information.",
-    "I could not tell you.",
-    "I have no idea.",
-]
+from hf_unlearn.trainers.refusals import RefusalBatches, check_idk_answers, default_idk_answers
 
 
 @dataclass
@@ -32,14 +19,16 @@ class IdkDPOConfig(UnlearnConfig):
 
     beta: float = field(default=0.1, metadata={"help": "DPO inverse temperature β; must be > 0."})
     idk_answers: list[str] = field(
-        default_factory=lambda: list(DEFAULT_IDK_ANSWERS),
-        metadata={"help": "Preferred answers for forget questions; one is drawn per example from (seed, index)."},
+        default_factory=default_idk_answers,
+        metadata={
+            "help": "Preferred answers for forget questions; one is drawn per example from (seed, index). Default: "
+            "the list shipped in hf_unlearn/trainers/idk_answers.txt."
+        },
     )
 
     def __post_init__(self):
         check_positive("beta", self.beta)
-        if not self.idk_answers or not all(isinstance(a, str) and a.strip() for a in self.idk_answers):
-            raise ValueError("idk_answers must be a non-empty list of non-empty strings.")
+        check_idk_answers(self.idk_answers)
         super().__post_init__()
 
 
@@ -47,9 +36,7 @@ class IdkDPOTrainer(UnlearnTrainer):
     """Loss = −mean log σ(β·[(log π_θ(idk) − log π_ref(idk)) − (log π_θ(y) − log π_ref(y))]) on forget questions.
 
     The preferred answer keeps the forget example's prompt tokens (those before its labels) and replaces its
-    answer by a refusal. As in `tokenize_qa`'s joint tokenisation, the refusal follows the prompt text directly:
-    it starts with a space unless the prompt's tokens already end in whitespace (TOFU's `Answer: ` on a tokenizer
-    that keeps a word's trailing space) or the tokenizer has a chat template.
+    answer by a refusal (`hf_unlearn.trainers.refusals`).
     """
 
     _name = "idk_dpo"
@@ -68,44 +55,14 @@ class IdkDPOTrainer(UnlearnTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        tokenizer = self.processing_class
-        if tokenizer is None:
-            raise ValueError("idk_dpo needs processing_class (the tokenizer) to tokenise the idk_answers.")
-        chat = bool(getattr(tokenizer, "chat_template", None))
-
-        def refusals(space: str) -> list[list[int]]:
-            return [
-                tokenizer(space + answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-                for answer in self.args.idk_answers
-            ]
-
-        self.idk_ids = refusals("" if chat else " ")
-        self.idk_ids_after_space = refusals("")
-        self.decode = tokenizer.decode
-        self.pad_token_id = tokenizer.pad_token_id
+        self.refusals = RefusalBatches(self.processing_class, self.args.idk_answers, self.args.seed, self._name)
 
     def idk_choice(self, index: int) -> int:
-        return random.Random(f"{self.args.seed}-{index}").randrange(len(self.idk_ids))
+        return self.refusals.choice(index)
 
     def preferred_batch(self, forget) -> dict[str, torch.Tensor]:
         """The forget prompts, each followed by its drawn refusal answer (right-padded)."""
-        rows = []
-        for ids, mask, labels, index in zip(
-            forget["input_ids"].tolist(), forget["attention_mask"].tolist(), forget["labels"].tolist(), forget["index"]
-        ):
-            kept = [(t, lab) for t, m, lab in zip(ids, mask, labels) if m]
-            prompt_len = next((i for i, (_, lab) in enumerate(kept) if lab != IGNORE_INDEX), len(kept))
-            prompt = [t for t, _ in kept[:prompt_len]]
-            after_space = prompt and self.decode(prompt[-1:])[-1:].isspace()
-            answer = (self.idk_ids_after_space if after_space else self.idk_ids)[self.idk_choice(int(index))]
-            rows.append(
-                {
-                    "input_ids": prompt + answer,
-                    "attention_mask": [1] * (len(prompt) + len(answer)),
-                    "labels": [IGNORE_INDEX] * len(prompt) + answer,
-                }
-            )
-        return {k: v.to(forget["input_ids"].device) for k, v in pad_batch(rows, self.pad_token_id).items()}
+        return self.refusals.batch(forget)
 
     def forget_loss(self, model, forget, counts):
         preferred = self.preferred_batch(forget)
