@@ -159,8 +159,8 @@ def recipe(folder: Path, method: str = "npo") -> Path:
 def run_flags(model, tofu_dir, out, *extra, method: str = "npo"):
     return [
         "run", recipe(Path(out).parent / "recipes", method), "--model_name_or_path", model, "--data_dir", tofu_dir,
-        "--forget_split", "forget01", "--output_dir", out, "--max_steps", "2", "--per_device_train_batch_size", "1", "--max_length", "128",
-        "--warmup_steps", "0", "--logging_steps", "1", "--bf16", "false", "--use_cpu", "true",
+        "--forget_split", "forget01", "--output_dir", out, "--max_steps", "2", "--per_device_train_batch_size", "1",
+        "--max_length", "128", "--warmup_steps", "0", "--logging_steps", "1", "--bf16", "false", "--use_cpu", "true",
         "--disable_tqdm", "true", *extra,
     ]  # fmt: skip
 
