@@ -29,12 +29,11 @@ SELECTION = "mean(forget_quality, model_utility)"
 
 @pytest.fixture(scope="module")
 def original(tmp_path_factory, synthetic_data_dir):
-    """A tiny untrained Llama and, as its retain model, a copy of it (forget quality reads the retain model)."""
+    """A tiny untrained Llama; it also serves as the retain model forget quality reads."""
     folder = tmp_path_factory.mktemp("evaltrain")
     tokenizer = synthetic_tokenizer()
     build_tiny_model(tokenizer, hidden_size=32, intermediate_size=64).save_pretrained(folder / "original")
     tokenizer.save_pretrained(folder / "original")
-    shutil.copytree(folder / "original", folder / "retain")  # its statistics cache lands there, not in the model
     return folder, synthetic_data_dir
 
 
@@ -134,11 +133,21 @@ def test_recipe_selection_is_checked_against_the_source_before_any_weight_loads(
 # ---- a run that evaluates every 2 steps and keeps the best checkpoint --------------------------------------------
 
 
-def test_run_evaluates_every_n_steps_and_keeps_the_best_checkpoint(original):
+def test_run_evaluates_every_n_steps_and_keeps_the_best_checkpoint(original, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_UNLEARN_CACHE", str(tmp_path / "cache"))  # the retain model's statistics
     folder, data_dir = original
     out = folder / "best"
     flags = ["run", "--method", "grad_diff", "--model_name_or_path", folder / "original", "--data_dir", data_dir]
-    flags += ["--retain_model", folder / "retain", "--output_dir", out, "--max_steps", "6", "--learning_rate", "1e-2"]
+    flags += [
+        "--retain_model",
+        folder / "original",
+        "--output_dir",
+        out,
+        "--max_steps",
+        "6",
+        "--learning_rate",
+        "1e-2",
+    ]
     flags += ["--per_device_train_batch_size", "4", "--max_length", "128", "--eval_max_new_tokens", "4"]
     flags += ["--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps", "--save_steps", "2"]
     flags += ["--load_best_model_at_end", "true", "--metric_for_best_model", SELECTION, "--logging_steps", "1"]
@@ -169,6 +178,7 @@ def test_run_evaluates_every_n_steps_and_keeps_the_best_checkpoint(original):
     markdown = (out / "unlearn_report.md").read_text()
     assert "## Evaluation during training" in markdown and f"step {best_step}, value" in markdown
     assert f"![{EVAL_PLOT}]({EVAL_PLOT})" in markdown
+    assert "## Evaluation during training" in (out / "README.md").read_text()  # the model card shows it too
     assert UnlearnReport.from_json(report.to_json()).best_model == report.best_model  # the schema reads it back
 
 
@@ -231,9 +241,9 @@ def test_two_process_run_records_the_curve_and_the_best_step(original, tmp_path)
     flags += ["--per_device_train_batch_size", "1", "--disable_tqdm", "true", "--eval_max_new_tokens", "4"]
     flags += ["--eval_strategy", "steps", "--eval_steps", "2", "--save_strategy", "steps", "--save_steps", "2"]
     flags += ["--load_best_model_at_end", "true", "--metric_for_best_model", SELECTION]
-    flags += ["--retain_model", folder / "retain", "--logging_steps", "1"]
+    flags += ["--retain_model", folder / "original", "--logging_steps", "1"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env.update(OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_UNLEARN_CACHE=str(tmp_path / "cache"))
     command = [accelerate(), "launch", "--multi_gpu", "--num_processes", "2", str(recipe.relative_to(ROOT))]
     result = subprocess.run(
         [*command, *map(str, flags)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
