@@ -354,6 +354,12 @@ def check_in_run_evaluation(script: ScriptArguments, config) -> None:
             f"eval_strategy={config.eval_strategy.value} evaluates data_source={script.data_source} from local "
             "files: set data_dir to the folder of its evaluation sets."
         )
+    if config.metric_for_best_model in ("loss", "eval_loss"):
+        raise ValueError(
+            "metric_for_best_model=loss (Trainer's default under load_best_model_at_end) is an eval_dataset's loss, "
+            "which a recipe run does not have: set metric_for_best_model to a metric of the data source's benchmark, "
+            "e.g. mean(forget_quality, model_utility) (docs/recipes.md lists them)."
+        )
     if config.metric_for_best_model is not None:
         from hf_unlearn.benchmarks.selection import check_source_selection
 

@@ -122,7 +122,7 @@ def test_recipe_selection_is_checked_against_the_source_before_any_weight_loads(
         (["--metric_for_best_model", "forget_qualty"], "unknown metric 'forget_qualty'; known metrics: "),
         (["--metric_for_best_model", "knowmem_r"], "unknown metric 'knowmem_r'"),  # MUSE's, not TOFU's
         (["--metric_for_best_model", SELECTION], "reads forget_quality, which needs the retain model's statistics"),
-        (["--metric_for_best_model", "loss"], "unknown metric 'loss'"),  # no eval_dataset in a recipe run
+        (["--load_best_model_at_end", "true", "--save_steps", "2"], "metric_for_best_model=loss (Trainer's default"),
     ):
         assert main([str(a) for a in base + flags]) == 2
         err = capsys.readouterr().err
