@@ -221,6 +221,43 @@ def test_evaluating_during_training_leaves_the_trained_weights_unchanged(tmp_pat
     assert math.isnan(metrics["eval_forget_quality"])  # no retain model: unavailable, never a number
 
 
+def test_report_reads_the_curve_and_best_step_from_the_trainer_log():
+    """The curve comes from Trainer's log history (so it survives a resume); without a selection the table and plot
+    show the forget and utility metrics; an unavailable value is None, and never the best."""
+    from types import SimpleNamespace
+
+    from hf_unlearn.report import best_model_record, evaluation_curve
+    from hf_unlearn.report_render import evaluation_figure, report_markdown
+
+    history = [
+        {"loss": 1.0, "step": 1, "epoch": 0.5},
+        {"eval_forget_prob": 0.5, "eval_model_utility": 0.4, "eval_forget_quality": math.nan, "eval_runtime": 3.0,
+         "step": 2, "epoch": 1.0},
+        {"eval_forget_prob": 0.2, "eval_model_utility": 0.3, "eval_forget_quality": 0.1, "step": 4, "epoch": 2.0},
+        {"eval_forget_prob": 0.3, "eval_model_utility": 0.1, "eval_forget_quality": 0.1, "step": 6, "epoch": 3.0},
+    ]  # fmt: skip
+    curve = evaluation_curve(history)
+    assert [e["step"] for e in curve] == [2, 4, 6] and "runtime" not in curve[0]["values"]
+    assert curve[0]["values"]["forget_quality"] is None and curve[0]["epoch"] == 1.0
+    args = SimpleNamespace(metric_for_best_model="forget_prob", greater_is_better=False, load_best_model_at_end=False)
+    best = best_model_record(args, SimpleNamespace(best_model_checkpoint=None), curve)
+    assert best == {"metric": "forget_prob", "greater_is_better": False, "step": 4, "value": 0.2, "checkpoint": None,
+                    "loaded_at_end": False}  # fmt: skip
+    args.metric_for_best_model, args.greater_is_better = "forget_quality", True
+    assert best_model_record(args, SimpleNamespace(best_model_checkpoint=None), curve)["step"] == 4  # first best
+
+    report = UnlearnReport(evaluation_curve=curve)
+    markdown = report_markdown(report)
+    assert "| step | epoch | `forget_prob` | `model_utility` |" in markdown and "Best step" not in markdown
+    figure = evaluation_figure(report)
+    assert [line.get_label() for line in figure.axes[0].get_lines()] == ["forget_prob", "model_utility"]
+    report.best_model = best
+    lines = evaluation_figure(report).axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["forget_prob", "best step 4"] and lines[1].get_xdata()[0] == 4
+    assert UnlearnReport.from_dict({k: v for k, v in report.to_dict().items() if k not in ("evaluation_curve",
+                                    "best_model")}).evaluation_curve == []  # an older report still reads  # fmt: skip
+
+
 # ---- two processes ----------------------------------------------------------------------------------------------
 
 
