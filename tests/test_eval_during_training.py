@@ -254,8 +254,8 @@ def test_report_reads_the_curve_and_best_step_from_the_trainer_log():
     report.best_model = best
     lines = evaluation_figure(report).axes[0].get_lines()
     assert [line.get_label() for line in lines] == ["forget_prob", "best step 4"] and lines[1].get_xdata()[0] == 4
-    assert UnlearnReport.from_dict({k: v for k, v in report.to_dict().items() if k not in ("evaluation_curve",
-                                    "best_model")}).evaluation_curve == []  # an older report still reads  # fmt: skip
+    older = {k: v for k, v in report.to_dict().items() if k not in ("evaluation_curve", "best_model")}
+    assert UnlearnReport.from_dict(older).evaluation_curve == []  # a report written before these fields still reads
 
 
 # ---- two processes ----------------------------------------------------------------------------------------------
