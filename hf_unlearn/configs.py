@@ -68,6 +68,15 @@ class UnlearnConfig(TrainingArguments, OptimizerArguments):
             "model collapses. Unset: no bound."
         },
     )
+    metric_for_best_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "With eval_strategy (which evaluates the data source's benchmark during training): the metric "
+            "that picks the best evaluation and, with load_best_model_at_end, the checkpoint kept: a benchmark metric "
+            "(forget_quality, model_utility, forget_prob, ...) or a combination (mean(forget_quality, model_utility), "
+            "model_utility - forget_prob, abs(privleak)). greater_is_better follows from it (docs/recipes.md)."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Keep every column: unlearning batches are nested {'forget': ..., 'retain': ...} dicts."},
