@@ -221,6 +221,26 @@ def test_evaluating_during_training_leaves_the_trained_weights_unchanged(tmp_pat
     assert math.isnan(metrics["eval_forget_quality"])  # no retain model: unavailable, never a number
 
 
+def test_epoch_strategy_evaluates_at_each_epoch_end(tmp_path, synthetic_data_dir):
+    tokenizer = synthetic_tokenizer()
+    source = TofuSource(data_dir=synthetic_data_dir, max_length=128, max_new_tokens=2)
+    trainer_class = get_method("grad_ascent")
+    config = trainer_class.config_class(
+        output_dir=str(tmp_path), num_train_epochs=2, learning_rate=1e-3, per_device_train_batch_size=2, alpha=0.0,
+        eval_strategy="epoch", save_strategy="no", report_to="none", use_cpu=True, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = trainer_class(
+        model=build_tiny_model(tokenizer, hidden_size=32, intermediate_size=64), args=config,
+        train_dataset=ForgetRetainDataset(source.forget_dataset(tokenizer)),
+        eval_dataset=source.benchmark(tokenizer, show_progress=False), processing_class=tokenizer,
+    )  # fmt: skip
+    with one_thread():
+        trainer.train()
+    forget_rows = len(source.forget_dataset(tokenizer))  # 4: two steps of 2 per epoch
+    curve = [(log["step"], log["epoch"]) for log in trainer.state.log_history if "eval_model_utility" in log]
+    assert forget_rows == 4 and curve == [(2, 1.0), (4, 2.0)]
+
+
 def test_report_reads_the_curve_and_best_step_from_the_trainer_log():
     """The curve comes from Trainer's log history (so it survives a resume); without a selection the table and plot
     show the forget and utility metrics; an unavailable value is None, and never the best."""
