@@ -68,6 +68,15 @@ class UnlearnConfig(TrainingArguments, OptimizerArguments):
             "model collapses. Unset: no bound."
         },
     )
+    metric_for_best_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "With eval_strategy (which evaluates the data source's benchmark during training): the metric "
+            "that picks the best evaluation and, with load_best_model_at_end, the checkpoint kept: a benchmark metric "
+            "(forget_quality, model_utility, forget_prob, ...) or a combination (mean(forget_quality, model_utility), "
+            "model_utility - forget_prob, abs(privleak)). greater_is_better follows from it (docs/recipes.md)."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False,
         metadata={"help": "Keep every column: unlearning batches are nested {'forget': ..., 'retain': ...} dicts."},
@@ -88,8 +97,27 @@ class UnlearnConfig(TrainingArguments, OptimizerArguments):
         if self.retain_loss not in RETAIN_LOSSES:
             raise ValueError(f"retain_loss must be one of {', '.join(RETAIN_LOSSES)}, got {self.retain_loss!r}.")
         resolve_cpu_deepspeed_backend(self)
+        self.check_best_model_selection()
         super().__post_init__()
         self.check_optimizer_fields()
+
+    def check_best_model_selection(self) -> None:
+        """Parse `metric_for_best_model` (a metric or a combination, `hf_unlearn.benchmarks.selection`) and set
+        `greater_is_better` from it; a given `greater_is_better` that contradicts the metric is an error."""
+        if self.metric_for_best_model is None:
+            return
+        from hf_unlearn.benchmarks.selection import parse_selection
+
+        selection = parse_selection(self.metric_for_best_model)
+        if self.greater_is_better is None:
+            self.greater_is_better = selection.greater_is_better
+        elif bool(self.greater_is_better) != selection.greater_is_better:
+            better = "higher" if selection.greater_is_better else "lower"
+            raise ValueError(
+                f"greater_is_better={self.greater_is_better} contradicts metric_for_best_model="
+                f"{self.metric_for_best_model!r}, which is better {better}; drop greater_is_better (it follows the "
+                "metric)."
+            )
 
 
 def check_positive(name: str, value: float) -> None:

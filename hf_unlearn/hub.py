@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from hf_unlearn.model_card import CARD_FILE
-from hf_unlearn.report import LOSS_PLOT, MARKDOWN_FILE, RECIPE_FILE, RELEARN_PLOT, REPORT_FILE
+from hf_unlearn.report import EVAL_PLOT, LOSS_PLOT, MARKDOWN_FILE, RECIPE_FILE, RELEARN_PLOT, REPORT_FILE
 
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ UPLOAD_ALLOW = (
     "*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json", "adapter_config.json",
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model",
     "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja", "chat_template.json",
-    CARD_FILE, REPORT_FILE, MARKDOWN_FILE, RECIPE_FILE, LOSS_PLOT, RELEARN_PLOT,
+    CARD_FILE, REPORT_FILE, MARKDOWN_FILE, RECIPE_FILE, LOSS_PLOT, RELEARN_PLOT, EVAL_PLOT,
 )  # fmt: skip
 TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 

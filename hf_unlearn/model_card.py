@@ -15,8 +15,24 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_unlearn.io import atomic_write_text
-from hf_unlearn.report import AFTER, LOSS_PLOT, RECIPE_FILE, RELEARN_PLOT, AttackRun, Metrics, UnlearnReport
-from hf_unlearn.report_render import benchmark_table, compute_table, robustness_table, schedule_text, table
+from hf_unlearn.report import (
+    AFTER,
+    EVAL_PLOT,
+    LOSS_PLOT,
+    RECIPE_FILE,
+    RELEARN_PLOT,
+    AttackRun,
+    Metrics,
+    UnlearnReport,
+)
+from hf_unlearn.report_render import (
+    benchmark_table,
+    compute_table,
+    evaluation_section,
+    robustness_table,
+    schedule_text,
+    table,
+)
 
 
 CARD_FILE = "README.md"
@@ -173,6 +189,15 @@ def card_body(report: UnlearnReport) -> str:
         lines += ["", "## Training", "", f"![training losses]({LOSS_PLOT})"]
     if any(r.relearn for r in report.attacks):
         lines += ["", f"![relearning curves]({RELEARN_PLOT})"]
+    if report.evaluation_curve:
+        lines += [
+            "",
+            "## Evaluation during training",
+            "",
+            evaluation_section(report),
+            "",
+            f"![evaluations]({EVAL_PLOT})",
+        ]
     lines += ["", "## How to reproduce", ""]
     if report.command:
         lines += ["```bash", report.command, "```"]

@@ -113,9 +113,9 @@ def remove_stale_report(output_dir: str) -> None:
     """With overwrite_output_dir: remove an earlier run's report, recipe, plots and card before this run trains, so
     that no file describing a model that is gone survives beside the new one (whether or not this run finishes)."""
     from hf_unlearn.model_card import CARD_FILE
-    from hf_unlearn.report import LOSS_PLOT, MARKDOWN_FILE, RECIPE_FILE, RELEARN_PLOT, REPORT_FILE
+    from hf_unlearn.report import EVAL_PLOT, LOSS_PLOT, MARKDOWN_FILE, RECIPE_FILE, RELEARN_PLOT, REPORT_FILE
 
-    for name in (REPORT_FILE, MARKDOWN_FILE, RECIPE_FILE, LOSS_PLOT, RELEARN_PLOT, CARD_FILE):
+    for name in (REPORT_FILE, MARKDOWN_FILE, RECIPE_FILE, LOSS_PLOT, RELEARN_PLOT, EVAL_PLOT, CARD_FILE):
         (Path(output_dir) / name).unlink(missing_ok=True)
 
 
@@ -175,6 +175,8 @@ def run(recipe: Recipe, compute_budget: int | None = None) -> UnlearnReport:
     model, _ = load_model_and_tokenizer(script.model_name_or_path, **trust)
     dataset = train_dataset(source, trainer_cls, config, tokenizer)
     checks = robustness_callback(recipe, source, tokenizer) if script.robustness else None
+    # eval_strategy evaluates with the recipe's own benchmark during training (what metric_for_best_model reads).
+    in_run = source.benchmark(tokenizer, **evaluation_settings(config)) if config.eval_strategy != "no" else None
     push, config.push_to_hub = config.push_to_hub, False  # pushed below, with the card and the report
     # The token is used for the push below and never reaches training_args.bin, the report or the card.
     token, config.hub_token = config.hub_token, None
@@ -182,6 +184,7 @@ def run(recipe: Recipe, compute_budget: int | None = None) -> UnlearnReport:
         model=model,
         args=config,
         train_dataset=dataset,
+        eval_dataset=in_run,
         processing_class=tokenizer,
         peft_config=peft_config(script),
         callbacks=[checks] if checks else [],

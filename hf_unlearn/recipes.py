@@ -346,6 +346,32 @@ def check_data_files(script: ScriptArguments) -> None:
                 read_texts(getattr(script, name), script.text_field)
 
 
+def check_in_run_evaluation(script: ScriptArguments, config) -> None:
+    """`eval_strategy` evaluates with the data source's benchmark: it needs that benchmark's data, and
+    `metric_for_best_model` must name (or combine) metrics that benchmark reports."""
+    if config.eval_strategy == "no":
+        if config.load_best_model_at_end:
+            raise ValueError(
+                "load_best_model_at_end needs evaluations to choose from: set eval_strategy steps or epoch."
+            )
+        return
+    if script.data_source in ("muse", "wmdp") and not script.data_dir:
+        raise ValueError(
+            f"eval_strategy={config.eval_strategy.value} evaluates data_source={script.data_source} from local "
+            "files: set data_dir to the folder of its evaluation sets."
+        )
+    if config.metric_for_best_model in ("loss", "eval_loss"):
+        raise ValueError(
+            "metric_for_best_model=loss (Trainer's default under load_best_model_at_end) is an eval_dataset's loss, "
+            "which a recipe run does not have: set metric_for_best_model to a metric of the data source's benchmark, "
+            "e.g. mean(forget_quality, model_utility) (docs/recipes.md lists them)."
+        )
+    if config.metric_for_best_model is not None:
+        from hf_unlearn.benchmarks.selection import check_source_selection
+
+        check_source_selection(config.metric_for_best_model, script.data_source, script.retain_model)
+
+
 def parse_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
     """The typed `Recipe` from a recipe file and flags (flags win; `--method` also switches the config class).
 
@@ -388,4 +414,5 @@ def parse_recipe(path: str | Path | None, overrides: list[str] | None = None) ->
         check_push_possible(config.hub_model_id, config.hub_token)
     check_output_folders(script, config)
     check_data_files(script)
+    check_in_run_evaluation(script, config)
     return Recipe(script, config, robustness, None if path is None else str(path), overrides)

@@ -30,9 +30,11 @@ from hf_unlearn.optim.args import ZEROTH_ORDER_OPTIMIZERS as ZO_OPTIMIZERS
 from hf_unlearn.report_render import (  # noqa: F401  (re-exported: the report's file names and labels)
     AFTER,
     BEFORE,
+    EVAL_PLOT,
     FORGET_METRICS,
     LOSS_PLOT,
     RELEARN_PLOT,
+    evaluation_plot,
     loss_plot,
     pick_forget_metric,
     relearning_plot,
@@ -222,6 +224,10 @@ class UnlearnReport:
     compute: dict[str, Any] | None = None
     training: dict[str, float] = field(default_factory=dict)
     training_log: list[dict[str, float]] = field(default_factory=list)
+    # In-run evaluations (eval_strategy): one {step, epoch, values} per evaluation, and the step metric_for_best_model
+    # chose ({metric, greater_is_better, step, value, checkpoint, loaded_at_end}); see docs/report.md.
+    evaluation_curve: list[dict[str, Any]] = field(default_factory=list)
+    best_model: dict[str, Any] | None = None
     # Why training stopped early (the divergence guard: step, quantity, value, message); None for a complete run.
     stopped: dict[str, Any] | None = None
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -271,6 +277,8 @@ class UnlearnReport:
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             self.base_model = getattr(base.config, "_name_or_path", None) or None
         self.training_log = training_log(trainer.state.log_history)
+        self.evaluation_curve = evaluation_curve(trainer.state.log_history)
+        self.best_model = best_model_record(args, trainer.state, self.evaluation_curve)
         if train_output is not None:
             self.training = json_safe({"global_step": train_output.global_step, **train_output.metrics})
             if "train_runtime" in train_output.metrics:
@@ -332,7 +340,12 @@ class UnlearnReport:
             import yaml
 
             written.append(atomic_write_text(out / RECIPE_FILE, yaml.safe_dump(self.recipe, sort_keys=False)))
-        for name, plot in ((LOSS_PLOT, self.plot_losses), (RELEARN_PLOT, self.plot_relearning)):
+        plots = (
+            (LOSS_PLOT, self.plot_losses),
+            (RELEARN_PLOT, self.plot_relearning),
+            (EVAL_PLOT, self.plot_evaluation),
+        )
+        for name, plot in plots:
             figure = plot()
             if figure is not None:
                 written.append(atomic_write_bytes(out / name, figure))
@@ -344,6 +357,10 @@ class UnlearnReport:
     def plot_losses(self) -> bytes | None:
         """PNG of ``loss/forget`` and ``loss/retain`` per step with FO and ZO phases shaded; None without logs."""
         return loss_plot(self)
+
+    def plot_evaluation(self) -> bytes | None:
+        """PNG of the in-run evaluations over steps, the chosen best step marked; None without them."""
+        return evaluation_plot(self)
 
     def plot_relearning(self) -> bytes | None:
         """PNG of the forget metric along relearning, one line per attack run; None without relearning."""
@@ -449,3 +466,52 @@ def training_log(log_history: list[Mapping[str, Any]]) -> list[dict[str, float]]
                 entry[key] = float(value)
         entries.append(entry)
     return entries
+
+
+# Trainer's own timing keys of an evaluation log, not metrics.
+EVAL_TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time")
+
+
+def evaluation_curve(log_history: list[Mapping[str, Any]], prefix: str = "eval_") -> list[dict[str, Any]]:
+    """The evaluation entries of a Trainer's ``log_history``: ``{"step", "epoch", "values": {metric: value}}`` in
+    step order, the ``eval_`` prefix dropped; an unavailable (non-finite) value is None."""
+    curve = []
+    for log in log_history:
+        values = {
+            key.removeprefix(prefix): _finite(value)
+            for key, value in log.items()
+            if key.startswith(prefix) and key.removeprefix(prefix) not in EVAL_TIMING_KEYS
+        }
+        if values and "step" in log:
+            curve.append({"step": int(log["step"]), "epoch": _finite(log.get("epoch")), "values": values})
+    return sorted(curve, key=lambda entry: entry["step"])
+
+
+def best_model_record(args, state, curve: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What `metric_for_best_model` chose: the metric, its direction, the best step and value, the checkpoint kept
+    (its folder name; None when no checkpoint was saved at that step) and whether it was loaded at the end."""
+    metric = getattr(args, "metric_for_best_model", None)
+    if metric is None or not curve:
+        return None
+    name = metric.removeprefix("eval_")
+    greater = bool(args.greater_is_better)
+    step, value = None, None
+    for entry in curve:  # Trainer's rule: the first evaluation strictly better than every earlier one
+        current = entry["values"].get(name)
+        if current is not None and (value is None or (current > value if greater else current < value)):
+            step, value = entry["step"], current
+    checkpoint = Path(state.best_model_checkpoint).name if state.best_model_checkpoint else None
+    return {
+        "metric": name,
+        "greater_is_better": greater,
+        "step": step,
+        "value": value,
+        "checkpoint": checkpoint,
+        "loaded_at_end": bool(args.load_best_model_at_end and checkpoint is not None),
+    }
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 LOSS_PLOT = "unlearn_losses.png"
 RELEARN_PLOT = "unlearn_relearning.png"
+EVAL_PLOT = "unlearn_eval_curve.png"
 BEFORE, AFTER = "before_training", "after_training"
 FORGET_METRICS = ("forget_prob", "forget_rouge_l_recall", "forget_truth_ratio", "knowmem_forget", "verbmem_forget")
 
@@ -146,6 +147,47 @@ def schedule_text(report: UnlearnReport) -> str:
     return text
 
 
+def curve_metrics(report: UnlearnReport) -> list[str]:
+    """The curve's metrics a table or plot shows: the selection and the metrics it reads when there is one, else
+    the forget metric and the utility metrics (at most four), else the first four."""
+    seen = _metric_names_in_curve(report.evaluation_curve)
+    best = report.best_model
+    if best:
+        from hf_unlearn.benchmarks.selection import parse_selection
+
+        names = [best["metric"], *parse_selection(best["metric"]).names]
+    else:
+        names = [n for n in (*FORGET_METRICS, "model_utility", "knowmem_r", "mmlu_acc") if n in seen][:4]
+    names = list(dict.fromkeys(n for n in names if n in seen))
+    return names or seen[:4]
+
+
+def _metric_names_in_curve(curve: list[dict]) -> list[str]:
+    names: dict[str, None] = {}
+    for entry in curve:
+        names.update(dict.fromkeys(entry["values"]))
+    return list(names)
+
+
+def evaluation_section(report: UnlearnReport) -> str:
+    """The in-run evaluations as a table (one row per evaluation) and the best step metric_for_best_model chose."""
+    names = curve_metrics(report)
+    rows = [
+        [entry["step"], entry["epoch"], *(entry["values"].get(n) for n in names)] for entry in report.evaluation_curve
+    ]
+    text = table(["step", "epoch", *(f"`{n}`" for n in names)], rows)
+    best = report.best_model
+    if best:
+        direction = "higher" if best["greater_is_better"] else "lower"
+        kept = f"checkpoint `{best['checkpoint']}`" if best["checkpoint"] else "no checkpoint saved at that step"
+        loaded = ", loaded at the end (the saved model)" if best["loaded_at_end"] else ""
+        text += (
+            f"\n\nBest step by `{best['metric']}` ({direction} is better): step {best['step']}, value "
+            f"{fmt(best['value'])}; {kept}{loaded}."
+        )
+    return text
+
+
 def report_markdown(report: UnlearnReport) -> str:
     title = " + ".join(x for x in (report.method, report.optimizer) if x) or "evaluation"
     lines = [f"# Unlearning report: {title}", ""]
@@ -157,13 +199,16 @@ def report_markdown(report: UnlearnReport) -> str:
     if report.stopped:
         lines += ["", f"**Training stopped early:** {report.stopped.get('message')}"]
     lines += ["", "## Optimizer schedule", "", schedule_text(report), "", "## Benchmark", "", benchmark_table(report)]
+    if report.evaluation_curve:
+        lines += ["", "## Evaluation during training", "", evaluation_section(report)]
     for run in report.attacks:
         lines += ["", f"## Robustness: {run.label}", "", robustness_table(run)]
     lines += ["", "## Compute", "", compute_table(report.compute)]
     if report.wall_time_s:
         lines += ["", "## Wall time", "", table(["stage", "seconds"], [[k, v] for k, v in report.wall_time_s.items()])]
-    plots = [name for name, present in ((LOSS_PLOT, report.training_log), (RELEARN_PLOT, _has_relearning(report)))
-             if present]  # fmt: skip
+    present = ((LOSS_PLOT, report.training_log), (RELEARN_PLOT, _has_relearning(report)),
+               (EVAL_PLOT, report.evaluation_curve))  # fmt: skip
+    plots = [name for name, shown in present if shown]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({name})" for name in plots]
     lines += ["", "## Versions", "", table(["package", "version"], [[k, v] for k, v in report.versions.items()])]
@@ -205,6 +250,11 @@ def _phase_of(entry: dict, optimizer: str | None) -> str | None:
 
 def loss_plot(report: UnlearnReport) -> bytes | None:
     figure = loss_figure(report)
+    return None if figure is None else _png(figure)
+
+
+def evaluation_plot(report: UnlearnReport) -> bytes | None:
+    figure = evaluation_figure(report)
     return None if figure is None else _png(figure)
 
 
@@ -261,4 +311,25 @@ def relearning_figure(report: UnlearnReport):
     axes.set_xlabel("relearning steps")
     axes.set_ylabel(metric)
     axes.set_title("Relearning attack")
+    return figure
+
+
+def evaluation_figure(report: UnlearnReport):
+    """Each shown metric of the in-run evaluations per step; the best step metric_for_best_model chose is marked."""
+    curve = report.evaluation_curve
+    if not curve:
+        return None
+    figure, axes = _new_figure()
+    for name in curve_metrics(report):
+        values = [entry["values"].get(name) for entry in curve]
+        axes.plot(
+            [entry["step"] for entry in curve], [math.nan if v is None else v for v in values], marker="o", label=name
+        )
+    best = report.best_model
+    if best and best["step"] is not None:
+        axes.axvline(best["step"], color="gray", linestyle="--", label=f"best step {best['step']}", gid="best")
+    axes.legend()
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("metric value")
+    axes.set_title("Evaluation during training")
     return figure

@@ -119,7 +119,7 @@ def test_text_recipes_train_evaluate_and_attack_with_their_own_benchmark(source,
         eval_dir = tmp_path / "wmdp"
         eval_dir.mkdir()
         for name in ("wmdp_bio", "wmdp_cyber", "mmlu"):
-            write_jsonl(eval_dir / f"{name}.json", QUESTIONS)
+            write_jsonl(eval_dir / f"{name}.json", QUESTIONS, subject="anatomy" if name == "mmlu" else None)
         recipe, expected = "wmdp_rmu_hybrid.yaml", "wmdp_bio_acc"
     out = tmp_path / "out"
     flags = ["--model_name_or_path", folder / "original", "--forget_file", forget, "--retain_file", retain]

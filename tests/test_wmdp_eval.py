@@ -21,8 +21,12 @@ QUESTIONS = [
 ]
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in rows))
+def write_jsonl(path, rows, subject=None):
+    """Rows as the Hub's files hold them; `subject` (cais/mmlu's column) is added to every row when given."""
+    extra = {"subject": subject} if subject else {}
+    path.write_text(
+        "".join(json.dumps({**extra, "question": q, "choices": c, "answer": a}) + "\n" for q, c, a in rows)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +90,92 @@ def test_missing_local_file_and_offline_builtin_task_fail_clearly(tmp_path, monk
         benchmarks.get("wmdp", tasks=["mmlu"]).task_specs()
     with pytest.raises(ValueError, match="No local task 'nope_local'"):
         local_task_config("nope")
+
+
+# Rows per subject of different sizes: a size-weighted mean of the subjects differs from their plain mean.
+MMLU_ROWS = {"abstract_algebra": QUESTIONS[:1], "anatomy": QUESTIONS[1:4], "computer_security": QUESTIONS[4:6]}
+
+
+def lm_eval_mmlu_subject(subject: str, data_file) -> dict:
+    """lm-eval's own config of its `mmlu_<subject>` task (lm_eval/tasks/mmlu/default/mmlu_<subject>.yaml and its
+    _default_template_yaml), reading `data_file` in place of the Hub's cais/mmlu."""
+    from pathlib import Path
+
+    import lm_eval
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    folder = Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default"
+    config = load_yaml(folder / f"mmlu_{subject}.yaml")
+    config.pop("tag", None)
+    # Zero-shot: the few-shot split (lm-eval's "dev") is never drawn from, but the task wants one to exist.
+    files = {"test": str(data_file), "dev": str(data_file)}
+    return {**config, "dataset_path": "json", "dataset_name": None, "dataset_kwargs": {"data_files": files}}
+
+
+def test_local_mmlu_equals_lm_eval_mmlu_per_row_and_in_aggregate(tmp_path, model_and_tokenizer):
+    """Our offline mmlu against lm-eval's own mmlu subject tasks and its group aggregation (weight_by_size, from
+    lm_eval/tasks/mmlu/default/_mmlu.yaml), run by lm-eval's HFLM on the same rows."""
+    from pathlib import Path
+
+    import lm_eval
+    from lm_eval import simple_evaluate
+    from lm_eval.api.group import Group
+    from lm_eval.api.task import ConfigurableTask
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    model, tokenizer = model_and_tokenizer
+    local = tmp_path / "mmlu.json"
+    local.write_text("".join(json.dumps({"subject": subject, "question": q, "choices": c, "answer": a}) + "\n"
+                             for subject, rows in MMLU_ROWS.items() for q, c, a in rows))  # fmt: skip
+    ours = benchmarks.get("wmdp", tasks=["mmlu"], data_dir=tmp_path, batch_size=4).evaluate(model, tokenizer)
+
+    group_yaml = load_yaml(Path(lm_eval.__file__).parent / "tasks" / "mmlu" / "default" / "_mmlu.yaml")
+    reference = Group.from_config({"group": "mmlu", "aggregate_metric_list": group_yaml["aggregate_metric_list"]})
+    for subject, rows in MMLU_ROWS.items():
+        write_jsonl(tmp_path / f"{subject}.json", rows, subject)
+        reference.add(ConfigurableTask(config=lm_eval_mmlu_subject(subject, tmp_path / f"{subject}.json")))
+    output = simple_evaluate(
+        model=HFLM(pretrained=model, tokenizer=tokenizer, batch_size=4), tasks=[reference], num_fewshot=0,
+        log_samples=True, bootstrap_iters=0, task_manager=TaskManager(include_defaults=False),
+    )  # fmt: skip
+
+    records = ours.per_example["mmlu"]
+    assert ours.num_examples == {"mmlu": 6} and len(records) == 6
+    position = 0
+    for subject, rows in MMLU_ROWS.items():
+        theirs = sorted(output["samples"][f"mmlu_{subject}"], key=lambda s: s["doc_id"])
+        mine = records[position : position + len(rows)]
+        position += len(rows)
+        assert [r["task"] for r in mine] == [f"mmlu_local_{subject}"] * len(rows)
+        for record, sample in zip(mine, theirs):
+            assert record["loglikelihoods"] == pytest.approx([float(r[0]) for r in sample["filtered_resps"]], abs=1e-6)
+            assert record["acc"] == sample["acc"]
+    assert ours.metrics["mmlu_acc"] == pytest.approx(output["results"]["mmlu"]["acc,none"], abs=1e-12)
+    subject_acc = {s: output["results"][f"mmlu_{s}"]["acc,none"] for s in MMLU_ROWS}
+    sizes = {s: len(rows) for s, rows in MMLU_ROWS.items()}
+    weighted = sum(subject_acc[s] * sizes[s] for s in MMLU_ROWS) / sum(sizes.values())
+    assert ours.metrics["mmlu_acc"] == pytest.approx(weighted)  # the size-weighted mean of the subjects
+
+
+def test_local_mmlu_describes_each_subject_as_lm_eval_does(tmp_path):
+    write_jsonl(tmp_path / "mmlu.json", QUESTIONS[:2], "high_school_us_history")
+    (task,) = local_task_config("mmlu", tmp_path)["task"]
+    expected = lm_eval_mmlu_subject("high_school_us_history", tmp_path / "mmlu.json")
+    assert task["description"] == expected["description"]
+    assert (
+        task["description"]
+        == "The following are multiple choice questions (with answers) about high school us history.\n\n"
+    )
+    for key in ("doc_to_text", "doc_to_choice", "doc_to_target", "output_type", "metric_list"):
+        assert task[key] == expected[key], key
+
+
+def test_local_mmlu_without_subjects_fails_naming_the_line(tmp_path):
+    write_jsonl(tmp_path / "mmlu.json", QUESTIONS[:2])
+    with pytest.raises(ValueError, match=r"mmlu.json line 1 has no 'subject': lm-eval's mmlu describes each question"):
+        local_task_config("mmlu", tmp_path)
 
 
 def test_eval_cli_runs_a_local_task(tmp_path, model_and_tokenizer):

@@ -14,6 +14,8 @@ then broadcasts the result, so every rank returns the same numbers.
 
 from __future__ import annotations
 
+import copy
+import functools
 import os
 import time
 from pathlib import Path
@@ -41,7 +43,8 @@ def local_task_config(name: str, data_dir: str | Path | None = None) -> dict[str
     """The lm-eval config dict of a packaged local task, its data file resolved against ``data_dir``.
 
     ``name`` may be the built-in name (``wmdp_bio``) or the local one (``wmdp_bio_local``). Without ``data_dir``
-    the file is looked up beside the YAML (packaged demo data).
+    the file is looked up beside the YAML (packaged demo data). A task whose YAML has a ``subject_task`` (``mmlu``)
+    becomes a group config: one task per subject in the file (:func:`subject_group_config`).
     """
     local = name if name.endswith(LOCAL_SUFFIX) else name + LOCAL_SUFFIX
     path = TASKS_DIR / f"{local}.yaml"
@@ -49,16 +52,88 @@ def local_task_config(name: str, data_dir: str | Path | None = None) -> dict[str
         raise ValueError(f"No local task {local!r}; packaged local tasks: {', '.join(local_task_names())}.")
     config = yaml.safe_load(path.read_text())
     folder = Path(data_dir) if data_dir is not None else TASKS_DIR
-    files = config["dataset_kwargs"]["data_files"]
+    if "subject_task" in config:
+        return subject_group_config(config, folder, local)
+    _resolve_data_files(config["dataset_kwargs"]["data_files"], folder, local)
+    return config
+
+
+def _resolve_data_files(files: dict[str, str], folder: Path, task: str, row: str = "") -> None:
     for split, file_name in files.items():
         data_file = folder / file_name
         if not data_file.is_file():
             raise FileNotFoundError(
-                f"Task {local} needs {data_file}: JSON Lines with one "
-                '{"question": str, "choices": [4 str], "answer": int} per line.'
+                f"Task {task} needs {data_file}: JSON Lines with one "
+                f'{{{row}"question": str, "choices": [4 str], "answer": int}} per line.'
             )
         files[split] = str(data_file)
-    return config
+
+
+def subject_group_config(config: dict[str, Any], folder: Path, task: str) -> dict[str, Any]:
+    """lm-eval's subject layout (its ``mmlu``): a group of one task per subject, each described by its subject.
+
+    The YAML's ``subject_task`` is the template of a subject's task: ``{subject}`` in its name and
+    ``{subject_words}`` (the subject with spaces for underscores, as lm-eval writes it) in its description are
+    filled in, and it keeps the rows whose ``subject_field`` is that subject. The group's ``aggregate_metric_list``
+    (``weight_by_size``) makes its accuracy the size-weighted mean of the subjects', as lm-eval reports ``mmlu``.
+    """
+    template, field_name = config.pop("subject_task"), config.pop("subject_field")
+    files = template["dataset_kwargs"]["data_files"]
+    _resolve_data_files(files, folder, task, row=f'"{field_name}": str, ')
+    (split, data_file), *_ = files.items()
+    tasks = []
+    for subject in file_subjects(data_file, field_name):
+        spec = copy.deepcopy(template)
+        spec["task"] = template["task"].replace("{subject}", subject)
+        spec["description"] = template["description"].replace("{subject_words}", " ".join(subject.split("_")))
+        spec["process_docs"] = functools.partial(rows_of_subject, field_name=field_name, subject=subject)
+        tasks.append(spec)
+    return {**config, "task": tasks}
+
+
+def file_subjects(path: str | Path, field_name: str) -> list[str]:
+    """The subjects of a JSON Lines file, sorted (lm-eval's order); a line without one is a one-line error."""
+    import json
+
+    subjects = set()
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        subject = json.loads(line).get(field_name)
+        if not isinstance(subject, str) or not subject:
+            raise ValueError(
+                f"{path} line {number} has no {field_name!r}: lm-eval's mmlu describes each question by its subject; "
+                f'add it to every line (cais/mmlu\'s subject names, e.g. "{field_name}": "abstract_algebra").'
+            )
+        subjects.add(subject)
+    return sorted(subjects)
+
+
+def rows_of_subject(dataset, field_name: str, subject: str):
+    """The rows of one subject (lm-eval's ``process_docs`` of a subject's task)."""
+    return dataset.filter(_is_subject, fn_kwargs={"field_name": field_name, "subject": subject})
+
+
+def _is_subject(row: dict[str, Any], field_name: str, subject: str) -> bool:
+    return row[field_name] == subject
+
+
+def lm_eval_spec(spec: str | dict[str, Any]):
+    """What ``simple_evaluate`` takes for one task spec: a group config becomes lm-eval's ``Group`` of
+    ``ConfigurableTask`` (lm-eval reads inline group dicts as task settings); names and task dicts pass through."""
+    if not (isinstance(spec, dict) and "group" in spec):
+        return spec
+    from lm_eval.api.group import Group
+    from lm_eval.api.task import ConfigurableTask
+
+    group = Group.from_config({k: v for k, v in spec.items() if k != "task"})
+    for task in spec["task"]:
+        group.add(ConfigurableTask(config=task))
+    return group
+
+
+def spec_name(spec: str | dict[str, Any]) -> str:
+    return spec if isinstance(spec, str) else spec.get("group") or spec["task"]
 
 
 def _hub_unreachable() -> bool:
@@ -150,7 +225,7 @@ class WmdpBenchmark(Benchmark):
             lm = sharded_lm(model, tokenizer, self.batch_size)
             output = simple_evaluate(
                 model=lm,
-                tasks=specs,
+                tasks=[lm_eval_spec(spec) for spec in specs],
                 num_fewshot=0,
                 limit=self.limit,
                 log_samples=True,
@@ -159,16 +234,24 @@ class WmdpBenchmark(Benchmark):
             )
         if output is None:  # lm-eval returns results on rank 0 only
             return None
+        samples = output.get("samples", {})
         metrics, per_example, counts = {}, {}, {}
-        for task_name, values in output["results"].items():
+        for spec in specs:  # the requested tasks and groups; a group's subjects are in its per-example records
+            name = spec_name(spec)
+            values = output["results"].get(name, {})
             if "acc,none" not in values:
                 continue
-            short = task_name.removesuffix(LOCAL_SUFFIX)
+            short = name.removesuffix(LOCAL_SUFFIX)
             metrics[f"{short}_acc"] = float(values["acc,none"])
-            samples = output.get("samples", {}).get(task_name)
-            if samples is not None:
-                per_example[short] = [sample_record(s) for s in sorted(samples, key=lambda s: s["doc_id"])]
-                counts[short] = len(samples)
+            members = [t["task"] for t in spec["task"]] if isinstance(spec, dict) and "group" in spec else [name]
+            if all(member in samples for member in members):
+                records = []
+                for member in members:
+                    subject = {"task": member} if member != name else {}
+                    ordered = sorted(samples[member], key=lambda s: s["doc_id"])
+                    records += [{**subject, **sample_record(s)} for s in ordered]
+                per_example[short] = records
+                counts[short] = len(records)
         return metrics, per_example, counts
 
 

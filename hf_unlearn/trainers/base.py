@@ -22,6 +22,7 @@ from hf_unlearn.configs import UnlearnConfig
 from hf_unlearn.data import DataCollatorForUnlearning
 from hf_unlearn.modeling import answer_token_nll, model_inputs
 from hf_unlearn.optim.factory import OptimizerFactoryMixin
+from hf_unlearn.trainers.evaluation import BenchmarkEvaluationMixin
 from hf_unlearn.trainers.losses import BatchCounts, SideCounts, token_kl
 from hf_unlearn.trainers.smoothing import SmoothingMixin
 from hf_unlearn.trainers.zeroth_order import ZerothOrderMixin
@@ -72,7 +73,7 @@ class Paper:
         )
 
 
-class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
+class UnlearnTrainer(BenchmarkEvaluationMixin, SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Trainer):
     """Base class of the unlearning objectives.
 
     The optimizer is `args.optimizer`, built by `hf_unlearn.optim.build_optimizer`; zeroth-order and hybrid
@@ -84,7 +85,9 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
         model: a path or Hub id, a `PreTrainedModel`, or a peft model.
         args: the method's config (a subclass of `UnlearnConfig`).
         train_dataset: items `{"forget": ..., "retain": ...}`, e.g. `hf_unlearn.data.ForgetRetainDataset`.
-        eval_dataset: plain QA items; evaluation reports the answer NLL as `eval_loss`.
+        eval_dataset: plain QA items, whose answer NLL evaluation reports as `eval_loss`; or a `Benchmark`
+            (`hf_unlearn.benchmarks.get("tofu", ...)`), whose metrics it reports as `eval_<metric>`, which
+            `eval_strategy` then runs during training and `metric_for_best_model` selects on.
         processing_class: the tokenizer; loaded from `model` when that is a path.
         peft_config: a peft config (e.g. `LoraConfig`); the model is wrapped and only the adapter trains.
         model_config_checked: the caller already ran `check_model_config` on this model's config.
