@@ -154,7 +154,20 @@ def run(recipe: Recipe, compute_budget: int | None = None) -> UnlearnReport:
 
     `compute_budget`: stop training once the model's forward + backward passes (per process, as the report's
     compute accounting counts them) reach it; `hf-unlearn sweep --compute_budget` uses it for compute-matched runs.
+
+    The main process holds `output_dir`'s lock (:mod:`hf_unlearn.lock`) from the first check to the last file: a
+    second run into the same folder is refused, not mixed in.
     """
+    import os
+
+    from hf_unlearn.lock import output_lock
+
+    main_process = int(os.environ.get("RANK", "0")) == 0  # the other ranks of this launch must not refuse themselves
+    with output_lock(recipe.config.output_dir, main_process=main_process):
+        return _run(recipe, compute_budget)
+
+
+def _run(recipe: Recipe, compute_budget: int | None) -> UnlearnReport:
     from transformers import AutoConfig
 
     script, config = recipe.script, recipe.config
