@@ -21,6 +21,7 @@ from hf_unlearn.callbacks import (
 from hf_unlearn.loading import disable_progress_bars, load_model_and_tokenizer, load_tokenizer
 from hf_unlearn.recipes import Recipe
 from hf_unlearn.report import AFTER, BEFORE, UnlearnReport
+from hf_unlearn.resume import CheckpointRecordCallback, check_resume, restore, run_keys
 from hf_unlearn.trainers import get_method
 
 
@@ -87,28 +88,6 @@ def new_report(recipe: Recipe, source: DataSource) -> UnlearnReport:
     )
 
 
-def resume_checkpoint(resume, output_dir: str):
-    """What `Trainer.train(resume_from_checkpoint=...)` gets: `true` / `latest` -> the latest *complete* checkpoint
-    in `output_dir` (one whose trainer_state.json, written last, exists: a run killed while saving leaves a partial
-    folder that must not be resumed from); a path as given; unset -> None."""
-    if isinstance(resume, str) and resume.lower() in ("true", "latest"):
-        resume = True
-    if resume is not True:
-        return resume or None
-    folders = sorted(
-        (p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-        reverse=True,
-    )
-    complete = next((p for p in folders if (p / "trainer_state.json").is_file()), None)
-    if complete is None:
-        raise FileNotFoundError(
-            f"resume_from_checkpoint=true but {output_dir} holds no complete checkpoint-N folder; drop the flag to "
-            "start from step 0."
-        )
-    return str(complete)
-
-
 def remove_stale_report(output_dir: str) -> None:
     """With overwrite_output_dir: remove an earlier run's report, recipe, plots and card before this run trains, so
     that no file describing a model that is gone survives beside the new one (whether or not this run finishes)."""
@@ -171,6 +150,8 @@ def _run(recipe: Recipe, compute_budget: int | None) -> UnlearnReport:
     from transformers import AutoConfig
 
     script, config = recipe.script, recipe.config
+    # A resume that does not match its checkpoint (or has nothing to resume) fails before anything loads.
+    resume, resume_record = check_resume(script, config)
     if config.disable_tqdm:
         disable_progress_bars()
     trainer_cls = get_method(script.method)
@@ -181,7 +162,6 @@ def _run(recipe: Recipe, compute_budget: int | None) -> UnlearnReport:
     check_causal_lm(model_config, script.model_name_or_path)
     trainer_cls.check_model_config(model_config, config)
     tokenizer = prepare_tokenizer(script)
-    resume = resume_checkpoint(config.resume_from_checkpoint, config.output_dir)
     source = source_from_recipe(script, config)
     prepare_source(source)
     report = new_report(recipe, source)
@@ -201,6 +181,8 @@ def _run(recipe: Recipe, compute_budget: int | None) -> UnlearnReport:
         model_config_checked=True,
     )
     accounting = ComputeAccountingCallback.for_trainer(trainer)
+    trainer.add_callback(CheckpointRecordCallback(trainer, run_keys(script, config), accounting))
+    restore(trainer, resume_record, accounting)
     if compute_budget is not None:
         trainer.add_callback(ComputeBudgetCallback(accounting, compute_budget))
     logs_to_stderr(trainer)

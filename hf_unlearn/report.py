@@ -272,6 +272,11 @@ class UnlearnReport:
         self.training_log = training_log(trainer.state.log_history)
         if train_output is not None:
             self.training = json_safe({"global_step": train_output.global_step, **train_output.metrics})
+            if hasattr(trainer, "training_loss_total"):
+                # Trainer's train_loss averages the steps of this train() call only; after a resume that is the
+                # run's second half. The trainer's own sum is the whole run's (carried in the checkpoint).
+                total = trainer.training_loss_total()
+                self.training["train_loss"] = total / max(train_output.global_step, 1)
             if "train_runtime" in train_output.metrics:
                 self.wall_time_s["train"] = float(train_output.metrics["train_runtime"])
         for callback in trainer.callback_handler.callbacks:

@@ -59,6 +59,9 @@ def report_numbers(output_dir: Path) -> dict:
         "log": log,
         "evaluations": {k: v["values"] for k, v in report["evaluations"].items()},
         "stopped": report["stopped"],
+        # carried in the checkpoint (hf_unlearn.resume): the whole run's, not the resumed half's
+        "train_loss": report["training"]["train_loss"],
+        "compute": report["compute"],
     }
 
 

@@ -152,6 +152,9 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
         self._log_sums: dict[str, torch.Tensor] = defaultdict(float)
         self._step_parts: dict[str, list[torch.Tensor]] | None = None
         self._logged_steps: set[int] = set()  # the steps summed in _log_sums (not a step range: resume-proof)
+        # The training loss summed over micro-batches in step order, on this process; a resumed run starts from the
+        # checkpoint's sum (hf_unlearn.resume), so its train_loss is the whole run's, added in the same order.
+        self.training_loss_sum = 0.0
         if hasattr(train_dataset, "set_epoch"):
             self.add_callback(PairingEpochCallback(train_dataset))
         callbacks = self.callback_handler.callbacks
@@ -308,11 +311,19 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
         finally:
             if self.divergence_guard is not None:  # raises before the step's update when a value is not finite
                 self.divergence_guard.observe(self.state.global_step + 1, loss, self._step_parts, self.args)
+            if loss is not None:
+                self.training_loss_sum += float(loss)
             if self._step_parts:
                 self._logged_steps.add(self.state.global_step)
             for key, values in self._step_parts.items():
                 self._log_sums[key] = self._log_sums[key] + torch.stack(values).mean()
             self._step_parts = None
+
+    def training_loss_total(self) -> float:
+        """The training loss summed over the run's steps, averaged over processes (a collective: every process
+        calls it); the report's train_loss is this over global_step."""
+        value = torch.tensor([self.training_loss_sum], dtype=torch.float64, device=self.args.device)
+        return self.accelerator.gather(value).mean().item()
 
     def loss_terms(self, forget: float, other: float):
         """Context in which `compute_loss` returns forget·γ·forget_term + other·α·retain_term (for SmoothingMixin).
