@@ -211,6 +211,9 @@ class CheckpointRecordCallback(TrainerCallback):
             "compute": self.accounting.totals if self.accounting is not None else None,
         }  # fmt: skip
         if folder.is_dir():
+            # a run killed while writing this record left its temporary file here; this save replaces both
+            for leftover in folder.glob(f".{RECORD_FILE}.*.tmp"):
+                leftover.unlink(missing_ok=True)
             atomic_write_json(folder / RECORD_FILE, record)
 
 
