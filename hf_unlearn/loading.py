@@ -76,11 +76,12 @@ def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
     return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
 
 
-def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device | None = None, **model_kwargs):
-    """``(model, tokenizer)`` from a local folder or Hub id; on `device` in eval mode when one is given.
+def load_model(path: str | os.PathLike, **model_kwargs):
+    """The causal LM at a local folder or Hub id: the one place hf_unlearn turns a path into weights.
 
     ``dtype`` may be a string (``"bfloat16"``) or a torch dtype; ``"auto"`` keeps the checkpoint's. Weights are read
-    from safetensors only (a pickled ``.bin`` can run code) and ``trust_remote_code`` stays off unless passed.
+    from safetensors only (a pickled ``.bin`` can run code) and ``trust_remote_code`` stays off unless passed; other
+    keyword arguments go to ``from_pretrained`` (``revision``, ``attn_implementation``, ...).
     """
     from transformers import AutoModelForCausalLM
 
@@ -89,10 +90,19 @@ def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device
         dtype = getattr(torch, dtype)
     if dtype is not None:
         model_kwargs["dtype"] = dtype
-    model_kwargs.setdefault("use_safetensors", True)
-    model_kwargs.setdefault("trust_remote_code", False)
-    tokenizer = load_tokenizer(path, trust_remote_code=model_kwargs["trust_remote_code"])
-    model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
+    if model_kwargs.get("use_safetensors") is False:
+        raise ValueError("hf_unlearn reads weights from safetensors only; convert the checkpoint to safetensors.")
+    model_kwargs["use_safetensors"] = True
+    model_kwargs["trust_remote_code"] = bool(model_kwargs.get("trust_remote_code", False))
+    return AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
+
+
+def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device | None = None, **model_kwargs):
+    """``(model, tokenizer)`` from a local folder or Hub id (the model through :func:`load_model`, with its policy);
+    on `device` in eval mode when one is given."""
+    trust = bool(model_kwargs.get("trust_remote_code", False))
+    tokenizer = load_tokenizer(path, trust_remote_code=trust)
+    model = load_model(path, **model_kwargs)
     if device is not None:
         model = model.to(resolve_device(device)).eval()
     return model, tokenizer

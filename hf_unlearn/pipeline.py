@@ -179,6 +179,7 @@ def _run(recipe: Recipe, compute_budget: int | None) -> UnlearnReport:
         peft_config=peft_config(script),
         callbacks=[checks] if checks else [],
         model_config_checked=True,
+        trust_remote_code=script.trust_remote_code,
     )
     accounting = ComputeAccountingCallback.for_trainer(trainer)
     trainer.add_callback(CheckpointRecordCallback(trainer, run_keys(script, config), accounting))

@@ -44,7 +44,6 @@ SCHEMA_VERSION = 1
 REPORT_FILE = "unlearn_report.json"
 MARKDOWN_FILE = "unlearn_report.md"
 RECIPE_FILE = "unlearn_recipe.yaml"
-# The forget metric that relearning curves and robustness tables follow, in order of preference.
 NO_VALUE = "the evaluator returned no value"
 VERSIONED_PACKAGES = ("torch", "transformers", "trl", "accelerate", "huggingface_hub", "datasets", "peft", "deepspeed")
 # Never written into a report, a card or saved args: the Hub token (TrainingArguments.to_dict already masks it).
@@ -228,6 +227,9 @@ class UnlearnReport:
 
     def __post_init__(self):
         self.papers = paper_records(self.papers)
+        # What a push publishes names no folder of this machine: the command and the data by their base names.
+        self.command = public_text(self.command) if self.command else self.command
+        self.datasets = [public_name(d) for d in self.datasets]
 
     # ---- filling it in -----------------------------------------------------------------------------------------
 
@@ -394,6 +396,24 @@ def collect_versions() -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
     return versions
+
+
+# An absolute or home-relative path inside a text: not after a word character, ':' or '/' (so neither the path of
+# a URL nor an owner/name Hub id), up to a space, quote or bracket.
+_LOCAL_PATH = re.compile(r"(?<![\w:/.~-])~?/[^\s'\"`()\[\],;]+")
+
+
+def public_name(value: str | None) -> str | None:
+    """A Hub id or relative name as it is; an absolute (or ``~``) path as its base name, e.g. ``/home/me/model`` ->
+    ``model``: what a published card or report may say about a folder of this machine."""
+    if not value or not _LOCAL_PATH.fullmatch(str(value)):
+        return value
+    return Path(str(value).rstrip("/")).name or str(value)
+
+
+def public_text(text: str) -> str:
+    """`text` with every absolute path in it replaced by its base name (see :func:`public_name`)."""
+    return _LOCAL_PATH.sub(lambda match: public_name(match.group(0)), text)
 
 
 _ARXIV_ID = re.compile(r"\b(\d{4}\.\d{4,5})(?:v\d+)?\b")

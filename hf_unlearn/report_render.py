@@ -19,12 +19,24 @@ if TYPE_CHECKING:
 LOSS_PLOT = "unlearn_losses.png"
 RELEARN_PLOT = "unlearn_relearning.png"
 BEFORE, AFTER = "before_training", "after_training"
-FORGET_METRICS = ("forget_prob", "forget_rouge_l_recall", "forget_truth_ratio", "knowmem_forget", "verbmem_forget")
+# The forget metric that relearning curves, robustness tables and sweeps follow, in order of preference: TOFU's,
+# then MUSE's (knowledge and verbatim memorisation of the forget set), then WMDP's hazardous-knowledge accuracies.
+FORGET_METRICS = (
+    "forget_prob", "forget_rouge_l_recall", "forget_truth_ratio", "knowmem_f", "verbmem_f", "wmdp_bio_acc",
+    "wmdp_cyber_acc", "wmdp_chem_acc",
+)  # fmt: skip
 
 
 def pick_forget_metric(metrics: Metrics) -> str | None:
     """The first available forget metric of :data:`FORGET_METRICS`, else None."""
     return next((name for name in FORGET_METRICS if metrics.get(name) is not None), None)
+
+
+def public_base_model(name: str | None) -> str | None:
+    """The base model as a published page names it: a Hub id, or the base name of a local folder."""
+    from hf_unlearn.report import public_name
+
+    return public_name(name)
 
 
 PHASE_COLORS = {"fo": "#4c72b0", "zo": "#dd8452"}
@@ -150,7 +162,7 @@ def report_markdown(report: UnlearnReport) -> str:
     title = " + ".join(x for x in (report.method, report.optimizer) if x) or "evaluation"
     lines = [f"# Unlearning report: {title}", ""]
     facts = [
-        ("base model", report.base_model), ("benchmark", report.benchmark), ("seed", report.seed),
+        ("base model", public_base_model(report.base_model)), ("benchmark", report.benchmark), ("seed", report.seed),
         ("command", f"`{report.command}`" if report.command else None), ("created", report.created_at),
     ]  # fmt: skip
     lines += [f"- {name}: {value}" for name, value in facts if value is not None]

@@ -288,9 +288,9 @@ class _eval:
 
 
 def load_model(path: Path):
-    from transformers import AutoModelForCausalLM
+    from hf_unlearn.loading import load_model as load
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval()
+    return load(path, dtype="float32").eval()
 
 
 def checkpoint_dirs(folder: Path) -> list[tuple[int, Path]]:

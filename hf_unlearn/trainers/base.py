@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
+from transformers import AutoConfig, PreTrainedModel, Trainer
 from transformers.utils import is_peft_available
 
 from hf_unlearn.callbacks import DivergenceGuardCallback, HybridScheduleCallback, PairingEpochCallback
 from hf_unlearn.configs import UnlearnConfig
 from hf_unlearn.data import DataCollatorForUnlearning
+from hf_unlearn.loading import load_model, load_tokenizer
 from hf_unlearn.modeling import answer_token_nll, model_inputs
 from hf_unlearn.optim.factory import OptimizerFactoryMixin
 from hf_unlearn.trainers.losses import BatchCounts, SideCounts, token_kl
@@ -88,6 +89,8 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
         processing_class: the tokenizer; loaded from `model` when that is a path.
         peft_config: a peft config (e.g. `LoraConfig`); the model is wrapped and only the adapter trains.
         model_config_checked: the caller already ran `check_model_config` on this model's config.
+        trust_remote_code: let the models this trainer loads (`model` given as a path, the reference) run their
+            repository's code; off by default. Every load goes through `hf_unlearn.loading` (safetensors only).
 
     The frozen reference (KL retain, RMU, online NPO) is the model loaded again from `args.ref_model_path` or the
     model's own path, never a deep copy; under peft it is the same model with the adapter disabled. Cached NPO
@@ -112,6 +115,7 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
         data_collator=None,
         peft_config=None,
         model_config_checked: bool = False,
+        trust_remote_code: bool = False,
         **kwargs,
     ):
         if not isinstance(args, self.config_class):
@@ -119,13 +123,17 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
                 f"{self._name} takes args of type {self.config_class.__name__}, got {type(args).__name__}."
             )
         self.check_train_data(train_dataset, args)
+        self.trust_remote_code = trust_remote_code
         model_path = model if isinstance(model, str) else _loaded_from(model)
         if not model_config_checked:  # the recipe pipeline checks before tokenising its data
             self.check_model_config(
-                AutoConfig.from_pretrained(model) if isinstance(model, str) else model.config, args
+                AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+                if isinstance(model, str)
+                else model.config,
+                args,
             )
         if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model)
+            model = load_model(model, trust_remote_code=trust_remote_code)
         # Loaded before Trainer.__init__, like the policy: afterwards ZeRO-3's zero.Init would read a DeepSpeed
         # config whose batch sizes Trainer has already filled in for its own engine.
         ref = None
@@ -134,7 +142,7 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
         if peft_config is not None:
             model = wrap_with_peft(model, peft_config)
         if processing_class is None and isinstance(model_path, str) and model_path:
-            processing_class = AutoTokenizer.from_pretrained(model_path)
+            processing_class = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
         if data_collator is None:
             if processing_class is None:
                 raise ValueError(f"{self._name}: no tokenizer path known; pass processing_class.")
@@ -218,7 +226,7 @@ class UnlearnTrainer(SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Tr
             raise ValueError(
                 f"{self._name} needs a reference model but the model has no path to reload from: set ref_model_path."
             )
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval().requires_grad_(False)
+        return load_model(path, dtype=dtype, trust_remote_code=self.trust_remote_code).eval().requires_grad_(False)
 
     def _prepare_reference(self, ref):
         if self.is_deepspeed_enabled:
