@@ -35,6 +35,8 @@ from hf_unlearn.report_render import (  # noqa: F401  (re-exported: the report's
     RELEARN_PLOT,
     loss_plot,
     pick_forget_metric,
+    public_name,
+    public_text,
     relearning_plot,
     report_markdown,
 )
@@ -396,24 +398,6 @@ def collect_versions() -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[name] = importlib.metadata.version(name)
     return versions
-
-
-# An absolute or home-relative path inside a text: not after a word character, ':' or '/' (so neither the path of
-# a URL nor an owner/name Hub id), up to a space, quote or bracket.
-_LOCAL_PATH = re.compile(r"(?<![\w:/.~-])~?/[^\s'\"`()\[\],;]+")
-
-
-def public_name(value: str | None) -> str | None:
-    """A Hub id or relative name as it is; an absolute (or ``~``) path as its base name, e.g. ``/home/me/model`` ->
-    ``model``: what a published card or report may say about a folder of this machine."""
-    if not value or not _LOCAL_PATH.fullmatch(str(value)):
-        return value
-    return Path(str(value).rstrip("/")).name or str(value)
-
-
-def public_text(text: str) -> str:
-    """`text` with every absolute path in it replaced by its base name (see :func:`public_name`)."""
-    return _LOCAL_PATH.sub(lambda match: public_name(match.group(0)), text)
 
 
 _ARXIV_ID = re.compile(r"\b(\d{4}\.\d{4,5})(?:v\d+)?\b")

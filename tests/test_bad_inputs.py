@@ -168,8 +168,15 @@ CASES = [
     Case("resume-without-checkpoint", run(resume_from_checkpoint="true"), 2, ["no complete checkpoint", "drop"]),
     Case(
         "divergence",
-        run(learning_rate="1e30", save_strategy="steps", save_steps=1, hybrid_fo_steps=2, max_steps=3,
-            lr_scheduler_type="linear", warmup_steps=2),
+        run(
+            learning_rate="1e30",
+            save_strategy="steps",
+            save_steps=1,
+            hybrid_fo_steps=2,
+            max_steps=3,
+            lr_scheduler_type="linear",
+            warmup_steps=2,
+        ),
         1,
         ["diverged at step 2", "divergence_max_update_ratio", "learning rate", "lower it"],
         output=True,
