@@ -169,6 +169,13 @@ def check_resume(script, config) -> tuple[str | None, dict]:
         return None, {}
     report = Path(config.output_dir) / REPORT_FILE
     if report.is_file() and Path(checkpoint).resolve().parent == Path(config.output_dir).resolve():
+        stopped = (_json_file(report) or {}).get("stopped")
+        if stopped:  # the divergence guard's stop: the same settings would diverge again at the same step
+            raise FileExistsError(
+                f"output_dir {config.output_dir} holds a run that diverged at step {stopped.get('step')} "
+                f"({REPORT_FILE}): resuming it with the same settings diverges again; start a new run in another "
+                "output_dir with a lower learning rate."
+            )
         raise FileExistsError(
             f"output_dir {config.output_dir} holds a finished run ({REPORT_FILE}): there is nothing to resume; "
             "choose a new output_dir (or set overwrite_output_dir=true and drop resume_from_checkpoint to train "

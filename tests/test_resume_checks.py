@@ -148,3 +148,10 @@ def test_incomplete_checkpoint_is_skipped_or_refused(whole, tmp_path, damage, re
         FileNotFoundError, match=f"no complete checkpoint-N folder \\(the newest, checkpoint-3: .*{reason}"
     ):
         find_checkpoint("latest", str(out))
+
+
+def test_diverged_run_is_not_resumed_as_it_was(whole, tiny_model_dir, synthetic_data_dir, tmp_path):
+    out = resumable(whole, tmp_path, 2)
+    (out / "unlearn_report.json").write_text(json.dumps({"schema_version": 1, "stopped": {"step": 3}}))
+    code, stderr = run(*flags(tiny_model_dir, synthetic_data_dir, out, "--resume_from_checkpoint", "true"))
+    assert code == 2 and "diverged at step 3" in stderr and "lower learning rate" in stderr, stderr
