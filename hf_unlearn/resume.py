@@ -81,9 +81,10 @@ def differing_keys(saved: dict[str, dict], current: dict[str, dict]) -> list[str
     """``"group key (saved -> current)"`` for every key whose value differs (a key on one side only included)."""
     missing = "<unset>"
     out = []
-    for group in sorted(set(saved) | set(current)):
+    order = ("method", "optimizer", "schedule", "data")
+    for group in sorted(set(saved) | set(current), key=lambda g: (order.index(g) if g in order else len(order), g)):
         old, new = saved.get(group, {}), current.get(group, {})
-        for key in sorted(set(old) | set(new)):
+        for key in sorted(set(old) | set(new), key=lambda k: (k != group, k)):  # `method` / `optimizer` first
             if old.get(key, missing) != new.get(key, missing):
                 out.append(f"{key} ({old.get(key, missing)!r} -> {new.get(key, missing)!r})")
     return out
