@@ -130,3 +130,15 @@ def test_other_ranks_do_not_refuse_a_folder_rank_0_locked(tiny_model_dir, synthe
     monkeypatch.setenv("RANK", "0")
     with pytest.raises(FileExistsError, match="in use by another run"):
         parse_recipe(DEMO, flags(tiny_model_dir, synthetic_data_dir, out))
+
+
+def test_sweep_does_not_delete_a_cell_another_process_is_training(tmp_path, live_pid):
+    from hf_unlearn.sweep import Cell, OptimizerSpec, run_cell
+
+    folder = tmp_path / "adamw_seed0"
+    write_lock(folder, live_pid)
+    (folder / "checkpoint-1").mkdir()
+    cell = Cell(optimizer=OptimizerSpec.parse("adamw"), seed=0, output_dir=folder)
+    with pytest.raises(FileExistsError, match="in use by another run"):
+        run_cell(None, cell, None)
+    assert (folder / "checkpoint-1").is_dir() and read_lock(folder)["pid"] == live_pid
