@@ -80,8 +80,9 @@ def load_model(path: str | os.PathLike, **model_kwargs):
     """The causal LM at a local folder or Hub id: the one place hf_unlearn turns a path into weights.
 
     ``dtype`` may be a string (``"bfloat16"``) or a torch dtype; ``"auto"`` keeps the checkpoint's. Weights are read
-    from safetensors only (a pickled ``.bin`` can run code) and ``trust_remote_code`` stays off unless passed; other
-    keyword arguments go to ``from_pretrained`` (``revision``, ``attn_implementation``, ...).
+    from safetensors only (a pickled ``.bin`` can run code), or from the GGUF file named by ``gguf_file`` (a data
+    format that runs no code either); ``trust_remote_code`` stays off unless passed. Other keyword arguments go to
+    ``from_pretrained`` (``revision``, ``attn_implementation``, ...).
     """
     from transformers import AutoModelForCausalLM
 
@@ -92,7 +93,8 @@ def load_model(path: str | os.PathLike, **model_kwargs):
         model_kwargs["dtype"] = dtype
     if model_kwargs.get("use_safetensors") is False:
         raise ValueError("hf_unlearn reads weights from safetensors only; convert the checkpoint to safetensors.")
-    model_kwargs["use_safetensors"] = True
+    if not model_kwargs.get("gguf_file"):
+        model_kwargs["use_safetensors"] = True
     model_kwargs["trust_remote_code"] = bool(model_kwargs.get("trust_remote_code", False))
     return AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
 

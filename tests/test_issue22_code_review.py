@@ -207,3 +207,19 @@ def test_trainer_and_reference_loads_keep_the_policy(tiny_model_dir, synthetic_d
     (pickled / "model.safetensors").unlink()
     with pytest.raises(OSError, match="safetensors"):  # a pickled reference is never unpickled
         GradDiffTrainer(str(tiny_model_dir), config(ref_model_path=str(pickled)), train_dataset=dataset)
+
+
+def test_loader_policy_for_every_format(monkeypatch):
+    import transformers
+
+    from hf_unlearn.loading import load_model
+
+    calls = []
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda path, **kw: calls.append(kw))
+    load_model("some/model", dtype="float32", revision="main")
+    load_model("some/folder", gguf_file="model.Q4_K_M.gguf")  # GGUF: a data format, read as such
+    assert calls[0] == {"dtype": __import__("torch").float32, "revision": "main", "use_safetensors": True,
+                        "trust_remote_code": False}  # fmt: skip
+    assert calls[1] == {"gguf_file": "model.Q4_K_M.gguf", "trust_remote_code": False}
+    with pytest.raises(ValueError, match="safetensors only"):
+        load_model("some/model", use_safetensors=False)
