@@ -369,6 +369,19 @@ def _tensors(output):
             yield from _tensors(item)
 
 
+def trainable_weight_norm(model) -> float:
+    """The L2 norm of the trainable weights, accumulated in float64 (weights of 1e28 do not overflow it; a non-finite
+    weight makes it non-finite). Under ZeRO-3 each process holds a shard: the squares are summed over processes."""
+    tensors = [getattr(p, "ds_tensor", p).detach() for p in model.parameters() if p.requires_grad]
+    if not tensors:
+        return 0.0
+    square = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors]).square().sum()
+    sharded = any(hasattr(p, "ds_tensor") for p in model.parameters())
+    if sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(square)
+    return math.sqrt(square.item()) if math.isfinite(square.item()) else square.item()
+
+
 class TrainingDiverged(RuntimeError):
     """Training stopped by :class:`DivergenceGuardCallback`; `record` is what the report keeps of the stop."""
 
@@ -387,15 +400,55 @@ class DivergenceGuardCallback(TrainerCallback):
     A failed check raises :class:`TrainingDiverged` (one message naming the step, the value and the likely cause),
     so the step's update never reaches the weights, no checkpoint of it is written, and the caller decides what to
     keep (the pipeline keeps the report and saves no final model).
+
+    The weights themselves are checked after every step (``on_step_end``, before a checkpoint or the final model is
+    saved): they must be finite, and the step may not change the L2 norm of the trainable weights by more than
+    ``max_update_ratio`` times that norm (a lower bound of the update's size; see
+    ``UnlearnConfig.divergence_max_update_ratio``). This is what catches the last step's update, which no loss
+    follows. The weights training starts from are checked too, those of a resumed checkpoint included.
     """
 
-    def __init__(self, max_forget_loss: float | None = None):
+    def __init__(self, max_forget_loss: float | None = None, max_update_ratio: float | None = 1.0):
         self.max_forget_loss = max_forget_loss
+        self.max_update_ratio = max_update_ratio
         self._worst_forget = 0.0  # the forget loss of largest magnitude in this optimizer step
+        self._weight_norm: float | None = None  # of the trainable weights, after the last step checked
 
     @classmethod
     def from_args(cls, args) -> DivergenceGuardCallback:
-        return cls(max_forget_loss=args.divergence_max_forget_loss)
+        return cls(
+            max_forget_loss=args.divergence_max_forget_loss,
+            max_update_ratio=getattr(args, "divergence_max_update_ratio", 1.0),
+        )
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        """The weights training starts from are finite: after a resume, the checkpoint's (whose last update no loss
+        has checked yet; the first loss after the resume is observed like every other)."""
+        self._weight_norm = None
+        if model is None:
+            return
+        norm = trainable_weight_norm(model)
+        if not math.isfinite(norm):
+            where = f"loaded from the checkpoint of step {state.global_step}" if state.global_step else "given"
+            self._stop(args, state.global_step, "weight_norm", norm, f"non-finite weights {where}")
+        self._weight_norm = norm
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        """Check the weights each step wrote, before they are saved: the last step's update is followed by no loss
+        that would show it, and a checkpoint must never hold weights no check has seen."""
+        if model is None:
+            return
+        step, norm, before = state.global_step, trainable_weight_norm(model), self._weight_norm
+        if not math.isfinite(norm):
+            self._stop(args, step, "weight_norm", norm, "non-finite weights after the update")
+        ratio = self.max_update_ratio
+        if ratio is not None and before and abs(norm - before) > ratio * before:
+            self._stop(
+                args, step, "weight_norm", norm,
+                f"the update moved the trainable weights' norm from {before:.6g} by {abs(norm - before) / before:.3g} "
+                f"times its size, past divergence_max_update_ratio={ratio:g}",
+            )  # fmt: skip
+        self._weight_norm = norm
 
     def observe(self, step: int, loss: torch.Tensor | None, parts: dict[str, list] | None, args=None) -> None:
         """Check one forward's loss and its parts (``loss/forget``, ...) as soon as they exist, before any update.

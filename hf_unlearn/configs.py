@@ -68,6 +68,17 @@ class UnlearnConfig(TrainingArguments, OptimizerArguments):
             "model collapses. Unset: no bound."
         },
     )
+    divergence_max_update_ratio: float | None = field(
+        default=1.0,
+        metadata={
+            "help": "With divergence_guard: after every optimizer step (the last one included, which no loss "
+            "follows) stop when a trainable weight is not finite, or when the step changed the L2 norm of the "
+            "trainable weights by more than this fraction of it: | ||w_t|| - ||w_t-1|| | > ratio * ||w_t-1||. The "
+            "change of the norm is a lower bound of the update's size ||w_t - w_t-1||, so an update past the bound "
+            "that leaves the norm as it was passes. Default 1.0 (a step that doubles the weights' norm or more); "
+            "unset: only the finite check."
+        },
+    )
     metric_for_best_model: str | None = field(
         default=None,
         metadata={
@@ -90,6 +101,9 @@ class UnlearnConfig(TrainingArguments, OptimizerArguments):
         bound = self.divergence_max_forget_loss
         if bound is not None and not 0 < bound < math.inf:
             raise ValueError(f"divergence_max_forget_loss must be a finite number > 0 (or unset), got {bound}.")
+        ratio = self.divergence_max_update_ratio
+        if ratio is not None and not 0 < ratio < math.inf:
+            raise ValueError(f"divergence_max_update_ratio must be a finite number > 0 (or unset), got {ratio}.")
         if self.gamma <= 0:
             raise ValueError(f"gamma (forget weight) must be > 0, got {self.gamma}.")
         if self.alpha < 0:

@@ -133,12 +133,10 @@ def qa_sft_dataset(rows, tokenizer, max_length: int, qa_format: QAFormat | None,
 
 def load_model(model_args):
     """The causal LM named by a `trl.ModelConfig`, loaded as TRL's own scripts load it."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from hf_unlearn.loading import load_model as load
 
-    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
-    return AutoModelForCausalLM.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, dtype=dtype,
+    return load(
+        model_args.model_name_or_path, revision=model_args.model_revision, dtype=model_args.dtype,
         attn_implementation=model_args.attn_implementation,
     )  # fmt: skip
 

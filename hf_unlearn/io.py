@@ -70,14 +70,19 @@ def check_output_dir(
     protected: dict[str, str | Path | None] | None = None,
     inside_ok: tuple[str, ...] = (),
     check_contents: bool = True,
+    check_lock: bool | None = None,
 ) -> Path:
     """Check, before anything is loaded or written, that a command may write into `path`; return it as a Path.
 
     Refused in one line (nothing is created): a file where the folder should be; a folder that is, or lies inside,
     one of the `protected` folders (the model, the data: name -> path; `inside_ok` names may hold it as a
-    subfolder but never be it); a folder that cannot be written; and, with `check_contents`, a folder that already
-    holds files, unless `overwrite` is set or `resume` is set and the folder holds the run's own checkpoints.
+    subfolder but never be it); a folder that cannot be written; a folder another live run holds the lock of
+    (`check_lock`, default: as `check_contents`; see :mod:`hf_unlearn.lock`); and, with `check_contents`, a folder
+    that already holds files, unless `overwrite` is set or `resume` is set and the folder holds the run's own
+    checkpoints. A stale lock file left by a killed run does not count as a file.
     """
+    from hf_unlearn.lock import LOCK_FILE, check_unlocked
+
     out = Path(path).expanduser()
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"{flag} {path} is a file; point {flag} at a new or empty folder.")
@@ -97,8 +102,11 @@ def check_output_dir(
         raise NotADirectoryError(f"{flag} {path} cannot be created: {existing} is a file; choose another folder.")
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"{flag} {path}: {existing} is not writable; choose a folder you can write to.")
+    stale_lock = False
+    if out.is_dir() and (check_contents if check_lock is None else check_lock):
+        stale_lock = check_unlocked(out, flag)
     if check_contents and out.is_dir() and not overwrite:
-        present = sorted(p.name for p in out.iterdir())
+        present = sorted(p.name for p in out.iterdir() if not (stale_lock and p.name == LOCK_FILE))
         checkpoints = [name for name in present if name.startswith("checkpoint-")]
         if present and not (resume and checkpoints):
             shown = ", ".join(present[:3]) + (f" and {len(present) - 3} more" if len(present) > 3 else "")

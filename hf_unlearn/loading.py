@@ -28,7 +28,7 @@ def check_model_path(path: str | os.PathLike | None, name: str = "model") -> str
     flag) and the fix. A Hub id is accepted as is, except offline (``HF_HUB_OFFLINE=1``) when it is not in the local
     Hugging Face cache.
     """
-    from hf_unlearn.models import resolve_packaged_model
+    from hf_unlearn.packaged_models import resolve_packaged_model
 
     if path is None or str(path) == "":
         raise ValueError(f"{name} is required: a local model folder, a packaged model's name or a Hub id.")
@@ -74,23 +74,25 @@ def disable_progress_bars() -> None:
     huggingface_hub.utils.disable_progress_bars()
 
 
-def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False):
+def load_tokenizer(path: str | os.PathLike, trust_remote_code: bool = False, **kwargs):
     from transformers import AutoTokenizer
 
-    from hf_unlearn.models import resolve_packaged_model
+    from hf_unlearn.packaged_models import resolve_packaged_model
 
-    return AutoTokenizer.from_pretrained(resolve_packaged_model(path), trust_remote_code=trust_remote_code)
+    return AutoTokenizer.from_pretrained(resolve_packaged_model(path), trust_remote_code=trust_remote_code, **kwargs)
 
 
-def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device | None = None, **model_kwargs):
-    """``(model, tokenizer)`` from a local folder or Hub id; on `device` in eval mode when one is given.
+def load_model(path: str | os.PathLike, **model_kwargs):
+    """The causal LM at a local folder or Hub id: the one place hf_unlearn turns a path into weights.
 
     ``dtype`` may be a string (``"bfloat16"``) or a torch dtype; ``"auto"`` keeps the checkpoint's. Weights are read
-    from safetensors only (a pickled ``.bin`` can run code) and ``trust_remote_code`` stays off unless passed.
+    from safetensors only (a pickled ``.bin`` can run code), or from the GGUF file named by ``gguf_file`` (a data
+    format that runs no code either); ``trust_remote_code`` stays off unless passed. Other keyword arguments go to
+    ``from_pretrained`` (``revision``, ``attn_implementation``, ...).
     """
     from transformers import AutoModelForCausalLM
 
-    from hf_unlearn.models import resolve_packaged_model
+    from hf_unlearn.packaged_models import resolve_packaged_model
 
     path = resolve_packaged_model(path)
     dtype = model_kwargs.pop("dtype", None)
@@ -98,10 +100,20 @@ def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device
         dtype = getattr(torch, dtype)
     if dtype is not None:
         model_kwargs["dtype"] = dtype
-    model_kwargs.setdefault("use_safetensors", True)
-    model_kwargs.setdefault("trust_remote_code", False)
-    tokenizer = load_tokenizer(path, trust_remote_code=model_kwargs["trust_remote_code"])
-    model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
+    if model_kwargs.get("use_safetensors") is False:
+        raise ValueError("hf_unlearn reads weights from safetensors only; convert the checkpoint to safetensors.")
+    if not model_kwargs.get("gguf_file"):
+        model_kwargs["use_safetensors"] = True
+    model_kwargs["trust_remote_code"] = bool(model_kwargs.get("trust_remote_code", False))
+    return AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
+
+
+def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device | None = None, **model_kwargs):
+    """``(model, tokenizer)`` from a local folder or Hub id (the model through :func:`load_model`, with its policy);
+    on `device` in eval mode when one is given."""
+    trust = bool(model_kwargs.get("trust_remote_code", False))
+    tokenizer = load_tokenizer(path, trust_remote_code=trust)
+    model = load_model(path, **model_kwargs)
     if device is not None:
         model = model.to(resolve_device(device)).eval()
     return model, tokenizer

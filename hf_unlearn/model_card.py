@@ -15,6 +15,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_unlearn.io import atomic_write_text
+from hf_unlearn.optim.papers import optimizer_papers
 from hf_unlearn.report import (
     AFTER,
     EVAL_PLOT,
@@ -24,6 +25,8 @@ from hf_unlearn.report import (
     AttackRun,
     Metrics,
     UnlearnReport,
+    public_name,
+    public_text,
 )
 from hf_unlearn.report_render import (
     benchmark_table,
@@ -56,6 +59,14 @@ def hub_datasets(benchmark: str | None, data_dir: str | None = None) -> list[str
     return [HUB_DATASETS[benchmark]]
 
 
+def card_datasets(report: UnlearnReport) -> list[str]:
+    """The card's ``datasets`` metadata: Hub dataset ids only. The report's Hub ids, else the Hub dataset of its
+    benchmark when it read no local copy (:func:`hub_datasets`); local folders and synthetic data name none."""
+    hub = [d for d in report.datasets if is_hub_id(d)]
+    local = [d for d in report.datasets if not is_hub_id(d)]
+    return hub or hub_datasets(report.benchmark, local[0] if local else None)
+
+
 def is_hub_id(name: str | None) -> bool:
     """Whether ``name`` reads as ``owner/name`` on the Hub (and is not a local folder)."""
     return bool(name) and bool(_HUB_ID.match(name)) and not Path(name).exists()
@@ -77,7 +88,8 @@ def card_attack_run(report: UnlearnReport) -> AttackRun | None:
 
 def eval_results(report: UnlearnReport) -> list[EvalResult]:
     """The model-index entries: each available metric, tagged by stage in ``metric_config``."""
-    dataset = report.datasets[0] if report.datasets else (report.benchmark or "unknown")
+    hub = card_datasets(report)
+    dataset = hub[0] if hub else (report.benchmark or "unknown")
     base = {**TASK, "dataset_type": dataset, "dataset_name": report.benchmark or dataset}
 
     def entries(stage: str, metrics: Metrics, description: str) -> list[EvalResult]:
@@ -124,7 +136,7 @@ def card_data(report: UnlearnReport) -> ModelCardData:
         base_model=report.base_model if is_hub_id(report.base_model) else None,
         library_name="hf_unlearn",
         tags=list(dict.fromkeys(tags)),
-        datasets=report.datasets or None,
+        datasets=card_datasets(report) or None,
         model_name=report.hub_model_id or _title(report),
         eval_results=results or None,
     )
@@ -135,21 +147,32 @@ def _title(report: UnlearnReport) -> str:
     return f"{base} unlearned with {' + '.join(x for x in (report.method, report.optimizer) if x) or 'hf_unlearn'}"
 
 
-def _paper_lines(report: UnlearnReport) -> list[str]:
+def _optimizer_papers(report: UnlearnReport) -> list[dict]:
+    cited = {p.get("arxiv_id") for p in report.papers}
+    return [p for p in optimizer_papers(report.optimizer, report.config) if p["arxiv_id"] not in cited]
+
+
+def _paper_lines(papers: list[dict]) -> list[str]:
     lines = []
-    for paper in report.papers:
+    for paper in papers:
         arxiv_id = paper.get("arxiv_id")
         text = paper.get("title") or paper.get("citation") or arxiv_id
         if arxiv_id:
             text = text.replace(f" ({arxiv_id})", "")  # the link below says it
             text += f" ([arXiv:{arxiv_id}](https://arxiv.org/abs/{arxiv_id}))"
         lines.append(f"- {text}")
-    return lines or ["- (no paper recorded for this method)"]
+    return lines
 
 
 def card_body(report: UnlearnReport) -> str:
     base = report.base_model
-    base_text = f"[{base}](https://huggingface.co/{base})" if is_hub_id(base) else f"`{base}`" if base else "a model"
+    base_text = (
+        f"[{base}](https://huggingface.co/{base})"
+        if is_hub_id(base)
+        else f"`{public_name(base)}`"
+        if base
+        else "a model"
+    )
     lines = [
         f"# {report.hub_model_id or _title(report)}",
         "",
@@ -158,12 +181,17 @@ def card_body(report: UnlearnReport) -> str:
         "",
         "## Method",
         "",
-        *_paper_lines(report),
+        *(_paper_lines(report.papers) or ["- (no paper recorded for this method)"]),
         "",
         "## Optimizer schedule",
         "",
         schedule_text(report),
         "",
+        *(
+            ["The optimizer comes from:", "", *_paper_lines(_optimizer_papers(report)), ""]
+            if _optimizer_papers(report)
+            else []
+        ),  # fmt: skip
         "## Benchmark results",
         "",
     ]
@@ -178,7 +206,7 @@ def card_body(report: UnlearnReport) -> str:
         lines.append("No relearning or quantization attack was run.")
     else:
         lines += [
-            f"Forget metrics ({run.label}) after relearning on the forget set and after "
+            f"Forget metrics ({public_text(run.label)}) after relearning on the forget set and after "
             "weight quantization; the last column is the share of quantization codes that unlearning changed "
             "(quantization can only restore knowledge where codes snap back to the original model's).",
             "",
@@ -200,7 +228,7 @@ def card_body(report: UnlearnReport) -> str:
         ]
     lines += ["", "## How to reproduce", ""]
     if report.command:
-        lines += ["```bash", report.command, "```"]
+        lines += ["```bash", public_text(report.command), "```"]
     if report.recipe:
         lines += ["", f"or, with this repository's `{RECIPE_FILE}`:", "", "```bash",
                   f"hf-unlearn run {RECIPE_FILE}", "```"]  # fmt: skip
@@ -209,7 +237,7 @@ def card_body(report: UnlearnReport) -> str:
     if report.seed is not None:
         lines += ["", f"Seed: {report.seed}."]
     lines += ["", "## Versions", "", table(["package", "version"], [[k, v] for k, v in report.versions.items()])]
-    bibtex = [p["bibtex"].strip() for p in report.papers if p.get("bibtex")]
+    bibtex = [p["bibtex"].strip() for p in (*report.papers, *_optimizer_papers(report)) if p.get("bibtex")]
     if bibtex:
         lines += ["", "## Citation", "", "```bibtex", "\n\n".join(bibtex), "```"]
     return "\n".join(lines) + "\n"

@@ -21,6 +21,7 @@ from hf_unlearn.callbacks import (
 from hf_unlearn.loading import disable_progress_bars, load_model_and_tokenizer, load_tokenizer
 from hf_unlearn.recipes import Recipe
 from hf_unlearn.report import AFTER, BEFORE, UnlearnReport
+from hf_unlearn.resume import CheckpointRecordCallback, check_resume, restore, run_keys
 from hf_unlearn.trainers import get_method
 
 
@@ -87,28 +88,6 @@ def new_report(recipe: Recipe, source: DataSource) -> UnlearnReport:
     )
 
 
-def resume_checkpoint(resume, output_dir: str):
-    """What `Trainer.train(resume_from_checkpoint=...)` gets: `true` / `latest` -> the latest *complete* checkpoint
-    in `output_dir` (one whose trainer_state.json, written last, exists: a run killed while saving leaves a partial
-    folder that must not be resumed from); a path as given; unset -> None."""
-    if isinstance(resume, str) and resume.lower() in ("true", "latest"):
-        resume = True
-    if resume is not True:
-        return resume or None
-    folders = sorted(
-        (p for p in Path(output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-        reverse=True,
-    )
-    complete = next((p for p in folders if (p / "trainer_state.json").is_file()), None)
-    if complete is None:
-        raise FileNotFoundError(
-            f"resume_from_checkpoint=true but {output_dir} holds no complete checkpoint-N folder; drop the flag to "
-            "start from step 0."
-        )
-    return str(complete)
-
-
 def remove_stale_report(output_dir: str) -> None:
     """With overwrite_output_dir: remove an earlier run's report, recipe, plots and card before this run trains, so
     that no file describing a model that is gone survives beside the new one (whether or not this run finishes)."""
@@ -154,10 +133,25 @@ def run(recipe: Recipe, compute_budget: int | None = None) -> UnlearnReport:
 
     `compute_budget`: stop training once the model's forward + backward passes (per process, as the report's
     compute accounting counts them) reach it; `hf-unlearn sweep --compute_budget` uses it for compute-matched runs.
+
+    The main process holds `output_dir`'s lock (:mod:`hf_unlearn.lock`) from the first check to the last file: a
+    second run into the same folder is refused, not mixed in.
     """
+    import os
+
+    from hf_unlearn.lock import output_lock
+
+    main_process = int(os.environ.get("RANK", "0")) == 0  # the other ranks of this launch must not refuse themselves
+    with output_lock(recipe.config.output_dir, main_process=main_process):
+        return _run(recipe, compute_budget)
+
+
+def _run(recipe: Recipe, compute_budget: int | None) -> UnlearnReport:
     from transformers import AutoConfig
 
     script, config = recipe.script, recipe.config
+    # A resume that does not match its checkpoint (or has nothing to resume) fails before anything loads.
+    resume, resume_record = check_resume(script, config)
     if config.disable_tqdm:
         disable_progress_bars()
     trainer_cls = get_method(script.method)
@@ -168,7 +162,6 @@ def run(recipe: Recipe, compute_budget: int | None = None) -> UnlearnReport:
     check_causal_lm(model_config, script.model_name_or_path)
     trainer_cls.check_model_config(model_config, config)
     tokenizer = prepare_tokenizer(script)
-    resume = resume_checkpoint(config.resume_from_checkpoint, config.output_dir)
     source = source_from_recipe(script, config)
     prepare_source(source)
     report = new_report(recipe, source)
@@ -189,8 +182,11 @@ def run(recipe: Recipe, compute_budget: int | None = None) -> UnlearnReport:
         peft_config=peft_config(script),
         callbacks=[checks] if checks else [],
         model_config_checked=True,
+        trust_remote_code=script.trust_remote_code,
     )
     accounting = ComputeAccountingCallback.for_trainer(trainer)
+    trainer.add_callback(CheckpointRecordCallback(trainer, run_keys(script, config), accounting))
+    restore(trainer, resume_record, accounting)
     if compute_budget is not None:
         trainer.add_callback(ComputeBudgetCallback(accounting, compute_budget))
     logs_to_stderr(trainer)

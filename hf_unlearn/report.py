@@ -37,6 +37,8 @@ from hf_unlearn.report_render import (  # noqa: F401  (re-exported: the report's
     evaluation_plot,
     loss_plot,
     pick_forget_metric,
+    public_name,
+    public_text,
     relearning_plot,
     report_markdown,
 )
@@ -46,7 +48,6 @@ SCHEMA_VERSION = 1
 REPORT_FILE = "unlearn_report.json"
 MARKDOWN_FILE = "unlearn_report.md"
 RECIPE_FILE = "unlearn_recipe.yaml"
-# The forget metric that relearning curves and robustness tables follow, in order of preference.
 NO_VALUE = "the evaluator returned no value"
 VERSIONED_PACKAGES = ("torch", "transformers", "trl", "accelerate", "huggingface_hub", "datasets", "peft", "deepspeed")
 # Never written into a report, a card or saved args: the Hub token (TrainingArguments.to_dict already masks it).
@@ -235,6 +236,9 @@ class UnlearnReport:
 
     def __post_init__(self):
         self.papers = paper_records(self.papers)
+        # What a push publishes names no folder of this machine: the command and the data by their base names.
+        self.command = public_text(self.command) if self.command else self.command
+        self.datasets = [public_name(d) for d in self.datasets]
 
     # ---- filling it in -----------------------------------------------------------------------------------------
 
@@ -281,6 +285,11 @@ class UnlearnReport:
         self.best_model = best_model_record(args, trainer.state, self.evaluation_curve)
         if train_output is not None:
             self.training = json_safe({"global_step": train_output.global_step, **train_output.metrics})
+            if hasattr(trainer, "training_loss_total"):
+                # Trainer's train_loss averages the steps of this train() call only; after a resume that is the
+                # run's second half. The trainer's own sum is the whole run's (carried in the checkpoint).
+                total = trainer.training_loss_total()
+                self.training["train_loss"] = total / max(train_output.global_step, 1)
             if "train_runtime" in train_output.metrics:
                 self.wall_time_s["train"] = float(train_output.metrics["train_runtime"])
         for callback in trainer.callback_handler.callbacks:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import math
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hf_unlearn.optim.args import ZEROTH_ORDER_OPTIMIZERS as ZO_OPTIMIZERS
@@ -20,12 +22,35 @@ LOSS_PLOT = "unlearn_losses.png"
 RELEARN_PLOT = "unlearn_relearning.png"
 EVAL_PLOT = "unlearn_eval_curve.png"
 BEFORE, AFTER = "before_training", "after_training"
-FORGET_METRICS = ("forget_prob", "forget_rouge_l_recall", "forget_truth_ratio", "knowmem_forget", "verbmem_forget")
+# The forget metric that relearning curves, robustness tables and sweeps follow, in order of preference: TOFU's,
+# then MUSE's (knowledge and verbatim memorisation of the forget set), then WMDP's hazardous-knowledge accuracies.
+FORGET_METRICS = (
+    "forget_prob", "forget_rouge_l_recall", "forget_truth_ratio", "knowmem_f", "verbmem_f", "wmdp_bio_acc",
+    "wmdp_cyber_acc", "wmdp_chem_acc",
+)  # fmt: skip
 
 
 def pick_forget_metric(metrics: Metrics) -> str | None:
     """The first available forget metric of :data:`FORGET_METRICS`, else None."""
     return next((name for name in FORGET_METRICS if metrics.get(name) is not None), None)
+
+
+# An absolute or home-relative path inside a text: not after a word character, ':' or '/' (so neither the path of
+# a URL nor an owner/name Hub id), up to a space, quote or bracket.
+_LOCAL_PATH = re.compile(r"(?<![\w:/.~-])~?/[^\s'\"`()\[\],;]+")
+
+
+def public_name(value: str | None) -> str | None:
+    """A Hub id or relative name as it is; an absolute (or ``~``) path as its base name, e.g. ``/home/me/model`` ->
+    ``model``: what a published card or report may say about a folder of this machine."""
+    if not value or not _LOCAL_PATH.fullmatch(str(value)):
+        return value
+    return Path(str(value).rstrip("/")).name or str(value)
+
+
+def public_text(text: str) -> str:
+    """`text` with every absolute path in it replaced by its base name (see :func:`public_name`)."""
+    return _LOCAL_PATH.sub(lambda match: public_name(match.group(0)), text)
 
 
 PHASE_COLORS = {"fo": "#4c72b0", "zo": "#dd8452"}
@@ -192,7 +217,7 @@ def report_markdown(report: UnlearnReport) -> str:
     title = " + ".join(x for x in (report.method, report.optimizer) if x) or "evaluation"
     lines = [f"# Unlearning report: {title}", ""]
     facts = [
-        ("base model", report.base_model), ("benchmark", report.benchmark), ("seed", report.seed),
+        ("base model", public_name(report.base_model)), ("benchmark", report.benchmark), ("seed", report.seed),
         ("command", f"`{report.command}`" if report.command else None), ("created", report.created_at),
     ]  # fmt: skip
     lines += [f"- {name}: {value}" for name, value in facts if value is not None]

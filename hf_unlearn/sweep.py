@@ -218,6 +218,9 @@ def run_cell(settings: SweepSettings, cell: Cell, base) -> None:
     from hf_unlearn.recipes import parse_recipe
 
     if cell.output_dir.exists():  # an interrupted cell: its checkpoints and partial files would mix with the rerun
+        from hf_unlearn.lock import check_unlocked
+
+        check_unlocked(cell.output_dir)  # unless another process is training this cell right now
         shutil.rmtree(cell.output_dir)
     run(parse_recipe(settings.recipe, cell_overrides(settings, cell, base)), compute_budget=settings.compute_budget)
 
@@ -288,9 +291,9 @@ class _eval:
 
 
 def load_model(path: Path):
-    from transformers import AutoModelForCausalLM
+    from hf_unlearn.loading import load_model as load
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype="float32").eval()
+    return load(path, dtype="float32").eval()
 
 
 def checkpoint_dirs(folder: Path) -> list[tuple[int, Path]]:

@@ -44,9 +44,10 @@ def environment() -> dict:
 
 
 def complete_checkpoints(output_dir: Path) -> list[int]:
-    return sorted(
-        int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()
-    )
+    """The steps of the checkpoints a resume may start from (hf_unlearn.resume's definition of complete)."""
+    from hf_unlearn.resume import incomplete_reason
+
+    return sorted(int(p.name.split("-")[1]) for p in output_dir.glob("checkpoint-*") if incomplete_reason(p) is None)
 
 
 def report_numbers(output_dir: Path) -> dict:
@@ -59,6 +60,9 @@ def report_numbers(output_dir: Path) -> dict:
         "log": log,
         "evaluations": {k: v["values"] for k, v in report["evaluations"].items()},
         "stopped": report["stopped"],
+        # carried in the checkpoint (hf_unlearn.resume): the whole run's, not the resumed half's
+        "train_loss": report["training"]["train_loss"],
+        "compute": report["compute"],
     }
 
 

@@ -1,8 +1,11 @@
 """`hf-unlearn attack --model DIR`: relearning and quantization attacks on a saved model, post hoc.
 
-Evaluates with a registered benchmark (``--benchmark tofu``) or, for a quick offline check, ``--benchmark nll``
-(mean answer NLL on the forget and retain splits). Writes the run's ``unlearn_report.json`` / ``.md`` and plots,
-the same report a recipe run writes. The attack settings and their defaults are `RobustnessConfig`'s, the one source.
+Evaluates with a registered benchmark (``--benchmark tofu``, ``muse``, ``wmdp``) or, for a quick offline check,
+``--benchmark nll`` (mean answer NLL on the forget and retain splits). Relearning trains on the benchmark's own
+forget data: TOFU's forget split; MUSE's forget texts (its PrivLeak ``forget`` split, excerpts of the forget
+corpus); WMDP ships no forget texts, so it needs ``--relearn_data``. Writes the run's ``unlearn_report.json`` /
+``.md`` and plots, the same report a recipe run writes. The attack settings and their defaults are
+`RobustnessConfig`'s, the one source.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from hf_unlearn.cli import common
 from hf_unlearn.data import QAFormat
 
 
+BENCHMARKS = ("tofu", "tofu-legacy", "muse", "wmdp", "nll")
 ATTACK_FIELDS = (
     "relearn_steps", "relearn_lr", "relearn_batch_size", "relearn_num_examples", "relearn_scheduler",
     "relearn_seed", "quantization",
@@ -43,9 +47,10 @@ def add_config_arguments(parser, config_cls, names) -> None:
 def add_arguments(parser):
     common.add_model(parser, help_text="Folder or Hub id of the unlearned model (and tokenizer).")
     parser.add_argument("--original_model", default=None, help="Model before unlearning: report codes changed.")
-    parser.add_argument("--benchmark", default="tofu", help="tofu | tofu-legacy | nll (answer NLL, fast).")
-    common.add_data_dir(parser, "TOFU folder (default: the local copy, else the Hub).")
+    parser.add_argument("--benchmark", default="tofu", help="tofu | tofu-legacy | muse | wmdp | nll (answer NLL).")
+    common.add_data_dir(parser, "TOFU / MUSE / WMDP folder (default: TOFU's local copy, else the Hub).")
     parser.add_argument("--forget_split", default="forget10", help="TOFU forget split (forget01/05/10).")
+    parser.add_argument("--corpus", choices=("news", "books"), default="news", help="MUSE corpus.")
     parser.add_argument("--max_examples", type=int, default=None, help="Evaluate only the first N rows per set.")
     common.add_retain_model(parser)
     common.add_qa_format(parser)
@@ -62,9 +67,15 @@ def _eval_fn(args, data_dir):
     if args.benchmark != "nll":
         from hf_unlearn.attacks.robustness import benchmark_eval_fn
 
-        settings = {"forget_split": args.forget_split, "data_dir": data_dir, "max_examples": args.max_examples}
-        settings.update(qa_format=QAFormat.from_args(args), retain_model=args.retain_model)
-        return benchmark_eval_fn(args.benchmark, **settings)
+        if args.benchmark.startswith("tofu"):
+            settings = {"forget_split": args.forget_split, "data_dir": data_dir, "max_examples": args.max_examples}
+            settings.update(qa_format=QAFormat.from_args(args), retain_model=args.retain_model)
+        elif args.benchmark == "muse":
+            settings = {"corpus": args.corpus, "data_dir": data_dir, "max_examples": args.max_examples}
+            settings["retain_model"] = args.retain_model
+        else:
+            settings = {"data_dir": data_dir, "limit": args.max_examples}
+        return benchmark_eval_fn(args.benchmark, **{k: v for k, v in settings.items() if v is not None})
 
     from hf_unlearn.benchmarks.nll import NLLBenchmark
     from hf_unlearn.benchmarks.tofu_data import load_split, tofu_split_names
@@ -85,15 +96,37 @@ def _eval_fn(args, data_dir):
     return eval_fn
 
 
-def main(args):
+def forget_rows(args, config: RobustnessConfig, data_dir):
+    """The rows relearning trains on (None without relearning): --relearn_data, else the benchmark's forget data."""
     from datasets import load_dataset
 
+    if not config.relearn_steps:
+        return None
+    if args.relearn_data:
+        return load_dataset("json", data_files=args.relearn_data, split="train")
+    if args.benchmark == "muse":
+        from hf_unlearn.benchmarks.muse import load_muse
+
+        return load_muse(args.corpus, "privleak", "forget", data_dir)
+    if args.benchmark == "wmdp":
+        raise ValueError(
+            "--benchmark wmdp ships no forget texts to relearn on: pass --relearn_data with a JSON Lines forget "
+            'corpus ({"text": ...} rows), or --relearn_steps with no value to skip relearning.'
+        )
+    from hf_unlearn.benchmarks.tofu_data import load_tofu
+
+    return load_tofu(args.forget_split, data_dir)
+
+
+def main(args):
     from hf_unlearn.attacks.robustness import robustness_checks
-    from hf_unlearn.benchmarks.tofu_data import default_tofu_dir, load_tofu
+    from hf_unlearn.benchmarks.tofu_data import default_tofu_dir
     from hf_unlearn.cli.eval import EVALUATED, command_line
     from hf_unlearn.loading import check_model_path, load_model_and_tokenizer
-    from hf_unlearn.report import REPORT_FILE, UnlearnReport
+    from hf_unlearn.report import REPORT_FILE, UnlearnReport, public_name
 
+    if args.benchmark not in BENCHMARKS:
+        raise ValueError(f"--benchmark {args.benchmark!r} is unknown; choose one of {', '.join(BENCHMARKS)}.")
     config = RobustnessConfig(**{name: getattr(args, name) for name in ATTACK_FIELDS})
     check_model_path(args.model, "--model")
     for flag in ("original_model", "retain_model"):
@@ -101,17 +134,13 @@ def main(args):
             check_model_path(getattr(args, flag), f"--{flag}")
     if args.relearn_data and not Path(args.relearn_data).is_file():
         raise FileNotFoundError(f"--relearn_data {args.relearn_data} not found; give a JSON Lines file.")
-    data_dir = args.data_dir or default_tofu_dir()
+    tofu_like = args.benchmark.startswith("tofu") or args.benchmark == "nll"
+    data_dir = args.data_dir or (default_tofu_dir() if tofu_like else None)
     protected = {"--model": args.model, "--original_model": args.original_model, "--retain_model": args.retain_model}
     common.check_output(args, {**protected, "--data_dir": data_dir}, inside_ok=("--model",))
+    relearn_rows = forget_rows(args, config, data_dir)  # read (and checked) before any weight loads
     model, tokenizer = load_model_and_tokenizer(args.model, device=args.device)
     original = load_model_and_tokenizer(args.original_model, device=args.device)[0] if args.original_model else None
-    if not config.relearn_steps:
-        relearn_rows = None
-    elif args.relearn_data:
-        relearn_rows = load_dataset("json", data_files=args.relearn_data, split="train")
-    else:
-        relearn_rows = load_tofu(args.forget_split, data_dir)
     qa_format = QAFormat.from_args(args)
     report = UnlearnReport(
         base_model=args.model,
@@ -127,7 +156,7 @@ def main(args):
         eval_fn = _eval_fn(args, data_dir)
         results = robustness_checks(model, tokenizer, eval_fn, relearn_rows, config, original, qa_format)
     report.add_evaluation(EVALUATED, results["unlearned"])
-    report.add_attacks(results, label=f"{args.model} (post hoc)")
+    report.add_attacks(results, label=f"{public_name(args.model)} (post hoc)")
     report.save(args.output_dir)
     print(report.to_markdown())
     print(f"Wrote {Path(args.output_dir) / REPORT_FILE}")

@@ -38,16 +38,14 @@ def _blocks(count: int, seq_len: int, vocab: int, seed: int) -> list[dict[str, l
 def bench_real_model_costs(batch_size: int = 8, seq_len: int = 128, forwards: int = 3, steps: int = 2) -> dict:
     """Forward seconds per token (median of `forwards`, no grad) and the peak RSS of NPO + AdamW steps above the RSS
     with the model loaded, at `batch_size` × `seq_len` tokens for the forget side and as many for the retain side."""
-    from transformers import AutoModelForCausalLM
-
     from hf_unlearn.data import ForgetRetainDataset
-    from hf_unlearn.loading import load_tokenizer
-    from hf_unlearn.models import resolve_packaged_model
+    from hf_unlearn.loading import load_model, load_tokenizer
+    from hf_unlearn.packaged_models import resolve_packaged_model
     from hf_unlearn.trainers import get_method
 
     folder = resolve_packaged_model(REAL_MODEL)
     tokenizer = load_tokenizer(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True, dtype=torch.float32).eval()
+    model = load_model(folder, dtype=torch.float32).eval()
     vocab = model.config.vocab_size
     batch = torch.tensor([b["input_ids"] for b in _blocks(batch_size, seq_len, vocab, seed=0)])
     times = []

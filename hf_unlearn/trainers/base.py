@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Trainer
+from transformers import AutoConfig, PreTrainedModel, Trainer
 from transformers.utils import is_peft_available
 
 from hf_unlearn.callbacks import DivergenceGuardCallback, HybridScheduleCallback, PairingEpochCallback
 from hf_unlearn.configs import UnlearnConfig
 from hf_unlearn.data import DataCollatorForUnlearning
+from hf_unlearn.loading import load_model, load_tokenizer
 from hf_unlearn.modeling import answer_token_nll, model_inputs
 from hf_unlearn.optim.factory import OptimizerFactoryMixin
 from hf_unlearn.trainers.evaluation import BenchmarkEvaluationMixin
@@ -91,6 +92,8 @@ class UnlearnTrainer(BenchmarkEvaluationMixin, SmoothingMixin, ZerothOrderMixin,
         processing_class: the tokenizer; loaded from `model` when that is a path.
         peft_config: a peft config (e.g. `LoraConfig`); the model is wrapped and only the adapter trains.
         model_config_checked: the caller already ran `check_model_config` on this model's config.
+        trust_remote_code: let the models this trainer loads (`model` given as a path, the reference) run their
+            repository's code; off by default. Every load goes through `hf_unlearn.loading` (safetensors only).
 
     The frozen reference (KL retain, RMU, online NPO) is the model loaded again from `args.ref_model_path` or the
     model's own path, never a deep copy; under peft it is the same model with the adapter disabled. Cached NPO
@@ -115,6 +118,7 @@ class UnlearnTrainer(BenchmarkEvaluationMixin, SmoothingMixin, ZerothOrderMixin,
         data_collator=None,
         peft_config=None,
         model_config_checked: bool = False,
+        trust_remote_code: bool = False,
         **kwargs,
     ):
         if not isinstance(args, self.config_class):
@@ -122,13 +126,17 @@ class UnlearnTrainer(BenchmarkEvaluationMixin, SmoothingMixin, ZerothOrderMixin,
                 f"{self._name} takes args of type {self.config_class.__name__}, got {type(args).__name__}."
             )
         self.check_train_data(train_dataset, args)
+        self.trust_remote_code = trust_remote_code
         model_path = model if isinstance(model, str) else _loaded_from(model)
         if not model_config_checked:  # the recipe pipeline checks before tokenising its data
             self.check_model_config(
-                AutoConfig.from_pretrained(model) if isinstance(model, str) else model.config, args
+                AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+                if isinstance(model, str)
+                else model.config,
+                args,
             )
         if isinstance(model, str):
-            model = AutoModelForCausalLM.from_pretrained(model)
+            model = load_model(model, trust_remote_code=trust_remote_code)
         # Loaded before Trainer.__init__, like the policy: afterwards ZeRO-3's zero.Init would read a DeepSpeed
         # config whose batch sizes Trainer has already filled in for its own engine.
         ref = None
@@ -137,7 +145,7 @@ class UnlearnTrainer(BenchmarkEvaluationMixin, SmoothingMixin, ZerothOrderMixin,
         if peft_config is not None:
             model = wrap_with_peft(model, peft_config)
         if processing_class is None and isinstance(model_path, str) and model_path:
-            processing_class = AutoTokenizer.from_pretrained(model_path)
+            processing_class = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
         if data_collator is None:
             if processing_class is None:
                 raise ValueError(f"{self._name}: no tokenizer path known; pass processing_class.")
@@ -155,6 +163,9 @@ class UnlearnTrainer(BenchmarkEvaluationMixin, SmoothingMixin, ZerothOrderMixin,
         self._log_sums: dict[str, torch.Tensor] = defaultdict(float)
         self._step_parts: dict[str, list[torch.Tensor]] | None = None
         self._logged_steps: set[int] = set()  # the steps summed in _log_sums (not a step range: resume-proof)
+        # The training loss summed over micro-batches in step order, on this process; a resumed run starts from the
+        # checkpoint's sum (hf_unlearn.resume), so its train_loss is the whole run's, added in the same order.
+        self.training_loss_sum = 0.0
         if hasattr(train_dataset, "set_epoch"):
             self.add_callback(PairingEpochCallback(train_dataset))
         callbacks = self.callback_handler.callbacks
@@ -222,7 +233,7 @@ class UnlearnTrainer(BenchmarkEvaluationMixin, SmoothingMixin, ZerothOrderMixin,
             raise ValueError(
                 f"{self._name} needs a reference model but the model has no path to reload from: set ref_model_path."
             )
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval().requires_grad_(False)
+        return load_model(path, dtype=dtype, trust_remote_code=self.trust_remote_code).eval().requires_grad_(False)
 
     def _prepare_reference(self, ref):
         if self.is_deepspeed_enabled:
@@ -315,11 +326,19 @@ class UnlearnTrainer(BenchmarkEvaluationMixin, SmoothingMixin, ZerothOrderMixin,
         finally:
             if self.divergence_guard is not None:  # raises before the step's update when a value is not finite
                 self.divergence_guard.observe(self.state.global_step + 1, loss, self._step_parts, self.args)
+            if loss is not None:
+                self.training_loss_sum += float(loss)
             if self._step_parts:
                 self._logged_steps.add(self.state.global_step)
             for key, values in self._step_parts.items():
                 self._log_sums[key] = self._log_sums[key] + torch.stack(values).mean()
             self._step_parts = None
+
+    def training_loss_total(self) -> float:
+        """The training loss summed over the run's steps, averaged over processes (a collective: every process
+        calls it); the report's train_loss is this over global_step."""
+        value = torch.tensor([self.training_loss_sum], dtype=torch.float64, device=self.args.device)
+        return self.accelerator.gather(value).mean().item()
 
     def loss_terms(self, forget: float, other: float):
         """Context in which `compute_loss` returns forget·γ·forget_term + other·α·retain_term (for SmoothingMixin).
