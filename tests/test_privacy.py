@@ -1,0 +1,233 @@
+"""Membership-inference attacks and exact memorization, each against a hand computation of open-unlearning's formula.
+
+The hand computations below follow locuslab/open-unlearning, one file per attack:
+
+* LOSS: ``src/evals/metrics/mia/loss.py`` (``evaluate_probability``'s ``avg_loss``);
+* zlib: ``src/evals/metrics/mia/zlib.py`` (``avg_loss / len(zlib.compress(text))``, the text decoded from the
+  labelled tokens without special tokens: ``utils.py::extract_target_texts_from_processed_data``);
+* Min-K%: ``src/evals/metrics/mia/min_k.py``; Min-K%++: ``src/evals/metrics/mia/min_k_plus_plus.py``;
+* GradNorm: ``src/evals/metrics/mia/gradnorm.py`` (``backward`` of the mean token NLL, mean of per-tensor p-norms);
+* Reference: ``src/evals/metrics/mia/reference.py`` (target ``avg_loss`` minus the reference model's);
+* the AUC: ``src/evals/metrics/mia/utils.py::mia_auc`` (``roc_auc_score`` with forget 0, holdout 1, loss-signed
+  scores); privleak: ``src/evals/metrics/privacy.py::privleak``;
+* exact memorization: ``src/evals/metrics/memorization.py::exact_memorization``.
+
+One deliberate difference: open-unlearning's token-wise helpers (``tokenwise_logprobs``,
+``tokenwise_vocab_logprobs``) drop the last labelled token (the closing EOS) for Min-K%, Min-K%++, GradNorm and
+exact memorization, while its LOSS, zlib and Reference keep it. We score the same tokens, EOS included, in every
+attack (as our Min-K% and extraction strength always have), so the hand computations here take every labelled
+token (``docs/definitions.md``).
+"""
+
+import math
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+from transformers import AutoModelForCausalLM
+
+from hf_unlearn.benchmarks import privacy as mia
+from hf_unlearn.benchmarks.muse import MuseBenchmark
+from hf_unlearn.benchmarks.tofu import TofuBenchmark
+from hf_unlearn.data import tokenize_qa
+from hf_unlearn.tiny import build_tiny_model
+from tests.test_muse_eval import write_muse
+
+
+K = 0.4
+
+
+def hand_scores(model, tokenizer, input_ids, labels, reference_model=None) -> dict[str, float]:
+    """open-unlearning's per-example attack statistics, signed as there (higher = less likely a member)."""
+    ids = torch.tensor([input_ids])
+    positions = [t for t in range(len(input_ids) - 1) if labels[t + 1] != -100]
+    targets = torch.tensor([labels[t + 1] for t in positions])
+
+    def avg_loss(lm):
+        with torch.no_grad():
+            logp = torch.log_softmax(lm(input_ids=ids).logits[0].double(), dim=-1)
+        return -logp[positions, targets].mean().item()
+
+    with torch.no_grad():
+        all_logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), dim=-1)[positions]
+    token_logp = all_logp[torch.arange(len(positions)), targets]
+    num_k = max(1, int(len(positions) * K))
+    # Min-K%++: z-scores against the mean and variance of log p under the model's own distribution.
+    mu = (all_logp.exp() * all_logp).sum(-1)
+    sigma = ((all_logp.exp() * all_logp.square()).sum(-1) - mu.square()).clamp(min=1e-6)
+    z = ((token_logp - mu) / sigma.sqrt()).numpy()
+    # GradNorm: backward of the mean token NLL, then the mean over parameter tensors of each gradient's 2-norm.
+    model.zero_grad()
+    logits = model(input_ids=ids).logits[0]
+    (-torch.log_softmax(logits, dim=-1)[positions, targets].mean()).backward()
+    grad_norm = torch.stack([p.grad.norm(p=2) for p in model.parameters() if p.grad is not None]).mean().item()
+    model.zero_grad()
+    text = tokenizer.decode([label for label in labels if label != -100], skip_special_tokens=True)
+    loss = avg_loss(model)
+    scores = {
+        "loss": loss,
+        "zlib": loss / len(zlib.compress(text.encode("utf-8"))),
+        "min_k": -np.mean(np.sort(token_logp.numpy())[:num_k]),
+        "min_k_plus_plus": -np.mean(sorted(z)[:num_k]),
+        "gradnorm": grad_norm,
+        "exact_memorization": (all_logp.argmax(-1) == targets).double().mean().item(),
+    }
+    if reference_model is not None:
+        scores["reference"] = loss - avg_loss(reference_model)
+    return scores
+
+
+def hand_auc(forget: list[dict], holdout: list[dict], attack: str) -> float:
+    labels = [0] * len(forget) + [1] * len(holdout)
+    return roc_auc_score(labels, [s[attack] for s in forget + holdout])
+
+
+def hand_privleak(auc: float, reference_auc: float) -> float:
+    score, ref = 1 - auc, 1 - reference_auc
+    return (score - ref) / (ref + 1e-10) * 100
+
+
+def ours_signed(records, attack):
+    """Our member-signed scores turned back into open-unlearning's loss-like sign."""
+    return [-s for s in mia.member_scores(records, attack)]
+
+
+def check_suite(result, forget_hand, holdout_hand, retain_forget_hand, retain_holdout_hand, forget, holdout):
+    attacks = ("loss", "zlib", "min_k", "min_k_plus_plus", "gradnorm", "reference")
+    table = {}
+    for attack in attacks:
+        for records, hand in ((forget, forget_hand), (holdout, holdout_hand)):
+            np.testing.assert_allclose(
+                ours_signed(records, attack), [h[attack] for h in hand], rtol=2e-4, atol=1e-6, err_msg=attack
+            )
+        auc = hand_auc(forget_hand, holdout_hand, attack)
+        ref_auc = 0.5 if attack == "reference" else hand_auc(retain_forget_hand, retain_holdout_hand, attack)
+        auc_key = "mia_min_k_auc" if attack == "min_k" else f"mia_{attack}_auc"
+        leak_key = "privleak" if attack == "min_k" else f"privleak_{attack}"
+        assert result.metrics[auc_key] == pytest.approx(auc), attack
+        if ref_auc == 1.0:  # open-unlearning would divide by its 1e-10 guard; we report why there is no value
+            assert result.metrics[leak_key] is None and "AUC is 1" in result.unavailable[leak_key]
+            continue
+        assert result.metrics[leak_key] == pytest.approx(hand_privleak(auc, ref_auc), abs=1e-6), attack
+        table[attack] = (result.metrics[auc_key], auc, result.metrics[leak_key], hand_privleak(auc, ref_auc))
+        print(
+            f"{attack}: ours AUC {table[attack][0]:.6f} hand {auc:.6f}; privleak ours {table[attack][2]:.4f} hand "
+            f"{table[attack][3]:.4f}"
+        )
+    return table
+
+
+def test_tofu_privacy_suite_matches_open_unlearning_formulas(
+    memorised_model_dir, tiny_model_dir, synthetic_data_dir, tokenizer
+):
+    torch.manual_seed(0)
+    target = AutoModelForCausalLM.from_pretrained(memorised_model_dir).eval()
+    retain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    settings = {"data_dir": synthetic_data_dir, "max_new_tokens": 4, "batch_size": 3, "show_progress": False}
+    stats = TofuBenchmark(privacy=True, **settings).retain_statistics(retain, tokenizer)
+    benchmark = TofuBenchmark(privacy=True, retain_stats=stats, **settings)
+    result = benchmark.evaluate(target, tokenizer)
+
+    def hand(model, set_name, reference=None):
+        out = []
+        for row in benchmark.load_rows(set_name):
+            example = tokenize_qa(tokenizer, row["question"], row["answer"])
+            out.append(hand_scores(model, tokenizer, example["input_ids"], example["labels"], reference))
+        return out
+
+    forget, holdout = result.per_example["forget"], result.per_example["holdout"]
+    table = check_suite(
+        result,
+        hand(target, "forget", retain),
+        hand(target, "holdout", retain),
+        hand(retain, "forget", retain),
+        hand(retain, "holdout", retain),
+        forget,
+        holdout,
+    )
+    # The memorised model recognises its training answers: the loss attack separates them perfectly.
+    assert table["loss"][0] == 1.0 and table["loss"][2] == pytest.approx(-100.0)
+    # Exact memorization beside extraction strength, per example and as the forget-set mean.
+    em = [h["exact_memorization"] for h in hand(target, "forget")]
+    np.testing.assert_allclose([r["exact_memorization"] for r in forget], em, rtol=1e-12)
+    assert result.metrics["forget_exact_memorization"] == pytest.approx(np.mean(em))
+    assert result.metrics["forget_exact_memorization"] > 0.9
+    assert result.unavailable == {}
+
+
+def test_muse_privacy_suite_matches_open_unlearning_formulas(tmp_path, tokenizer):
+    data = write_muse(tmp_path / "muse")
+    target, retain = build_tiny_model(tokenizer, seed=3), build_tiny_model(tokenizer, seed=4)
+    settings = {"data_dir": data, "batch_size": 2, "verbmem_new_tokens": 4, "knowmem_new_tokens": 4}
+    stats = MuseBenchmark(privacy=True, show_progress=False, **settings).retain_statistics(retain, tokenizer)
+    result = MuseBenchmark(privacy=True, retain_stats=stats, show_progress=False, **settings).evaluate(
+        target, tokenizer
+    )
+    benchmark = MuseBenchmark(**settings)
+
+    def hand(model, split, reference=retain):
+        out = []
+        for row in benchmark.rows("privleak", split):
+            ids = tokenizer(row["text"])["input_ids"]
+            out.append(hand_scores(model, tokenizer, ids, ids, reference))
+        return out
+
+    check_suite(
+        result,
+        hand(target, "forget"),
+        hand(target, "holdout"),
+        hand(retain, "forget"),
+        hand(retain, "holdout"),
+        result.per_example["privleak_forget"],
+        result.per_example["privleak_holdout"],
+    )
+
+
+def test_default_evaluation_runs_no_privacy_pass(synthetic_data_dir, tokenizer, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("GradNorm ran without privacy=True")
+
+    monkeypatch.setattr(mia, "gradient_norm", refuse)
+    model = build_tiny_model(tokenizer, seed=3)
+    result = TofuBenchmark(data_dir=synthetic_data_dir, max_new_tokens=2, batch_size=4, show_progress=False).evaluate(
+        model, tokenizer
+    )
+    assert not any(key.startswith("mia_") and key != "mia_min_k_auc" for key in result.metrics)
+    forget = result.per_example["forget"][0]
+    assert "exact_memorization" in forget and "min_k_plus_plus" not in forget and "gradnorm" not in forget
+    assert "forget_exact_memorization" in result.metrics
+
+
+def test_gradient_norm_leaves_grad_buffers_and_mode_alone(tokenizer):
+    model = build_tiny_model(tokenizer, seed=5).train()
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    example = tokenize_qa(tokenizer, "Where was Ava Varga born?", "In Lisbon.")
+    value = mia.gradient_norm(model, example["input_ids"], example["labels"])
+    assert math.isfinite(value) and value > 0
+    assert model.training
+    assert all(torch.equal(param.grad, torch.ones_like(param)) for param in model.parameters())
+    model.eval()
+    windowed = mia.gradient_norm(
+        model, example["input_ids"], example["labels"], windows=[(0, len(example["input_ids"]), 0)]
+    )
+    assert windowed == pytest.approx(value, rel=1e-6)
+
+
+def test_retain_statistics_without_privacy_make_privleaks_unavailable(synthetic_data_dir, tokenizer):
+    settings = {"data_dir": synthetic_data_dir, "max_new_tokens": 2, "batch_size": 4, "show_progress": False}
+    model = build_tiny_model(tokenizer, seed=3)
+    plain = TofuBenchmark(**settings).retain_statistics(build_tiny_model(tokenizer, seed=4), tokenizer)
+    result = TofuBenchmark(privacy=True, retain_stats=plain, **settings).evaluate(model, tokenizer)
+    assert result.metrics["privleak_loss"] is None and result.metrics["mia_reference_auc"] is None
+    assert "privacy" in result.unavailable["privleak_loss"]
+    assert result.metrics["mia_loss_auc"] is not None  # the AUC itself needs no retain model
+
+
+def test_cli_privacy_flag_is_refused_for_wmdp(cli, tiny_model_dir, tmp_path):
+    argv = ["eval", "--model", tiny_model_dir, "--benchmark", "wmdp", "--privacy", "--output_dir", tmp_path]
+    code, _, stderr = cli(*argv)
+    assert code != 0 and "--privacy applies to TOFU and MUSE" in stderr
+    assert not any(tmp_path.iterdir())
