@@ -116,6 +116,17 @@ def member_scores(records: Sequence[dict[str, Any]], attack: str) -> list[float]
     raise ValueError(f"Unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}.")
 
 
+def split_by_membership(scores: Sequence[float], labels: Sequence[int]) -> tuple[list[float], list[float]]:
+    """``(forget scores, holdout scores)`` from scores and membership labels (1 forget, 0 holdout)."""
+    found = set(labels)
+    if not found <= {0, 1}:
+        raise ValueError(f"Membership labels must be 1 (forget) or 0 (holdout); got {sorted(found)}.")
+    if len(scores) != len(labels):
+        raise ValueError(f"Got {len(scores)} scores for {len(labels)} labels.")
+    members = [score for score, label in zip(scores, labels) if label == 1]
+    return members, [score for score, label in zip(scores, labels) if label == 0]
+
+
 def attack_auc(
     forget: Sequence[dict[str, Any]], holdout: Sequence[dict[str, Any]], attack: str
 ) -> tuple[float | None, str | None]:
