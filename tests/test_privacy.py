@@ -209,11 +209,43 @@ def test_gradient_norm_leaves_grad_buffers_and_mode_alone(tokenizer):
     assert math.isfinite(value) and value > 0
     assert model.training
     assert all(torch.equal(param.grad, torch.ones_like(param)) for param in model.parameters())
-    model.eval()
-    windowed = mia.gradient_norm(
-        model, example["input_ids"], example["labels"], windows=[(0, len(example["input_ids"]), 0)]
-    )
-    assert windowed == pytest.approx(value, rel=1e-6)
+    with torch.inference_mode():  # as inside an evaluation callback
+        assert mia.gradient_norm(model, example["input_ids"], example["labels"]) == pytest.approx(value, rel=1e-6)
+
+
+def test_gradient_norm_over_windows_is_the_gradient_of_the_mean_over_all_windows(tokenizer):
+    """A text longer than the context: windows (0, 8, 1) and (4, n, 8) score tokens 1..7 and 8..n-1 once each."""
+    model = build_tiny_model(tokenizer, seed=5)
+    ids = tokenizer("Ava Varga was born in Lisbon and writes mystery novels about the harbor.")["input_ids"]
+    windows = [(0, 8, 1), (4, len(ids), 8)]
+    model.zero_grad()
+    first = torch.log_softmax(model(input_ids=torch.tensor([ids[:8]])).logits[0], dim=-1)
+    second = torch.log_softmax(model(input_ids=torch.tensor([ids[4:]])).logits[0], dim=-1)
+    nll = -first[torch.arange(7), torch.tensor(ids[1:8])].sum()
+    nll = nll - second[torch.arange(3, len(ids) - 5), torch.tensor(ids[8:])].sum()
+    (nll / (len(ids) - 1)).backward()
+    expected = torch.stack([p.grad.norm() for p in model.parameters() if p.grad is not None]).mean().item()
+    model.zero_grad()
+    assert mia.gradient_norm(model, ids, ids, windows=windows) == pytest.approx(expected, rel=1e-5)
+
+
+def test_privacy_suite_adds_only_the_gradnorm_forwards(synthetic_data_dir, tokenizer):
+    """LOSS, zlib and Min-K%++ reuse the scoring pass; with the retain statistics given, Reference needs no forward:
+    the only extra forwards are GradNorm's, one per forget and holdout example."""
+    settings = {"data_dir": synthetic_data_dir, "max_new_tokens": 2, "batch_size": 4, "show_progress": False}
+    stats = TofuBenchmark(privacy=True, **settings).retain_statistics(build_tiny_model(tokenizer, seed=4), tokenizer)
+    plain_stats = {key: value for key, value in stats.items() if key not in ("privacy", "mia_auc")}
+
+    def forwards(**kwargs):
+        model = build_tiny_model(tokenizer, seed=3)
+        calls = []
+        model.register_forward_pre_hook(lambda module, args: calls.append(1))
+        result = TofuBenchmark(**settings, **kwargs).evaluate(model, tokenizer)
+        return len(calls), result
+
+    plain, _ = forwards(retain_stats=plain_stats)
+    private, result = forwards(privacy=True, retain_stats=stats)
+    assert private - plain == result.num_examples["forget"] + result.num_examples["holdout"]
 
 
 def test_retain_statistics_without_privacy_make_privleaks_unavailable(synthetic_data_dir, tokenizer):

@@ -59,12 +59,18 @@ def gradient_norm(
     ``windows`` (``(start, end, first_scored)`` as :func:`hf_unlearn.benchmarks.muse.context_windows` gives for a
     text longer than the model's context) reads the sequence window by window and adds up each window's share of
     the gradient of the mean over all scored tokens. The gradient comes from ``torch.autograd.grad``, so the
-    ``.grad`` buffers of the model (an optimizer's pending step during training) are left untouched. The model runs
-    in eval mode: dropout would make the score random.
+    ``.grad`` buffers of the model (an optimizer's pending step during training) are left untouched, and it works
+    inside ``no_grad`` / ``inference_mode`` (evaluation callbacks hold them). The model runs in eval mode: dropout
+    would make the score random.
     """
     params = [param for param in model.parameters() if param.requires_grad]
     if not params:
         raise ValueError("GradNorm needs trainable parameters; the model has none (all requires_grad=False).")
+    if any(hasattr(param, "ds_id") for param in params):
+        raise ValueError(
+            "GradNorm cannot read the gradients of ZeRO-3-partitioned parameters; run the privacy suite "
+            "(privacy=True / --privacy) on the saved model, outside ZeRO-3."
+        )
     device = model_device(model)
     pieces = []
     for start, end, first_scored in windows or [(0, len(input_ids), 0)]:
@@ -78,14 +84,15 @@ def gradient_norm(
     was_training = model.training
     model.eval()
     try:
-        for ids, piece in pieces:
-            target = torch.tensor([piece], device=device)
-            if not (target[:, 1:] != -100).any():
-                continue
-            with torch.enable_grad():
+        # Tensors made under the caller's inference_mode could not enter autograd: make them in normal mode.
+        with torch.inference_mode(False), torch.enable_grad():
+            for ids, piece in pieces:
+                target = torch.tensor([piece], device=device)
+                if not (target[:, 1:] != -100).any():
+                    continue
                 nll = token_nll(model(input_ids=torch.tensor([ids], device=device)).logits, target)
                 grads = torch.autograd.grad(nll.sum() / total, params, allow_unused=True)
-            summed = [g if s is None else (s if g is None else s + g) for s, g in zip(summed, grads)]
+                summed = [g if s is None else (s if g is None else s + g) for s, g in zip(summed, grads)]
     finally:
         model.train(was_training)
     norms = [grad.detach().double().norm(p=p) for grad in summed if grad is not None]
