@@ -32,6 +32,7 @@ from hf_unlearn.benchmarks import privacy as mia
 from hf_unlearn.benchmarks.muse import MuseBenchmark
 from hf_unlearn.benchmarks.tofu import TofuBenchmark
 from hf_unlearn.data import tokenize_qa
+from hf_unlearn.report import UnlearnReport
 from hf_unlearn.tiny import build_tiny_model
 from tests.test_muse_eval import write_muse
 
@@ -263,3 +264,22 @@ def test_cli_privacy_flag_is_refused_for_wmdp(cli, tiny_model_dir, tmp_path):
     code, _, stderr = cli(*argv)
     assert code != 0 and "--privacy applies to TOFU and MUSE" in stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_cli_privacy_on_the_retain_model_itself_leaks_nothing(
+    cli, tiny_model_dir, synthetic_data_dir, tmp_path, monkeypatch
+):
+    """`hf-unlearn eval --privacy` with the model as its own retain model: every privleak is 0, Reference's AUC 1/2."""
+    monkeypatch.setenv("HF_UNLEARN_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "eval"
+    code, stdout, stderr = cli(
+        "eval", "--model", tiny_model_dir, "--benchmark", "tofu", "--data_dir", synthetic_data_dir, "--privacy",
+        "--retain_model", tiny_model_dir, "--max_new_tokens", "2", "--output_dir", out, "--no_progress",
+    )  # fmt: skip
+    assert code == 0, stderr
+    values = UnlearnReport.load(out).evaluations["evaluated_model"].values
+    for attack in ("loss", "zlib", "min_k_plus_plus", "gradnorm", "reference"):
+        assert values[f"privleak_{attack}"] == pytest.approx(0.0, abs=1e-9), attack
+        assert f"privleak_{attack}" in stdout
+    assert values["privleak"] == pytest.approx(0.0, abs=1e-9)
+    assert values["mia_reference_auc"] == 0.5
