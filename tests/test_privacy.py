@@ -101,7 +101,7 @@ def check_suite(result, forget_hand, holdout_hand, retain_forget_hand, retain_ho
     for attack in attacks:
         for records, hand in ((forget, forget_hand), (holdout, holdout_hand)):
             np.testing.assert_allclose(
-                ours_signed(records, attack), [h[attack] for h in hand], rtol=2e-4, atol=1e-6, err_msg=attack
+                ours_signed(records, attack), [h[attack] for h in hand], rtol=1e-5, atol=1e-6, err_msg=attack
             )
         auc = hand_auc(forget_hand, holdout_hand, attack)
         ref_auc = 0.5 if attack == "reference" else hand_auc(retain_forget_hand, retain_holdout_hand, attack)
@@ -110,21 +110,25 @@ def check_suite(result, forget_hand, holdout_hand, retain_forget_hand, retain_ho
         assert result.metrics[auc_key] == pytest.approx(auc), attack
         if ref_auc == 1.0:  # open-unlearning would divide by its 1e-10 guard; we report why there is no value
             assert result.metrics[leak_key] is None and "AUC is 1" in result.unavailable[leak_key]
+            print(f"{attack}: AUC ours {result.metrics[auc_key]!r} hand {auc!r}; the retain AUC is 1: no privleak")
             continue
         assert result.metrics[leak_key] == pytest.approx(hand_privleak(auc, ref_auc), abs=1e-6), attack
         table[attack] = (result.metrics[auc_key], auc, result.metrics[leak_key], hand_privleak(auc, ref_auc))
-        print(
-            f"{attack}: ours AUC {table[attack][0]:.6f} hand {auc:.6f}; privleak ours {table[attack][2]:.4f} hand "
-            f"{table[attack][3]:.4f}"
-        )
+        ours = ours_signed(forget, attack) + ours_signed(holdout, attack)
+        gap = max(abs(o - h[attack]) for o, h in zip(ours, forget_hand + holdout_hand))
+        print(f"{attack}: AUC ours {table[attack][0]!r} hand {auc!r}; privleak ours {table[attack][2]!r} hand "
+              f"{table[attack][3]!r}; largest per-example score gap {gap:.1e}")  # fmt: skip
     return table
 
 
+@pytest.mark.parametrize("target_kind", ["random", "memorised"])
 def test_tofu_privacy_suite_matches_open_unlearning_formulas(
-    memorised_model_dir, tiny_model_dir, synthetic_data_dir, tokenizer
+    target_kind, request, tiny_model_dir, synthetic_data_dir, tokenizer
 ):
-    torch.manual_seed(0)
-    target = AutoModelForCausalLM.from_pretrained(memorised_model_dir).eval()
+    if target_kind == "memorised":
+        target = AutoModelForCausalLM.from_pretrained(request.getfixturevalue("memorised_model_dir")).eval()
+    else:
+        target = build_tiny_model(tokenizer, seed=3)
     retain = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     settings = {"data_dir": synthetic_data_dir, "max_new_tokens": 4, "batch_size": 3, "show_progress": False}
     stats = TofuBenchmark(privacy=True, **settings).retain_statistics(retain, tokenizer)
@@ -148,14 +152,17 @@ def test_tofu_privacy_suite_matches_open_unlearning_formulas(
         forget,
         holdout,
     )
-    # The memorised model recognises its training answers: the loss attack separates them perfectly.
-    assert table["loss"][0] == 1.0 and table["loss"][2] == pytest.approx(-100.0)
     # Exact memorization beside extraction strength, per example and as the forget-set mean.
     em = [h["exact_memorization"] for h in hand(target, "forget")]
     np.testing.assert_allclose([r["exact_memorization"] for r in forget], em, rtol=1e-12)
     assert result.metrics["forget_exact_memorization"] == pytest.approx(np.mean(em))
-    assert result.metrics["forget_exact_memorization"] > 0.9
+    print(f"exact memorization: ours {result.metrics['forget_exact_memorization']!r} hand {np.mean(em)!r}")
     assert result.unavailable == {}
+    if target_kind == "memorised":  # it recognises its training answers: LOSS separates them perfectly
+        assert table["loss"][0] == 1.0 and table["loss"][2] == pytest.approx(-100.0)
+        assert result.metrics["forget_exact_memorization"] > 0.9
+    else:
+        assert 0.0 < table["loss"][0] < 1.0
 
 
 def test_muse_privacy_suite_matches_open_unlearning_formulas(tmp_path, tokenizer):

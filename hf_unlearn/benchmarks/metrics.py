@@ -155,7 +155,8 @@ def vocab_z_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     probs = logp.exp()
     mean = (probs * logp).sum(dim=-1)
-    variance = (probs * logp.square()).sum(dim=-1) - mean.square()
+    # sum p (log p - mu)^2 equals sum p (log p)^2 - mu^2 without the float32 cancellation of the latter.
+    variance = (probs * (logp - mean.unsqueeze(-1)).square()).sum(dim=-1)
     target = logp.gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
     z = (target.double() - mean.double()) / variance.double().clamp(min=1e-6).sqrt()
     return torch.where(mask, z, torch.zeros_like(z)), mask
