@@ -290,3 +290,56 @@ def test_cli_privacy_on_the_retain_model_itself_leaks_nothing(
         assert f"privleak_{attack}" in stdout
     assert values["privleak"] == pytest.approx(0.0, abs=1e-9)
     assert values["mia_reference_auc"] == 0.5
+
+
+def _privacy_worker(rank, world_size, port, data_dir, stats_file, out_dir):
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    from tests.helpers import synthetic_tokenizer
+
+    torch.set_num_threads(1)  # a forked child must not reuse the parent's OpenMP pool
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        tok = synthetic_tokenizer()
+        settings = {"data_dir": data_dir, "max_new_tokens": 2, "batch_size": 4, "show_progress": False}
+        result = TofuBenchmark(privacy=True, retain_stats=stats_file, **settings).evaluate(
+            build_tiny_model(tok, seed=3), tok
+        )
+        path = os.path.join(out_dir, f"rank{rank}.json")
+        with open(path, "w") as handle:
+            json.dump({"metrics": result.metrics, "forget": result.per_example["forget"]}, handle)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_privacy_suite_equals_one_process(synthetic_data_dir, tokenizer, tmp_path):
+    """Each rank attacks its shard (GradNorm included) and every rank ends with the single process's numbers."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    settings = {"data_dir": synthetic_data_dir, "max_new_tokens": 2, "batch_size": 4, "show_progress": False}
+    stats = TofuBenchmark(privacy=True, **settings).retain_statistics(build_tiny_model(tokenizer, seed=4), tokenizer)
+    stats_file = tmp_path / "retain_stats.json"
+    stats_file.write_text(json.dumps(stats))
+    single = TofuBenchmark(privacy=True, retain_stats=stats, **settings).evaluate(
+        build_tiny_model(tokenizer, seed=3), tokenizer
+    )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = (2, port, str(synthetic_data_dir), str(stats_file), str(tmp_path))
+    mp.start_processes(_privacy_worker, args=args, nprocs=2, join=True, start_method="fork")
+    for rank in range(2):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        for key, value in single.metrics.items():
+            assert got["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-8), key
+        for mine, theirs in zip(got["forget"], single.per_example["forget"]):
+            assert mine["gradnorm"] == pytest.approx(theirs["gradnorm"], rel=1e-5)
+            assert mine["min_k_plus_plus"] == pytest.approx(theirs["min_k_plus_plus"], rel=1e-5)
