@@ -343,3 +343,15 @@ def test_two_process_privacy_suite_equals_one_process(synthetic_data_dir, tokeni
         for mine, theirs in zip(got["forget"], single.per_example["forget"]):
             assert mine["gradnorm"] == pytest.approx(theirs["gradnorm"], rel=1e-5)
             assert mine["min_k_plus_plus"] == pytest.approx(theirs["min_k_plus_plus"], rel=1e-5)
+
+
+def test_eval_cli_passes_privacy_to_tofu_and_muse():
+    import argparse
+
+    from hf_unlearn.cli.eval import add_arguments, benchmark_settings
+
+    parser = add_arguments(argparse.ArgumentParser())
+    for benchmark in ("tofu", "tofu-legacy", "muse"):
+        base = ["--model", "m", "--benchmark", benchmark]
+        assert benchmark_settings(parser.parse_args(base + ["--privacy"]))["privacy"] is True
+        assert benchmark_settings(parser.parse_args(base))["privacy"] is False
