@@ -45,6 +45,28 @@ def test_answer_token_stats_match_hand_computed_values(batch):
     # Row 2: only the first answer token wrong -> k* = 1 -> 1 - 1/3.
     np.testing.assert_allclose(result.extraction_strength.numpy(), [0.0, 1.0, 2 / 3], atol=1e-12)
     np.testing.assert_allclose(metrics.probability(result.nll_mean.numpy())[1], 0.7, atol=1e-9)
+    # Exact memorization: argmax == label at 2 of 3, 1 of 1 and 2 of 3 answer positions.
+    np.testing.assert_allclose(result.exact_memorization.numpy(), [2 / 3, 1.0, 2 / 3], atol=1e-12)
+    assert result.min_k_plus_plus is None  # opt-in: it reads the whole distribution
+
+
+def test_min_k_plus_plus_z_scores_by_hand(batch):
+    logits, labels = batch
+    result = metrics.answer_token_stats(logits, labels, vocab_stats=True)
+
+    def z(probs, target):  # (log p(y) - E[log p]) / std(log p) under the position's own distribution
+        logp = np.log(probs)
+        mean = np.sum(probs * logp)
+        return (logp[target] - mean) / math.sqrt(np.sum(probs * logp**2) - mean**2)
+
+    uniform = [1 / 3, 1 / 3, 1 / 3]
+    row0 = [z(np.array([0.2, 0.5, 0.3]), 1), z(np.array([0.1, 0.1, 0.8]), 2), z(np.array([0.25, 0.25, 0.5]), 0)]
+    row2 = [z(np.array([0.6, 0.3, 0.1]), 1), z(np.array([0.1, 0.8, 0.1]), 1), z(np.array([0.2, 0.7, 0.1]), 1)]
+    # Row 1's only position predicts from [0.1, 0.2, 0.7]; a uniform position has variance 0 -> floored at 1e-6.
+    row1 = [z(np.array([0.1, 0.2, 0.7]), 2)]
+    np.testing.assert_allclose(result.min_k_plus_plus.numpy(), [min(row0), row1[0], min(row2)], rtol=1e-5)
+    flat = metrics.vocab_z_scores(torch.log(torch.tensor([[uniform, uniform]])), torch.tensor([[0, 1]]))[0]
+    assert flat.item() == 0.0
 
 
 def test_min_k_uses_floor_of_fraction_and_ignores_padding():

@@ -313,6 +313,7 @@ def test_summary_model_utility_truth_ratio_aggregations_from_records():
                 key: p,
                 "truth_ratio": t,
                 "extraction_strength": 0.5,
+                "exact_memorization": p / 2,
                 "min_k": -1.0,
             }
             for p, t, g in zip(probs, ratios, generations)
@@ -337,6 +338,7 @@ def test_summary_model_utility_truth_ratio_aggregations_from_records():
     ] == pytest.approx(nine)
     assert values["model_utility"] == pytest.approx(9 / sum(1 / v for v in nine))
     assert values["forget_quality"] == pytest.approx(stats.ks_2samp([0.5, 4.0], [1.0, 2.0, 3.0]).pvalue)
+    assert values["forget_exact_memorization"] == pytest.approx((0.45 + 0.35) / 2)
     # Both forget scores (-1) beat holdout -2 and lose to -0.5: AUC 0.5; privleak vs reference 0.75.
     assert values["mia_min_k_auc"] == pytest.approx(0.5)
     assert values["privleak"] == pytest.approx((0.5 - 0.25) / 0.25 * 100)

@@ -45,12 +45,15 @@ def score_examples(
     desc: str = "scoring",
     show_progress: bool = True,
     min_k_at_least_one: bool = True,
+    vocab_stats: bool = False,
 ) -> list[dict[str, float]]:
-    """Per-example answer statistics (``nll_sum``, ``nll_mean``, ``num_tokens``, ``min_k``, ``extraction_strength``).
+    """Per-example answer statistics (``nll_sum``, ``nll_mean``, ``num_tokens``, ``min_k``, ``extraction_strength``,
+    ``exact_memorization``; with ``vocab_stats`` also ``min_k_plus_plus``).
 
     ``examples`` are tokenised sequences with ``input_ids`` and ``labels`` (-100 on unscored tokens), such as
     :func:`hf_unlearn.data.tokenize_qa` returns. One forward per batch yields all statistics.
-    ``min_k_at_least_one``: see :func:`hf_unlearn.benchmarks.metrics.min_k_scores`.
+    ``min_k_at_least_one``: see :func:`hf_unlearn.benchmarks.metrics.min_k_scores`; ``vocab_stats``: see
+    :func:`hf_unlearn.benchmarks.metrics.answer_token_stats`.
     """
     results: list[dict[str, float] | None] = [None] * len(examples)
     batches = _length_sorted_batches([len(e["input_ids"]) for e in examples], batch_size)
@@ -71,7 +74,7 @@ def score_examples(
             ).logits
             if logits.shape[1] != keep:  # a model that returns every position
                 logits = logits[:, -keep:]
-            stats = answer_token_stats(logits, labels[:, start:], k, min_k_at_least_one).to_lists()
+            stats = answer_token_stats(logits, labels[:, start:], k, min_k_at_least_one, vocab_stats).to_lists()
             for row, index in enumerate(batch_indices):
                 results[index] = {name: values[row] for name, values in stats.items()}
     return results

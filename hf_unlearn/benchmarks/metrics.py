@@ -18,7 +18,11 @@ Conventions (the whole list: ``docs/definitions.md``):
   A model that still remembers the forget set has AUC near 1.
 * privleak: ``((1 - AUC) - (1 - AUC_ref)) / (1 - AUC_ref) * 100``. Remembering gives a negative value
   (-100 at AUC = 1 against 0.5), over-unlearning a positive one, a retrained model about 0 (MUSE's sign).
-* extraction strength: see :func:`extraction_strength_from_predictions`.
+* extraction strength: see :func:`extraction_strength_from_predictions`; exact memorization: the share of answer
+  tokens whose argmax prediction given the true prefix is the true token.
+* Min-K%++ (behind ``vocab_stats=True``): per answer token ``z = (log p(y_t) - mu_t) / sigma_t`` with ``mu_t`` and
+  ``sigma_t^2`` the mean and variance of ``log p`` under the model's own next-token distribution at that position
+  (variance floored at 1e-6); the score is the mean of the ``max(1, floor(k * n))`` lowest ``z``.
 """
 
 from __future__ import annotations
@@ -46,10 +50,14 @@ class AnswerStats:
     num_tokens: torch.Tensor
     min_k: torch.Tensor
     extraction_strength: torch.Tensor
+    exact_memorization: torch.Tensor
+    min_k_plus_plus: torch.Tensor | None = None
 
     def to_lists(self) -> dict[str, list]:
         """Plain Python lists, keyed by field name (for JSON and for gathering across ranks)."""
-        return {name: getattr(self, name).tolist() for name in self.__dataclass_fields__}
+        return {
+            name: getattr(self, name).tolist() for name in self.__dataclass_fields__ if getattr(self, name) is not None
+        }
 
 
 def shifted_token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,15 +132,51 @@ def extraction_strength_from_predictions(
     return torch.where(counts > 0, strength, torch.full_like(strength, math.nan))
 
 
+def exact_memorization_from_predictions(
+    predictions: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Share of each row's answer tokens whose teacher-forced argmax prediction is the true token (NaN: no token).
+
+    Arguments as in :func:`extraction_strength_from_predictions`.
+    """
+    counts = mask.sum(dim=1)
+    hits = ((predictions == labels) & mask).sum(dim=1).double()
+    share = hits / counts.clamp(min=1).double()
+    return torch.where(counts > 0, share, torch.full_like(share, math.nan))
+
+
+def vocab_z_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min-K%++'s per-token z-scores ``[batch, seq - 1]`` (0 off the answer) and the answer mask.
+
+    ``z = (log p(y) - mu) / sqrt(max(var, 1e-6))`` with ``mu = sum_v p_v log p_v`` and
+    ``var = sum_v p_v (log p_v)^2 - mu^2``, both under the model's distribution at that position.
+    """
+    mask = answer_mask(labels)
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    probs = logp.exp()
+    mean = (probs * logp).sum(dim=-1)
+    # sum p (log p - mu)^2 equals sum p (log p)^2 - mu^2 without the float32 cancellation of the latter.
+    variance = (probs * (logp - mean.unsqueeze(-1)).square()).sum(dim=-1)
+    target = logp.gather(-1, labels[:, 1:].clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    z = (target.double() - mean.double()) / variance.double().clamp(min=1e-6).sqrt()
+    return torch.where(mask, z, torch.zeros_like(z)), mask
+
+
 def answer_token_stats(
-    logits: torch.Tensor, labels: torch.Tensor, k: float = MIN_K_FRACTION, min_k_at_least_one: bool = True
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    k: float = MIN_K_FRACTION,
+    min_k_at_least_one: bool = True,
+    vocab_stats: bool = False,
 ) -> AnswerStats:
     """All per-example likelihood statistics of the answer tokens, from one batch of logits.
 
     ``nll_sum`` is the summed token cross-entropy, ``nll_mean`` its mean over the ``num_tokens`` answer
     tokens (NaN when there are none), ``min_k`` the Min-K% score (``k``; ``min_k_at_least_one`` as
-    ``at_least_one`` in :func:`min_k_scores`) and ``extraction_strength`` as defined in
-    :func:`extraction_strength_from_predictions`.
+    ``at_least_one`` in :func:`min_k_scores`), ``extraction_strength`` as defined in
+    :func:`extraction_strength_from_predictions` and ``exact_memorization`` in
+    :func:`exact_memorization_from_predictions`. ``vocab_stats`` adds ``min_k_plus_plus`` (Min-K%++, same ``k``),
+    which reads the whole next-token distribution at each answer position, hence opt-in.
     """
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(
@@ -150,6 +194,8 @@ def answer_token_stats(
         num_tokens=counts,
         min_k=min_k_scores(logprobs, mask, k, min_k_at_least_one),
         extraction_strength=extraction_strength_from_predictions(predictions, labels[:, 1:], mask),
+        exact_memorization=exact_memorization_from_predictions(predictions, labels[:, 1:], mask),
+        min_k_plus_plus=min_k_scores(*vocab_z_scores(logits, labels), k, min_k_at_least_one) if vocab_stats else None,
     )
 
 

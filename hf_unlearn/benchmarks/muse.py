@@ -14,6 +14,8 @@ Metrics (fractions in [0, 1], MUSE reports them x100):
 * ``privleak``: Min-K% (k = 40%) AUC of forget vs holdout texts relative to the retain model's AUC (or to an AUC
   given as ``privleak_ref_auc``); unavailable, with the reason, when there is neither.
   See :func:`hf_unlearn.benchmarks.metrics.privleak`.
+* ``privacy=True``: the membership-inference suite of :mod:`hf_unlearn.benchmarks.privacy` on the same PrivLeak
+  texts (``mia_<attack>_auc``, ``privleak_<attack>`` against the retain model's AUC of the same attack).
 
 ``original=True`` reproduces the MUSE code (``docs/definitions.md`` lists each rule): stemmer off; VerbMem
 ground truth tokenised with special tokens and cut to its first 128 tokens; PrivLeak texts scored whole; Min-K%
@@ -33,6 +35,7 @@ import torch
 from datasets import load_dataset
 
 from hf_unlearn.benchmarks import metrics
+from hf_unlearn.benchmarks import privacy as privacy_attacks
 from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
 from hf_unlearn.benchmarks.engine import eval_mode, generate_greedy, model_device, require_pad_token, score_examples
 from hf_unlearn.benchmarks.sharding import gather_in_order, process_info, shard
@@ -135,6 +138,8 @@ class MuseBenchmark(Benchmark):
         retain_model / retain_stats: source of the PrivLeak reference AUC, as in :class:`TofuBenchmark`.
         privleak_ref_auc: the reference AUC given directly (this module's convention: forget scored against
             holdout), instead of a retain model.
+        privacy: also run the membership-inference suite on the PrivLeak texts; its privleaks and the Reference
+            attack need the retain model (``privleak_ref_auc`` is a Min-K% AUC and serves Min-K% only).
     """
 
     name = "muse"
@@ -155,6 +160,7 @@ class MuseBenchmark(Benchmark):
         privleak_ref_auc: float | None = None,
         min_k: float = metrics.MIN_K_FRACTION,
         show_progress: bool = True,
+        privacy: bool = False,
     ):
         if corpus not in HUB_IDS:
             raise ValueError(f"Unknown MUSE corpus {corpus!r}; choose one of {', '.join(HUB_IDS)}.")
@@ -184,6 +190,7 @@ class MuseBenchmark(Benchmark):
         self.min_k = min_k
         self.retain_model, self.retain_stats, self.privleak_ref_auc = retain_model, retain_stats, privleak_ref_auc
         self.show_progress = show_progress
+        self.privacy = privacy
         self.name = f"muse-{corpus}"
 
     def rows(self, config: str, split: str) -> list[dict[str, Any]]:
@@ -197,6 +204,7 @@ class MuseBenchmark(Benchmark):
             "max_examples": self.max_examples,
             "max_length": self.max_length,
             "min_k": self.min_k,
+            **({"privacy": True} if self.privacy else {}),
         }
 
     def evaluate(self, model, tokenizer) -> BenchmarkResult:
@@ -238,6 +246,10 @@ class MuseBenchmark(Benchmark):
                 values["privleak"] = metrics.privleak(values["mia_min_k_auc"], reference_auc)
         if privleak_reason:
             unavailable["privleak"] = privleak_reason
+        if self.privacy:
+            extra, missing = self._privacy_metrics(model, records["privleak_forget"], records["privleak_holdout"])
+            values.update(extra)
+            unavailable.update(missing)
         config = {
             **self.settings(),
             "use_stemmer": use_stemmer,
@@ -265,7 +277,27 @@ class MuseBenchmark(Benchmark):
             self._membership(model, tokenizer, "forget"), self._membership(model, tokenizer, "holdout")
         )
         stats = {"format": RETAIN_STATS_FORMAT, **self.settings(), "mia_min_k_auc": auc}
+        if self.privacy:  # the privleak reference of every attack, and the Reference attack's losses
+            forget, holdout = (self._membership(model, tokenizer, split) for split in ("forget", "holdout"))
+            stats["mia_auc"] = privacy_attacks.reference_aucs(forget, holdout)
+            stats["forget_nll_mean"] = [r["nll_mean"] for r in forget]
+            stats["holdout_nll_mean"] = [r["nll_mean"] for r in holdout]
         return {**stats, "mia_min_k_auc_unavailable": reason} if reason else stats
+
+    def _privacy_metrics(self, model, forget: list[dict], holdout: list[dict]):
+        """The membership-inference suite on the PrivLeak records (adds ``reference_nll_mean`` to them)."""
+        if self.privleak_ref_auc is not None:
+            reference, reason = None, "privleak_ref_auc is a Min-K% AUC; the other attacks need a retain model"
+        else:
+            reference, reason = self.reference_statistics(model)
+        if reference is not None and "mia_auc" not in reference:
+            reference, reason = None, "the retain statistics were computed without privacy=True (--privacy)"
+        if reference is not None:
+            for records, key in ((forget, "forget_nll_mean"), (holdout, "holdout_nll_mean")):
+                for record, nll in zip(records, reference[key]):
+                    record["reference_nll_mean"] = nll
+        aucs = reference["mia_auc"] if reference is not None else None
+        return privacy_attacks.privacy_metrics(forget, holdout, aucs, reason)
 
     def _reference_auc(self, model) -> tuple[float | None, str | None, str]:
         """``(AUC_ref, None, its source)``, or ``(None, why PrivLeak is unavailable, source)``."""
@@ -362,6 +394,7 @@ class MuseBenchmark(Benchmark):
                 f"MUSE privleak {split}",
                 self.show_progress and rank == 0,
                 at_least_one,
+                vocab_stats=self.privacy,
             )
         )
         pairs = []
@@ -369,7 +402,9 @@ class MuseBenchmark(Benchmark):
             if len(text["windows"]) == 1:
                 score = next(scores)
             else:
-                score = score_in_windows(model, text["ids"], text["windows"], self.min_k, at_least_one)
+                score = score_in_windows(
+                    model, text["ids"], text["windows"], self.min_k, at_least_one, vocab_stats=self.privacy
+                )
             record = {
                 "index": index,
                 "num_tokens": score["num_tokens"],
@@ -380,28 +415,41 @@ class MuseBenchmark(Benchmark):
                 "nll_mean": score["nll_mean"],
                 "min_k": score["min_k"],
             }
+            if self.privacy:
+                ids = text["ids"]
+                record["min_k_plus_plus"] = score["min_k_plus_plus"]
+                record["zlib_length"] = privacy_attacks.zlib_length(privacy_attacks.labelled_text(tokenizer, ids, ids))
+                record["gradnorm"] = privacy_attacks.gradient_norm(model, ids, ids, windows=text["windows"])
             pairs.append((index, record))
         return gather_in_order(pairs, len(rows), world_size)
 
 
 def score_in_windows(
-    model, ids: list[int], windows: list[tuple[int, int, int]], k: float, at_least_one: bool
+    model, ids: list[int], windows: list[tuple[int, int, int]], k: float, at_least_one: bool, vocab_stats=False
 ) -> dict[str, float]:
     """``num_tokens``, ``nll_mean`` and ``min_k`` of one sequence scored window by window (:func:`context_windows`);
-    the Min-K% is taken over the token log-probs of all windows together."""
+    the Min-K% is taken over the token log-probs of all windows together (``vocab_stats``: Min-K%++ likewise)."""
     device = model_device(model)
-    pieces = []
+    pieces, z_pieces = [], []
     with eval_mode(model):
         for start, end, first_scored in windows:
             window = torch.tensor([ids[start:end]], device=device)
             labels = window.clone()
             labels[0, : first_scored - start] = IGNORE_INDEX
-            logprobs, mask = metrics.shifted_token_logprobs(model(input_ids=window).logits, labels)
+            logits = model(input_ids=window).logits
+            logprobs, mask = metrics.shifted_token_logprobs(logits, labels)
             pieces.append(logprobs[mask].double())
+            if vocab_stats:
+                z, _ = metrics.vocab_z_scores(logits, labels)
+                z_pieces.append(z[mask])
     logprobs = torch.cat(pieces).unsqueeze(0)
     mask = torch.ones_like(logprobs, dtype=torch.bool)
-    return {
+    scores = {
         "num_tokens": logprobs.size(1),
         "nll_mean": float(-logprobs.mean()),
         "min_k": float(metrics.min_k_scores(logprobs, mask, k, at_least_one)[0]),
     }
+    if vocab_stats:
+        z = torch.cat(z_pieces).unsqueeze(0)
+        scores["min_k_plus_plus"] = float(metrics.min_k_scores(z, mask, k, at_least_one)[0])
+    return scores

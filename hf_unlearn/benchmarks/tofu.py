@@ -5,6 +5,10 @@ Sets: forget (``forgetNN_perturbed``), retain (``retain_perturbed``), real autho
 over every answer variant (true, paraphrased, perturbed) gives probability, truth ratio, Min-K% and extraction
 strength; one batched greedy generation gives ROUGE-L recall.
 
+``privacy=True`` adds the membership-inference suite of :mod:`hf_unlearn.benchmarks.privacy` on forget vs holdout
+(LOSS, zlib and Min-K%++ from the same scoring pass, GradNorm from one backward per example, Reference from the
+retain model's losses), each as ``mia_<attack>_auc`` and ``privleak_<attack>``.
+
 Forget quality and the privleak reference need the *retain model's* forget-set truth ratios and Min-K% AUC:
 :meth:`TofuBenchmark.retain_statistics` computes them, and ``retain_model=<path>`` computes them once and caches
 them as JSON (in the retain model's folder, or under ``$HF_UNLEARN_CACHE`` for Hub ids).
@@ -21,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_unlearn.benchmarks import metrics
+from hf_unlearn.benchmarks import privacy as privacy_attacks
 from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
 from hf_unlearn.benchmarks.engine import generate_greedy, require_pad_token, score_examples
 from hf_unlearn.benchmarks.sharding import gather_in_order, process_info, shard
@@ -60,6 +65,8 @@ class TofuBenchmark(Benchmark):
             or the statistics dict itself.
         min_k: Min-K% fraction for the membership score.
         use_stemmer: ROUGE stemmer (on in TOFU).
+        privacy: also run the membership-inference suite (:mod:`hf_unlearn.benchmarks.privacy`) on forget vs
+            holdout; its Reference attack and every privleak use the retain model.
     """
 
     name = "tofu"
@@ -81,6 +88,7 @@ class TofuBenchmark(Benchmark):
         min_k: float = metrics.MIN_K_FRACTION,
         use_stemmer: bool = True,
         show_progress: bool = True,
+        privacy: bool = False,
     ):
         self.splits = tofu_split_names(forget_split)
         self.forget_split = forget_split
@@ -97,6 +105,7 @@ class TofuBenchmark(Benchmark):
         self.min_k = min_k
         self.use_stemmer = use_stemmer
         self.show_progress = show_progress
+        self.privacy = privacy
         self.name = "tofu-legacy" if legacy else "tofu"
 
     # ----------------------------------------------------------------------------------------------- data
@@ -124,6 +133,8 @@ class TofuBenchmark(Benchmark):
             "max_examples": self.max_examples,
             "qa_format": asdict(self.qa_format),
             "min_k": self.min_k,
+            # Only when on: statistics cached by a default evaluation stay valid for default evaluations.
+            **({"privacy": True} if self.privacy else {}),
         }
 
     # ----------------------------------------------------------------------------------------- evaluation
@@ -142,6 +153,11 @@ class TofuBenchmark(Benchmark):
         with timer("retain_statistics"):
             reference, reason = self.reference_statistics(model)
         values, unavailable = summarise(records, reference, reason, self.use_stemmer, timer)
+        if self.privacy:
+            with timer("mia"):
+                extra, missing = privacy_summary(records, reference, reason)
+            values.update(extra)
+            unavailable.update(missing)
         config = {
             **self.settings(),
             "qa_format": self.qa_format.describe(tokenizer),
@@ -167,12 +183,17 @@ class TofuBenchmark(Benchmark):
         require_pad_token(tokenizer)
         forget = self._evaluate_set(model, tokenizer, "forget", generate=False)
         holdout = self._evaluate_set(model, tokenizer, "holdout", generate=False)
-        return {
+        stats = {
             "format": RETAIN_STATS_FORMAT,
             **self.settings(),
             "forget_truth_ratio": [r["truth_ratio"] for r in forget],
             "mia_min_k_auc": metrics.auc([r["min_k"] for r in forget], [r["min_k"] for r in holdout]),
         }
+        if self.privacy:  # the privleak reference of every attack, and the Reference attack's losses
+            stats["mia_auc"] = privacy_attacks.reference_aucs(forget, holdout)
+            stats["forget_nll_mean"] = [r["nll_mean"] for r in forget]
+            stats["holdout_nll_mean"] = [r["nll_mean"] for r in holdout]
+        return stats
 
     def _evaluate_set(
         self, model, tokenizer, set_name: str, generate: bool, timer: StageTimer | None = None
@@ -183,6 +204,7 @@ class TofuBenchmark(Benchmark):
         local = shard(rows, rank, world_size)
         progress = self.show_progress and rank == 0
         variants = SETS[set_name][1]
+        attacked = self.privacy and set_name in ("forget", "holdout")
 
         # Every answer variant of every local row goes into one scoring pass; identical sequences are scored once.
         with timer("tokenise", set_name):
@@ -210,15 +232,18 @@ class TofuBenchmark(Benchmark):
                 self.min_k,
                 f"TOFU {set_name}: scoring",
                 progress,
+                vocab_stats=attacked,
             )
         by_row: list[dict[str, list[dict]]] = [{v: [] for v in variants} for _ in local]
         prompts: list[list[int] | None] = [None] * len(local)
+        answers: list[dict | None] = [None] * len(local)
         for (position, variant, _), slot, sequence in zip(owners, slots, sequences):
             by_row[position][variant].append(scores[slot])
             if variant == "answer":
                 # Generation starts from the tokens the true answer was scored after: the prompt as the model saw
                 # it in prompt + answer (the same as the prompt's own tokens unless the tokenizer merges there).
                 prompts[position] = sequence["input_ids"][: _label_start(sequence["labels"])]
+                answers[position] = sequence
 
         generations = [None] * len(local)
         if generate:
@@ -238,6 +263,14 @@ class TofuBenchmark(Benchmark):
                 (index, example_record(index, row, by_row[position], generations[position], set_name))
                 for position, (index, row) in enumerate(local)
             ]
+        if attacked:
+            with timer("gradnorm", set_name):
+                for (_, record), sequence in zip(records, answers):
+                    ids, labels = sequence["input_ids"], sequence["labels"]
+                    record["zlib_length"] = privacy_attacks.zlib_length(
+                        privacy_attacks.labelled_text(tokenizer, ids, labels)
+                    )
+                    record["gradnorm"] = privacy_attacks.gradient_norm(model, ids, labels)
         return gather_in_order(records, len(rows), world_size)
 
 
@@ -283,7 +316,10 @@ def example_record(
         "prob": math.exp(-answer["nll_mean"]),
         "min_k": answer["min_k"],
         "extraction_strength": answer["extraction_strength"],
+        "exact_memorization": answer["exact_memorization"],
     }
+    if "min_k_plus_plus" in answer:
+        record["min_k_plus_plus"] = answer["min_k_plus_plus"]
     if generation is not None:
         record["generation"] = generation
     if "perturbed_answer" in scores:
@@ -323,6 +359,7 @@ def summarise(
         with timer("truth_ratio", set_name):
             values[f"{set_name}_truth_ratio"] = aggregate(ratios)
     values["forget_extraction_strength"] = metrics.nanmean([r["extraction_strength"] for r in records["forget"]])
+    values["forget_exact_memorization"] = metrics.nanmean([r["exact_memorization"] for r in records["forget"]])
 
     utility_inputs = [values[f"{s}_{m}"] for s in UTILITY_SETS for m in ("prob", "rouge_l_recall", "truth_ratio")]
     if any(v is None or math.isnan(v) for v in utility_inputs):
@@ -360,3 +397,17 @@ def summarise(
     else:
         values["privleak"] = metrics.privleak(mia_auc, reference_auc)
     return values, unavailable
+
+
+def privacy_summary(
+    records: dict[str, list[dict]], reference: dict | None, reference_reason: str | None
+) -> tuple[dict[str, float | None], dict[str, str]]:
+    """The membership-inference suite on forget vs holdout records (adds ``reference_nll_mean`` to them)."""
+    if reference is not None and "mia_auc" not in reference:
+        reference, reference_reason = None, "the retain statistics were computed without privacy=True (--privacy)"
+    if reference is not None:
+        for set_name in ("forget", "holdout"):
+            for record, nll in zip(records[set_name], reference[f"{set_name}_nll_mean"]):
+                record["reference_nll_mean"] = nll
+    aucs = reference["mia_auc"] if reference is not None else None
+    return privacy_attacks.privacy_metrics(records["forget"], records["holdout"], aucs, reference_reason)

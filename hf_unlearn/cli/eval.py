@@ -61,6 +61,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--privleak_ref_auc", type=float, help="MUSE: reference Min-K%% AUC for PrivLeak instead of a retain model."
     )
+    parser.add_argument(
+        "--privacy",
+        action="store_true",
+        help="TOFU/MUSE: also run the membership-inference suite on forget vs holdout (LOSS, zlib, Min-K%%++, "
+        "GradNorm, Reference; each an AUC and a privleak against the retain model). Slower: one backward per example.",
+    )
     parser.add_argument("--tasks", nargs="+", help="WMDP: lm-eval task names (default wmdp_bio wmdp_cyber mmlu).")
     parser.add_argument("--limit", type=int, help="WMDP: at most N questions per task.")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
@@ -88,6 +94,7 @@ def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
             "retain_stats": args.retain_stats,
             "qa_format": QAFormat.from_args(args),
             "show_progress": not args.no_progress,
+            "privacy": args.privacy,
         }
     elif name == "muse":
         specific = {
@@ -98,8 +105,11 @@ def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
             "retain_stats": args.retain_stats,
             "privleak_ref_auc": args.privleak_ref_auc,
             "show_progress": not args.no_progress,
+            "privacy": args.privacy,
         }
     else:
+        if args.privacy:
+            raise ValueError("--privacy applies to TOFU and MUSE (forget vs holdout); WMDP has no holdout. Drop it.")
         specific = {"tasks": args.tasks, "limit": args.limit if args.limit is not None else args.max_examples}
     settings = {k: v for k, v in {**shared, **specific}.items() if v is not None}
     if name == "muse" and args.privleak_max_length is not None:
