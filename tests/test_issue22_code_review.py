@@ -30,8 +30,9 @@ def text_source(source, tmp_path):
         return forget, retain, write_muse(tmp_path / "muse"), "muse_news_npo_hybrid.yaml", "knowmem_f"
     eval_dir = tmp_path / "wmdp"
     eval_dir.mkdir()
-    for name in ("wmdp_bio", "wmdp_cyber", "mmlu"):
+    for name in ("wmdp_bio", "wmdp_cyber"):
         write_jsonl(eval_dir / f"{name}.json", QUESTIONS)
+    write_jsonl(eval_dir / "mmlu.json", QUESTIONS, "high_school_us_history")  # lm-eval's mmlu needs each subject
     return forget, retain, eval_dir, "wmdp_rmu_hybrid.yaml", "wmdp_bio_acc"
 
 
