@@ -145,6 +145,15 @@ class ScriptArguments:
         check_model_path(self.model_name_or_path, "model_name_or_path")
         if self.retain_model is not None:
             check_model_path(self.retain_model, "retain_model")
+        if self.eval_max_new_tokens < 1:
+            raise UserInputError(
+                f"eval_max_new_tokens={self.eval_max_new_tokens} must be >= 1: the TOFU evaluation generates that "
+                "many tokens per answer (at 0 every ROUGE score is 0)."
+            )
+        if self.synthetic_num_authors < 2:
+            raise UserInputError(
+                f"synthetic_num_authors={self.synthetic_num_authors} must be >= 2 (one to forget, one to retain)."
+            )
         if self.max_length < 8:
             raise ValueError(f"max_length={self.max_length} is too small for any QA example; use e.g. 512.")
         if self.lora_r < 0:

@@ -69,7 +69,7 @@ def test_identical_models_have_zero_barrier():
 def test_different_architectures_are_rejected():
     with pytest.raises(ValueError, match="shapes differ"):
         linear_mode_connectivity(Quadratic([1.0, 0.0]), Quadratic([1.0, 0.0, 0.0]), ring_loss)
-    with pytest.raises(ValueError, match="points must be at least 2"):
+    with pytest.raises(ValueError, match="points must be between 2"):
         linear_mode_connectivity(Quadratic([1.0]), Quadratic([0.0]), ring_loss, points=1)
 
 

@@ -37,8 +37,85 @@ def run(*extra_argv, recipe=DEMO, **flags) -> list[str]:
     return ["run", recipe, *run_flags(**flags), *extra_argv]
 
 
+def typed(name: str, **flags) -> list[str]:
+    """A run of the recipe {in}/<name>.yaml (a value of the wrong type), without the flags that would hide it."""
+    return ["run", f"{{in}}/{name}.yaml", *run_flags(**flags)]
+
+
+EVAL = ["eval", "--model", "{model}", "--benchmark", "tofu", "--data_dir", "{data}", "--output_dir", "{out}"]
+ATTACK = ["attack", "--model", "{model}", "--benchmark", "nll", "--data_dir", "{data}", "--output_dir", "{out}"]
+DEMO_CMD = ["demo", "--output_dir", "{out}"]
+
 CASES = [
-    # ---- group 8: `hf-unlearn --debug COMMAND` parses like `hf-unlearn COMMAND --debug` ----
+    # ---- group 1: bounded work ----
+    Case(
+        "lmc-points-unbounded",
+        ["lmc", "{model}", "{model}", "--points", "100000", "--data_dir", "{data}", "--output_dir", "{out}"],
+        2,
+        ["points", "1001"],
+    ),  # fmt: skip
+    # ---- group 3: a recipe value of the wrong type, named with the fix ----
+    Case("type-list-for-number", typed("lr_list"), 2, ["learning_rate is a list", "takes a number"]),
+    Case("type-mapping-for-number", typed("beta_mapping"), 2, ["beta is a mapping", "takes a number"]),
+    Case("type-null-for-number", typed("steps_null", max_steps=None), 2, ["max_steps is null", "integer"]),
+    Case("type-fraction-for-int", typed("steps_fraction", max_steps=None), 2, ["max_steps", "2.5", "max_steps: 3"]),
+    Case("type-method-list", typed("method_list"), 2, ["method is a list", "name one method"]),
+    Case("type-quantization-scalar", typed("quantization_scalar"), 2, ["quantization", "quantization: [rtn4]"]),
+    # ---- group 4: settings that would do nothing while saying they did something ----
+    Case("run-max-steps-zero", run(max_steps=0), 2, ["max_steps=0", ">= 1"]),
+    Case(
+        "run-epochs-zero", run(max_steps=-1, num_train_epochs=0), 2, ["num_train_epochs=0", "trains nothing"]
+    ),  # fmt: skip
+    Case("run-eval-tokens-zero", run(eval_max_new_tokens=0), 2, ["eval_max_new_tokens=0", ">= 1"]),
+    Case("eval-new-tokens-negative", [*EVAL, "--max_new_tokens", "-5"], 2, ["max_new_tokens=-5", ">= 1"]),
+    Case("eval-max-examples-zero", [*EVAL, "--max_examples", "0"], 2, ["max_examples=0", ">= 1"]),
+    Case("attack-relearn-lr-zero", [*ATTACK, "--relearn_lr", "0"], 2, ["relearn_lr=0", "relearn_steps"]),
+    Case("attack-max-examples-zero", [*ATTACK, "--max_examples", "0"], 2, ["max_examples=0", ">= 1"]),
+    Case("demo-max-steps-zero", [*DEMO_CMD, "--max_steps", "0"], 2, ["--max_steps 0", "at least 1"]),
+    # ---- group 5: a tokenizer or max_length the model cannot take, found from the configs ----
+    Case(
+        "tokenizer-past-embeddings",
+        run(model_name_or_path="{in}/wide_tokenizer"),
+        2,
+        ["model_name_or_path", "embedding rows", "resize"],
+    ),  # fmt: skip
+    Case(
+        "retain-model-fewer-rows", run(retain_model="{in}/narrow_model"), 2, ["retain_model", "embedding rows"]
+    ),  # fmt: skip
+    Case(
+        "max-length-past-learned-positions",
+        run(model_name_or_path="{in}/gpt2_32", max_length=64),
+        2,
+        ["max_length=64", "n_positions", "<= 32"],
+    ),  # fmt: skip
+    # ---- group 6: corrupt files named, with what to do ----
+    Case(
+        "weights-truncated",
+        run(model_name_or_path="{in}/truncated_weights"),
+        2,
+        ["model.safetensors", "not a complete safetensors file", "again"],
+    ),  # fmt: skip
+    Case(
+        "weights-garbage",
+        [*EVAL[:2], "{in}/garbage_weights", *EVAL[3:]],
+        2,
+        ["model.safetensors", "not a complete safetensors file", "again"],
+    ),  # fmt: skip
+    Case("weights-empty", [*ATTACK[:2], "{in}/empty_weights", *ATTACK[3:]], 2, ["model.safetensors is empty"]),
+    Case(
+        "retain-stats-truncated",
+        [*EVAL, "--retain_stats", "{in}/stats_truncated.json"],
+        2,
+        ["stats_truncated.json", "not valid JSON", "delete it"],
+    ),  # fmt: skip
+    Case("report-truncated", ["card", "{in}/report_truncated"], 2, ["unlearn_report.json", "not valid JSON", "rerun"]),
+    Case("report-empty", ["card", "{in}/report_empty"], 2, ["unlearn_report.json is empty", "rerun"]),
+    Case("recipe-binary", ["run", "{in}/binary.yaml"], 2, ["binary.yaml", "YAML recipe"]),
+    Case("recipe-nul-bytes", ["run", "{in}/nul.yaml"], 2, ["nul.yaml", "binary file"]),
+    # ---- group 9: cheap checks before expensive work ----
+    Case("demo-seeds-zero", [*DEMO_CMD, "--seeds", "0"], 2, ["--seeds 0", "at least one seed"]),
+    Case("demo-optimizer-unknown", [*DEMO_CMD, "--optimizers", "lion9"], 2, ["lion9", "choose from"]),
+    Case("bench-output-is-a-folder", ["bench", "--only", "zo_peak_memory", "--output", "{in}"], 2, ["is a folder"]),
 ]
 
 
@@ -53,7 +130,54 @@ def tree_hash(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, tiny_model_dir, synthetic_data_dir):
     """The bad inputs of this file, built once."""
+    import json
+    import shutil
+
+    import yaml
+
+    from hf_unlearn.tiny import build_tiny_model
+
     folder = tmp_path_factory.mktemp("user_errors")
+    recipes = {
+        "lr_list": {"learning_rate": [1.0e-3]},
+        "beta_mapping": {"beta": {"value": 0.1}},
+        "steps_null": {"max_steps": None},
+        "steps_fraction": {"max_steps": 2.5},
+        "method_list": {"method": ["npo", "rmu"]},
+        "quantization_scalar": {"quantization": "rtn4"},
+    }
+    for name, values in recipes.items():
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump({"method": "npo", **values}))
+    (folder / "binary.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    (folder / "nul.yaml").write_bytes(b"method: npo\x00\x00\x00")
+    model = Path(tiny_model_dir)
+    weights = (model / "model.safetensors").read_bytes()
+    for name, data in (
+        ("truncated", weights[: len(weights) // 2]),
+        ("garbage", bytes(range(256)) * 8),
+        ("empty", b""),
+    ):
+        shutil.copytree(model, folder / f"{name}_weights")
+        (folder / f"{name}_weights" / "model.safetensors").write_bytes(data)
+    # A tokenizer with tokens the model has no embedding rows for.
+    from transformers import AutoTokenizer
+
+    shutil.copytree(model, folder / "wide_tokenizer")
+    wide = AutoTokenizer.from_pretrained(model)
+    wide.add_tokens([f"<extra_{i}>" for i in range(5)])
+    wide.save_pretrained(folder / "wide_tokenizer")
+    # A retain model whose config declares fewer embedding rows than the run's tokenizer has tokens.
+    shutil.copytree(model, folder / "narrow_model")
+    config = json.loads((model / "config.json").read_text())
+    (folder / "narrow_model" / "config.json").write_text(json.dumps({**config, "vocab_size": 100}))
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    gpt2 = build_tiny_model(tokenizer, "gpt2", n_positions=32)
+    gpt2.save_pretrained(folder / "gpt2_32")
+    tokenizer.save_pretrained(folder / "gpt2_32")
+    (folder / "stats_truncated.json").write_text('{"format": "hf_unlearn.tofu_retain_stats/v1", "truth_ratio": [0.1,')
+    for name, text in (("report_truncated", '{"schema_version": 1, "method": "np'), ("report_empty", "")):
+        (folder / name).mkdir()
+        (folder / name / "unlearn_report.json").write_text(text)
     return folder
 
 

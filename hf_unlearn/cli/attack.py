@@ -66,10 +66,12 @@ def _eval_fn(args, data_dir):
         settings.update(qa_format=QAFormat.from_args(args), retain_model=args.retain_model)
         return benchmark_eval_fn(args.benchmark, **settings)
 
+    from hf_unlearn.benchmarks.base import check_counts
     from hf_unlearn.benchmarks.nll import NLLBenchmark
     from hf_unlearn.benchmarks.tofu_data import load_split, tofu_split_names
 
     names = tofu_split_names(args.forget_split)
+    check_counts(max_examples=args.max_examples)
     cache = {}
 
     def eval_fn(model, tokenizer):
@@ -104,14 +106,16 @@ def main(args):
     data_dir = args.data_dir or default_tofu_dir()
     protected = {"--model": args.model, "--original_model": args.original_model, "--retain_model": args.retain_model}
     common.check_output(args, {**protected, "--data_dir": data_dir}, inside_ok=("--model",))
-    model, tokenizer = load_model_and_tokenizer(args.model, device=args.device)
-    original = load_model_and_tokenizer(args.original_model, device=args.device)[0] if args.original_model else None
+    # Names (benchmark, split) and data are checked before any weight loads.
+    eval_fn = _eval_fn(args, data_dir)
     if not config.relearn_steps:
         relearn_rows = None
     elif args.relearn_data:
         relearn_rows = load_dataset("json", data_files=args.relearn_data, split="train")
     else:
         relearn_rows = load_tofu(args.forget_split, data_dir)
+    model, tokenizer = load_model_and_tokenizer(args.model, device=args.device)
+    original = load_model_and_tokenizer(args.original_model, device=args.device)[0] if args.original_model else None
     qa_format = QAFormat.from_args(args)
     report = UnlearnReport(
         base_model=args.model,
@@ -124,7 +128,6 @@ def main(args):
         },
     )
     with report.timed("attacks"):
-        eval_fn = _eval_fn(args, data_dir)
         results = robustness_checks(model, tokenizer, eval_fn, relearn_rows, config, original, qa_format)
     report.add_evaluation(EVALUATED, results["unlearned"])
     report.add_attacks(results, label=f"{args.model} (post hoc)")

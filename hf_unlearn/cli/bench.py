@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from hf_unlearn.io import atomic_write_text
+from hf_unlearn.io import atomic_write_text, check_output_file
 from hf_unlearn.perf import MEASUREMENTS, SCALE_MEASUREMENTS, run_measurements
 
 
@@ -22,6 +22,7 @@ def add_arguments(parser):
 
 
 def main(args):
+    check_output_file(args.output)  # before minutes of measuring, not after
     names = args.only or list(MEASUREMENTS) + (list(SCALE_MEASUREMENTS) if args.scale else [])
     report = {
         "machine": {
