@@ -267,3 +267,82 @@ def test_synthetic_benchmark_has_unique_names_past_the_name_grid(cli, tmp_path):
     code, _, stderr = cli("synthetic", tmp_path / "tofu", "--num_authors", "200", "--qa_per_author", "1")
     assert code == 0, stderr
     assert len((tmp_path / "tofu" / "full.json").read_text().splitlines()) == 200
+
+
+def test_recipe_with_tofu_sized_synthetic_benchmark_parses(tiny_model_dir, tmp_path):
+    """`synthetic_num_authors: 200` hung in parse (the synthetic folder check builds the benchmark to compare it)."""
+    from hf_unlearn.recipes import parse_recipe
+
+    (tmp_path / "data").mkdir()
+    flags = run_flags(data_source="synthetic", synthetic_num_authors=200, max_steps=2)
+    values = {"model": str(tiny_model_dir), "data": str(tmp_path / "data"), "out": str(tmp_path / "out")}
+    recipe = parse_recipe(DEMO, [a.format(**values) for a in flags])
+    assert recipe.script.synthetic_num_authors == 200
+
+
+def test_lmc_refuses_points_past_the_bound_in_the_library():
+    from hf_unlearn.analysis import MAX_POINTS, linear_mode_connectivity
+
+    with pytest.raises(UserInputError, match=f"between 2 .* and {MAX_POINTS}"):
+        linear_mode_connectivity(None, None, lambda model: 0.0, points=MAX_POINTS + 1)
+
+
+# ---- group 9: names and settings checked before any weight loads ----
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["attack", "--model", "{model}", "--forget_split", "forget99", "--benchmark", "nll"], "forget99"),
+        (["attack", "--model", "{model}", "--benchmark", "glue"], "glue"),
+        (["attack", "--model", "{model}", "--quantization", "rtn99"], "rtn99"),
+        (["lmc", "{model}", "{model}", "--split", "forget99"], "forget99"),
+        (["lmc", "{model}", "{model}", "--split", "forget10", "--eval_splits", "retain1000"], "retain1000"),
+        (["lmc", "{model}", "{model}", "--points", "1"], "points"),
+        (["eval", "--model", "{model}", "--benchmark", "tofu", "--forget_split", "forget99"], "forget99"),
+    ],
+    ids=[
+        "attack-split",
+        "attack-benchmark",
+        "attack-quantization",
+        "lmc-split",
+        "lmc-eval-split",
+        "lmc-points",
+        "eval",
+    ],
+)
+def test_names_are_checked_before_any_weight_loads(
+    argv, says, cli, tiny_model_dir, synthetic_data_dir, tmp_path, monkeypatch
+):
+    import hf_unlearn.cli.eval
+    import hf_unlearn.loading
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights loaded before the settings were checked")
+
+    monkeypatch.setattr(hf_unlearn.loading, "load_model_and_tokenizer", no_weights)
+    monkeypatch.setattr(hf_unlearn.cli.eval, "load_model_and_tokenizer", no_weights)
+    values = {"model": str(tiny_model_dir)}
+    argv = [a.format(**values) for a in argv]
+    out = tmp_path / "out"
+    code, _, stderr = cli(*argv, "--data_dir", synthetic_data_dir, "--output_dir", out)
+    assert code == 2, stderr
+    assert says in stderr and "weights loaded" not in stderr
+    assert not out.exists()
+
+
+@pytest.mark.slow  # a fresh interpreter: whether torch gets imported cannot be seen from inside this one
+def test_run_reports_a_missing_recipe_before_importing_torch(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from hf_unlearn.cli import main; code = main(['run', sys.argv[1]]); "
+        "print('torch imported' if 'torch' in sys.modules else 'torch not imported'); sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stderr
+    assert "nope.yaml not found" in done.stderr
+    assert done.stdout.strip() == "torch not imported"
