@@ -83,6 +83,9 @@ CASES = [
         "retain-model-fewer-rows", run(retain_model="{in}/narrow_model"), 2, ["retain_model", "embedding rows"]
     ),  # fmt: skip
     Case(
+        "reference-model-fewer-rows", run(ref_model_path="{in}/narrow_model"), 2, ["ref_model_path", "embedding rows"]
+    ),  # fmt: skip
+    Case(
         "max-length-past-learned-positions",
         run(model_name_or_path="{in}/gpt2_32", max_length=64),
         2,
