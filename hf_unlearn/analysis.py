@@ -75,9 +75,16 @@ def check_points(points: int) -> None:
 
 @torch.no_grad()
 def linear_mode_connectivity(
-    model_a, model_b, loss_fn: LossFn, points: int = 11, metrics_fn: MetricsFn | None = None
+    model_a,
+    model_b,
+    loss_fn: LossFn,
+    points: int = 11,
+    metrics_fn: MetricsFn | None = None,
+    on_point: Callable[[int, float, float], None] | None = None,
 ) -> LMCResult:
     """Evaluate `loss_fn` (and `metrics_fn`) on ``θ(a)`` for `points` evenly spaced ``a`` in [0, 1].
+
+    `on_point(index, a, loss)` is called after each point (the command line prints progress with it).
 
     Works on a copy of `model_a`; neither model changes. ``a = 0`` and ``a = 1`` are exactly θ_A and θ_B
     (``torch.lerp`` is exact at its ends), so the endpoint losses equal the two models' own losses.
@@ -96,6 +103,8 @@ def linear_mode_connectivity(
                 exact = torch.promote_types(target.dtype, torch.float32)  # half precision mixes in fp32
                 target.data.copy_(torch.lerp(start.to(exact), end.to(exact), alpha).to(target.dtype))
         losses.append(float(loss_fn(probe)))
+        if on_point is not None:
+            on_point(len(losses) - 1, alpha, losses[-1])
         if metrics_fn is not None:
             metrics.append(dict(metrics_fn(probe)))
     barrier, where = barrier_height(alphas, losses)

@@ -5,6 +5,7 @@ Writes ``lmc.json`` (alphas, losses, barrier, the NLL on each ``--eval_splits`` 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from hf_unlearn.cli import common
@@ -65,6 +66,9 @@ def main(args):
         lambda model: mean_answer_loss(model, main_set, collator, args.batch_size),
         points=args.points,
         metrics_fn=metrics_fn if extra else None,
+        on_point=lambda i, a, loss: print(
+            f"lmc: point {i + 1}/{args.points} (a = {a:.3f}): loss {loss:.4f}", file=sys.stderr, flush=True
+        ),
     )
     record = {
         "format": "hf_unlearn.lmc/v1",
