@@ -372,6 +372,11 @@ def _yaml_kind(value) -> str:
     return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else type(value).__name__
 
 
+# List keys whose single string means something of its own: peft reads `target_modules: all-linear` (or a regex) as
+# one string, not as a list of module names.
+ONE_STRING_LIST_KEYS = {"lora_target_modules"}
+
+
 def check_value_types(values: dict, classes, source: str) -> None:
     """Refuse, in one line naming the key, a recipe value of the wrong type (checked where recipe keys and flags
     merge: the argument parser converts flags, but takes a recipe's values as they are)."""
@@ -380,6 +385,8 @@ def check_value_types(values: dict, classes, source: str) -> None:
         hints.update(typing.get_type_hints(cls))
     for key, value in values.items():
         if key not in hints or _value_fits(value, hints[key]):
+            continue
+        if key in ONE_STRING_LIST_KEYS and isinstance(value, str):
             continue
         hint = hints[key]
         fix = f"set it to {_describe(hint)}"

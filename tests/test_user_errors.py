@@ -349,3 +349,27 @@ def test_run_reports_a_missing_recipe_before_importing_torch(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "nope.yaml not found" in done.stderr
     assert done.stdout.strip() == "torch not imported"
+
+
+def test_recipe_types_accept_what_the_parser_converts():
+    """Strings stand for scalars (YAML reads 1e-3 as a string; the parser converts it), lists of the element type
+    pass, and peft's one-string `lora_target_modules: all-linear` stays a string."""
+    from hf_unlearn.attacks.robustness import RobustnessConfig
+    from hf_unlearn.recipes import ScriptArguments, check_value_types
+    from hf_unlearn.trainers import get_method
+
+    classes = (ScriptArguments, get_method("npo").config_class, RobustnessConfig)
+    good = {
+        "learning_rate": "1e-3", "max_steps": 3, "num_train_epochs": 2, "eval_steps": None, "report_to": "none",
+        "quantization": ["rtn4", "fp4"], "relearn_steps": [5, 10], "lr_scheduler_kwargs": {"num_cycles": 1},
+        "bf16": False, "lora_target_modules": "all-linear", "seed": 0,
+    }  # fmt: skip
+    check_value_types(good, classes, "Recipe r.yaml")
+    for key, value in {
+        "relearn_steps": ["10"],
+        "max_steps": True,
+        "forget_split": 10,
+        "gamma": [1],
+    }.items():
+        with pytest.raises(UserInputError, match=f"Recipe r.yaml: {key} is "):
+            check_value_types({key: value}, classes, "Recipe r.yaml")
