@@ -94,7 +94,7 @@ def check_demo_settings(
         ("--max_new_tokens", max_new_tokens, 1), ("--checkpoints", checkpoints, 0),
     ):  # fmt: skip
         if value < least:
-            raise UserInputError(f"{flag} {value}: must be >= {least}.")
+            raise UserInputError(f"{flag} {value}: must be >= {least}; give {flag} {least} or more.")
 
 
 def run_demo(
