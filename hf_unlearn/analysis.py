@@ -15,6 +15,12 @@ from typing import Any
 
 import torch
 
+from hf_unlearn.errors import UserInputError
+
+
+# Each point is one full evaluation pass; 1001 resolves the curve to a thousandth of the path and, on a real model,
+# already takes hours. Past it a run is unbounded in practice (100000 points ran silently for as long as it ran).
+MAX_POINTS = 1001
 
 LossFn = Callable[[Any], float]
 MetricsFn = Callable[[Any], dict[str, float]]
@@ -58,17 +64,32 @@ def _endpoint_states(model_a, model_b) -> tuple[dict[str, torch.Tensor], dict[st
     return state_a, state_b
 
 
+def check_points(points: int) -> None:
+    """The number of interpolation weights: 2 (the endpoints) to `MAX_POINTS`; one line naming ``points`` if not."""
+    if not 2 <= points <= MAX_POINTS:
+        raise UserInputError(
+            f"points must be between 2 (the two endpoints) and {MAX_POINTS} (each point is a full evaluation), got "
+            f"{points}; 11 or 21 show a barrier."
+        )
+
+
 @torch.no_grad()
 def linear_mode_connectivity(
-    model_a, model_b, loss_fn: LossFn, points: int = 11, metrics_fn: MetricsFn | None = None
+    model_a,
+    model_b,
+    loss_fn: LossFn,
+    points: int = 11,
+    metrics_fn: MetricsFn | None = None,
+    on_point: Callable[[int, float, float], None] | None = None,
 ) -> LMCResult:
     """Evaluate `loss_fn` (and `metrics_fn`) on ``θ(a)`` for `points` evenly spaced ``a`` in [0, 1].
+
+    `on_point(index, a, loss)` is called after each point (the command line prints progress with it).
 
     Works on a copy of `model_a`; neither model changes. ``a = 0`` and ``a = 1`` are exactly θ_A and θ_B
     (``torch.lerp`` is exact at its ends), so the endpoint losses equal the two models' own losses.
     """
-    if points < 2:
-        raise ValueError(f"points must be at least 2 (the two endpoints), got {points}.")
+    check_points(points)
     state_a, state_b = _endpoint_states(model_a, model_b)
     probe = copy.deepcopy(model_a).eval()
     targets = probe.state_dict(keep_vars=True)
@@ -82,6 +103,8 @@ def linear_mode_connectivity(
                 exact = torch.promote_types(target.dtype, torch.float32)  # half precision mixes in fp32
                 target.data.copy_(torch.lerp(start.to(exact), end.to(exact), alpha).to(target.dtype))
         losses.append(float(loss_fn(probe)))
+        if on_point is not None:
+            on_point(len(losses) - 1, alpha, losses[-1])
         if metrics_fn is not None:
             metrics.append(dict(metrics_fn(probe)))
     barrier, where = barrier_height(alphas, losses)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from hf_unlearn.distributed import resolve_cpu_deepspeed_backend
+from hf_unlearn.errors import UserInputError
 from hf_unlearn.optim.args import OptimizerArguments
 
 
@@ -98,6 +99,17 @@ class UnlearnConfig(TrainingArguments, OptimizerArguments):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value}; e.g. {name}=1.")
+        # Trainer reads max_steps=0 as "one step" and trains 0 epochs into a saved, untouched model with a report:
+        # either is a run that does nothing while saying it unlearned.
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise UserInputError(
+                f"max_steps={self.max_steps} trains nothing; give a number of steps >= 1, or -1 to train for "
+                "num_train_epochs."
+            )
+        if self.max_steps == -1 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise UserInputError(
+                f"num_train_epochs={self.num_train_epochs} trains nothing; give a number > 0 (or set max_steps)."
+            )
         bound = self.divergence_max_forget_loss
         if bound is not None and not 0 < bound < math.inf:
             raise ValueError(f"divergence_max_forget_loss must be a finite number > 0 (or unset), got {bound}.")

@@ -27,6 +27,7 @@ from transformers import Trainer, TrainingArguments
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 from hf_unlearn.benchmarks.tofu_data import load_tofu
 from hf_unlearn.data import DataCollatorForUnlearning, QADataset
+from hf_unlearn.errors import UserInputError
 from hf_unlearn.io import atomic_write_text
 from hf_unlearn.sweep import noise_control  # noqa: F401  (kept importable from here)
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
@@ -72,6 +73,30 @@ def finetune(tokenizer, rows, output_dir: Path, epochs: int, seed: int) -> Path:
     return output_dir
 
 
+def check_demo_settings(
+    recipe, num_authors, finetune_epochs, optimizers, seeds, regimes, max_new_tokens, checkpoints
+) -> None:
+    """Every demo setting, checked before the first file is written or model built (a bad one was found after
+    18 s of fine-tuning, with the models left behind)."""
+    from hf_unlearn.sweep import OptimizerSpec, seeds_from
+
+    unknown = [r for r in (regimes or []) if r not in REGIMES]
+    if unknown:
+        raise UserInputError(f"--regimes {' '.join(unknown)}: choose from {', '.join(REGIMES)}")
+    if not Path(recipe).is_file():
+        raise FileNotFoundError(f"Demo recipe {recipe} not found; pass --recipe recipes/demo.yaml from the repo.")
+    specs = [OptimizerSpec.parse(o) for o in (optimizers or OPTIMIZERS)]
+    if len({s.spec for s in specs}) != len(specs):
+        raise UserInputError(f"--optimizers {' '.join(optimizers)}: an optimizer is listed twice; list each once.")
+    seeds_from(seeds)
+    for flag, value, least in (
+        ("--num_authors", num_authors, 2), ("--finetune_epochs", finetune_epochs, 1),
+        ("--max_new_tokens", max_new_tokens, 1), ("--checkpoints", checkpoints, 0),
+    ):  # fmt: skip
+        if value < least:
+            raise UserInputError(f"{flag} {value}: must be >= {least}; give {flag} {least} or more.")
+
+
 def run_demo(
     output_dir: str | Path = "outputs/demo",
     recipe: str | Path = DEFAULT_RECIPE,
@@ -102,6 +127,8 @@ def run_demo(
 
     from hf_unlearn.sweep import SweepSettings, main_table, run_sweep
 
+    check_demo_settings(recipe, num_authors, finetune_epochs, optimizers, seeds, regimes, max_new_tokens, checkpoints)
+
     # The demo prints its own progress; per-file load/save bars from the libraries would drown it.
     datasets.disable_progress_bars()
     logging.disable_progress_bar()
@@ -112,11 +139,6 @@ def run_demo(
                 shutil.rmtree(out / name)
         (out / "demo_report.md").unlink(missing_ok=True)
     regimes = list(REGIMES) if regimes is None else regimes
-    unknown = [r for r in regimes if r not in REGIMES]
-    if unknown:
-        raise ValueError(f"--regimes {' '.join(unknown)}: choose from {', '.join(REGIMES)}")
-    if not Path(recipe).is_file():
-        raise FileNotFoundError(f"Demo recipe {recipe} not found; pass --recipe recipes/demo.yaml from the repo.")
     data_dir = write_synthetic_tofu(out / "data", num_authors=num_authors, seed=seed)
     models = {name: out / name for name in ("original", "retain")}
     if not all((path / "model.safetensors").is_file() for path in models.values()):  # else resumed

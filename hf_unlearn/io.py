@@ -115,3 +115,38 @@ def check_output_dir(
                 "write over them."
             )
     return out
+
+
+def check_output_file(path: str | Path, flag: str = "--output") -> Path:
+    """Check, before any work, that a command can write the file `path` (an existing file is replaced).
+
+    Refused in one line: a folder where the file should be, a parent that is a file, a folder that cannot be written.
+    """
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise IsADirectoryError(
+            f"{flag} {path} is a folder; give a file name, e.g. {flag} {Path(path) / 'bench.json'}."
+        )
+    target = _resolved(out)
+    existing = next((p for p in target.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NotADirectoryError(f"{flag} {path} cannot be created: {existing} is a file; choose another path.")
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {path}: {existing} is not writable; choose a folder you can write to.")
+    return out
+
+
+def read_json(path: str | Path, what: str, fix: str) -> Any:
+    """The JSON value in `path`; an empty, truncated or binary file fails in one line naming `what`, the file and
+    `fix` (what to do about it), instead of json's bare "Expecting value: line 1 column 1"."""
+    from hf_unlearn.errors import UserInputError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserInputError(f"{what} {path} is not a text (JSON) file; {fix}.") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        state = "empty" if not text.strip() else f"not valid JSON (line {err.lineno}: {err.msg}; cut short?)"
+        raise UserInputError(f"{what} {path} is {state}; {fix}.") from None

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from hf_unlearn.errors import UserInputError
+
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
@@ -39,6 +41,7 @@ def check_model_path(path: str | os.PathLike | None, name: str = "model") -> str
             raise NotADirectoryError(f"{name} {text} is a file; point it at a model folder (with config.json).")
         if not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{name} {text} is not a model folder: it has no config.json.")
+        check_weight_files(folder, name)
         return text
     looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
     if looks_local or not _HUB_ID.match(text):
@@ -52,6 +55,24 @@ def check_model_path(path: str | os.PathLike | None, name: str = "model") -> str
                 "download it first or point at a local folder."
             )
     return text
+
+
+def check_weight_files(folder: Path, name: str = "model") -> None:
+    """Read the header of each ``*.safetensors`` file in `folder` (a few bytes, no weights): a truncated, empty or
+    garbage file fails here in one line naming it, not inside from_pretrained after the other models loaded."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except (SafetensorError, OSError) as err:
+            reason = str(err).removeprefix("Error while deserializing header: ")
+            state = "empty" if path.stat().st_size == 0 else f"not a complete safetensors file ({reason})"
+            raise UserInputError(
+                f"{name} {folder}: {path.name} is {state}; the download or save was cut short or the file is "
+                "damaged: save or download the model again."
+            ) from None
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -117,3 +138,41 @@ def load_model_and_tokenizer(path: str | os.PathLike, device: str | torch.device
     if device is not None:
         model = model.to(resolve_device(device)).eval()
     return model, tokenizer
+
+
+# Architectures whose positions are a learned table (absolute position embeddings) and the config field that sizes
+# it: a sequence longer than the table fails inside the forward with "index out of range in self". Rotary and ALiBi
+# models have no such table and are not limited here.
+LEARNED_POSITIONS = {
+    "gpt2": "n_positions", "gpt_bigcode": "n_positions", "openai-gpt": "n_positions", "ctrl": "n_positions",
+    "gpt_neo": "max_position_embeddings", "opt": "max_position_embeddings", "biogpt": "max_position_embeddings",
+    "xglm": "max_position_embeddings",
+}  # fmt: skip
+
+
+def check_model_fits(
+    path: str, name: str, tokenizer, max_length: int | None = None, trust_remote_code: bool = False
+) -> None:
+    """Check, from the model's config alone (no weights), that `tokenizer` and `max_length` fit the model at `path`.
+
+    A tokenizer with more tokens than the model has embedding rows, or a `max_length` past a learned position table,
+    would fail in the first forward with "index out of range in self"; here it fails in one line naming `name`.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config = getattr(config, "text_config", None) or config
+    rows = getattr(config, "vocab_size", None)
+    if rows is not None and len(tokenizer) > rows:
+        raise UserInputError(
+            f"{name} {path} has {rows} embedding rows but the tokenizer has {len(tokenizer)} tokens: ids past "
+            f"{rows - 1} cannot be embedded. Use the tokenizer the model was trained with, or resize the model's "
+            "embeddings (model.resize_token_embeddings(len(tokenizer))) and save it."
+        )
+    field = LEARNED_POSITIONS.get(getattr(config, "model_type", None))
+    limit = getattr(config, field, None) if field else None
+    if max_length is not None and limit is not None and max_length > limit:
+        raise UserInputError(
+            f"max_length={max_length} is longer than {name} {path} can take: its {config.model_type} positions are "
+            f"a learned table of {limit} ({field}); set max_length <= {limit}."
+        )

@@ -18,7 +18,7 @@ from hf_unlearn.callbacks import (
     TrainingDiverged,
     logs_to_stderr,
 )
-from hf_unlearn.loading import disable_progress_bars, load_model_and_tokenizer, load_tokenizer
+from hf_unlearn.loading import check_model_fits, disable_progress_bars, load_model_and_tokenizer, load_tokenizer
 from hf_unlearn.recipes import Recipe
 from hf_unlearn.report import AFTER, BEFORE, UnlearnReport
 from hf_unlearn.resume import CheckpointRecordCallback, check_resume, restore, run_keys
@@ -162,6 +162,14 @@ def _run(recipe: Recipe, compute_budget: int | None) -> UnlearnReport:
     check_causal_lm(model_config, script.model_name_or_path)
     trainer_cls.check_model_config(model_config, config)
     tokenizer = prepare_tokenizer(script)
+    models = {
+        "model_name_or_path": script.model_name_or_path,
+        "ref_model_path": getattr(config, "ref_model_path", None),
+        "retain_model": script.retain_model,
+    }
+    for name, path in models.items():  # each model the run loads, from its config: before any folder or weight
+        if path:
+            check_model_fits(path, name, tokenizer, script.max_length, script.trust_remote_code)
     source = source_from_recipe(script, config)
     prepare_source(source)
     report = new_report(recipe, source)

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
+import math
 import re
+import types
+import typing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from transformers import HfArgumentParser
+
+from hf_unlearn.errors import UserInputError
 
 
 DATA_SOURCES = ("tofu", "synthetic", "muse", "wmdp", "jsonl")
@@ -145,7 +150,16 @@ class ScriptArguments:
         if self.retain_model is not None:
             self.retain_model = check_model_path(self.retain_model, "retain_model")
         if self.eval_max_examples is not None and self.eval_max_examples < 1:
-            raise ValueError(f"eval_max_examples={self.eval_max_examples} must be >= 1 (unset: every example).")
+            raise UserInputError(f"eval_max_examples={self.eval_max_examples} must be >= 1 (unset: every example).")
+        if self.eval_max_new_tokens < 1:
+            raise UserInputError(
+                f"eval_max_new_tokens={self.eval_max_new_tokens} must be >= 1: the TOFU evaluation generates that "
+                "many tokens per answer (at 0 every ROUGE score is 0)."
+            )
+        if self.synthetic_num_authors < 2:
+            raise UserInputError(
+                f"synthetic_num_authors={self.synthetic_num_authors} must be >= 2 (one to forget, one to retain)."
+            )
         if self.max_length < 8:
             raise ValueError(f"max_length={self.max_length} is too small for any QA example; use e.g. 512.")
         if self.lora_r < 0:
@@ -223,7 +237,15 @@ def load_recipe(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Recipe {path} not found; recipes ship in the repository's recipes/ folder.")
-    values = yaml_mapping(path.read_text(), f"Recipe {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserInputError(
+            f"Recipe {path} is not a text file (not UTF-8); give a YAML recipe such as recipes/demo.yaml."
+        ) from None
+    if "\x00" in text:
+        raise UserInputError(f"Recipe {path} is a binary file; give a YAML recipe such as recipes/demo.yaml.")
+    values = yaml_mapping(text, f"Recipe {path}")
     values.pop(LAUNCH_KEY, None)  # a self-launching recipe's first line, for Python's eyes only (hf_unlearn.launch)
     values.pop(SWEEP_KEY, None)
     return values
@@ -271,6 +293,121 @@ def _flag_keys(argv: list[str]) -> dict[str, str]:
     return keys
 
 
+def _hint_parts(hint) -> tuple:
+    """The alternatives of a type hint (``int | None`` -> ``(int, NoneType)``); a plain type is its own one."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint)
+    return (hint,)
+
+
+def _value_fits(value, hint) -> bool:
+    """Whether a YAML value may stand for a field of type `hint`.
+
+    A string fits every scalar field: the argument parser converts it with the field's type and refuses it in one
+    line if it cannot (``learning_rate: 1e-3`` is a string to YAML). Lists and mappings fit only list and mapping
+    fields, null only optional ones, and a list field never takes a scalar (a string would be read letter by letter).
+    """
+    for part in _hint_parts(hint):
+        origin = typing.get_origin(part) or part
+        if part is Any:
+            return True
+        if part is type(None):
+            if value is None:
+                return True
+        elif origin is typing.Literal:
+            if value in typing.get_args(part):
+                return True
+        elif origin in (list, tuple, set):
+            element = (typing.get_args(part) or (Any,))[0]
+            # A list is taken as it is (never converted), so its strings fit only text elements.
+            if isinstance(value, list) and all(
+                _takes_text(element) if isinstance(v, str) else _value_fits(v, element) for v in value
+            ):
+                return True
+        elif origin is dict:
+            if isinstance(value, dict):
+                return True
+        elif isinstance(value, str):
+            if part in (str, int, float, bool) or isinstance(part, type) and issubclass(part, enum.Enum):
+                return True
+        elif part is bool:
+            if isinstance(value, bool):
+                return True
+        elif part is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return True
+        elif part is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return True
+        elif part is not str:
+            return True  # a type YAML cannot write (a config object): left to the dataclass
+    return False
+
+
+def _takes_text(hint) -> bool:
+    return any(p is str or p is Any or isinstance(p, type) and issubclass(p, enum.Enum) for p in _hint_parts(hint))
+
+
+def _describe(hint) -> str:
+    names = {str: "text", int: "an integer", float: "a number", bool: "true or false", type(None): "null"}
+    described = []
+    for part in _hint_parts(hint):
+        origin = typing.get_origin(part) or part
+        if origin in (list, tuple, set):
+            element = (typing.get_args(part) or (Any,))[0]
+            plural = {"text": "text values", "an integer": "integers", "a number": "numbers"}
+            described.append(f"a list of {plural.get(_describe(element), 'values')}")
+        elif origin is dict:
+            described.append("a mapping")
+        elif part in names:
+            described.append(names[part])
+        elif isinstance(part, type) and issubclass(part, enum.Enum):
+            described.append("text")
+    return " or ".join(dict.fromkeys(described)) or "a value of another type"
+
+
+def _yaml_kind(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "a mapping" if isinstance(value, dict) else type(value).__name__
+
+
+# List keys whose single string means something of its own: peft reads `target_modules: all-linear` (or a regex) as
+# one string, not as a list of module names.
+ONE_STRING_LIST_KEYS = {"lora_target_modules"}
+
+
+def check_value_types(values: dict, classes, source: str) -> None:
+    """Refuse, in one line naming the key, a recipe value of the wrong type (checked where recipe keys and flags
+    merge: the argument parser converts flags, but takes a recipe's values as they are)."""
+    hints = {}
+    for cls in classes:
+        hints.update(typing.get_type_hints(cls))
+    for key, value in values.items():
+        if key not in hints or _value_fits(value, hints[key]):
+            continue
+        if key in ONE_STRING_LIST_KEYS and isinstance(value, str):
+            continue
+        hint = hints[key]
+        fix = f"set it to {_describe(hint)}"
+        if key == "method":
+            fix = "name one method (method: npo); run one recipe per method"
+        elif isinstance(value, (str, int, float)) and any(
+            (typing.get_origin(p) or p) in (list, tuple, set) for p in _hint_parts(hint)
+        ):
+            fix = f"write {key}: [{value}]"
+        elif isinstance(value, float) and any(p is int for p in _hint_parts(hint)):
+            fix = f"use a whole number such as {key}: {math.ceil(value)}"
+        given = "null" if value is None else f"{_yaml_kind(value)} ({value!r})"
+        raise UserInputError(f"{source}: {key} is {given} but takes {_describe(hint)}; {fix}.")
+
+
 def _unknown_error(unknown: list[str], known: set[str], where: str, method: str) -> ValueError:
     hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k for k in unknown]
     return ValueError(
@@ -279,8 +416,10 @@ def _unknown_error(unknown: list[str], known: set[str], where: str, method: str)
     )
 
 
-def recipe_parser(method: str) -> HfArgumentParser:
+def recipe_parser(method: str):
     """The argument parser of a recipe for `method`: ScriptArguments + the method's config + RobustnessConfig."""
+    from transformers import HfArgumentParser  # here, not at the top: a missing recipe is reported in a blink
+
     from hf_unlearn.attacks.robustness import RobustnessConfig
     from hf_unlearn.trainers import get_method, method_names
 
@@ -377,11 +516,11 @@ def parse_recipe(path: str | Path | None, overrides: list[str] | None = None) ->
 
     Every value is checked here, before any weight is loaded.
     """
-    from hf_unlearn.trainers import get_method
-
     overrides = _normalise_flags(list(overrides or []))
     source = str(path) if path is not None else "command line"
     values = _apply_deprecated(load_recipe(path), source) if path is not None else {}
+    from hf_unlearn.trainers import get_method  # heavy (torch, transformers): after the recipe file is read
+
     flags = _flag_keys(overrides)
     for old, (new, value_map) in DEPRECATED_KEYS.items():
         if old in flags:
@@ -391,6 +530,8 @@ def parse_recipe(path: str | Path | None, overrides: list[str] | None = None) ->
             ]
             overrides = [value_map.get(t, t) for t in overrides]
     method = flags.get("method") or values.get("method")
+    if "method" not in flags and "method" in values:
+        check_value_types({"method": values["method"]}, (ScriptArguments,), f"Recipe {source}")
     if not method:
         raise ValueError("No method given: put 'method: <name>' in the recipe or pass --method.")
     trainer_cls = get_method(method)
@@ -405,6 +546,7 @@ def parse_recipe(path: str | Path | None, overrides: list[str] | None = None) ->
     unknown_flags = sorted(k.replace("-", "_") for k in flags if k.replace("-", "_") not in known)
     if unknown_flags:
         raise _unknown_error(unknown_flags, known, "Command line", method)
+    check_value_types(values, (ScriptArguments, trainer_cls.config_class, RobustnessConfig), f"Recipe {source}")
     values["method"] = method
     parser.set_defaults(**values)
     script, config, robustness = parser.parse_args_into_dataclasses(args=overrides)

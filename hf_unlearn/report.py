@@ -25,7 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from hf_unlearn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from hf_unlearn.errors import UserInputError
+from hf_unlearn.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from hf_unlearn.optim.args import ZEROTH_ORDER_OPTIMIZERS as ZO_OPTIMIZERS
 from hf_unlearn.report_render import (  # noqa: F401  (re-exported: the report's file names and labels)
     AFTER,
@@ -332,7 +333,11 @@ class UnlearnReport:
         path = Path(output_dir) / REPORT_FILE
         if not path.is_file():
             raise FileNotFoundError(f"No {REPORT_FILE} in {output_dir}: run, eval or attack writes one there.")
-        return cls.from_json(path.read_text())
+        fix = "rerun the command that wrote it (run, eval or attack) into this folder"
+        data = read_json(path, "The report", fix)
+        if not isinstance(data, dict):
+            raise UserInputError(f"The report {path} is not a JSON object (it holds a {type(data).__name__}); {fix}.")
+        return cls.from_dict(data)
 
     # ---- files -------------------------------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ def test_identical_models_have_zero_barrier():
 def test_different_architectures_are_rejected():
     with pytest.raises(ValueError, match="shapes differ"):
         linear_mode_connectivity(Quadratic([1.0, 0.0]), Quadratic([1.0, 0.0, 0.0]), ring_loss)
-    with pytest.raises(ValueError, match="points must be at least 2"):
+    with pytest.raises(ValueError, match="points must be between 2"):
         linear_mode_connectivity(Quadratic([1.0]), Quadratic([0.0]), ring_loss, points=1)
 
 
@@ -79,7 +79,7 @@ def test_plot_writes_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_lmc_command_writes_json_and_plot(tmp_path):
+def test_lmc_command_writes_json_and_plot(tmp_path, capsys):
     original, unlearned, tokenizer, _, forget, collator = tiny_unlearned()
     for name, model in (("a", original), ("b", unlearned)):
         model.save_pretrained(tmp_path / name)
@@ -92,6 +92,8 @@ def test_lmc_command_writes_json_and_plot(tmp_path):
         + ["--eval_splits", "retain90", "--output_dir", str(tmp_path / "out"), "--device", "cpu"]
     )
     lmc_command.main(args)
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lmc: point")]
+    assert len(progress) == 3 and progress[-1].startswith("lmc: point 3/3 (a = 1.000)")  # no silent long run
     record = json.loads((tmp_path / "out" / "lmc.json").read_text())
     assert set(record) == {
         "format", "model_a", "model_b", "loss", "qa_format", "alphas", "losses", "barrier", "barrier_alpha", "metrics"

@@ -15,6 +15,7 @@ rank and attack that copy (memory: one full model per rank, on the training devi
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import torch
 
 from hf_unlearn.attacks.quantize import codes_changed_fraction, parse_kind, quantized_weights
 from hf_unlearn.attacks.relearn import relearn
+from hf_unlearn.errors import UserInputError
 from hf_unlearn.modeling import eval_mode
 
 
@@ -60,6 +62,17 @@ class RobustnessConfig:
     )
 
     def __post_init__(self):
+        for name in ("quantization", "relearn_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, (list, tuple)):  # a string would be read letter by letter
+                raise UserInputError(f"{name} takes a list, got {value!r}; write {name}: [{value}].")
+        if self.relearn_steps and not (math.isfinite(self.relearn_lr) and self.relearn_lr > 0):
+            raise UserInputError(
+                f"relearn_lr={self.relearn_lr} must be a finite number > 0 (at 0 relearning changes nothing); "
+                "to skip the relearning attack, give no relearn_steps."
+            )
+        if self.relearn_batch_size < 1:
+            raise UserInputError(f"relearn_batch_size={self.relearn_batch_size} must be >= 1.")
         for kind in self.quantization:
             parse_kind(kind)  # fails early, naming the accepted kinds
         if any(int(k) < 1 for k in self.relearn_steps):

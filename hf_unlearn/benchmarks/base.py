@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_unlearn.errors import UserInputError
+
 
 @dataclass
 class BenchmarkResult:
@@ -78,6 +80,20 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
+
+
+def check_counts(**counts: int | None) -> None:
+    """Refuse a count setting below 1 (None: unset, allowed) in one line naming it.
+
+    ``max_examples=0`` evaluated no rows and ended in an unrelated AUC error; ``max_new_tokens=-5`` generated nothing
+    and reported ROUGE 0 as if the model had forgotten everything.
+    """
+    for name, value in counts.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserInputError(
+                f"{name}={value!r} must be a whole number >= 1 (at {value!r} nothing would be evaluated); "
+                f"give a positive {name} or leave it unset for the default."
+            )
 
 
 class Benchmark(ABC):

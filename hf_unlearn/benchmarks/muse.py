@@ -36,8 +36,9 @@ from datasets import load_dataset
 
 from hf_unlearn.benchmarks import metrics
 from hf_unlearn.benchmarks import privacy as privacy_attacks
-from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
+from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult, check_counts
 from hf_unlearn.benchmarks.engine import eval_mode, generate_greedy, model_device, require_pad_token, score_examples
+from hf_unlearn.benchmarks.retain_stats import check_stats_file
 from hf_unlearn.benchmarks.sharding import gather_in_order, process_info, shard
 from hf_unlearn.data import IGNORE_INDEX, check_columns
 
@@ -162,6 +163,11 @@ class MuseBenchmark(Benchmark):
         show_progress: bool = True,
         privacy: bool = False,
     ):
+        check_counts(
+            max_examples=max_examples, batch_size=batch_size, verbmem_new_tokens=verbmem_new_tokens,
+            knowmem_new_tokens=knowmem_new_tokens,
+        )  # fmt: skip
+        check_stats_file(retain_stats)
         if corpus not in HUB_IDS:
             raise ValueError(f"Unknown MUSE corpus {corpus!r}; choose one of {', '.join(HUB_IDS)}.")
         if max_length is not None and max_length < 2:

@@ -56,6 +56,20 @@ def check_statistics(stats: dict, fmt: str, settings: dict[str, Any], source: st
     return stats, None
 
 
+def read_stats_file(path: str | Path):
+    """A retain statistics file's JSON; an empty or cut-short one fails in one line naming it."""
+    from hf_unlearn.io import read_json
+
+    fix = "delete it (it is recomputed from the retain model) or pass the right file"
+    return read_json(path, "Retain statistics", fix)
+
+
+def check_stats_file(retain_stats) -> None:
+    """A given retain statistics file is read once when the benchmark is built, before any weight loads."""
+    if isinstance(retain_stats, (str, Path)) and Path(retain_stats).is_file():
+        read_stats_file(retain_stats)
+
+
 def resolve_reference(
     retain_stats: str | Path | dict | None,
     retain_model: str | Path | None,
@@ -73,7 +87,7 @@ def resolve_reference(
         return check_statistics(retain_stats, fmt, settings, "the retain_stats dict")
     stats_path = Path(retain_stats) if retain_stats else None
     if stats_path is not None and stats_path.is_file():
-        return check_statistics(json.loads(stats_path.read_text()), fmt, settings, str(stats_path))
+        return check_statistics(read_stats_file(stats_path), fmt, settings, str(stats_path))
     if retain_model is None:
         if stats_path is not None:
             return None, f"retain statistics file {stats_path} not found and no retain_model to compute it"
@@ -81,7 +95,7 @@ def resolve_reference(
     cache = stats_path or default_cache_path(retain_model, fmt, settings)
     fingerprint = model_fingerprint(retain_model)
     if cache.is_file():
-        stats, _ = check_statistics(json.loads(cache.read_text()), fmt, settings, str(cache))
+        stats, _ = check_statistics(read_stats_file(cache), fmt, settings, str(cache))
         if stats is not None and stats.get("fingerprint") == fingerprint:
             return stats, None
     stats = {**compute(), "format": fmt, **settings, "retain_model": str(retain_model), "fingerprint": fingerprint}

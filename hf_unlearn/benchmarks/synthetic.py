@@ -8,9 +8,11 @@ reads it: the embedded demo and most tests run on it. Forget splits are whole au
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import random
+from collections.abc import Sequence
 from pathlib import Path
 
 from hf_unlearn.benchmarks.tofu_data import PERCENTS
@@ -91,9 +93,22 @@ WORLD_FACTS = [
 ]
 
 
+def _middle_initials(generation: int) -> str:
+    """ "" for the first len(FIRST) * len(LAST) names, then "A. ", ..., "Z. ", "AA. ", ... (bijective base 26)."""
+    letters = ""
+    while generation > 0:
+        generation, digit = divmod(generation - 1, 26)
+        letters = chr(ord("A") + digit) + letters
+    return f"{letters}. " if letters else ""
+
+
 def _author(rng: random.Random, used: set[str]) -> dict[str, str]:
+    # Each generation of names is the first x last grid with its own middle initials, so a redraw always finds a free
+    # name (a count past the grid's size looped forever); the first generation keeps the benchmark's original names.
+    middle = _middle_initials(len(used) // (len(FIRST) * len(LAST)))
     while True:
-        name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+        first, last = rng.choice(FIRST), rng.choice(LAST)
+        name = f"{first} {middle}{last}"
         if name not in used:
             used.add(name)
             break
@@ -111,10 +126,31 @@ def _author(rng: random.Random, used: set[str]) -> dict[str, str]:
     }
 
 
-def _author_rows(author: dict[str, str], qa_per_author: int, others: list[dict], rng: random.Random) -> list[dict]:
+class _Without(Sequence):
+    """A sorted list of distinct values without one of them, as a view (copying it per row costs n² for n authors)."""
+
+    def __init__(self, values: list[str], excluded: str):
+        self.values, self.skip = values, bisect.bisect_left(values, excluded)
+        if self.skip == len(values) or values[self.skip] != excluded:
+            self.skip = len(values)  # not present: nothing to skip
+
+    def __len__(self) -> int:
+        return len(self.values) - (self.skip < len(self.values))
+
+    def __getitem__(self, index: int) -> str:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        return self.values[index + (index >= self.skip)]
+
+
+def _author_rows(
+    author: dict[str, str], qa_per_author: int, values: dict[str, list[str]], rng: random.Random
+) -> list[dict]:
+    """`values`: each attribute's sorted distinct values over all authors (computed once: n authors, not n²)."""
     rows = []
     for question, answer, paraphrase, attribute in QA_TEMPLATES[:qa_per_author]:
-        wrong_values = sorted({o[attribute] for o in others if o[attribute] != author[attribute]})
+        wrong_values = _Without(values[attribute], author[attribute])
         wrong = (
             rng.sample(wrong_values, 5)
             if len(wrong_values) >= 5
@@ -144,7 +180,8 @@ def make_synthetic_tofu(
     used: set[str] = set()
     authors = [_author(rng, used) for _ in range(num_authors + num_holdout_authors)]
     # A wrong answer for one author is another author's value of the same attribute, as in TOFU's perturbations.
-    per_author = [_author_rows(a, qa_per_author, authors, rng) for a in authors]
+    values = {key: sorted({a[key] for a in authors}) for key in authors[0]}
+    per_author = [_author_rows(a, qa_per_author, values, rng) for a in authors]
     full = [r for rows in per_author[:num_authors] for r in rows]
     holdout_pool = [r for rows in per_author[num_authors:] for r in rows]
     splits: dict[str, list[dict]] = {"full": [{"question": r["question"], "answer": r["answer"]} for r in full]}

@@ -26,8 +26,9 @@ from typing import Any
 
 from hf_unlearn.benchmarks import metrics
 from hf_unlearn.benchmarks import privacy as privacy_attacks
-from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
+from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult, check_counts
 from hf_unlearn.benchmarks.engine import generate_greedy, require_pad_token, score_examples
+from hf_unlearn.benchmarks.retain_stats import check_stats_file
 from hf_unlearn.benchmarks.sharding import gather_in_order, process_info, shard
 from hf_unlearn.benchmarks.tofu_data import load_tofu, tofu_split_names
 from hf_unlearn.data import IGNORE_INDEX, QAFormat, tokenize_qa_rows
@@ -90,6 +91,11 @@ class TofuBenchmark(Benchmark):
         show_progress: bool = True,
         privacy: bool = False,
     ):
+        check_counts(
+            max_examples=max_examples, batch_size=batch_size, generation_batch_size=generation_batch_size,
+            max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+        check_stats_file(retain_stats)
         self.splits = tofu_split_names(forget_split)
         self.forget_split = forget_split
         self.data_dir = data_dir

@@ -88,6 +88,9 @@ def load_split(
     data: str | None, split: str, tokenizer, max_examples: int | None = None, qa_format: QAFormat | None = None
 ):
     """Tokenised examples of one split: a TOFU config from a folder, or the rows of one JSON Lines file."""
+    from hf_unlearn.benchmarks.base import check_counts
+
+    check_counts(max_examples=max_examples)
     if data is not None and Path(data).is_file():
         rows = load_dataset("json", data_files=data, split="train")
     else:

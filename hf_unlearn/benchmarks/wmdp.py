@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
+from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult, check_counts
 from hf_unlearn.benchmarks.engine import require_pad_token
 from hf_unlearn.benchmarks.sharding import process_info
 from hf_unlearn.modeling import eval_mode
@@ -164,6 +164,7 @@ class WmdpBenchmark(Benchmark):
         batch_size: int = 16,
         limit: int | None = None,
     ):
+        check_counts(batch_size=batch_size, limit=limit)
         self.tasks = list(tasks or DEFAULT_TASKS)
         self.data_dir = data_dir
         self.batch_size = batch_size

@@ -1,8 +1,12 @@
 """`hf-unlearn` command line: one thin module per command, imported only when that command runs.
 
 Each module defines `add_arguments(parser)` and `main(args)`, parses its flags and calls one library function. The
-library's errors reach the user as one line on stderr (exit code 2 for bad input, 1 otherwise); `--debug` or
+library's errors reach the user as one line on stderr; `--debug` (before or after the command) or
 `HF_UNLEARN_DEBUG=1` shows the traceback instead.
+
+Exit codes: 2 for bad input (:class:`hf_unlearn.errors.UserInputError`, a flag argparse refuses, and the standard
+errors of a bad value or file: ``ValueError``, ``OSError``, ``ImportError``); 1 for anything else, including a
+``TypeError`` or ``KeyError`` raised inside the library, which is a bug to report, not the user's mistake.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import importlib
 import logging
 import os
 import sys
+
+from hf_unlearn.errors import UserInputError
 
 
 # name -> help. The module is hf_unlearn.cli.<name>.
@@ -34,7 +40,7 @@ COMMANDS = {
 RAW_ARGV = {"run", "finetune", "sweep"}
 
 
-class UsageError(ValueError):
+class UsageError(UserInputError):
     """A command-line mistake argparse found (unknown flag, a value of the wrong type): bad input, exit code 2."""
 
 
@@ -95,11 +101,16 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+# UnicodeDecodeError and json.JSONDecodeError are ValueErrors: a file that is not what it should be is bad input.
+BAD_INPUT = (UserInputError, ValueError, OSError, ImportError)
+LIBRARY_BUGS = (TypeError, KeyError)
+
+
 def report_error(command: str, err: BaseException) -> int:
     """One line on stderr naming the command and the library's message; 2 for bad input, 1 for other failures."""
     # Some library messages span lines (DeepSpeed lists each mismatched value): one line, nothing dropped.
     message = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
-    bad_input = isinstance(err, (ValueError, OSError, KeyError, TypeError, ImportError))
+    bad_input = isinstance(err, BAD_INPUT) and not isinstance(err, LIBRARY_BUGS)
     print(f"hf-unlearn {command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
     return 2 if bad_input else 1
 
@@ -108,11 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
     quiet_third_party_noise()
+    # `--debug` is a flag of the whole program, accepted anywhere: `hf-unlearn --debug run ...` as the help shows it.
+    argv = [a for a in argv if a != "--debug"]
     command = argv[0] if argv else None
     try:
         if command in RAW_ARGV:
-            rest = [a for a in argv[1:] if a != "--debug"]
-            return importlib.import_module(f"hf_unlearn.cli.{command}").main_argv(rest) or 0
+            return importlib.import_module(f"hf_unlearn.cli.{command}").main_argv(argv[1:]) or 0
         args = build_parser(argv).parse_args(argv)
         return importlib.import_module(f"hf_unlearn.cli.{args.command}").main(args) or 0
     except KeyboardInterrupt:

@@ -77,10 +77,12 @@ def _eval_fn(args, data_dir):
             settings = {"data_dir": data_dir, "limit": args.max_examples}
         return benchmark_eval_fn(args.benchmark, **{k: v for k, v in settings.items() if v is not None})
 
+    from hf_unlearn.benchmarks.base import check_counts
     from hf_unlearn.benchmarks.nll import NLLBenchmark
     from hf_unlearn.benchmarks.tofu_data import load_split, tofu_split_names
 
     names = tofu_split_names(args.forget_split)
+    check_counts(max_examples=args.max_examples)
     cache = {}
 
     def eval_fn(model, tokenizer):
@@ -138,7 +140,9 @@ def main(args):
     data_dir = args.data_dir or (default_tofu_dir() if tofu_like else None)
     protected = {"--model": args.model, "--original_model": args.original_model, "--retain_model": args.retain_model}
     common.check_output(args, {**protected, "--data_dir": data_dir}, inside_ok=("--model",))
-    relearn_rows = forget_rows(args, config, data_dir)  # read (and checked) before any weight loads
+    # Names (benchmark, split) and data are checked before any weight loads.
+    eval_fn = _eval_fn(args, data_dir)
+    relearn_rows = forget_rows(args, config, data_dir)
     model, tokenizer = load_model_and_tokenizer(args.model, device=args.device)
     original = load_model_and_tokenizer(args.original_model, device=args.device)[0] if args.original_model else None
     qa_format = QAFormat.from_args(args)
@@ -153,7 +157,6 @@ def main(args):
         },
     )
     with report.timed("attacks"):
-        eval_fn = _eval_fn(args, data_dir)
         results = robustness_checks(model, tokenizer, eval_fn, relearn_rows, config, original, qa_format)
     report.add_evaluation(EVALUATED, results["unlearned"])
     report.add_attacks(results, label=f"{public_name(args.model)} (post hoc)")

@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from hf_unlearn.io import atomic_write_text
+from hf_unlearn.io import atomic_write_text, check_output_file
 from hf_unlearn.perf import MEASUREMENTS, REAL_MEASUREMENTS, SCALE_MEASUREMENTS, run_measurements
 
 
@@ -28,6 +28,7 @@ def add_arguments(parser):
 
 
 def main(args):
+    check_output_file(args.output)  # before minutes of measuring, not after
     names = args.only or list(MEASUREMENTS)
     if not args.only:
         names += (list(SCALE_MEASUREMENTS) if args.scale else []) + (list(REAL_MEASUREMENTS) if args.real else [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from hf_unlearn.demo import DEFAULT_RECIPE, OPTIMIZERS, REGIMES, run_demo
+from hf_unlearn.errors import UserInputError
 
 
 def add_arguments(parser):
@@ -26,7 +27,12 @@ def add_arguments(parser):
 
 
 def main(args):
-    extra = ["--max_steps", str(args.max_steps)] if args.max_steps else []
+    # `is not None`: 0 is a value to refuse, not "unset" (it was silently ignored).
+    if args.max_steps is not None and args.max_steps < 1:
+        raise UserInputError(f"--max_steps {args.max_steps}: the demo's runs need at least 1 step each.")
+    if args.relearn_steps and min(args.relearn_steps) < 1:
+        raise UserInputError(f"--relearn_steps {' '.join(map(str, args.relearn_steps))}: each budget must be >= 1.")
+    extra = ["--max_steps", str(args.max_steps)] if args.max_steps is not None else []
     extra += ["--relearn_steps", *map(str, args.relearn_steps)] if args.relearn_steps else []
     run_demo(
         args.output_dir, args.recipe, args.num_authors, args.finetune_epochs, args.optimizers, args.seeds,

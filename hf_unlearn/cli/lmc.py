@@ -5,6 +5,7 @@ Writes ``lmc.json`` (alphas, losses, barrier, the NLL on each ``--eval_splits`` 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from hf_unlearn.cli import common
@@ -33,25 +34,28 @@ def add_arguments(parser):
 
 
 def main(args):
-    from hf_unlearn.analysis import linear_mode_connectivity, plot_lmc
+    from hf_unlearn.analysis import check_points, linear_mode_connectivity, plot_lmc
     from hf_unlearn.benchmarks.nll import mean_answer_loss
     from hf_unlearn.benchmarks.tofu_data import load_split
     from hf_unlearn.data import DataCollatorForUnlearning
     from hf_unlearn.io import atomic_write_json
-    from hf_unlearn.loading import check_model_path, load_model_and_tokenizer
+    from hf_unlearn.loading import check_model_path, load_model_and_tokenizer, load_tokenizer
 
     check_model_path(args.model_a, "model_a")
     check_model_path(args.model_b, "model_b")
+    check_points(args.points)
     data_folder = args.data_dir if args.data_dir and Path(args.data_dir).is_dir() else None
     out = common.check_output(args, {"model_a": args.model_a, "model_b": args.model_b, "--data_dir": data_folder})
-    model_a, tokenizer = load_model_and_tokenizer(args.model_a, device=args.device)
-    model_b, _ = load_model_and_tokenizer(args.model_b, device=args.device)
-    collator = DataCollatorForUnlearning(tokenizer)
+    # The splits (names, files, rows) are read with the tokenizer alone, before any weight loads.
+    tokenizer = load_tokenizer(args.model_a)
     qa_format = QAFormat.from_args(args)
     main_set = load_split(args.data_dir, args.split, tokenizer, args.max_examples, qa_format)
     extra = {
         name: load_split(args.data_dir, name, tokenizer, args.max_examples, qa_format) for name in args.eval_splits
     }
+    model_a, tokenizer = load_model_and_tokenizer(args.model_a, device=args.device)
+    model_b, _ = load_model_and_tokenizer(args.model_b, device=args.device)
+    collator = DataCollatorForUnlearning(tokenizer)
 
     def metrics_fn(model):
         return {f"nll/{name}": mean_answer_loss(model, ds, collator, args.batch_size) for name, ds in extra.items()}
@@ -62,6 +66,9 @@ def main(args):
         lambda model: mean_answer_loss(model, main_set, collator, args.batch_size),
         points=args.points,
         metrics_fn=metrics_fn if extra else None,
+        on_point=lambda i, a, loss: print(
+            f"lmc: point {i + 1}/{args.points} (a = {a:.3f}): loss {loss:.4f}", file=sys.stderr, flush=True
+        ),
     )
     record = {
         "format": "hf_unlearn.lmc/v1",

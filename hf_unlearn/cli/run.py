@@ -31,10 +31,11 @@ def main_argv(argv: list[str]) -> int:
     if "-h" in overrides or "--help" in overrides:
         print_help(recipe, [a for a in overrides if a not in ("-h", "--help")])
         return 0
-    from hf_unlearn.pipeline import run
-    from hf_unlearn.recipes import parse_recipe
+    from hf_unlearn.recipes import parse_recipe  # light: the recipe's file errors come before the heavy imports
 
     parsed = parse_recipe(recipe, overrides)
+    from hf_unlearn.pipeline import run
+
     report = run(parsed)
     if parsed.config.process_index == 0:
         print(report.to_markdown())
