@@ -30,8 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 def models_home(tmp_path_factory):
     if os.environ.get("HF_UNLEARN_MODELS"):
         return Path(os.environ["HF_UNLEARN_MODELS"])
-    # The parent of each worker's base temp is shared by all xdist workers: one fetch, under fetch_model's lock.
-    return tmp_path_factory.getbasetemp().parent / "packaged_models"
+    # Under xdist the parent of each worker's base temp is this run's, shared by the workers: one fetch, under
+    # fetch_model's lock.
+    root = tmp_path_factory.getbasetemp()
+    return (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "packaged_models"
 
 
 @pytest.fixture(scope="session")
@@ -246,7 +248,7 @@ def npo_run(real_model, tofu_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("npo") / "run"
     extra = ["--learning_rate", "1e-4", "--evaluate", "true", "--eval_max_new_tokens", "8", "--eval_max_examples", "2"]
-    assert main([*run_flags(str(real_model), tofu_dir, out, *extra)]) == 0
+    assert main([str(a) for a in run_flags(real_model, tofu_dir, out, *extra)]) == 0
     return out
 
 
@@ -258,8 +260,11 @@ def test_eval_tofu_forget01_with_generation_scores_answer_tokens_only(by_name, r
     )  # fmt: skip
     assert code == 0, err
     metrics = UnlearnReport.load(out).evaluations["evaluated_model"]
-    assert 0 < metrics.get("forget_prob") < 1 and 0 <= metrics.get("forget_rouge") <= 1
-    assert 0 < metrics.get("model_utility") < 1
+    assert 0 < metrics.get("forget_prob") < 1 and 0 <= metrics.get("forget_rouge_l_recall") <= 1
+    for set_name in ("retain", "real_authors", "world_facts"):  # model utility's nine inputs are all numbers
+        for name in ("prob", "rouge_l_recall", "truth_ratio"):
+            assert 0 <= metrics.get(f"{set_name}_{name}") <= 1, (set_name, name)
+    assert 0 <= metrics.get("model_utility") <= 1  # 0 when one input is 0 (8 tokens leave a ROUGE at 0)
     assert metrics.get("forget_quality") is None  # no retain model: unavailable with its reason, never a number
     # The first forget answer's probability, by hand: exp(-mean NLL) of its answer tokens + <|im_end|> in ChatML.
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -295,6 +300,7 @@ def test_eval_muse_style_text(by_name, tmp_path, cli):
     assert metrics.get("privleak") is not None
 
 
+@pytest.mark.xdist_group("npo_run")  # one worker builds the shared run
 def test_attack_relearns_and_quantizes_a_copy_leaving_the_saved_model(npo_run, by_name, tofu_dir, tmp_path, cli):
     saved = sha256_of(npo_run / "model.safetensors")
     code, _, err = cli(
@@ -314,6 +320,7 @@ def test_attack_relearns_and_quantizes_a_copy_leaving_the_saved_model(npo_run, b
     assert sha256_of(npo_run / "model.safetensors") == saved  # the user's model is untouched
 
 
+@pytest.mark.xdist_group("npo_run")  # one worker builds the shared run
 def test_lmc_between_the_model_and_its_unlearned_run(npo_run, by_name, tofu_dir, tmp_path, cli):
     code, printed, err = cli(
         "lmc", by_name, npo_run, "--points", "3", "--data_dir", tofu_dir, "--split", "forget01", "--max_examples", "2",
@@ -325,6 +332,7 @@ def test_lmc_between_the_model_and_its_unlearned_run(npo_run, by_name, tofu_dir,
     assert record["losses"][2] > record["losses"][0]  # NPO raised the forget loss
 
 
+@pytest.mark.xdist_group("npo_run")  # one worker builds the shared run
 def test_card_and_a_push_captured_offline(npo_run, tmp_path, monkeypatch, cli):
     import shutil
 
@@ -348,7 +356,7 @@ def test_card_and_a_push_captured_offline(npo_run, tmp_path, monkeypatch, cli):
     CapturingApi.calls = []
     code, _, err = cli("push", folder, "--hub_model_id", "me/smollm2-npo")
     assert code == 0, err
-    (_, upload) = [c for c in CapturingApi.calls if c[0] == "upload_folder"][0], None
-    assert upload is None
-    uploaded = [c for c in CapturingApi.calls if c[0] == "upload_folder"][0][1]
-    assert "model.safetensors" in uploaded["allow_patterns"] and "chat_template.jinja" in uploaded["allow_patterns"]
+    ((_, upload),) = [c for c in CapturingApi.calls if c[0] == "upload_folder"]
+    assert upload["repo_id"] == "me/smollm2-npo"
+    assert {"model.safetensors", "chat_template.jinja", "README.md"} <= set(upload["allow_patterns"])
+    assert "hf_fake_token_for_the_test" not in (folder / "README.md").read_text()
