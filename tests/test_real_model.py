@@ -280,8 +280,10 @@ def test_eval_tofu_forget01_with_generation_scores_answer_tokens_only(by_name, r
     labels = torch.tensor(example["labels"][1:])
     picked = labels != IGNORE_INDEX
     nll = -torch.log_softmax(logits, -1)[picked.nonzero()[:, 0], labels[picked]].mean()
-    per_example = json.loads((out / "tofu_per_example.json").read_text())
-    assert per_example["forget"]["prob"][0] == pytest.approx(torch.exp(-nll).item(), rel=1e-4)
+    first = json.loads((out / "tofu_per_example.json").read_text())["splits"]["forget"][0]
+    assert first["num_tokens"] == int(picked.sum())  # the answer's tokens and one <|im_end|>
+    assert first["prob"] == pytest.approx(torch.exp(-nll).item(), rel=1e-4)
+    assert first["generation"]  # greedy generation from the chat prompt produced text
 
 
 def test_eval_muse_style_text(by_name, tmp_path, cli):
