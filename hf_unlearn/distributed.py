@@ -6,11 +6,18 @@ process, while DeepSpeed (which initialises the process group itself, over gloo)
 batch sizes are then filled in for one process and DeepSpeed's batch assertion fails on every rank; had it not,
 each rank would also have trained on the whole data set and written the outputs as "rank 0". Naming the backend
 (`ddp_backend="gloo"`, which TrainingArguments hands to PartialState) makes both count the same processes.
+
+A bf16 recipe (written for GPUs) on such a machine: TrainingArguments refuses `bf16=True` without a bf16 GPU unless
+`use_cpu=True`, and advises exactly that, which a user who typed `accelerate launch recipe.yaml` never set.
+`resolve_cpu_bf16` sets it where CPU autocast can run the recipe (plain or DDP launches: accelerate's MULTI_CPU
+path also takes `cpu=True`), and refuses DeepSpeed, which `use_cpu` would switch off, in one line naming
+`--bf16 false`.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 
 def launched_processes() -> int:
@@ -22,6 +29,45 @@ def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def deepspeed_requested(args) -> bool:
+    """A DeepSpeed run: `deepspeed=` in the arguments, or an accelerate config with `distributed_type: DEEPSPEED`."""
+    return bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+
+
+def resolve_cpu_bf16(args) -> None:
+    """Run a bf16 recipe on a machine without a bf16 GPU as CPU autocast (`use_cpu=True`), or refuse DeepSpeed.
+
+    Called from `UnlearnConfig.__post_init__` before TrainingArguments' own check, which would stop the run with
+    advice (assign `use_cpu`) that names no flag of ours.
+    """
+    from transformers.utils import (
+        is_torch_bf16_available_on_device,
+        is_torch_bf16_gpu_available,
+        is_torch_xla_available,
+    )
+
+    if not (args.bf16 or args.bf16_full_eval) or args.use_cpu:
+        return
+    if is_torch_bf16_gpu_available() or is_torch_xla_available():
+        return
+    if cuda_available():
+        return  # a GPU without bf16: transformers' own message (it names the GPU generation needed) is the right one
+    if deepspeed_requested(args):
+        raise ValueError(
+            "bf16 under DeepSpeed needs a GPU, and this machine has none (bf16 runs on CPU only as autocast with "
+            "use_cpu, which turns DeepSpeed off); pass `--bf16 false` to train in fp32, or run on a GPU."
+        )
+    if not is_torch_bf16_available_on_device("cpu"):
+        raise ValueError("bf16 needs a GPU or a PyTorch with CPU bf16 autocast; pass `--bf16 false` to train in fp32.")
+    args.use_cpu = True
+    if int(os.environ.get("RANK", "0")) == 0:
+        warnings.warn(
+            "No GPU: the recipe's bf16 runs as CPU autocast (use_cpu=True), weights stay in their loaded dtype; "
+            "pass `--bf16 false` for fp32 compute.",
+            stacklevel=3,
+        )
 
 
 def resolve_cpu_deepspeed_backend(args) -> None:
@@ -39,7 +85,7 @@ def resolve_cpu_deepspeed_backend(args) -> None:
             "accelerate would count one process; unset deepspeed and launch with `accelerate launch --config_file "
             "recipes/accelerate_configs/zero2.yaml` (or zero3.yaml; `deepspeed_config_file:` there for a JSON)"
         )
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+    if not deepspeed_requested(args):
         return  # DDP: `--multi_gpu` on CPU already runs gloo through accelerate's MULTI_CPU path
     if args.ddp_backend is None:
         args.ddp_backend = "gloo"

@@ -45,3 +45,65 @@ def test_impossible_cpu_deepspeed_setups_fail_naming_the_fix(cpu_launch):
         distributed.resolve_cpu_deepspeed_backend(args(deepspeed="ds.json"))
     with pytest.raises(ValueError, match="ddp_backend='nccl' cannot run DeepSpeed .* set ddp_backend=gloo"):
         distributed.resolve_cpu_deepspeed_backend(args(ddp_backend="nccl"))
+
+
+# ---- a bf16 recipe (written for GPUs) on a machine without one -------------------------------------------------
+
+
+@pytest.fixture
+def no_gpu(monkeypatch, tmp_path):
+    """A machine without CUDA (as this one; forced where a GPU exists) and a recipe's `bf16: true`, not yet built."""
+    import transformers.utils
+
+    monkeypatch.setattr(distributed, "cuda_available", lambda: False)
+    monkeypatch.setattr(transformers.utils, "is_torch_bf16_gpu_available", lambda: False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+
+    def bf16_recipe_config(**values):
+        from hf_unlearn.trainers import NPOConfig
+
+        return NPOConfig(**{"output_dir": str(tmp_path / "out"), "bf16": True, "report_to": "none", **values})
+
+    return bf16_recipe_config
+
+
+def test_bf16_recipe_without_a_gpu_runs_as_cpu_autocast(no_gpu, tmp_path):
+    import torch
+    from transformers import Trainer
+
+    from hf_unlearn.tiny import build_tiny_model
+    from tests.helpers import synthetic_tokenizer
+
+    with pytest.warns(UserWarning, match=r"bf16 runs as CPU autocast \(use_cpu=True\).*`--bf16 false`"):
+        config = no_gpu()  # transformers alone stops here: "Your setup doesn't support bf16/gpu"
+    assert config.bf16 and config.use_cpu and config.device.type == "cpu"
+    assert not (tmp_path / "out").exists()
+    tokenizer = synthetic_tokenizer()
+    trainer = Trainer(model=build_tiny_model(tokenizer), args=config)
+    assert trainer.accelerator.mixed_precision == "bf16"
+    ids = torch.tensor([tokenizer("Ava Varga was born")["input_ids"]])
+    with trainer.accelerator.autocast():
+        assert trainer.model(input_ids=ids).logits.dtype == torch.bfloat16  # the forward computes in bf16
+    assert next(trainer.model.parameters()).dtype == torch.float32  # the weights stay as loaded
+
+
+@pytest.mark.parametrize("how", ["accelerate_config", "deepspeed_json"])
+def test_bf16_under_deepspeed_without_a_gpu_fails_naming_bf16_false(no_gpu, monkeypatch, tmp_path, how):
+    values = {}
+    if how == "accelerate_config":  # `accelerate launch --config_file recipes/accelerate_configs/zero2.yaml`
+        monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    else:
+        (tmp_path / "ds.json").write_text('{"bf16": {"enabled": "auto"}, "zero_optimization": {"stage": 2}}')
+        values["deepspeed"] = str(tmp_path / "ds.json")
+    with pytest.raises(ValueError, match=r"^bf16 under DeepSpeed needs a GPU.*pass `--bf16 false`") as caught:
+        no_gpu(**values)
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bf16_false_and_gpu_machines_are_left_alone(no_gpu, monkeypatch):
+    assert not no_gpu(bf16=False).use_cpu
+    monkeypatch.setattr(distributed, "cuda_available", lambda: True)  # a GPU without bf16: transformers' advice
+    config = SimpleNamespace(bf16=True, bf16_full_eval=False, use_cpu=False, deepspeed=None)
+    distributed.resolve_cpu_bf16(config)
+    assert not config.use_cpu
