@@ -93,3 +93,58 @@ def resolve_cpu_deepspeed_backend(args) -> None:
         raise ValueError(
             f"ddp_backend={args.ddp_backend!r} cannot run DeepSpeed on a machine without CUDA; set ddp_backend=gloo"
         )
+
+
+# ---- the end of a launched process ------------------------------------------------------------------------------
+#
+# A rank of a multi-process launch used to end with `destroy_process_group()` and a normal interpreter exit. That
+# does not stop gloo: DistributedDataParallel (every Trainer run on two or more processes wraps its model in one)
+# keeps a reference to the backend that neither deleting the model nor `gc.collect()` drops, so with torch 2.13 the
+# backend's two worker threads (`pt_gloo_runloop`) and its TCP loop thread (`gloo_tcp_loop`) are still running after
+# `destroy_process_group()`. They then live on through interpreter finalization and the C++ runtime's static
+# destructors, while the other rank, which exits at its own pace, closes the TCP connections under them. Under CPU
+# load that teardown is slow and wide open, and a finished rank 0 was seen to die in it with "terminate called
+# without an active exception" (SIGABRT). So a launched process is ended in an order that leaves no such window:
+# every rank waits for the others (nobody closes a connection another rank still uses), the group is destroyed,
+# Python's own exit work is done explicitly (non-daemon threads joined, atexit handlers run, streams flushed), and
+# the process ends with `os._exit`, skipping the finalization in which gloo's threads would still be running.
+
+_launched_group_ended = False
+
+
+def end_process_group(finished: bool) -> None:
+    """Close the process group this process joined, if any: wait for every rank first when the command `finished`.
+
+    A command that failed does not wait: its peers may be blocked in a collective that will never complete, and the
+    launcher stops them once this rank exits with an error.
+    """
+    import sys
+
+    global _launched_group_ended
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    if finished and torch.distributed.get_world_size() > 1:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+    _launched_group_ended = True
+
+
+def exit_process(code: int) -> None:
+    """End the process with `code`: `sys.exit` normally; after a process group, Python's exit work and `os._exit`."""
+    import atexit
+    import sys
+    import threading
+
+    if not _launched_group_ended:
+        sys.exit(code)
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()  # what the interpreter does first at exit
+    atexit._run_exitfuncs()  # logging.shutdown, tqdm's monitor, ... (registered handlers, in their order)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or detached: nothing left to flush
+            pass
+    os._exit(code)

@@ -107,3 +107,71 @@ def test_bf16_false_and_gpu_machines_are_left_alone(no_gpu, monkeypatch):
     config = SimpleNamespace(bf16=True, bf16_full_eval=False, use_cpu=False, deepspeed=None)
     distributed.resolve_cpu_bf16(config)
     assert not config.use_cpu
+
+
+# ---- the end of a launched process ------------------------------------------------------------------------------
+
+
+class Exited(Exception):
+    """Stands for `os._exit` in these tests."""
+
+
+@pytest.fixture
+def one_rank_group(monkeypatch, tmp_path):
+    """A real gloo group of one process, presented as rank 0 of two (barrier recorded, not run); `os._exit` and
+    the atexit handlers recorded instead of run."""
+    import atexit
+    import os
+
+    import torch.distributed as dist
+
+    calls = []
+    monkeypatch.setattr(distributed, "_launched_group_ended", False)
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    monkeypatch.setattr(dist, "get_world_size", lambda *a, **k: 2)
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: calls.append("barrier"))
+    monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: calls.append("atexit"))
+
+    def fake_exit(code):
+        calls.append(("os._exit", code))
+        raise Exited
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    yield calls
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_a_finished_rank_waits_for_the_others_then_exits_without_interpreter_teardown(one_rank_group):
+    """DDP keeps gloo's threads alive past destroy_process_group(): the process must not finalize around them."""
+    import threading
+    import time
+
+    import torch.distributed as dist
+
+    distributed.end_process_group(finished=True)
+    assert one_rank_group == ["barrier"] and not dist.is_initialized()
+    late = []
+    threading.Thread(target=lambda: (time.sleep(0.2), late.append("written"))).start()  # a non-daemon writer
+    with pytest.raises(Exited):
+        distributed.exit_process(3)
+    assert one_rank_group == ["barrier", "atexit", ("os._exit", 3)]
+    assert late == ["written"]  # joined before the process ends, as the interpreter would
+
+
+def test_a_failed_rank_does_not_wait_for_peers_that_may_never_arrive(one_rank_group):
+    import torch.distributed as dist
+
+    distributed.end_process_group(finished=False)
+    assert one_rank_group == [] and not dist.is_initialized()
+    with pytest.raises(Exited):
+        distributed.exit_process(2)
+    assert one_rank_group == ["atexit", ("os._exit", 2)]
+
+
+def test_without_a_process_group_the_process_exits_normally(monkeypatch):
+    monkeypatch.setattr(distributed, "_launched_group_ended", False)
+    distributed.end_process_group(finished=True)  # nothing to close
+    with pytest.raises(SystemExit) as caught:
+        distributed.exit_process(2)
+    assert caught.value.code == 2
