@@ -125,7 +125,10 @@ def end_process_group(finished: bool) -> None:
     if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return
     if finished and torch.distributed.get_world_size() > 1:
-        torch.distributed.barrier()
+        try:
+            torch.distributed.barrier()
+        except RuntimeError:  # a peer failed and left (gloo: connection closed): nobody is left to wait for
+            pass
     torch.distributed.destroy_process_group()
     _launched_group_ended = True
 

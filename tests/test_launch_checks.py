@@ -169,6 +169,18 @@ def test_a_failed_rank_does_not_wait_for_peers_that_may_never_arrive(one_rank_gr
     assert one_rank_group == ["atexit", ("os._exit", 2)]
 
 
+def test_a_finished_rank_whose_peer_left_still_ends(one_rank_group, monkeypatch):
+    import torch.distributed as dist
+
+    def peer_gone(*args, **kwargs):
+        one_rank_group.append("barrier")
+        raise dist.DistBackendError("Connection closed by peer")  # what gloo raises when the other rank has exited
+
+    monkeypatch.setattr(dist, "barrier", peer_gone)
+    distributed.end_process_group(finished=True)
+    assert one_rank_group == ["barrier"] and not dist.is_initialized()
+
+
 def test_without_a_process_group_the_process_exits_normally(monkeypatch):
     monkeypatch.setattr(distributed, "_launched_group_ended", False)
     distributed.end_process_group(finished=True)  # nothing to close
