@@ -150,4 +150,10 @@ def exit_process(code: int) -> None:
             stream.flush()
         except (OSError, ValueError):  # closed or detached: nothing left to flush
             pass
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)  # C libraries' buffered output, which `os._exit` would drop
+    except (OSError, AttributeError):  # no C runtime to ask (not a POSIX libc)
+        pass
     os._exit(code)
