@@ -1,4 +1,4 @@
-"""Process-group settings that `accelerate launch` leaves to the training script on a machine without CUDA.
+"""What `accelerate launch` leaves to the training script on a machine without CUDA, and how a launched rank ends.
 
 Under a DeepSpeed accelerate config (`distributed_type: DEEPSPEED`) on CPU, `accelerate.PartialState` picks its
 backend from the accelerators it finds; with no CUDA it finds none, so it records "no backend" and counts ONE
@@ -103,11 +103,13 @@ def resolve_cpu_deepspeed_backend(args) -> None:
 # backend's two worker threads (`pt_gloo_runloop`) and its TCP loop thread (`gloo_tcp_loop`) are still running after
 # `destroy_process_group()`. They then live on through interpreter finalization and the C++ runtime's static
 # destructors, while the other rank, which exits at its own pace, closes the TCP connections under them. Under CPU
-# load that teardown is slow and wide open, and a finished rank 0 was seen to die in it with "terminate called
-# without an active exception" (SIGABRT). So a launched process is ended in an order that leaves no such window:
+# load that teardown is slow, and a finished rank 0 was seen to die at exit with "terminate called without an
+# active exception" (SIGABRT), the C++ runtime's abort of the kind a teardown around live threads ends in. So a
+# launched process is ended in an order that leaves no such window:
 # every rank waits for the others (nobody closes a connection another rank still uses), the group is destroyed,
 # Python's own exit work is done explicitly (non-daemon threads joined, atexit handlers run, streams flushed), and
-# the process ends with `os._exit`, skipping the finalization in which gloo's threads would still be running.
+# the process ends with `os._exit`, skipping the finalization in which gloo's threads would still be running (as
+# `multiprocessing` ends its children). A process that joined no group exits normally.
 
 _launched_group_ended = False
 
