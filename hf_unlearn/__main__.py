@@ -1,7 +1,6 @@
-import sys
-
 from hf_unlearn.cli import main
+from hf_unlearn.distributed import exit_process
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -30,8 +30,9 @@ def run_this_recipe(path: str) -> None:
     after the first are YAML for Python's eyes, compiled but never to be executed.
     """
     from hf_unlearn.cli import main
+    from hf_unlearn.distributed import exit_process
 
-    sys.exit(main(["run", path, *sys.argv[1:]]))
+    exit_process(main(["run", path, *sys.argv[1:]]))
 
 
 class NotSelfLaunching(ValueError):

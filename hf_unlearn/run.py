@@ -4,7 +4,8 @@ on every rank; the same as `hf-unlearn run` (one-line errors, `--debug` for trac
 import sys
 
 from hf_unlearn.cli import main
+from hf_unlearn.distributed import exit_process
 
 
 if __name__ == "__main__":
-    sys.exit(main(["run", *sys.argv[1:]]))
+    exit_process(main(["run", *sys.argv[1:]]))

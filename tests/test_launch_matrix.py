@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
@@ -100,17 +101,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(command: list[str], timeout: int = 300) -> None:
+def run_launcher(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `accelerate launch ... --main_process_port PORT COMMAND`; retry once on a port taken meanwhile."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])  # this checkout, in every rank
     for attempt in range(2):
         args = [*ACCELERATE, "--main_process_port", str(_free_port()), *command]
         result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        if result.returncode == 0:
-            return
         if attempt == 0 and "address already in use" in (result.stdout + result.stderr).lower():
             continue
+        return result
+
+
+def launch(command: list[str], timeout: int = 300) -> None:
+    result = run_launcher(command, timeout)
+    if result.returncode != 0:
         raise AssertionError(result.stdout[-3000:] + result.stderr[-5000:])
 
 
@@ -147,6 +152,42 @@ def test_npo_self_launching_recipe(tiny, tmp_path):
     out = tmp_path / "self"
     launch([str(NPO_RECIPE), *flags(tiny, out)])
     check_run(out)
+
+
+def recipe_precision(flags: list[str]) -> list[str]:
+    """The flags without `--bf16 false`: the recipe's own `bf16: true`, as a user launches it."""
+    at = flags.index("--bf16")
+    return flags[:at] + flags[at + 2 :]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without a GPU does with a bf16 recipe")
+@pytest.mark.parametrize("launcher", [[], TWO_PROCESSES], ids=["one_process", "multi_gpu"])
+def test_bf16_recipe_self_launches_without_a_gpu_as_cpu_autocast(tiny, tmp_path, launcher):
+    """`accelerate launch recipes/tofu_npo_hybrid.yaml --model_name_or_path TINY ...`, the recipe's bf16 kept."""
+    out = tmp_path / "bf16"
+    result = run_launcher([*launcher, str(NPO_RECIPE), *recipe_precision(flags(tiny, out))])
+    assert result.returncode == 0, result.stderr[-5000:]
+    assert "Your setup doesn't support bf16" not in result.stderr
+    assert result.stderr.count("bf16 runs as CPU autocast (use_cpu=True)") == 1  # said once, by rank 0
+    check_run(out)
+    config = UnlearnReport.load(out).config
+    assert config["bf16"] is True and config["use_cpu"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without a GPU does with a bf16 recipe")
+def test_bf16_recipe_under_deepspeed_without_a_gpu_fails_at_start_naming_bf16_false(tiny, tmp_path):
+    out = tmp_path / "zero2"
+    command = [*LAUNCHERS["zero2"], str(NPO_RECIPE), *recipe_precision(flags(tiny, out))]
+    result = run_launcher(command)
+    assert result.returncode != 0
+    ours = {line for line in result.stderr.splitlines() if line.startswith("hf-unlearn")}
+    assert len(ours) == 1, result.stderr[-5000:]  # each rank says the same one line
+    (line,) = ours
+    assert line.startswith("hf-unlearn run: error: bf16 under DeepSpeed needs a GPU") and "`--bf16 false`" in line
+    assert "/hf_unlearn/" not in result.stderr  # no traceback through the library (the launcher prints its own)
+    assert not out.exists()  # refused before the output folder or any weight
 
 
 LAUNCHERS = {

@@ -324,18 +324,84 @@ def test_context_windows_score_each_token_once():
         assert all(first - start >= c - c // 2 for start, _, first in context_windows(n, c)[1:])
 
 
-def test_original_privleak_reads_texts_longer_than_the_context_in_windows(tmp_path, tokenizer):
+def test_default_privleak_reads_texts_longer_than_the_context_in_windows(tmp_path, tokenizer):
     data = write_muse(tmp_path / "muse", privleak_forget=FORGET_TEXT + [LONG_TEXT])
     table = random_table(len(tokenizer), seed=5)
     full = tokenizer(LONG_TEXT)["input_ids"]
     model = RecordingBigramLM(table, context=16)
-    result = MuseBenchmark(data_dir=data, original=True, show_progress=False).evaluate(model, tokenizer)
+    result = MuseBenchmark(data_dir=data, max_length=None, show_progress=False).evaluate(model, tokenizer)
     record = result.per_example["privleak_forget"][-1]
-    assert record["num_tokens"] == len(full) - 1
+    assert record["num_tokens"] == len(full) - 1 and not record["past_context"]
     assert record["windows"] == len(context_windows(len(full), 16)) > 1
     # A bigram model has no context, so windowed log-probs equal whole-text ones when every token is scored once.
-    assert record["min_k"] == pytest.approx(membership_reference(table, full, at_least_one=False), rel=1e-6)
+    assert record["min_k"] == pytest.approx(membership_reference(table, full), rel=1e-6)
     assert max(model.forward_lengths) <= 16
+
+
+def whole_text_min_k(model, ids: list[int], at_least_one: bool) -> float:
+    """Min-K% (k = 0.4) of one text from a single forward over all of it, by hand."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), dim=-1)
+    token_logps = sorted(logp[t, ids[t + 1]].item() for t in range(len(ids) - 1))
+    count = max(1, int(0.4 * len(token_logps))) if at_least_one else int(0.4 * len(token_logps))
+    return sum(token_logps[:count]) / count
+
+
+def windowed_min_k(model, ids: list[int], context: int) -> float:
+    """Min-K% (k = 0.4, at least one token) with windows of `context` tokens every context // 2, by hand."""
+    token_logps, start, scored_until = [], 0, 1
+    while scored_until < len(ids):
+        end = min(start + context, len(ids))
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids[start:end]])).logits[0].double(), dim=-1)
+        token_logps += [logp[t - start - 1, ids[t]].item() for t in range(scored_until, end)]
+        start, scored_until = start + context // 2, end
+    assert len(token_logps) == len(ids) - 1
+    count = max(1, int(0.4 * len(token_logps)))
+    return sum(sorted(token_logps)[:count]) / count
+
+
+def test_original_privleak_scores_texts_past_a_short_context_whole_and_warns_once(tmp_path, tokenizer):
+    """The MUSE code (muse_bench `metrics/privleak.py`) runs each text through one forward whatever its length;
+    a RoPE model extrapolates positions past `max_position_embeddings`. The default mode keeps its windows."""
+    context = 16
+    model = build_tiny_model(tokenizer, "llama", max_position_embeddings=context)
+    data = write_muse(tmp_path / "muse", privleak_forget=FORGET_TEXT + [LONG_TEXT])
+    texts = FORGET_TEXT + [LONG_TEXT] + HOLDOUT_TEXT
+    full = tokenizer(LONG_TEXT)["input_ids"]
+    longer = sum(len(tokenizer(t)["input_ids"]) > context for t in texts)
+    assert len(full) > 3 * context and longer >= 2
+
+    benchmark = MuseBenchmark(data_dir=data, original=True, privleak_ref_auc=0.5, show_progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = benchmark.evaluate(model, tokenizer)
+        benchmark.retain_statistics(model, tokenizer)  # the same benchmark scores a retain model: no second warning
+    past = [w for w in caught if "original mode" in str(w.message)]
+    assert len(past) == 1, [str(w.message) for w in caught]
+    assert f"{longer} of {len(texts)} texts are longer than the model's context ({context} tokens)" in str(
+        past[0].message
+    )
+    record = result.per_example["privleak_forget"][-1]
+    assert (record["num_tokens"], record["windows"], record["past_context"]) == (len(full) - 1, 1, True)
+    whole = whole_text_min_k(model, full, at_least_one=False)
+    assert record["min_k"] == pytest.approx(whole, rel=1e-6)
+    assert result.config["privleak_texts_past_context"] == longer and result.config["privleak_texts_windowed"] == 0
+
+    default = MuseBenchmark(data_dir=data, max_length=None, show_progress=False).evaluate(model, tokenizer)
+    windowed = default.per_example["privleak_forget"][-1]
+    assert windowed["windows"] > 1 and not windowed["past_context"]
+    assert windowed["min_k"] == pytest.approx(windowed_min_k(model, full, context), rel=1e-6)
+    assert abs(windowed["min_k"] - whole) > 1e-3  # the two modes really differ on this text
+
+
+def test_original_privleak_refuses_texts_past_learned_positions_before_generating(tmp_path, tokenizer):
+    model = build_tiny_model(tokenizer, "gpt2", n_positions=16)
+    data = write_muse(tmp_path / "muse", privleak_forget=FORGET_TEXT + [LONG_TEXT])
+    benchmark = MuseBenchmark(data_dir=data, original=True, show_progress=False)
+    benchmark._generate = None  # generating first would fail with a TypeError, not the message below
+    with pytest.raises(ValueError, match="has 16 learned positions; evaluate without --muse_original"):
+        benchmark.evaluate(model, tokenizer)
 
 
 def test_privleak_is_unavailable_without_a_reference_and_uses_a_given_one(tmp_path, tokenizer):

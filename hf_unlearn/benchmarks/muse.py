@@ -18,9 +18,10 @@ Metrics (fractions in [0, 1], MUSE reports them x100):
   texts (``mia_<attack>_auc``, ``privleak_<attack>`` against the retain model's AUC of the same attack).
 
 ``original=True`` reproduces the MUSE code (``docs/definitions.md`` lists each rule): stemmer off; VerbMem
-ground truth tokenised with special tokens and cut to its first 128 tokens; PrivLeak texts scored whole; Min-K%
-over ``floor(0.4 n)`` tokens, NaN when that is 0. Otherwise: stemmer on, whole ground truth, PrivLeak texts cut
-to ``max_length`` tokens, Min-K% over at least one token.
+ground truth tokenised with special tokens and cut to its first 128 tokens; PrivLeak texts scored whole in one
+forward, even past the model's context (one warning); Min-K% over ``floor(0.4 n)`` tokens, NaN when that is 0.
+Otherwise: stemmer on, whole ground truth, PrivLeak texts cut to ``max_length`` tokens and read in windows of the
+model's context, Min-K% over at least one token.
 """
 
 from __future__ import annotations
@@ -120,6 +121,13 @@ def context_windows(num_tokens: int, context: int | None) -> list[tuple[int, int
         start, scored_until = start + context // 2, end
 
 
+def extrapolates_positions(model) -> bool:
+    """Whether the model encodes positions in a way defined past its context: rotary (RoPE) or ALiBi, not learned."""
+    config = getattr(model, "config", None)
+    rotary = any(getattr(config, key, None) is not None for key in ("rope_parameters", "rope_theta", "rope_scaling"))
+    return rotary or bool(getattr(config, "alibi", False)) or getattr(config, "model_type", None) == "bloom"
+
+
 def model_context(model) -> int | None:
     """The model's maximum sequence length (``config.max_position_embeddings``), ``None`` when it declares none."""
     return getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -135,7 +143,8 @@ class MuseBenchmark(Benchmark):
         max_examples: evaluate only the first N rows of each split.
         verbmem_new_tokens / knowmem_new_tokens: generation lengths (128 / 32 in MUSE).
         max_length: default mode only: each PrivLeak text is cut to its first ``max_length`` tokens (``None``:
-            scored whole). Original mode scores whole texts.
+            scored whole), and read in windows where it is longer than the model's context. Original mode scores
+            whole texts in one forward, past the context too.
         retain_model / retain_stats: source of the PrivLeak reference AUC, as in :class:`TofuBenchmark`.
         privleak_ref_auc: the reference AUC given directly (this module's convention: forget scored against
             holdout), instead of a retain model.
@@ -198,6 +207,7 @@ class MuseBenchmark(Benchmark):
         self.show_progress = show_progress
         self.privacy = privacy
         self.name = f"muse-{corpus}"
+        self._warned_past_context = False
 
     def rows(self, config: str, split: str) -> list[dict[str, Any]]:
         rows = load_muse(self.corpus, config, split, self.data_dir)
@@ -219,6 +229,7 @@ class MuseBenchmark(Benchmark):
         require_pad_token(tokenizer)
         use_stemmer = not self.original
         icl = {side: self.rows("knowmem", f"{side}_qa_icl") for side in ("forget", "retain")}  # fail early if absent
+        self._check_whole_texts_fit(model, tokenizer)
         records = {"verbmem_forget": self._verbmem(model, tokenizer)}
         for side in ("forget", "retain"):
             records[f"knowmem_{side}"] = self._knowmem(model, tokenizer, side, icl[side])
@@ -239,6 +250,7 @@ class MuseBenchmark(Benchmark):
         }
         membership = records["privleak_forget"] + records["privleak_holdout"]
         self._warn_if_cut(membership)
+        self._warn_if_past_context(membership, model)
         unavailable: dict[str, str] = {}
         values["mia_min_k_auc"], reason = self._membership_auc(records["privleak_forget"], records["privleak_holdout"])
         if reason:
@@ -265,6 +277,7 @@ class MuseBenchmark(Benchmark):
             "privleak_reference": reference_source,
             "privleak_texts_cut": sum(r["cut"] for r in membership),
             "privleak_texts_windowed": sum(r["windows"] > 1 for r in membership),
+            "privleak_texts_past_context": sum(r["past_context"] for r in membership),
             "privleak_texts_below_min_k": sum(r["below_min_k"] for r in membership),
         }
         return BenchmarkResult(
@@ -279,9 +292,10 @@ class MuseBenchmark(Benchmark):
 
     def retain_statistics(self, model, tokenizer) -> dict[str, Any]:
         """The retain model's Min-K% AUC on forget vs holdout texts (the PrivLeak reference; ``None`` if undefined)."""
-        auc, reason = self._membership_auc(
-            self._membership(model, tokenizer, "forget"), self._membership(model, tokenizer, "holdout")
-        )
+        self._check_whole_texts_fit(model, tokenizer)
+        forget, holdout = self._membership(model, tokenizer, "forget"), self._membership(model, tokenizer, "holdout")
+        self._warn_if_past_context(forget + holdout, model)
+        auc, reason = self._membership_auc(forget, holdout)
         stats = {"format": RETAIN_STATS_FORMAT, **self.settings(), "mia_min_k_auc": auc}
         if self.privacy:  # the privleak reference of every attack, and the Reference attack's losses
             forget, holdout = (self._membership(model, tokenizer, split) for split in ("forget", "holdout"))
@@ -342,6 +356,34 @@ class MuseBenchmark(Benchmark):
                 stacklevel=3,
             )
 
+    def _warn_if_past_context(self, membership: list[dict], model) -> None:
+        """Original mode: say once per benchmark that texts longer than the context were scored whole."""
+        past = sum(r["past_context"] for r in membership)
+        if not past or self._warned_past_context or process_info()[0] != 0:
+            return
+        self._warned_past_context = True
+        context = model_context(model)
+        warnings.warn(
+            f"MUSE PrivLeak (original mode): {past} of {len(membership)} texts are longer than the model's context "
+            f"({context} tokens) and were scored whole in one forward, positions past {context} extrapolated, as "
+            "the MUSE code does; the default mode reads such texts in windows of the context.",
+            stacklevel=3,
+        )
+
+    def _check_whole_texts_fit(self, model, tokenizer) -> None:
+        """Original mode on a model whose positions cannot extrapolate: refuse texts past its context up front."""
+        context = model_context(model)
+        if not self.original or context is None or extrapolates_positions(model):
+            return
+        rows = self.rows("privleak", "forget") + self.rows("privleak", "holdout")
+        longest = max(len(tokenizer(row["text"])["input_ids"]) for row in rows)
+        if longest > context:
+            raise ValueError(
+                f"MUSE --muse_original scores PrivLeak texts whole, but one has {longest} tokens and this "
+                f"{type(model).__name__} has {context} learned positions; evaluate without --muse_original (texts "
+                "are then read in windows of the context)."
+            )
+
     def _generate(self, model, tokenizer, rows, prompts, max_new_tokens, stop_strings, desc):
         rank, world_size = process_info()
         local = shard(list(zip(rows, prompts)), rank, world_size)
@@ -376,18 +418,21 @@ class MuseBenchmark(Benchmark):
         )
 
     def _membership(self, model, tokenizer, split: str) -> list[dict[str, Any]]:
-        """Min-K% score of each PrivLeak text: tokenised with special tokens (as ``tokenizer.encode``), cut to
-        ``max_length`` in default mode, read in :func:`context_windows` when longer than the model's context."""
+        """Min-K% score of each PrivLeak text: tokenised with special tokens (as ``tokenizer.encode``). Default mode:
+        cut to ``max_length``, read in :func:`context_windows` when longer than the model's context. Original mode:
+        scored whole in one forward whatever its length, as the MUSE code does."""
         rows = self.rows("privleak", split)
         rank, world_size = process_info()
         local = shard(rows, rank, world_size)
         context, at_least_one = model_context(model), not self.original
+        windowed_context = None if self.original else context
         fitting, texts = [], []
         for _, row in local:
             full = tokenizer(row["text"])["input_ids"]
             ids = full if self.max_length is None else full[: self.max_length]
-            windows = context_windows(len(ids), context)
-            texts.append({"ids": ids, "text_tokens": len(full), "windows": windows})
+            windows = context_windows(len(ids), windowed_context)
+            past_context = context is not None and len(windows) == 1 and len(ids) > context
+            texts.append({"ids": ids, "text_tokens": len(full), "windows": windows, "past_context": past_context})
             if len(windows) == 1:
                 fitting.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)})
         scores = iter(
@@ -417,6 +462,7 @@ class MuseBenchmark(Benchmark):
                 "text_tokens": text["text_tokens"],
                 "cut": len(text["ids"]) < text["text_tokens"],
                 "windows": len(text["windows"]),
+                "past_context": text["past_context"],
                 "below_min_k": math.floor(score["num_tokens"] * self.min_k) == 0,
                 "nll_mean": score["nll_mean"],
                 "min_k": score["min_k"],

@@ -17,6 +17,7 @@ import logging
 import os
 import sys
 
+from hf_unlearn.distributed import end_process_group, exit_process
 from hf_unlearn.errors import UserInputError
 
 
@@ -122,11 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     # `--debug` is a flag of the whole program, accepted anywhere: `hf-unlearn --debug run ...` as the help shows it.
     argv = [a for a in argv if a != "--debug"]
     command = argv[0] if argv else None
+    code = 1  # what the process-group teardown hears unless the command returns
     try:
         if command in RAW_ARGV:
-            return importlib.import_module(f"hf_unlearn.cli.{command}").main_argv(argv[1:]) or 0
+            code = importlib.import_module(f"hf_unlearn.cli.{command}").main_argv(argv[1:]) or 0
+            return code
         args = build_parser(argv).parse_args(argv)
-        return importlib.import_module(f"hf_unlearn.cli.{args.command}").main(args) or 0
+        code = importlib.import_module(f"hf_unlearn.cli.{args.command}").main(args) or 0
+        return code
     except KeyboardInterrupt:
         return 130
     except Exception as err:  # the command boundary: one line for the user, the traceback on request
@@ -134,15 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         return report_error(command or "hf-unlearn", err)
     finally:
-        close_process_group()
-
-
-def close_process_group() -> None:
-    """Destroy the process group a launched command joined: left to interpreter exit, gloo's threads can abort."""
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+        # a launched command's process group: every rank waits for the others (when this one finished), then it is
+        # destroyed; the entry points then end the process with `hf_unlearn.distributed.exit_process`
+        end_process_group(finished=code == 0)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

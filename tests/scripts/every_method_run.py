@@ -9,9 +9,9 @@ the flags' output_dir plus the recipe's file stem.
 import sys
 from pathlib import Path
 
+from hf_unlearn.distributed import end_process_group, exit_process
 from hf_unlearn.pipeline import run
 from hf_unlearn.recipes import parse_recipe
-from tests.scripts.optim_fixtures import close_process_group
 
 
 def main(argv: list[str]) -> None:
@@ -24,4 +24,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1:])
-    close_process_group()
+    end_process_group(finished=True)
+    exit_process(0)

@@ -16,11 +16,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 import torch  # noqa: E402
 
 from hf_unlearn.callbacks import HybridScheduleCallback  # noqa: E402
+from hf_unlearn.distributed import end_process_group, exit_process  # noqa: E402
 from hf_unlearn.trainers import (
     NPOConfig,  # noqa: E402
     NPOTrainer,  # noqa: E402
 )
-from tests.scripts.optim_fixtures import close_process_group, npo_dataset  # noqa: E402
+from tests.scripts.optim_fixtures import npo_dataset  # noqa: E402
 
 
 def main(model_path: str, out_dir: str, per_device_batch: int, deepspeed: str | None = None) -> None:
@@ -64,4 +65,5 @@ def main(model_path: str, out_dir: str, per_device_batch: int, deepspeed: str | 
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
-    close_process_group()
+    end_process_group(finished=True)
+    exit_process(0)

@@ -102,9 +102,3 @@ def npo_dataset(model_path):
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     rows = _qa_rows()
     return ForgetRetainDataset(QADataset(rows["forget"], tokenizer), QADataset(rows["retain"], tokenizer), seed=0)
-
-
-def close_process_group() -> None:
-    """End of a launched test script: destroy the process group (left to exit, gloo's threads can abort)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()

@@ -25,12 +25,12 @@ from transformers import TrainerCallback  # noqa: E402
 
 from hf_unlearn.attacks.robustness import RobustnessConfig  # noqa: E402
 from hf_unlearn.callbacks import HybridScheduleCallback, RobustnessCallback  # noqa: E402
+from hf_unlearn.distributed import end_process_group, exit_process  # noqa: E402
 from hf_unlearn.optim.hybrid import unwrap_optimizer  # noqa: E402
 from hf_unlearn.optim.zo import projected_gradients  # noqa: E402
 from tests.scripts.optim_fixtures import (  # noqa: E402
     RandomTokens,
     ZOTrainer,
-    close_process_group,
     tiny_llama,
     training_args,
     weights,
@@ -159,4 +159,5 @@ def main(out_dir: str, deepspeed: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2])
-    close_process_group()
+    end_process_group(finished=True)
+    exit_process(0)
