@@ -17,8 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 
 import torch  # noqa: E402
 
+from hf_unlearn.distributed import end_process_group, exit_process  # noqa: E402
 from hf_unlearn.trainers import get_method  # noqa: E402
-from tests.scripts.optim_fixtures import close_process_group, npo_dataset  # noqa: E402
+from tests.scripts.optim_fixtures import npo_dataset  # noqa: E402
 
 
 def main(method: str, model_path: str, out_dir: str, per_device_batch: int) -> None:
@@ -53,4 +54,5 @@ def main(method: str, model_path: str, out_dir: str, per_device_batch: int) -> N
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
-    close_process_group()
+    end_process_group(finished=True)
+    exit_process(0)
