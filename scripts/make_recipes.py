@@ -28,7 +28,7 @@ TOFU_SPLITS = {"forget01": (40, 3, 12), "forget05": (200, 10, 60), "forget10": (
 
 METHODS = {
     "npo": (
-        "NPO (Zhang et al. 2024): beta 0.1 on TOFU, retain NLL weight 1 (REFERENCE.md section 4)",
+        "NPO (Zhang et al. 2024): beta 0.1 on TOFU, retain NLL weight 1 (docs/definitions.md)",
         {"beta": 0.1, "alpha": 1.0, "retain_loss": "nll", "ref_log_probs": "cached"},
     ),
     "grad_diff": (
@@ -93,8 +93,8 @@ SINGLE_METHODS = {
     ),
 }
 
-# The ZO settings the paper leaves open (REFERENCE.md section 1, "not recovered"): mu 1e-3 per weight, one sphere
-# direction, AdaZO betas (0.9, 0.999) with Adam-style bias correction and an lr 10x below the FO lr.
+# The ZO settings the paper leaves open (Downgrade to Upgrade, arXiv 2510.00761, does not state them): mu 1e-3 per
+# weight, one sphere direction, AdaZO betas (0.9, 0.999) with Adam-style bias correction and an lr 10x below the FO lr.
 ZO_FIELDS = {
     "zo_mu": 1.0e-3,
     "zo_num_directions": 1,
@@ -241,7 +241,7 @@ def muse_recipes() -> dict[str, str]:
             schedule = {"hybrid_fo_steps": 20} if name == "hybrid" else {}
             header = [
                 f"MUSE-{corpus.capitalize()} with NPO and {optimizer_source}.",
-                "MUSE's NPO setting (Shi et al. 2024; REFERENCE.md sections 4 and 5): beta 0.1, lr 1e-5, effective",
+                "MUSE's NPO setting (Shi et al. 2024, arXiv 2407.06460): beta 0.1, lr 1e-5, effective",
                 "batch 32, raw forget text in 2048-token blocks, retain NLL weight 1; 120 steps = 3 hybrid periods of",
                 "the paper's N = 20, the same for both optimizers.",
                 "Data: JSON Lines files with a 'text' field (MUSE's raw forget and retain corpora). Evaluate and",
@@ -278,7 +278,7 @@ def wmdp_recipes() -> dict[str, str]:
             optimizer_fields["zo_exact_restore"] = True
         header = [
             f"WMDP-Bio with RMU (Li et al. 2024) and {OPTIMIZERS[name][0]}.",
-            "The published Zephyr-7B setting (REFERENCE.md section 4): layer 7 steered to c = 6.5, alpha = 1200,",
+            "The published Zephyr-7B setting (arXiv 2403.03218): layer 7 steered to c = 6.5, alpha = 1200,",
             "lr 5e-5, 150 batches of 4, only mlp.down_proj of layers 5-7 trained, 512-token forget text"
             + (" (hybrid: 160 steps = 4 periods of N = 20; ZO perturbs exactly the RMU-selected weights)." if name ==
                "hybrid" else "."),
