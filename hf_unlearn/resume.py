@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +212,10 @@ class CheckpointRecordCallback(TrainerCallback):
         from hf_unlearn.io import atomic_write_json
 
         loss_total = self.trainer.training_loss_total()
-        if not state.is_world_process_zero:
+        # RANK too: a Trainer built after another in the same launched process can see itself as not distributed
+        # (transformers warns "parallel_mode != ParallelMode.DISTRIBUTED"), and two writers here would delete each
+        # other's temporary file below.
+        if not state.is_world_process_zero or int(os.environ.get("RANK", "0")) != 0:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         record = {
