@@ -155,3 +155,20 @@ def test_diverged_run_is_not_resumed_as_it_was(whole, tiny_model_dir, synthetic_
     (out / "unlearn_report.json").write_text(json.dumps({"schema_version": 1, "stopped": {"step": 3}}))
     code, stderr = run(*flags(tiny_model_dir, synthetic_data_dir, out, "--resume_from_checkpoint", "true"))
     assert code == 2 and "diverged at step 3" in stderr and "lower learning rate" in stderr, stderr
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_only_the_launched_rank_zero_writes_the_checkpoint_record(rank, tmp_path, monkeypatch):
+    """A Trainer that sees itself as world process zero on rank 1 (transformers' "parallel_mode !=
+    ParallelMode.DISTRIBUTED" case) must not write: two writers delete each other's temporary file."""
+    from types import SimpleNamespace
+
+    from hf_unlearn.resume import CheckpointRecordCallback
+
+    (tmp_path / "checkpoint-3").mkdir()
+    monkeypatch.setenv("RANK", rank)
+    trainer = SimpleNamespace(training_loss_total=lambda: 1.5)
+    callback = CheckpointRecordCallback(trainer, {"method": "npo"})
+    state = SimpleNamespace(is_world_process_zero=True, global_step=3)
+    callback.on_save(SimpleNamespace(output_dir=str(tmp_path)), state, None)
+    assert (tmp_path / "checkpoint-3" / RECORD_FILE).is_file() == (rank == "0")
