@@ -196,7 +196,13 @@ class RobustnessCallback(TrainerCallback):
         self._resolve_data(train_dataloader)
         target = gathered_copy(model) if is_zero3(model) else model
         results = robustness_checks(
-            target, tokenizer, self.eval_fn, self.relearn_data, self.config, self.original_model, self.qa_format,
+            target,
+            tokenizer,
+            self.eval_fn,
+            self.relearn_data,
+            self.config,
+            self.original_model,
+            self.qa_format,
             answers_fn=self.answers_fn,
         )
         results["zero3_gathered"] = target is not model

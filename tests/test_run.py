@@ -9,8 +9,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_unlearn.answers import generate_answers
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
-from hf_unlearn.data import QAFormat
 from hf_unlearn.cli import main
+from hf_unlearn.data import QAFormat
 from hf_unlearn.report import UnlearnReport
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
 from tests.helpers import synthetic_splits
