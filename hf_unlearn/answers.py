@@ -39,14 +39,20 @@ class SampleAnswers:
 def sample_questions(source, per_set: int = QUESTIONS_PER_SET) -> list[dict[str, str]]:
     """The first `per_set` rows of the source's forget and retain QA splits; none for text corpora (MUSE, WMDP)."""
     from hf_unlearn.benchmarks.sources import TofuSource
+
+    if not isinstance(source, TofuSource):
+        return []
+    return tofu_questions(source.data_dir, source.forget_split, source.retain_split, per_set)
+
+
+def tofu_questions(data_dir, forget_split: str, retain_split: str, per_set: int = QUESTIONS_PER_SET) -> list[dict]:
+    """The first `per_set` rows of a TOFU forget split and of its retain split."""
     from hf_unlearn.benchmarks.tofu_data import load_tofu
 
-    if not isinstance(source, TofuSource) or per_set < 1:
-        return []
     questions = []
-    splits = {"forget": source.forget_split, "retain": source.retain_split}
-    for set_name in ANSWER_SETS:
-        rows = load_tofu(splits[set_name], source.data_dir)
+    splits = {"forget": forget_split, "retain": retain_split}
+    for set_name in ANSWER_SETS if per_set > 0 else ():
+        rows = load_tofu(splits[set_name], data_dir)
         for row in rows.select(range(min(per_set, len(rows)))):
             questions.append({"set": set_name, "question": row["question"], "answer": row["answer"]})
     return questions

