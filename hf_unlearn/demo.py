@@ -111,11 +111,13 @@ def run_demo(
     checkpoints: int = 0,
     overwrite: bool = False,
     resume: bool = False,
+    on_trainer=None,
 ) -> dict[str, dict]:
     """Run the demo end to end; print and write the reports; return each regime's sweep report.
 
     `output_dir` must be new or empty, unless `overwrite` (the demo's own files there are removed first) or `resume`
-    (an interrupted demo continues: its models and finished runs are reused).
+    (an interrupted demo continues: its models and finished runs are reused). `on_trainer` is given each run's
+    trainer before it trains (see :func:`hf_unlearn.pipeline.run`).
     """
     import shutil
 
@@ -163,7 +165,7 @@ def run_demo(
             output_dir=str(out / regime), overrides=[*common, *REGIMES[regime], *(extra or [])],
             title=f"hf_unlearn demo: {regime} regime", checkpoints=checkpoints,
         )  # fmt: skip
-        report = run_sweep(settings, on_cell=lambda line: print(line, flush=True))
+        report = run_sweep(settings, on_cell=lambda line: print(line, flush=True), on_trainer=on_trainer)
         reports[regime] = report
         flags = " ".join(REGIMES[regime]) or "the recipe's own (recipes/demo.yaml)"
         text = f"{main_table(report)}\n\n{quantization_note(report)}"

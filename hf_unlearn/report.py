@@ -268,7 +268,7 @@ class UnlearnReport:
 
     def record_training(self, trainer, train_output=None) -> None:
         """Method, paper, optimizer, seed, resolved config, losses, run time and compute counts from a trainer."""
-        from hf_unlearn.callbacks import ComputeAccountingCallback
+        from hf_unlearn.compute import ComputeAccountingCallback
 
         args = trainer.args
         self.method = self.method or getattr(trainer, "_name", None)

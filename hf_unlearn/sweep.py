@@ -213,7 +213,7 @@ def cell_complete(cell: Cell, robustness) -> bool:
     return relearned and {q.kind for q in attack.quantization} >= set(quantization_kinds(robustness.quantization))
 
 
-def run_cell(settings: SweepSettings, cell: Cell, base) -> None:
+def run_cell(settings: SweepSettings, cell: Cell, base, on_trainer=None) -> None:
     from hf_unlearn.pipeline import run
     from hf_unlearn.recipes import parse_recipe
 
@@ -222,7 +222,8 @@ def run_cell(settings: SweepSettings, cell: Cell, base) -> None:
 
         check_unlocked(cell.output_dir)  # unless another process is training this cell right now
         shutil.rmtree(cell.output_dir)
-    run(parse_recipe(settings.recipe, cell_overrides(settings, cell, base)), compute_budget=settings.compute_budget)
+    recipe = parse_recipe(settings.recipe, cell_overrides(settings, cell, base))
+    run(recipe, compute_budget=settings.compute_budget, on_trainer=on_trainer)
 
 
 # ---- evaluation helpers (one data source, tokenizer, benchmark and original model for the whole sweep) ----------
@@ -367,7 +368,7 @@ def attack_record(attack, metric: str) -> dict:
 
 
 def compute_record(compute: dict | None) -> dict:
-    from hf_unlearn.callbacks import passes
+    from hf_unlearn.compute import passes
 
     if not compute:
         return {}
@@ -585,10 +586,11 @@ def select(cells: list[Cell], only: list[str]) -> list[Cell]:
     return [by_name[name] for name in only]
 
 
-def run_sweep(settings: SweepSettings, on_cell=print) -> dict | None:
+def run_sweep(settings: SweepSettings, on_cell=print, on_trainer=None) -> dict | None:
     """Run every unfinished cell, then (unless `only` is given) the controls, the comparison and the report.
 
-    Returns the report (the ``sweep_report.json`` document), or None when only some cells were run.
+    Returns the report (the ``sweep_report.json`` document), or None when only some cells were run. `on_trainer`
+    is given each cell's trainer before it trains (see :func:`hf_unlearn.pipeline.run`).
     """
     from accelerate import PartialState
 
@@ -623,7 +625,7 @@ def run_sweep(settings: SweepSettings, on_cell=print) -> dict | None:
             on_cell(f"[sweep] {cell.name}: finished earlier ({cell.output_dir})")
             continue
         on_cell(f"[sweep] {cell.name}: running into {cell.output_dir}")
-        run_cell(settings, cell, base)
+        run_cell(settings, cell, base, on_trainer)
     if settings.only:
         return None
     reports = [UnlearnReport.load(c.output_dir) for c in cells]

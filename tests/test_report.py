@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 
 from hf_unlearn.attacks.robustness import RobustnessConfig, robustness_checks
 from hf_unlearn.benchmarks.base import BenchmarkResult
-from hf_unlearn.callbacks import ComputeAccountingCallback
+from hf_unlearn.compute import ComputeAccountingCallback
 from hf_unlearn.hub import HubPushError, check_push_possible, files_to_upload, push_to_hub
 from hf_unlearn.io import atomic_write_json, atomic_write_text
 from hf_unlearn.model_card import build_model_card, write_card

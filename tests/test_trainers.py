@@ -9,7 +9,6 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerState
 
 from hf_unlearn.benchmarks.synthetic import make_synthetic_tofu
-from hf_unlearn.callbacks import PairingEpochCallback
 from hf_unlearn.data import DataCollatorForUnlearning, ForgetRetainDataset, QADataset, tokenize_qa
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
 from hf_unlearn.trainers import (
@@ -25,6 +24,7 @@ from hf_unlearn.trainers import (
     WGAConfig,
     get_method,
 )
+from hf_unlearn.trainers.callbacks import PairingEpochCallback
 from tests.helpers import memorise, one_thread
 
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from hf_unlearn.configs import UnlearnConfig, check_positive
-from hf_unlearn.trainers.base import Paper, UnlearnTrainer
+from hf_unlearn.paper import Paper
+from hf_unlearn.trainers.base import UnlearnTrainer
 from hf_unlearn.trainers.losses import sequence_log_prob
 from hf_unlearn.trainers.refusals import RefusalBatches, check_idk_answers, default_idk_answers
 
