@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from hf_unlearn.model_card import CARD_FILE
-from hf_unlearn.report import EVAL_PLOT, LOSS_PLOT, MARKDOWN_FILE, RECIPE_FILE, RELEARN_PLOT, REPORT_FILE
+from hf_unlearn.report_schema import EVAL_PLOT, LOSS_PLOT, MARKDOWN_FILE, RECIPE_FILE, RELEARN_PLOT, REPORT_FILE
 
 
 logger = logging.getLogger(__name__)

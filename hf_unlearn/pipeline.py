@@ -16,7 +16,8 @@ from hf_unlearn.benchmarks.sources import DataSource, source_from_recipe
 from hf_unlearn.compute import ComputeAccountingCallback, ComputeBudgetCallback
 from hf_unlearn.loading import check_model_fits, disable_progress_bars, load_model_and_tokenizer, load_tokenizer
 from hf_unlearn.recipes import Recipe
-from hf_unlearn.report import AFTER, BEFORE, UnlearnReport
+from hf_unlearn.report import UnlearnReport
+from hf_unlearn.report_schema import AFTER, BEFORE
 from hf_unlearn.resume import CheckpointRecordCallback, check_resume, restore, run_keys
 from hf_unlearn.trainers import get_method
 from hf_unlearn.trainers.callbacks import TrainingDiverged
@@ -89,7 +90,7 @@ def remove_stale_report(output_dir: str) -> None:
     """With overwrite_output_dir: remove an earlier run's report, recipe, plots and card before this run trains, so
     that no file describing a model that is gone survives beside the new one (whether or not this run finishes)."""
     from hf_unlearn.model_card import CARD_FILE
-    from hf_unlearn.report import EVAL_PLOT, LOSS_PLOT, MARKDOWN_FILE, RECIPE_FILE, RELEARN_PLOT, REPORT_FILE
+    from hf_unlearn.report_schema import EVAL_PLOT, LOSS_PLOT, MARKDOWN_FILE, RECIPE_FILE, RELEARN_PLOT, REPORT_FILE
 
     for name in (REPORT_FILE, MARKDOWN_FILE, RECIPE_FILE, LOSS_PLOT, RELEARN_PLOT, EVAL_PLOT, CARD_FILE):
         (Path(output_dir) / name).unlink(missing_ok=True)

@@ -198,7 +198,8 @@ def cell_overrides(settings: SweepSettings, cell: Cell, base) -> list[str]:
 
 def cell_complete(cell: Cell, robustness) -> bool:
     """A finished cell: its report loads, has the final evaluation and the attacks the recipe asks for."""
-    from hf_unlearn.report import REPORT_FILE, UnlearnReport
+    from hf_unlearn.report import UnlearnReport
+    from hf_unlearn.report_schema import REPORT_FILE
 
     if not (cell.output_dir / REPORT_FILE).is_file():
         return False
@@ -264,7 +265,7 @@ class Evaluator:
         return self._benchmark
 
     def evaluate(self, model) -> dict[str, float | None]:
-        from hf_unlearn.report import Metrics
+        from hf_unlearn.report_schema import Metrics
 
         with _eval(model):
             return Metrics.coerce(self.benchmark.evaluate(model, self.tokenizer)).values
@@ -477,7 +478,8 @@ def utility_target(cells: list[dict], given: float | None) -> tuple[float | None
 
 def utility_matched(cell_objs, cells, evaluator, base, settings, metric) -> dict:
     """Each run at its checkpoint whose model utility is closest to the target, attacked there."""
-    from hf_unlearn.report import AttackRun, UnlearnReport
+    from hf_unlearn.report import UnlearnReport
+    from hf_unlearn.report_schema import AttackRun
 
     target, source = utility_target(cells, settings.utility_target)
     out = {"target": target, "target_source": source, "checkpoints_per_run": settings.checkpoints, "runs": []}

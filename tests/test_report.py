@@ -22,8 +22,9 @@ from hf_unlearn.compute import ComputeAccountingCallback
 from hf_unlearn.hub import HubPushError, check_push_possible, files_to_upload, push_to_hub
 from hf_unlearn.io import atomic_write_json, atomic_write_text
 from hf_unlearn.model_card import build_model_card, write_card
-from hf_unlearn.report import AFTER, BEFORE, SCHEMA_VERSION, Metrics, UnlearnReport
+from hf_unlearn.report import UnlearnReport
 from hf_unlearn.report_render import loss_figure
+from hf_unlearn.report_schema import AFTER, BEFORE, SCHEMA_VERSION, Metrics
 from hf_unlearn.trainers import NPOConfig, NPOTrainer
 from tests.helpers import mean_answer_nll, one_thread
 from tests.scripts.optim_fixtures import npo_dataset, save_npo_model
