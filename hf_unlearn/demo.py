@@ -3,8 +3,9 @@
 1. Write the synthetic fictitious-author benchmark and train a tokenizer on it.
 2. Fine-tune a tiny Llama on every author plus the general-knowledge sets (the "original" model, which unlearning
    edits) and another on the retain authors only (the "retain" model, whose statistics give forget quality).
-3. Run `hf-unlearn sweep` on `recipes/demo.yaml` (NPO) with Adam, signAdam, Q(m;4), Sophia, AdaZO and the FO-ZO
-   hybrid, three seeds each, in two learning-rate regimes (:data:`REGIMES`):
+3. Run `hf-unlearn sweep` on the packaged `demo.yaml` (NPO; `recipes/demo.yaml` in the checkout) with Adam,
+   signAdam, Q(m;4), Sophia, AdaZO and the FO-ZO hybrid, three seeds each, in two learning-rate regimes
+   (:data:`REGIMES`):
 
    - ``paper``: the paper's setting scaled to this model; unlearning moves many of the 4-bit codes;
    - ``small_change``: a learning rate and step count at which unlearning changes only a few percent of the 4-bit
@@ -20,6 +21,7 @@ The numbers are what this tiny model measures, not the paper's 7B results.
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 
 from transformers import Trainer, TrainingArguments
@@ -29,11 +31,11 @@ from hf_unlearn.benchmarks.tofu_data import load_tofu
 from hf_unlearn.data import DataCollatorForUnlearning, QADataset
 from hf_unlearn.errors import UserInputError
 from hf_unlearn.io import atomic_write_text
-from hf_unlearn.sweep import noise_control  # noqa: F401  (kept importable from here)
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
 
 
-DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+# Package data (the same file as the checkout's recipes/demo.yaml), so that the demo runs from an installed wheel.
+DEFAULT_RECIPE = Path(str(importlib.resources.files("hf_unlearn").joinpath("demo.yaml")))
 OPTIMIZERS = ("adamw", "signadam", "qadam:4", "sophia", "adazo", "hybrid")
 # regime -> recipe keys for every run of it (the recipe's own values otherwise).
 # Both regimes run 20 steps, hybrid alternating 5 AdamW and 5 AdaZO steps.
@@ -167,7 +169,7 @@ def run_demo(
         )  # fmt: skip
         report = run_sweep(settings, on_cell=lambda line: print(line, flush=True), on_trainer=on_trainer)
         reports[regime] = report
-        flags = " ".join(REGIMES[regime]) or "the recipe's own (recipes/demo.yaml)"
+        flags = " ".join(REGIMES[regime]) or f"the recipe's own ({Path(recipe).name})"
         text = f"{main_table(report)}\n\n{quantization_note(report)}"
         sections += [f"## {regime} regime", "", f"Recipe keys: {flags}", "", text, "",
                      f"Full report and plots: {regime}/sweep_report.md", ""]  # fmt: skip

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import huggingface_hub
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -356,7 +357,7 @@ def test_offline_or_tokenless_push_fails_in_one_line_and_leaves_the_model(finish
     assert "\n" not in message and "hf auth login" in message and "HF_TOKEN" in message
     assert f"hf-unlearn push {folder} --hub_model_id me/tiny-npo" in message
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets at import
     with pytest.raises(HubPushError, match="^Cannot push to the Hub while HF_HUB_OFFLINE=1: unset HF_HUB_OFFLINE"):
         push_to_hub(folder, "me/tiny-npo", token=FAKE_TOKEN)
     assert FAKE_TOKEN not in str(error.value)

@@ -164,7 +164,7 @@ def expected_loss(method, args, model, ref, forget, retain, trainer, forget_rows
     elif method == "idk_dpo":
         margins = []
         for e, row in zip(forget, (forget_rows[i] for i in FORGET_IDS)):
-            idk = args.idk_answers[trainer.idk_choice(e["index"])]
+            idk = args.idk_answers[trainer.refusals.choice(e["index"])]
             preferred = tokenize_qa(trainer.processing_class, row["question"], idk)
             chosen = answer_log_prob(model, preferred)[0] - answer_log_prob(ref, preferred)[0]
             rejected = answer_log_prob(model, e)[0] - answer_log_prob(ref, e)[0]

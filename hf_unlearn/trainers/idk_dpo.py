@@ -58,9 +58,6 @@ class IdkDPOTrainer(UnlearnTrainer):
         super().__init__(*args, **kwargs)
         self.refusals = RefusalBatches(self.processing_class, self.args.idk_answers, self.args.seed, self._name)
 
-    def idk_choice(self, index: int) -> int:
-        return self.refusals.choice(index)
-
     def preferred_batch(self, forget) -> dict[str, torch.Tensor]:
         """The forget prompts, each followed by its drawn refusal answer (right-padded)."""
         return self.refusals.batch(forget)
