@@ -36,7 +36,8 @@ from pathlib import Path
 
 from hf_unlearn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from hf_unlearn.optim.args import KNOWN_OPTIMIZERS, ZEROTH_ORDER_OPTIMIZERS
-from hf_unlearn.report_render import AFTER, FORGET_METRICS, pick_forget_metric
+from hf_unlearn.report_render import FORGET_METRICS, pick_forget_metric
+from hf_unlearn.report_schema import AFTER
 
 
 SWEEP_SCHEMA_VERSION = 1

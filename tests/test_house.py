@@ -177,6 +177,47 @@ def test_no_command_or_bench_modules_beside_the_library():
     assert not list(PACKAGE.rglob("*_cli.py"))
 
 
+def top_level_names(tree: ast.Module) -> set[str]:
+    """The names a module binds when it runs: its definitions, assignments and imports, those under a top-level
+    ``if`` / ``try`` included (not those inside functions)."""
+    names, pending = set(), list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            pending += [*node.body, *getattr(node, "orelse", []), *getattr(node, "finalbody", [])]
+            pending += [n for handler in getattr(node, "handlers", []) for n in handler.body]
+    return names
+
+
+def test_every_name_imported_from_the_package_exists_where_it_is_imported_from():
+    """`from hf_unlearn.x import name` finds `name` in x (or a submodule x.name): a name moved to another module is
+    imported from its new home everywhere, function-level imports included, without running anything."""
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    trees = {name: ast.parse(path.read_text()) for name, path in files.items()}
+    bound = {name: top_level_names(tree) for name, tree in trees.items()}
+    missing = []
+    for path in [
+        *files.values(),
+        *(PACKAGE.parent / "tests").rglob("*.py"),
+        *(PACKAGE.parent / "scripts").rglob("*.py"),
+    ]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module in files:
+                lazy = "__getattr__" in bound[node.module]  # the package's lazy public names
+                for alias in node.names:
+                    found = alias.name in bound[node.module] or f"{node.module}.{alias.name}" in files or lazy
+                    if not found:
+                        missing.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.module}.{alias.name}")
+    assert not missing, "\n".join(missing)
+
+
 def test_help_lists_every_command(cli):
     from hf_unlearn.cli import COMMANDS
 

@@ -400,3 +400,25 @@ def test_atomic_write_keeps_the_previous_file_when_writing_fails(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["unlearn_report.json"]  # no temporary file left behind
     atomic_write_text(path, "new")
     assert path.read_text() == "new"
+
+
+def test_json_safe_has_one_rule_for_non_finite_numbers(tmp_path):
+    """One conversion for reports, evaluations and checkpoints: NaN and ±inf become null (unavailable), never a
+    number or a string; enums by value, tuples as lists, unknown objects as their text."""
+    import enum
+
+    from hf_unlearn.benchmarks.base import BenchmarkResult
+    from hf_unlearn.io import json_safe
+
+    class Kind(enum.Enum):
+        FO = "fo"
+
+    value = {"nan": float("nan"), "inf": float("inf"), "ninf": -math.inf, "kind": Kind.FO, "pair": (1, 2.5),
+             "path": Path("/x/y"), 3: None}  # fmt: skip
+    assert json_safe(value) == {"nan": None, "inf": None, "ninf": None, "kind": "fo", "pair": [1, 2.5],
+                                "path": "/x/y", "3": None}  # fmt: skip
+    result = BenchmarkResult("tofu", {"forget_prob": float("nan"), "model_utility": 0.5})
+    assert result.summary()["metrics"] == {"forget_prob": None, "model_utility": 0.5}
+    report = UnlearnReport(config={"max_grad_norm": float("inf")}, training={"train_loss": float("nan")})
+    document = json.loads(report.to_json())
+    assert document["config"] == {"max_grad_norm": None} and document["training"] == {"train_loss": None}
