@@ -28,11 +28,11 @@ LAYERS = [
     ("optimizers", ["optim"]),
     ("benchmarks", ["benchmarks", "evaluate_metrics"]),
     ("trainers", ["configs", "compute", "trainers"]),
-    ("attacks", ["attacks"]),
+    ("attacks", ["attacks", "answers"]),
     ("report schema", ["report_schema"]),
     ("report rendering", ["report_render"]),
     ("report files", ["report", "model_card", "hub"]),
-    ("pipeline", ["recipes", "resume", "pipeline", "finetune", "sweep", "demo"]),
+    ("pipeline", ["recipes", "resume", "pipeline", "finetune", "sweep", "demo", "demo_real"]),
     ("commands", ["cli", "run", "launch", "__main__", "perf"]),
 ]
 
