@@ -51,8 +51,9 @@ REGIMES = {
 DEMO_KEYS = ["--relearn_steps", "5", "10", "--quantization", "rtn4", "--evaluate_before_training", "false"]
 
 
-def finetune(tokenizer, rows, output_dir: Path, epochs: int, seed: int) -> Path:
-    """Train a fresh tiny Llama on QA `rows` until it has memorised them; save it with its tokenizer."""
+def finetune(tokenizer, rows, output_dir: Path, epochs: int, seed: int, on_trainer=None) -> Path:
+    """Train a fresh tiny Llama on QA `rows` until it has memorised them; save it with its tokenizer. `on_trainer` is
+    given the trainer before it trains (as :func:`hf_unlearn.pipeline.run` does)."""
     model = build_tiny_model(tokenizer, seed=seed)
     args = TrainingArguments(
         output_dir=str(output_dir),
@@ -69,7 +70,12 @@ def finetune(tokenizer, rows, output_dir: Path, epochs: int, seed: int) -> Path:
         disable_tqdm=True,
     )
     dataset = QADataset(rows, tokenizer, max_length=128)
-    Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForUnlearning(tokenizer)).train()
+    trainer = Trainer(
+        model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForUnlearning(tokenizer)
+    )
+    if on_trainer is not None:
+        on_trainer(trainer)
+    trainer.train()
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
@@ -151,8 +157,8 @@ def run_demo(
         texts = [r["question"] + " " + r["answer"] for s in ("full", "holdout10") for r in load_tofu(s, data_dir)]
         tokenizer = train_tokenizer(texts + [r["question"] + " " + r["answer"] for r in general], vocab_size=1024)
         print("Fine-tuning the original and the retain model ...", flush=True)
-        finetune(tokenizer, [*full, *general], models["original"], finetune_epochs, seed)
-        finetune(tokenizer, [*retain, *general], models["retain"], finetune_epochs, seed)
+        finetune(tokenizer, [*full, *general], models["original"], finetune_epochs, seed, on_trainer)
+        finetune(tokenizer, [*retain, *general], models["retain"], finetune_epochs, seed, on_trainer)
 
     common = [
         "--model_name_or_path", str(models["original"]), "--data_source", "tofu", "--data_dir", str(data_dir),
