@@ -8,6 +8,12 @@ PYTEST_ARGS ?= -n 2 --dist loadgroup
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# The real TOFU data the tests read (hf_unlearn finds local TOFU only through this variable). CI keeps a copy in
+# shared/data/tofu beside the checkout; elsewhere set it yourself, or the tests that need it are skipped (failed
+# under $CI) with the reason.
+ifneq ($(wildcard ../shared/data/tofu/full.json),)
+export HF_UNLEARN_TOFU_DIR ?= $(abspath ../shared/data/tofu)
+endif
 
 .PHONY: install test test-fast demo demo-real paper-smollm2 quality style bench clean
 

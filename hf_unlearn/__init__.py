@@ -21,9 +21,9 @@ _PUBLIC = {
     ],
     "hf_unlearn.trainers.zeroth_order": ["ZerothOrderMixin"],
     "hf_unlearn.optim": ["build_optimizer", "OptimizerArguments", "OptimizerConfig", "OptimizerFactoryMixin"],
-    "hf_unlearn.callbacks": [
-        "HybridScheduleCallback", "PairingEpochCallback", "RobustnessCallback", "ComputeAccountingCallback"
-    ],
+    "hf_unlearn.trainers.callbacks": ["HybridScheduleCallback", "PairingEpochCallback"],
+    "hf_unlearn.attacks.callback": ["RobustnessCallback"],
+    "hf_unlearn.compute": ["ComputeAccountingCallback"],
     "hf_unlearn.report": ["UnlearnReport"],
     "hf_unlearn.model_card": ["build_model_card", "write_card"],
     "hf_unlearn.hub": ["push_to_hub", "check_push_possible"],

@@ -3,8 +3,9 @@
 1. Write the synthetic fictitious-author benchmark and train a tokenizer on it.
 2. Fine-tune a tiny Llama on every author plus the general-knowledge sets (the "original" model, which unlearning
    edits) and another on the retain authors only (the "retain" model, whose statistics give forget quality).
-3. Run `hf-unlearn sweep` on `recipes/demo.yaml` (NPO) with Adam, signAdam, Q(m;4), Sophia, AdaZO and the FO-ZO
-   hybrid, three seeds each, in two learning-rate regimes (:data:`REGIMES`):
+3. Run `hf-unlearn sweep` on the packaged `demo.yaml` (NPO; `recipes/demo.yaml` in the checkout) with Adam,
+   signAdam, Q(m;4), Sophia, AdaZO and the FO-ZO hybrid, three seeds each, in two learning-rate regimes
+   (:data:`REGIMES`):
 
    - ``paper``: the paper's setting scaled to this model; unlearning moves many of the 4-bit codes;
    - ``small_change``: a learning rate and step count at which unlearning changes only a few percent of the 4-bit
@@ -20,6 +21,7 @@ The numbers are what this tiny model measures, not the paper's 7B results.
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 
 from transformers import Trainer, TrainingArguments
@@ -29,11 +31,11 @@ from hf_unlearn.benchmarks.tofu_data import load_tofu
 from hf_unlearn.data import DataCollatorForUnlearning, QADataset
 from hf_unlearn.errors import UserInputError
 from hf_unlearn.io import atomic_write_text
-from hf_unlearn.sweep import noise_control  # noqa: F401  (kept importable from here)
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
 
 
-DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
+# Package data (the same file as the checkout's recipes/demo.yaml), so that the demo runs from an installed wheel.
+DEFAULT_RECIPE = Path(str(importlib.resources.files("hf_unlearn").joinpath("demo.yaml")))
 OPTIMIZERS = ("adamw", "signadam", "qadam:4", "sophia", "adazo", "hybrid")
 # regime -> recipe keys for every run of it (the recipe's own values otherwise).
 # Both regimes run 20 steps, hybrid alternating 5 AdamW and 5 AdaZO steps.
@@ -49,8 +51,9 @@ REGIMES = {
 DEMO_KEYS = ["--relearn_steps", "5", "10", "--quantization", "rtn4", "--evaluate_before_training", "false"]
 
 
-def finetune(tokenizer, rows, output_dir: Path, epochs: int, seed: int) -> Path:
-    """Train a fresh tiny Llama on QA `rows` until it has memorised them; save it with its tokenizer."""
+def finetune(tokenizer, rows, output_dir: Path, epochs: int, seed: int, on_trainer=None) -> Path:
+    """Train a fresh tiny Llama on QA `rows` until it has memorised them; save it with its tokenizer. `on_trainer` is
+    given the trainer before it trains (as :func:`hf_unlearn.pipeline.run` does)."""
     model = build_tiny_model(tokenizer, seed=seed)
     args = TrainingArguments(
         output_dir=str(output_dir),
@@ -67,7 +70,12 @@ def finetune(tokenizer, rows, output_dir: Path, epochs: int, seed: int) -> Path:
         disable_tqdm=True,
     )
     dataset = QADataset(rows, tokenizer, max_length=128)
-    Trainer(model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForUnlearning(tokenizer)).train()
+    trainer = Trainer(
+        model=model, args=args, train_dataset=dataset, data_collator=DataCollatorForUnlearning(tokenizer)
+    )
+    if on_trainer is not None:
+        on_trainer(trainer)
+    trainer.train()
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     return output_dir
@@ -111,11 +119,13 @@ def run_demo(
     checkpoints: int = 0,
     overwrite: bool = False,
     resume: bool = False,
+    on_trainer=None,
 ) -> dict[str, dict]:
     """Run the demo end to end; print and write the reports; return each regime's sweep report.
 
     `output_dir` must be new or empty, unless `overwrite` (the demo's own files there are removed first) or `resume`
-    (an interrupted demo continues: its models and finished runs are reused).
+    (an interrupted demo continues: its models and finished runs are reused). `on_trainer` is given each run's
+    trainer before it trains (see :func:`hf_unlearn.pipeline.run`).
     """
     import shutil
 
@@ -147,8 +157,8 @@ def run_demo(
         texts = [r["question"] + " " + r["answer"] for s in ("full", "holdout10") for r in load_tofu(s, data_dir)]
         tokenizer = train_tokenizer(texts + [r["question"] + " " + r["answer"] for r in general], vocab_size=1024)
         print("Fine-tuning the original and the retain model ...", flush=True)
-        finetune(tokenizer, [*full, *general], models["original"], finetune_epochs, seed)
-        finetune(tokenizer, [*retain, *general], models["retain"], finetune_epochs, seed)
+        finetune(tokenizer, [*full, *general], models["original"], finetune_epochs, seed, on_trainer)
+        finetune(tokenizer, [*retain, *general], models["retain"], finetune_epochs, seed, on_trainer)
 
     common = [
         "--model_name_or_path", str(models["original"]), "--data_source", "tofu", "--data_dir", str(data_dir),
@@ -163,9 +173,9 @@ def run_demo(
             output_dir=str(out / regime), overrides=[*common, *REGIMES[regime], *(extra or [])],
             title=f"hf_unlearn demo: {regime} regime", checkpoints=checkpoints,
         )  # fmt: skip
-        report = run_sweep(settings, on_cell=lambda line: print(line, flush=True))
+        report = run_sweep(settings, on_cell=lambda line: print(line, flush=True), on_trainer=on_trainer)
         reports[regime] = report
-        flags = " ".join(REGIMES[regime]) or "the recipe's own (recipes/demo.yaml)"
+        flags = " ".join(REGIMES[regime]) or f"the recipe's own ({Path(recipe).name})"
         text = f"{main_table(report)}\n\n{quantization_note(report)}"
         sections += [f"## {regime} regime", "", f"Recipe keys: {flags}", "", text, "",
                      f"Full report and plots: {regime}/sweep_report.md", ""]  # fmt: skip

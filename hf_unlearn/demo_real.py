@@ -93,8 +93,11 @@ def finetune_target(data: Path, out: Path) -> Path:
     return out / "target"
 
 
-def run_real_demo(output_dir: str | Path = "outputs/demo_real", tofu_dir: str | None = None, resume: bool = False):
-    """Run the real-model demo end to end; print the table and the sample answers; return the sweep report."""
+def run_real_demo(
+    output_dir: str | Path = "outputs/demo_real", tofu_dir: str | None = None, resume: bool = False, on_trainer=None
+):
+    """Run the real-model demo end to end; print the table and the sample answers; return the sweep report.
+    `on_trainer` is given each run's trainer before it trains (see :func:`hf_unlearn.pipeline.run`)."""
     import time
 
     from hf_unlearn.benchmarks.tofu_subset import write_tofu_subset
@@ -118,13 +121,13 @@ def run_real_demo(output_dir: str | Path = "outputs/demo_real", tofu_dir: str | 
         print(f"Fine-tuning {MODEL} on forget01's 2 authors + {RETAIN_AUTHORS} TOFU authors ...", flush=True)
         finetune_target(data, out / "finetuned")
     recipe = atomic_write_text(out / "recipe.yaml", RECIPE.format(target=target, data=data, out=out))
-    report = unlearn_and_attack(recipe, out)
+    report = unlearn_and_attack(recipe, out, on_trainer)
     minutes = (time.perf_counter() - start) / 60
     print(f"\nDemo done in {minutes:.1f} min. Reports: {out}/sweep/sweep_report.md, one folder per run.", flush=True)
     return report
 
 
-def unlearn_and_attack(recipe: Path, out: Path) -> dict:
+def unlearn_and_attack(recipe: Path, out: Path, on_trainer=None) -> dict:
     from hf_unlearn.report import UnlearnReport
     from hf_unlearn.report_render import answers_section
     from hf_unlearn.sweep import SweepSettings, main_table, run_sweep
@@ -134,7 +137,7 @@ def unlearn_and_attack(recipe: Path, out: Path) -> dict:
         recipe=str(recipe), optimizers=list(OPTIMIZERS), seeds=[0], output_dir=str(out / "sweep"),
         title="hf_unlearn real-model demo: SmolLM2-135M-Instruct on TOFU forget01",
     )  # fmt: skip
-    report = run_sweep(settings, on_cell=lambda line: print(line, flush=True))
+    report = run_sweep(settings, on_cell=lambda line: print(line, flush=True), on_trainer=on_trainer)
     print(f"\n{main_table(report)}\n", flush=True)
     for optimizer in OPTIMIZERS:
         cell = UnlearnReport.load(out / "sweep" / f"{optimizer}_seed0")

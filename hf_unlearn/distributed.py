@@ -12,6 +12,9 @@ A bf16 recipe (written for GPUs) on such a machine: TrainingArguments refuses `b
 `resolve_cpu_bf16` sets it where CPU autocast can run the recipe (plain or DDP launches: accelerate's MULTI_CPU
 path also takes `cpu=True`), and refuses DeepSpeed, which `use_cpu` would switch off, in one line naming
 `--bf16 false`.
+
+Also here: the ZeRO-3 helpers (:func:`is_zero3`, :func:`gathered_copy`) that in-run evaluation and the robustness
+checks share.
 """
 
 from __future__ import annotations
@@ -159,3 +162,23 @@ def exit_process(code: int) -> None:
     except (OSError, AttributeError):  # no C runtime to ask (not a POSIX libc)
         pass
     os._exit(code)
+
+
+def is_zero3(model) -> bool:
+    """Whether `model` is partitioned by DeepSpeed ZeRO-3 (each process holds a shard of every weight)."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled() or any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def gathered_copy(model):
+    """A plain (unpartitioned) copy of a ZeRO-3 model on every rank; a collective call, so every rank must make it."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+        state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    # The class constructor, not from_config: transformers would wrap from_config in zero.Init and partition again.
+    with deepspeed.zero.Init(enabled=False):
+        copy = type(model)(model.config)
+    copy.load_state_dict(state)
+    return copy.to(next(iter(state.values())).device).eval()

@@ -13,11 +13,11 @@ from __future__ import annotations
 import fnmatch
 import glob
 import logging
-import os
 from pathlib import Path
 
+from hf_unlearn.loading import hub_offline
 from hf_unlearn.model_card import CARD_FILE
-from hf_unlearn.report import EVAL_PLOT, LOSS_PLOT, MARKDOWN_FILE, RECIPE_FILE, RELEARN_PLOT, REPORT_FILE
+from hf_unlearn.report_schema import EVAL_PLOT, LOSS_PLOT, MARKDOWN_FILE, RECIPE_FILE, RELEARN_PLOT, REPORT_FILE
 
 
 logger = logging.getLogger(__name__)
@@ -29,18 +29,10 @@ UPLOAD_ALLOW = (
     "vocab.json", "vocab.txt", "merges.txt", "chat_template.jinja", "chat_template.json",
     CARD_FILE, REPORT_FILE, MARKDOWN_FILE, RECIPE_FILE, LOSS_PLOT, RELEARN_PLOT, EVAL_PLOT,
 )  # fmt: skip
-TRUE_VALUES = {"1", "ON", "YES", "TRUE"}
 
 
 class HubPushError(ValueError):
     """A push that cannot happen; the message is one line that says what to do."""
-
-
-def hub_offline() -> bool:
-    """Whether huggingface_hub is in offline mode (at import, or set in the environment since)."""
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in TRUE_VALUES
 
 
 def _resolve_token(token: str | None) -> str | None:

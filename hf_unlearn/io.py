@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of the new one.
+"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of the new one; and
+:func:`json_safe`, the one conversion of values into JSON that reports, evaluations and checkpoints share.
 
 The data goes to a temporary file in the destination's folder (same filesystem, so the rename is atomic), is flushed
 to disk, and replaces the destination with ``os.replace``. If writing fails, the temporary file is removed and the
@@ -8,12 +9,37 @@ previous file is left as it was.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
 import json
+import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+
+def json_safe(value: Any) -> Any:
+    """Plain JSON values: enums by value, mappings with text keys, tuples and sets as lists, dataclasses as dicts,
+    anything else (a path, a dtype) as its text.
+
+    A non-finite float (NaN, ±inf) becomes ``None`` (JSON null): the value is unavailable, never a number. A NaN
+    mean is an evaluation over no examples; reports keep the reason beside the null (``Metrics.unavailable``).
+    """
+    if isinstance(value, enum.Enum):
+        return json_safe(value.value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [json_safe(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return json_safe(dataclasses.asdict(value))
+    return str(value)
 
 
 def _atomic_write(path: str | Path, mode: str, write: Callable[[IO], None], encoding: str | None = None) -> Path:

@@ -19,7 +19,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 def hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    """Whether the Hub is switched off: huggingface_hub's own setting (``HF_HUB_OFFLINE``, read when it is imported),
+    the one every download obeys, so hf_unlearn's checks and the libraries' downloads never disagree."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def check_model_path(path: str | os.PathLike | None, name: str = "model") -> str:

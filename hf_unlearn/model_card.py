@@ -16,18 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_unlearn.io import atomic_write_text
 from hf_unlearn.optim.papers import optimizer_papers
-from hf_unlearn.report import (
-    AFTER,
-    EVAL_PLOT,
-    LOSS_PLOT,
-    RECIPE_FILE,
-    RELEARN_PLOT,
-    AttackRun,
-    Metrics,
-    UnlearnReport,
-    public_name,
-    public_text,
-)
+from hf_unlearn.report import UnlearnReport
 from hf_unlearn.report_render import (
     answers_section,
     benchmark_table,
@@ -36,6 +25,17 @@ from hf_unlearn.report_render import (
     robustness_table,
     schedule_text,
     table,
+)
+from hf_unlearn.report_schema import (
+    AFTER,
+    EVAL_PLOT,
+    LOSS_PLOT,
+    RECIPE_FILE,
+    RELEARN_PLOT,
+    AttackRun,
+    Metrics,
+    public_name,
+    public_text,
 )
 
 

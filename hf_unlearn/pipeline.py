@@ -8,22 +8,20 @@ fail on a bad recipe has failed in `parse_recipe` before this module loads a wei
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
-from hf_unlearn.attacks.robustness import is_zero3
+from hf_unlearn.attacks.callback import RobustnessCallback
 from hf_unlearn.benchmarks.sources import DataSource, source_from_recipe
-from hf_unlearn.callbacks import (
-    ComputeAccountingCallback,
-    ComputeBudgetCallback,
-    RobustnessCallback,
-    TrainingDiverged,
-    logs_to_stderr,
-)
+from hf_unlearn.compute import ComputeAccountingCallback, ComputeBudgetCallback
+from hf_unlearn.distributed import is_zero3
 from hf_unlearn.loading import check_model_fits, disable_progress_bars, load_model_and_tokenizer, load_tokenizer
 from hf_unlearn.recipes import Recipe
-from hf_unlearn.report import AFTER, BEFORE, UnlearnReport
+from hf_unlearn.report import UnlearnReport
+from hf_unlearn.report_schema import AFTER, BEFORE
 from hf_unlearn.resume import CheckpointRecordCallback, check_resume, restore, run_keys
 from hf_unlearn.trainers import get_method
+from hf_unlearn.trainers.callbacks import TrainingDiverged
 
 
 def peft_config(script):
@@ -102,7 +100,7 @@ def remove_stale_report(output_dir: str) -> None:
     """With overwrite_output_dir: remove an earlier run's report, recipe, plots and card before this run trains, so
     that no file describing a model that is gone survives beside the new one (whether or not this run finishes)."""
     from hf_unlearn.model_card import CARD_FILE
-    from hf_unlearn.report import EVAL_PLOT, LOSS_PLOT, MARKDOWN_FILE, RECIPE_FILE, RELEARN_PLOT, REPORT_FILE
+    from hf_unlearn.report_schema import EVAL_PLOT, LOSS_PLOT, MARKDOWN_FILE, RECIPE_FILE, RELEARN_PLOT, REPORT_FILE
 
     for name in (REPORT_FILE, MARKDOWN_FILE, RECIPE_FILE, LOSS_PLOT, RELEARN_PLOT, EVAL_PLOT, CARD_FILE):
         (Path(output_dir) / name).unlink(missing_ok=True)
@@ -137,12 +135,14 @@ def prepare_tokenizer(script):
     return tokenizer
 
 
-def run(recipe: Recipe, compute_budget: int | None = None) -> UnlearnReport:
+def run(recipe: Recipe, compute_budget: int | None = None, on_trainer: Callable | None = None) -> UnlearnReport:
     """Train the recipe's method, save the unlearned model, evaluate / attack it if the recipe asks, and write its
     report and model card into `output_dir` (then push, with `push_to_hub`).
 
     `compute_budget`: stop training once the model's forward + backward passes (per process, as the report's
     compute accounting counts them) reach it; `hf-unlearn sweep --compute_budget` uses it for compute-matched runs.
+    `on_trainer(trainer)` is called once the trainer is built, before training (the commands swap Trainer's stdout
+    log printers for stderr ones there: :func:`hf_unlearn.cli.logs.logs_to_stderr`).
 
     The main process holds `output_dir`'s lock (:mod:`hf_unlearn.lock`) from the first check to the last file: a
     second run into the same folder is refused, not mixed in.
@@ -153,10 +153,10 @@ def run(recipe: Recipe, compute_budget: int | None = None) -> UnlearnReport:
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # the other ranks of this launch must not refuse themselves
     with output_lock(recipe.config.output_dir, main_process=main_process):
-        return _run(recipe, compute_budget)
+        return _run(recipe, compute_budget, on_trainer)
 
 
-def _run(recipe: Recipe, compute_budget: int | None) -> UnlearnReport:
+def _run(recipe: Recipe, compute_budget: int | None, on_trainer: Callable | None) -> UnlearnReport:
     from transformers import AutoConfig
 
     script, config = recipe.script, recipe.config
@@ -210,7 +210,8 @@ def _run(recipe: Recipe, compute_budget: int | None) -> UnlearnReport:
     restore(trainer, resume_record, accounting)
     if compute_budget is not None:
         trainer.add_callback(ComputeBudgetCallback(accounting, compute_budget))
-    logs_to_stderr(trainer)
+    if on_trainer is not None:
+        on_trainer(trainer)
     if script.evaluate_before_training and (script.evaluate or script.robustness):
         with report.timed("evaluate_before"):
             report.add_evaluation(BEFORE, source.evaluate(model.eval(), tokenizer, **evaluation_settings(config)))

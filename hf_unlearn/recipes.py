@@ -18,7 +18,6 @@ import math
 import re
 import types
 import typing
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,11 +33,6 @@ LAUNCH_KEY = "launch"
 # A recipe's `sweep:` section (optimizers, seeds) is read by `hf-unlearn sweep`; a single run ignores it.
 SWEEP_KEY = "sweep"
 LAUNCH_LINE = f'{LAUNCH_KEY}: str = __import__("hf_unlearn.launch").launch.run_this_recipe(__file__)'
-# Old key -> (new key, old value -> new value). Each warns once per parse and keeps working.
-DEPRECATED_KEYS = {
-    "benchmark": ("data_source", {"text": "jsonl"}),
-    "retain_model_path": ("retain_model", {}),
-}
 
 
 @dataclass
@@ -54,8 +48,7 @@ class ScriptArguments:
         metadata={
             "help": "Where forget/retain data comes from, and so which benchmark evaluates and attacks the result: "
             "tofu (QA splits), synthetic (TOFU-shaped, written on the spot), muse / wmdp (raw forget and retain "
-            "corpora; evaluated with MUSE / WMDP), jsonl (your own JSON Lines texts; evaluated by answer NLL). "
-            "Replaces the deprecated key `benchmark`."
+            "corpora; evaluated with MUSE / WMDP), jsonl (your own JSON Lines texts; evaluated by answer NLL)."
         },
     )
     data_dir: str | None = field(
@@ -258,17 +251,6 @@ def load_recipe(path: str | Path) -> dict:
     values = yaml_mapping(text, f"Recipe {path}")
     values.pop(LAUNCH_KEY, None)  # a self-launching recipe's first line, for Python's eyes only (hf_unlearn.launch)
     values.pop(SWEEP_KEY, None)
-    return values
-
-
-def _apply_deprecated(values: dict, source: str) -> dict:
-    values = dict(values)
-    for old, (new, value_map) in DEPRECATED_KEYS.items():
-        if old in values:
-            value = values.pop(old)
-            value = value_map.get(value, value) if isinstance(value, str) else value
-            warnings.warn(f"{source}: key {old!r} is deprecated; use {new}: {value}", FutureWarning, stacklevel=3)
-            values.setdefault(new, value)
     return values
 
 
@@ -528,17 +510,10 @@ def parse_recipe(path: str | Path | None, overrides: list[str] | None = None) ->
     """
     overrides = _normalise_flags(list(overrides or []))
     source = str(path) if path is not None else "command line"
-    values = _apply_deprecated(load_recipe(path), source) if path is not None else {}
+    values = load_recipe(path) if path is not None else {}
     from hf_unlearn.trainers import get_method  # heavy (torch, transformers): after the recipe file is read
 
     flags = _flag_keys(overrides)
-    for old, (new, value_map) in DEPRECATED_KEYS.items():
-        if old in flags:
-            warnings.warn(f"--{old} is deprecated; use --{new}", FutureWarning, stacklevel=2)
-            overrides = [
-                t.replace(f"--{old}", f"--{new}", 1) if t.split("=")[0] == f"--{old}" else t for t in overrides
-            ]
-            overrides = [value_map.get(t, t) for t in overrides]
     method = flags.get("method") or values.get("method")
     if "method" not in flags and "method" in values:
         check_value_types({"method": values["method"]}, (ScriptArguments,), f"Recipe {source}")

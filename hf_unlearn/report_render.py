@@ -7,21 +7,21 @@ from __future__ import annotations
 
 import io
 import math
-import re
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hf_unlearn.optim.args import ZEROTH_ORDER_OPTIMIZERS as ZO_OPTIMIZERS
+from hf_unlearn.report_schema import (
+    BEFORE,
+    EVAL_PLOT,
+    LOSS_PLOT,
+    RELEARN_PLOT,
+    AttackRun,
+    Metrics,
+    ReportData,
+    public_name,
+)
 
 
-if TYPE_CHECKING:
-    from hf_unlearn.report import AttackRun, Metrics, UnlearnReport
-
-
-LOSS_PLOT = "unlearn_losses.png"
-RELEARN_PLOT = "unlearn_relearning.png"
-EVAL_PLOT = "unlearn_eval_curve.png"
-BEFORE, AFTER = "before_training", "after_training"
 # The forget metric that relearning curves, robustness tables and sweeps follow, in order of preference: TOFU's,
 # then MUSE's (knowledge and verbatim memorisation of the forget set), then WMDP's hazardous-knowledge accuracies.
 FORGET_METRICS = (
@@ -33,24 +33,6 @@ FORGET_METRICS = (
 def pick_forget_metric(metrics: Metrics) -> str | None:
     """The first available forget metric of :data:`FORGET_METRICS`, else None."""
     return next((name for name in FORGET_METRICS if metrics.get(name) is not None), None)
-
-
-# An absolute or home-relative path inside a text: not after a word character, ':' or '/' (so neither the path of
-# a URL nor an owner/name Hub id), up to a space, quote or bracket.
-_LOCAL_PATH = re.compile(r"(?<![\w:/.~-])~?/[^\s'\"`()\[\],;]+")
-
-
-def public_name(value: str | None) -> str | None:
-    """A Hub id or relative name as it is; an absolute (or ``~``) path as its base name, e.g. ``/home/me/model`` ->
-    ``model``: what a published card or report may say about a folder of this machine."""
-    if not value or not _LOCAL_PATH.fullmatch(str(value)):
-        return value
-    return Path(str(value).rstrip("/")).name or str(value)
-
-
-def public_text(text: str) -> str:
-    """`text` with every absolute path in it replaced by its base name (see :func:`public_name`)."""
-    return _LOCAL_PATH.sub(lambda match: public_name(match.group(0)), text)
 
 
 PHASE_COLORS = {"fo": "#4c72b0", "zo": "#dd8452"}
@@ -87,7 +69,7 @@ def unavailable_notes(labelled: list[tuple[str, Metrics]]) -> str:
     return "\n".join(notes)
 
 
-def benchmark_table(report: UnlearnReport) -> str:
+def benchmark_table(report: ReportData) -> str:
     """Metrics (rows) of each evaluated model state (columns), then the reasons for every unavailable value."""
     if not report.evaluations:
         return "No evaluation was run."
@@ -146,7 +128,7 @@ def compute_table(compute: dict[str, Any] | None) -> str:
     return table(header, rows) + "\n\n" + note
 
 
-def schedule_text(report: UnlearnReport) -> str:
+def schedule_text(report: ReportData) -> str:
     """One paragraph: which optimizer, how FO and ZO steps alternate, and the ZO estimator's settings."""
     s = report.optimizer_schedule
     optimizer = s.get("optimizer") or report.optimizer
@@ -172,7 +154,7 @@ def schedule_text(report: UnlearnReport) -> str:
     return text
 
 
-def curve_metrics(report: UnlearnReport) -> list[str]:
+def curve_metrics(report: ReportData) -> list[str]:
     """The curve's metrics a table or plot shows: the selection and the metrics it reads when there is one, else
     the forget metric and the utility metrics (at most four), else the first four."""
     seen = _metric_names_in_curve(report.evaluation_curve)
@@ -194,7 +176,7 @@ def _metric_names_in_curve(curve: list[dict]) -> list[str]:
     return list(names)
 
 
-def evaluation_section(report: UnlearnReport) -> str:
+def evaluation_section(report: ReportData) -> str:
     """The in-run evaluations as a table (one row per evaluation) and the best step metric_for_best_model chose."""
     names = curve_metrics(report)
     rows = [
@@ -213,7 +195,7 @@ def evaluation_section(report: UnlearnReport) -> str:
     return text
 
 
-def answers_section(report: UnlearnReport) -> str:
+def answers_section(report: ReportData) -> str:
     """Each sample question with the true answer and every model's generated one (quoted, one line each)."""
     blocks = []
     for record in report.answers:
@@ -227,7 +209,7 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split()) or "(empty)"
 
 
-def report_markdown(report: UnlearnReport) -> str:
+def report_markdown(report: ReportData) -> str:
     title = " + ".join(x for x in (report.method, report.optimizer) if x) or "evaluation"
     lines = [f"# Unlearning report: {title}", ""]
     facts = [
@@ -259,7 +241,7 @@ def report_markdown(report: UnlearnReport) -> str:
 # ---- plots -----------------------------------------------------------------------------------------------------
 
 
-def _has_relearning(report: UnlearnReport) -> bool:
+def _has_relearning(report: ReportData) -> bool:
     return any(run.relearn for run in report.attacks)
 
 
@@ -289,22 +271,22 @@ def _phase_of(entry: dict, optimizer: str | None) -> str | None:
     return None if optimizer in (None, "hybrid") else "fo"
 
 
-def loss_plot(report: UnlearnReport) -> bytes | None:
+def loss_plot(report: ReportData) -> bytes | None:
     figure = loss_figure(report)
     return None if figure is None else _png(figure)
 
 
-def evaluation_plot(report: UnlearnReport) -> bytes | None:
+def evaluation_plot(report: ReportData) -> bytes | None:
     figure = evaluation_figure(report)
     return None if figure is None else _png(figure)
 
 
-def relearning_plot(report: UnlearnReport) -> bytes | None:
+def relearning_plot(report: ReportData) -> bytes | None:
     figure = relearning_figure(report)
     return None if figure is None else _png(figure)
 
 
-def loss_figure(report: UnlearnReport):
+def loss_figure(report: ReportData):
     """Forget and retain loss per logged step; the span each log covers is shaded by its optimizer phase."""
     log = sorted(report.training_log, key=lambda e: e["step"])
     if not log:
@@ -332,7 +314,7 @@ def loss_figure(report: UnlearnReport):
     return figure
 
 
-def relearning_figure(report: UnlearnReport):
+def relearning_figure(report: ReportData):
     """The forget metric after 0 (no attack) and each relearning budget, one line per attack run."""
     runs = [run for run in report.attacks if run.relearn]
     if not runs:
@@ -355,7 +337,7 @@ def relearning_figure(report: UnlearnReport):
     return figure
 
 
-def evaluation_figure(report: UnlearnReport):
+def evaluation_figure(report: ReportData):
     """Each shown metric of the in-run evaluations per step; the best step metric_for_best_model chose is marked."""
     curve = report.evaluation_curve
     if not curve:

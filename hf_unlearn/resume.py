@@ -49,7 +49,7 @@ PATH_KEYS = ("model_name_or_path", "ref_model_path", "data_dir", "forget_file", 
 
 
 def _value(name: str, value: Any) -> Any:
-    from hf_unlearn.report import json_safe
+    from hf_unlearn.io import json_safe
 
     if name in PATH_KEYS and isinstance(value, str) and Path(value).expanduser().exists():
         return str(Path(value).expanduser().resolve())  # `./model` and its absolute path are the same model
@@ -164,7 +164,7 @@ def read_record(checkpoint: str | Path) -> dict:
 def check_resume(script, config) -> tuple[str | None, dict]:
     """The checkpoint to resume from and its record (None, {} when not resuming), refused in one line when the run
     it belongs to has finished, the checkpoint is incomplete or past `max_steps`, or any key differs."""
-    from hf_unlearn.report import REPORT_FILE
+    from hf_unlearn.report_schema import REPORT_FILE
 
     checkpoint = find_checkpoint(config.resume_from_checkpoint, config.output_dir)
     if checkpoint is None:

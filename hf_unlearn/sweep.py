@@ -36,7 +36,8 @@ from pathlib import Path
 
 from hf_unlearn.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from hf_unlearn.optim.args import KNOWN_OPTIMIZERS, ZEROTH_ORDER_OPTIMIZERS
-from hf_unlearn.report_render import AFTER, FORGET_METRICS, pick_forget_metric
+from hf_unlearn.report_render import FORGET_METRICS, pick_forget_metric
+from hf_unlearn.report_schema import AFTER
 
 
 SWEEP_SCHEMA_VERSION = 1
@@ -198,7 +199,8 @@ def cell_overrides(settings: SweepSettings, cell: Cell, base) -> list[str]:
 
 def cell_complete(cell: Cell, robustness) -> bool:
     """A finished cell: its report loads, has the final evaluation and the attacks the recipe asks for."""
-    from hf_unlearn.report import REPORT_FILE, UnlearnReport
+    from hf_unlearn.report import UnlearnReport
+    from hf_unlearn.report_schema import REPORT_FILE
 
     if not (cell.output_dir / REPORT_FILE).is_file():
         return False
@@ -213,7 +215,7 @@ def cell_complete(cell: Cell, robustness) -> bool:
     return relearned and {q.kind for q in attack.quantization} >= set(quantization_kinds(robustness.quantization))
 
 
-def run_cell(settings: SweepSettings, cell: Cell, base) -> None:
+def run_cell(settings: SweepSettings, cell: Cell, base, on_trainer=None) -> None:
     from hf_unlearn.pipeline import run
     from hf_unlearn.recipes import parse_recipe
 
@@ -222,7 +224,8 @@ def run_cell(settings: SweepSettings, cell: Cell, base) -> None:
 
         check_unlocked(cell.output_dir)  # unless another process is training this cell right now
         shutil.rmtree(cell.output_dir)
-    run(parse_recipe(settings.recipe, cell_overrides(settings, cell, base)), compute_budget=settings.compute_budget)
+    recipe = parse_recipe(settings.recipe, cell_overrides(settings, cell, base))
+    run(recipe, compute_budget=settings.compute_budget, on_trainer=on_trainer)
 
 
 # ---- evaluation helpers (one data source, tokenizer, benchmark and original model for the whole sweep) ----------
@@ -263,7 +266,7 @@ class Evaluator:
         return self._benchmark
 
     def evaluate(self, model) -> dict[str, float | None]:
-        from hf_unlearn.report import Metrics
+        from hf_unlearn.report_schema import Metrics
 
         with _eval(model):
             return Metrics.coerce(self.benchmark.evaluate(model, self.tokenizer)).values
@@ -367,7 +370,7 @@ def attack_record(attack, metric: str) -> dict:
 
 
 def compute_record(compute: dict | None) -> dict:
-    from hf_unlearn.callbacks import passes
+    from hf_unlearn.compute import passes
 
     if not compute:
         return {}
@@ -476,7 +479,8 @@ def utility_target(cells: list[dict], given: float | None) -> tuple[float | None
 
 def utility_matched(cell_objs, cells, evaluator, base, settings, metric) -> dict:
     """Each run at its checkpoint whose model utility is closest to the target, attacked there."""
-    from hf_unlearn.report import AttackRun, UnlearnReport
+    from hf_unlearn.report import UnlearnReport
+    from hf_unlearn.report_schema import AttackRun
 
     target, source = utility_target(cells, settings.utility_target)
     out = {"target": target, "target_source": source, "checkpoints_per_run": settings.checkpoints, "runs": []}
@@ -585,10 +589,11 @@ def select(cells: list[Cell], only: list[str]) -> list[Cell]:
     return [by_name[name] for name in only]
 
 
-def run_sweep(settings: SweepSettings, on_cell=print) -> dict | None:
+def run_sweep(settings: SweepSettings, on_cell=print, on_trainer=None) -> dict | None:
     """Run every unfinished cell, then (unless `only` is given) the controls, the comparison and the report.
 
-    Returns the report (the ``sweep_report.json`` document), or None when only some cells were run.
+    Returns the report (the ``sweep_report.json`` document), or None when only some cells were run. `on_trainer`
+    is given each cell's trainer before it trains (see :func:`hf_unlearn.pipeline.run`).
     """
     from accelerate import PartialState
 
@@ -625,7 +630,7 @@ def run_sweep(settings: SweepSettings, on_cell=print) -> dict | None:
             on_cell(f"[sweep] {cell.name}: finished earlier ({cell.output_dir})")
             continue
         on_cell(f"[sweep] {cell.name}: running into {cell.output_dir}")
-        run_cell(settings, cell, base)
+        run_cell(settings, cell, base, on_trainer)
     if settings.only:
         return None
     reports = [UnlearnReport.load(c.output_dir) for c in cells]

@@ -128,9 +128,10 @@ OPTIMIZERS = {
 }
 
 RUN_FIELDS = {"seed": 42, "logging_steps": 5, "save_strategy": "no", "report_to": "none"}
-# fp32 weights: under DeepSpeed, bf16 would make the module weights bf16 and ZO updates copied into the fp32 masters
-# would be truncated (hf_unlearn refuses that combination); every optimizer of a grid shares the precision.
-PRECISION = {"bf16": False}
+# The hand-written twins' precision (recipes/tofu_npo_*.yaml, muse_news_npo_hybrid.yaml, wmdp_rmu_hybrid.yaml): bf16
+# weights and compute over DeepSpeed's fp32 master partitions (ZeRO-2/3), whose masters ZO steps update, or bf16
+# autocast over fp32 weights without DeepSpeed. Every optimizer of a grid shares it.
+PRECISION = {"bf16": True}
 
 
 def yaml_value(value) -> str:

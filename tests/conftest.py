@@ -36,6 +36,22 @@ def single_thread():
 
 
 @pytest.fixture(scope="session")
+def real_tofu_dir():
+    """The real TOFU copy: the folder `$HF_UNLEARN_TOFU_DIR` names. `make test` sets it (to the data beside the
+    checkout, where CI keeps it); without it the test is skipped with this reason, and under CI (`$CI` set) it fails,
+    so that CI never passes without having read the real data."""
+    from hf_unlearn.benchmarks.tofu_data import default_tofu_dir
+
+    folder = default_tofu_dir()  # set to a folder without TOFU's files: a one-line error
+    if folder is None:
+        message = "needs the real TOFU data: set HF_UNLEARN_TOFU_DIR to a folder of TOFU <config>.json files"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tokenizer():
     """A byte-level BPE tokenizer trained on the synthetic benchmark's text (with a chat template)."""
     from tests.helpers import synthetic_tokenizer

@@ -17,7 +17,8 @@ from hf_unlearn.benchmarks.selection import METRIC_DIRECTIONS, SOURCE_METRICS, p
 from hf_unlearn.benchmarks.sources import TofuSource
 from hf_unlearn.cli import main
 from hf_unlearn.data import ForgetRetainDataset
-from hf_unlearn.report import EVAL_PLOT, UnlearnReport
+from hf_unlearn.report import UnlearnReport
+from hf_unlearn.report_schema import EVAL_PLOT
 from hf_unlearn.tiny import build_tiny_model
 from hf_unlearn.trainers import get_method
 from tests.helpers import one_thread, synthetic_tokenizer
@@ -246,8 +247,8 @@ def test_report_reads_the_curve_and_best_step_from_the_trainer_log():
     show the forget and utility metrics; an unavailable value is None, and never the best."""
     from types import SimpleNamespace
 
-    from hf_unlearn.report import best_model_record, evaluation_curve
     from hf_unlearn.report_render import evaluation_figure, report_markdown
+    from hf_unlearn.report_schema import best_model_record, evaluation_curve
 
     history = [
         {"loss": 1.0, "step": 1, "epoch": 0.5},

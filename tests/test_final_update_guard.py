@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hf_unlearn.callbacks import DivergenceGuardCallback, TrainingDiverged, trainable_weight_norm
+from hf_unlearn.trainers.callbacks import DivergenceGuardCallback, TrainingDiverged, trainable_weight_norm
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,6 +2,7 @@
 
 import ast
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -18,39 +19,76 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+# The layers, lowest first: a module imports only from its own layer or the layers below it (docs/architecture.md).
+# A module belongs to the layer of the longest name below that covers it (``hf_unlearn.sweep`` covers the sweep
+# package's modules too); a module no layer covers fails the test, so a new module is placed on purpose.
+LAYERS = [
+    ("leaves", ["hf_unlearn", "errors", "lock", "io", "distributed", "paper", "packaged_models", "tiny", "analysis"]),
+    ("data and models", ["data", "modeling", "loading", "models", "alternates"]),
+    ("optimizers", ["optim"]),
+    ("benchmarks", ["benchmarks", "evaluate_metrics"]),
+    ("trainers", ["configs", "compute", "trainers"]),
+    ("attacks", ["attacks", "answers"]),
+    ("report schema", ["report_schema"]),
+    ("report rendering", ["report_render"]),
+    ("report files", ["report", "model_card", "hub"]),
+    ("pipeline", ["recipes", "resume", "pipeline", "finetune", "sweep", "demo", "demo_real"]),
+    ("commands", ["cli", "run", "launch", "__main__", "perf"]),
+]
+
+
+def layer_of(module: str) -> int:
+    best, index = "", None
+    for position, (_, names) in enumerate(LAYERS):
+        for name in names:
+            prefix = name if name == "hf_unlearn" else f"hf_unlearn.{name}"
+            covers = module == prefix or (prefix != "hf_unlearn" and module.startswith(prefix + "."))
+            if covers and len(prefix) > len(best):
+                best, index = prefix, position
+    if index is None:
+        raise AssertionError(
+            f"{module} is in no layer: add it to LAYERS in tests/test_house.py and docs/architecture.md"
+        )
+    return index
+
+
+def imported_modules(name: str, source: str, modules: set[str], is_package: bool = False) -> set[str]:
+    """The hf_unlearn modules `source` (module `name`) imports anywhere: at the top, inside functions and under
+    ``if TYPE_CHECKING:`` alike (a type-only import is still a dependency of the layout), plus the packages above
+    each of them, which Python runs first."""
+    edges = set()
+    for node in ast.walk(ast.parse(source)):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".") if is_package else name.split(".")[:-1]
+                anchor = anchor[: len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        edges |= {t for t in targets if t in modules}
+    edges |= {target.rsplit(".", i)[0] for target in set(edges) for i in range(1, target.count(".") + 1)}
+    return {e for e in edges if e != name and e in modules and not name.startswith(e + ".")}
+
+
 def import_graph() -> dict[str, set[str]]:
-    """Module -> hf_unlearn modules it imports anywhere (function-level imports too), plus its parent packages,
-    which Python runs first."""
-    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph = {}
-    for name, path in modules.items():
-        is_package = path.name == "__init__.py"
-        edges = set()
-        tree = ast.parse(path.read_text())
-        type_only = {  # `if TYPE_CHECKING:` imports never run
-            id(child)
-            for node in ast.walk(tree)
-            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING"
-            for child in ast.walk(node)
-        }
-        for node in ast.walk(tree):
-            if id(node) in type_only:
-                continue
-            targets = []
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    anchor = name.split(".") if is_package else name.split(".")[:-1]
-                    anchor = anchor[: len(anchor) - (node.level - 1)]
-                    base = ".".join(anchor + ([base] if base else []))
-                targets = [base] + [f"{base}.{alias.name}" for alias in node.names]
-            edges |= {t for t in targets if t in modules}
-        # Importing a module first runs every package above it.
-        edges |= {target.rsplit(".", i)[0] for target in set(edges) for i in range(1, target.count(".") + 1)}
-        graph[name] = {e for e in edges if e != name and e in modules and not name.startswith(e + ".")}
-    return graph
+    """Module -> the hf_unlearn modules it imports (see :func:`imported_modules`)."""
+    paths = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {
+        name: imported_modules(name, path.read_text(), set(paths), path.name == "__init__.py")
+        for name, path in paths.items()
+    }
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+        for module, targets in graph.items()
+        for target in targets
+        if layer_of(target) > layer_of(module)
+    )
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -86,10 +124,98 @@ def test_cycle_finder_finds_a_planted_circle():
     assert find_cycle(graph) is not None
 
 
+def test_no_import_runs_back_up_the_layers():
+    graph = import_graph()
+    assert upward_imports(graph) == []
+    # The check sees planted ones: the report's schema reaching up to its renderer, a trainer to the attacks.
+    graph["hf_unlearn.report_schema"] = graph["hf_unlearn.report_schema"] | {"hf_unlearn.report_render"}
+    assert upward_imports(graph) == [
+        "hf_unlearn.report_schema (report schema) imports hf_unlearn.report_render (report rendering)"
+    ]
+    graph["hf_unlearn.trainers.base"] = graph["hf_unlearn.trainers.base"] | {"hf_unlearn.attacks.callback"}
+    assert "hf_unlearn.trainers.base (trainers) imports hf_unlearn.attacks.callback (attacks)" in upward_imports(graph)
+
+
+def test_type_only_and_function_level_imports_count():
+    modules = {"hf_unlearn.report", "hf_unlearn.report_render", "hf_unlearn.trainers", "hf_unlearn.trainers.base"}
+    source = """
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    from hf_unlearn.report import UnlearnReport
+def plot():
+    from hf_unlearn.trainers.base import Paper
+"""
+    edges = imported_modules("hf_unlearn.report_render", source, modules)
+    assert edges == {"hf_unlearn.report", "hf_unlearn.trainers", "hf_unlearn.trainers.base"}
+
+
+def test_every_module_has_a_layer():
+    for module in import_graph():
+        layer_of(module)
+    with pytest.raises(AssertionError, match="hf_unlearn.newcomer is in no layer: add it to LAYERS"):
+        layer_of("hf_unlearn.newcomer")
+
+
+@pytest.mark.slow
+def test_importing_the_trainers_imports_no_attack():
+    """`import hf_unlearn.trainers` (every method) loads no module of hf_unlearn.attacks: the robustness callback
+    lives with the attacks, and the trainers reach the ZeRO-3 helpers through hf_unlearn.distributed."""
+    import subprocess
+    import sys
+
+    code = "import json, sys, hf_unlearn.trainers; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=PACKAGE.parent)  # fmt: skip
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "hf_unlearn.trainers.npo" in loaded
+    assert not [m for m in loaded if m.startswith(("hf_unlearn.attacks", "hf_unlearn.report", "hf_unlearn.cli"))]
+
+
 def test_no_command_or_bench_modules_beside_the_library():
     top = {p.name for p in PACKAGE.glob("*.py")}
     assert not [n for n in top if n.endswith("_cli.py") or n.startswith("bench")]
     assert not list(PACKAGE.rglob("*_cli.py"))
+
+
+def top_level_names(tree: ast.Module) -> set[str]:
+    """The names a module binds when it runs: its definitions, assignments and imports, those under a top-level
+    ``if`` / ``try`` included (not those inside functions)."""
+    names, pending = set(), list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            pending += [*node.body, *getattr(node, "orelse", []), *getattr(node, "finalbody", [])]
+            pending += [n for handler in getattr(node, "handlers", []) for n in handler.body]
+    return names
+
+
+def test_every_name_imported_from_the_package_exists_where_it_is_imported_from():
+    """`from hf_unlearn.x import name` finds `name` in x (or a submodule x.name): a name moved to another module is
+    imported from its new home everywhere, function-level imports included, without running anything."""
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    trees = {name: ast.parse(path.read_text()) for name, path in files.items()}
+    bound = {name: top_level_names(tree) for name, tree in trees.items()}
+    missing = []
+    for path in [
+        *files.values(),
+        *(PACKAGE.parent / "tests").rglob("*.py"),
+        *(PACKAGE.parent / "scripts").rglob("*.py"),
+    ]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module in files:
+                lazy = "__getattr__" in bound[node.module]  # the package's lazy public names
+                for alias in node.names:
+                    found = alias.name in bound[node.module] or f"{node.module}.{alias.name}" in files or lazy
+                    if not found:
+                        missing.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.module}.{alias.name}")
+    assert not missing, "\n".join(missing)
 
 
 def test_help_lists_every_command(cli):

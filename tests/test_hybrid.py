@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from hf_unlearn.callbacks import HybridScheduleCallback
 from hf_unlearn.trainers import NPOTrainer
+from hf_unlearn.trainers.callbacks import HybridScheduleCallback
 from tests.helpers import one_thread
 from tests.scripts.optim_fixtures import RandomTokens, ZOTrainer, tiny_llama, training_args, weights
 

@@ -64,9 +64,9 @@ def test_attack_on_muse_evaluates_muse_and_relearns_on_its_forget_texts(cli, tin
     seen = []
     real = robustness.robustness_checks
 
-    def spy(model, tokenizer, eval_fn, relearn_data, *args):
+    def spy(model, tokenizer, eval_fn, relearn_data, *args, **kwargs):
         seen.append([row["text"] for row in relearn_data])
-        return real(model, tokenizer, eval_fn, relearn_data, *args)
+        return real(model, tokenizer, eval_fn, relearn_data, *args, **kwargs)
 
     monkeypatch.setattr(robustness, "robustness_checks", spy)
     out = tmp_path / "attack"
@@ -104,7 +104,7 @@ def finished_run(tiny_model_dir, synthetic_data_dir, tmp_path_factory):
 
 
 def test_card_and_report_name_no_folder_of_this_machine(finished_run, tiny_model_dir):
-    from hf_unlearn.report_render import _LOCAL_PATH
+    from hf_unlearn.report_schema import _LOCAL_PATH
 
     card = (finished_run / "README.md").read_text()
     report = json.loads((finished_run / "unlearn_report.json").read_text())

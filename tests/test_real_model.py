@@ -50,9 +50,12 @@ def by_name(real_model, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tofu_dir(tmp_path_factory):
-    """The real TOFU copy when it is beside the checkout (CI has it), else the synthetic TOFU-shaped benchmark."""
-    local = Path(os.environ.get("HF_UNLEARN_TOFU_DIR") or REPO.parent / "shared" / "data" / "tofu")
-    if (local / "forget01_perturbed.json").is_file():
+    """The real TOFU copy `$HF_UNLEARN_TOFU_DIR` names (`make test` sets it), else the synthetic TOFU-shaped
+    benchmark."""
+    from hf_unlearn.benchmarks.tofu_data import default_tofu_dir
+
+    local = default_tofu_dir()
+    if local is not None:
         return local
     from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 

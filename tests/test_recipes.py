@@ -142,15 +142,12 @@ def test_method_flag_switches_the_config_class(tmp_path, tiny_model_dir):
         parse_recipe(recipe, ["--method", "rmu"])
 
 
-def test_deprecated_keys_warn_and_keep_working(tmp_path, tiny_model_dir, corpus):
-    recipe = write(
-        tmp_path,
-        f"method: npo\nmodel_name_or_path: {tiny_model_dir}\nbenchmark: text\nforget_file: {corpus}\n"
-        f"retain_model_path: {tiny_model_dir}\n",
-    )
-    with pytest.warns(FutureWarning, match="'benchmark' is deprecated; use data_source: jsonl"):
-        parsed = parse_recipe(recipe)
-    assert parsed.script.data_source == "jsonl" and parsed.script.retain_model == str(tiny_model_dir)
+def test_keys_renamed_before_the_first_release_are_unknown_keys(tmp_path, tiny_model_dir, corpus):
+    """`benchmark` and `retain_model_path` were renamed (data_source, retain_model) before anything was released: no
+    shim translates them; they are refused like any unknown key, in one line that names them."""
+    recipe = write(tmp_path, f"method: npo\nmodel_name_or_path: {tiny_model_dir}\nretain_model_path: {corpus}\n")
+    with pytest.raises(ValueError, match=r"unknown key\(s\) for method npo: retain_model_path \(did you mean"):
+        parse_recipe(recipe)
 
 
 def test_untested_paths_parse_into_the_fields_users_set(tmp_path, tiny_model_dir, corpus):

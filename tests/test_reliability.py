@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_unlearn.callbacks import DivergenceGuardCallback, TrainingDiverged
 from hf_unlearn.io import check_output_dir
+from hf_unlearn.trainers.callbacks import DivergenceGuardCallback, TrainingDiverged
 
 
 ROOT = Path(__file__).resolve().parents[1]

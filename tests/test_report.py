@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from types import SimpleNamespace
 
+import huggingface_hub
 import pytest
 import torch
 from huggingface_hub import ModelCard
@@ -18,12 +19,13 @@ from transformers import AutoModelForCausalLM
 
 from hf_unlearn.attacks.robustness import RobustnessConfig, robustness_checks
 from hf_unlearn.benchmarks.base import BenchmarkResult
-from hf_unlearn.callbacks import ComputeAccountingCallback
+from hf_unlearn.compute import ComputeAccountingCallback
 from hf_unlearn.hub import HubPushError, check_push_possible, files_to_upload, push_to_hub
 from hf_unlearn.io import atomic_write_json, atomic_write_text
 from hf_unlearn.model_card import build_model_card, write_card
-from hf_unlearn.report import AFTER, BEFORE, SCHEMA_VERSION, Metrics, UnlearnReport
+from hf_unlearn.report import UnlearnReport
 from hf_unlearn.report_render import loss_figure
+from hf_unlearn.report_schema import AFTER, BEFORE, SCHEMA_VERSION, Metrics
 from hf_unlearn.trainers import NPOConfig, NPOTrainer
 from tests.helpers import mean_answer_nll, one_thread
 from tests.scripts.optim_fixtures import npo_dataset, save_npo_model
@@ -355,7 +357,7 @@ def test_offline_or_tokenless_push_fails_in_one_line_and_leaves_the_model(finish
     assert "\n" not in message and "hf auth login" in message and "HF_TOKEN" in message
     assert f"hf-unlearn push {folder} --hub_model_id me/tiny-npo" in message
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets at import
     with pytest.raises(HubPushError, match="^Cannot push to the Hub while HF_HUB_OFFLINE=1: unset HF_HUB_OFFLINE"):
         push_to_hub(folder, "me/tiny-npo", token=FAKE_TOKEN)
     assert FAKE_TOKEN not in str(error.value)
@@ -398,3 +400,25 @@ def test_atomic_write_keeps_the_previous_file_when_writing_fails(tmp_path, monke
     assert [p.name for p in tmp_path.iterdir()] == ["unlearn_report.json"]  # no temporary file left behind
     atomic_write_text(path, "new")
     assert path.read_text() == "new"
+
+
+def test_json_safe_has_one_rule_for_non_finite_numbers(tmp_path):
+    """One conversion for reports, evaluations and checkpoints: NaN and ±inf become null (unavailable), never a
+    number or a string; enums by value, tuples as lists, unknown objects as their text."""
+    import enum
+
+    from hf_unlearn.benchmarks.base import BenchmarkResult
+    from hf_unlearn.io import json_safe
+
+    class Kind(enum.Enum):
+        FO = "fo"
+
+    value = {"nan": float("nan"), "inf": float("inf"), "ninf": -math.inf, "kind": Kind.FO, "pair": (1, 2.5),
+             "path": Path("/x/y"), 3: None}  # fmt: skip
+    assert json_safe(value) == {"nan": None, "inf": None, "ninf": None, "kind": "fo", "pair": [1, 2.5],
+                                "path": "/x/y", "3": None}  # fmt: skip
+    result = BenchmarkResult("tofu", {"forget_prob": float("nan"), "model_utility": 0.5})
+    assert result.summary()["metrics"] == {"forget_prob": None, "model_utility": 0.5}
+    report = UnlearnReport(config={"max_grad_norm": float("inf")}, training={"train_loss": float("nan")})
+    document = json.loads(report.to_json())
+    assert document["config"] == {"max_grad_norm": None} and document["training"] == {"train_loss": None}

@@ -5,8 +5,8 @@ import pytest
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from hf_unlearn.attacks import quantize
+from hf_unlearn.attacks.callback import RobustnessCallback
 from hf_unlearn.attacks.robustness import RESULTS_FORMAT, RobustnessConfig, robustness_checks
-from hf_unlearn.callbacks import RobustnessCallback
 from hf_unlearn.data import ForgetRetainDataset
 from tests.helpers import one_thread
 from tests.unlearned_tiny import forget_nll, state_hash, tiny_unlearned

@@ -58,7 +58,13 @@ def test_hybrid_recipe_trains_evaluates_and_attacks(original, capsys):
     assert report.compute["zo"]["steps"] == 2 and report.compute["zo"]["backwards"] == 0  # ZO steps: no backward
     card = (out / "README.md").read_text()
     assert "model-index" in card and "arxiv.org/abs/2404.05868" in card
-    assert "forget_prob" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "forget_prob" in captured.out
+    # The command hands its log printers to the pipeline: Trainer's logs go to stderr as JSON lines, stdout keeps
+    # only the report.
+    assert "train_runtime" not in captured.out
+    logged = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
+    assert any("train_runtime" in entry for entry in logged)
 
     # Sample answers: the first 3 forget and 3 retain questions, answered by the model before unlearning, after it
     # and after the largest relearning budget; regenerated here from the saved models, they must match.

@@ -4,16 +4,11 @@ import pytest
 
 from hf_unlearn.benchmarks.synthetic import make_synthetic_tofu, write_synthetic_tofu
 from hf_unlearn.benchmarks.tofu_data import TOFU_CONFIGS, default_tofu_dir, load_tofu, tofu_split_names
+from hf_unlearn.errors import UserInputError
 
 
-TOFU_DIR = default_tofu_dir()
-needs_tofu = pytest.mark.skipif(
-    TOFU_DIR is None, reason="no local TOFU copy (../shared/data/tofu or $HF_UNLEARN_TOFU_DIR)"
-)
-
-
-@needs_tofu
-def test_real_tofu_sizes_and_split_relationships():
+def test_real_tofu_sizes_and_split_relationships(real_tofu_dir):
+    TOFU_DIR = real_tofu_dir
     full = load_tofu("full", TOFU_DIR)
     assert len(full) == 4000
     perturbed = load_tofu("forget10_perturbed", TOFU_DIR)
@@ -63,3 +58,13 @@ def test_split_names_and_bad_input(tmp_path):
     (tmp_path / "forget10.json").write_text("{not json\n")
     with pytest.raises(ValueError, match="forget10.json:1: not a JSON object"):
         load_tofu("forget10", tmp_path)
+
+
+def test_local_tofu_is_found_through_the_variable_only(monkeypatch, synthetic_data_dir, tmp_path):
+    monkeypatch.delenv("HF_UNLEARN_TOFU_DIR", raising=False)
+    assert default_tofu_dir() is None  # unset: the Hub, never a folder guessed beside the checkout
+    monkeypatch.setenv("HF_UNLEARN_TOFU_DIR", str(synthetic_data_dir))
+    assert default_tofu_dir() == synthetic_data_dir
+    monkeypatch.setenv("HF_UNLEARN_TOFU_DIR", str(tmp_path))
+    with pytest.raises(UserInputError, match=rf"HF_UNLEARN_TOFU_DIR={tmp_path}: no full.json there; point it at"):
+        default_tofu_dir()

@@ -20,9 +20,6 @@ from tests.fixed_logits import BigramLM, random_table, reference_answer_stats, r
 from tests.helpers import synthetic_tokenizer
 
 
-TOFU_DIR = Path(
-    os.environ.get("HF_UNLEARN_TOFU_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu")
-)
 GENERATION = 12
 
 
@@ -173,8 +170,8 @@ def test_batched_scoring_and_generation_equal_single_example_runs(tokenizer):
     assert together[1] == tokenizer.decode(new, skip_special_tokens=True)
 
 
-@pytest.mark.skipif(not (TOFU_DIR / "forget01_perturbed.json").is_file(), reason=f"no TOFU copy at {TOFU_DIR}")
-def test_tofu_end_to_end_on_real_data_with_cached_retain_statistics(tmp_path, monkeypatch):
+def test_tofu_end_to_end_on_real_data_with_cached_retain_statistics(tmp_path, monkeypatch, real_tofu_dir):
+    TOFU_DIR = real_tofu_dir
     from hf_unlearn.benchmarks.tofu_data import load_tofu
     from hf_unlearn.tiny import tiny_model_and_tokenizer
 

@@ -9,7 +9,6 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerState
 
 from hf_unlearn.benchmarks.synthetic import make_synthetic_tofu
-from hf_unlearn.callbacks import PairingEpochCallback
 from hf_unlearn.data import DataCollatorForUnlearning, ForgetRetainDataset, QADataset, tokenize_qa
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
 from hf_unlearn.trainers import (
@@ -25,6 +24,7 @@ from hf_unlearn.trainers import (
     WGAConfig,
     get_method,
 )
+from hf_unlearn.trainers.callbacks import PairingEpochCallback
 from tests.helpers import memorise, one_thread
 
 
@@ -164,7 +164,7 @@ def expected_loss(method, args, model, ref, forget, retain, trainer, forget_rows
     elif method == "idk_dpo":
         margins = []
         for e, row in zip(forget, (forget_rows[i] for i in FORGET_IDS)):
-            idk = args.idk_answers[trainer.idk_choice(e["index"])]
+            idk = args.idk_answers[trainer.refusals.choice(e["index"])]
             preferred = tokenize_qa(trainer.processing_class, row["question"], idk)
             chosen = answer_log_prob(model, preferred)[0] - answer_log_prob(ref, preferred)[0]
             rejected = answer_log_prob(model, e)[0] - answer_log_prob(ref, e)[0]

@@ -11,10 +11,10 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
-from hf_unlearn.callbacks import HybridScheduleCallback
 from hf_unlearn.optim import OptimizerArguments, OptimizerFactoryMixin
 from hf_unlearn.optim.hybrid import HybridOptimizer, unwrap_optimizer
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
+from hf_unlearn.trainers.callbacks import HybridScheduleCallback
 from hf_unlearn.trainers.zeroth_order import ZerothOrderMixin
 
 

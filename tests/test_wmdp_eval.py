@@ -1,5 +1,6 @@
 import json
 
+import huggingface_hub
 import pytest
 import torch
 
@@ -85,7 +86,7 @@ def test_packaged_demo_task_and_limit(model_and_tokenizer):
 def test_missing_local_file_and_offline_builtin_task_fail_clearly(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="wmdp_cyber.json: JSON Lines"):
         benchmarks.get("wmdp", tasks=["wmdp_cyber"], data_dir=tmp_path).task_specs()
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # what HF_HUB_OFFLINE=1 sets at import
     with pytest.raises(RuntimeError, match="reads the Hub, which is switched off"):
         benchmarks.get("wmdp", tasks=["mmlu"]).task_specs()
     with pytest.raises(ValueError, match="No local task 'nope_local'"):

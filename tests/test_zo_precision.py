@@ -168,7 +168,7 @@ def test_zo_forwards_run_under_the_trainers_bf16_autocast(tmp_path):
 
 def _hybrid_run(tmp_path, dtype=torch.float32, **fields):
     """FO, FO, then six ZO steps, twice: AdamW at lr 1e-4 and AdaZO at 1e-5 (ZO updates below bf16's spacing)."""
-    from hf_unlearn.callbacks import HybridScheduleCallback
+    from hf_unlearn.trainers.callbacks import HybridScheduleCallback
 
     model = tiny_llama().to(torch.bfloat16).to(dtype)  # the same bf16-representable start for every run
     start = {n: w.float() for n, w in weights(model).items()}

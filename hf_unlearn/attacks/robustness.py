@@ -1,10 +1,10 @@
 """Robustness checks of an unlearned model: metrics before and after relearning and weight quantization.
 
 :func:`robustness_checks` is the plain function (also behind ``hf-unlearn attack``);
-``hf_unlearn.callbacks.RobustnessCallback`` runs it at the end of training (and optionally after each evaluation)
-and records the results in ``state.log_history`` (and, standalone, in ``<output_dir>/robustness.json``; recipe runs
-put them in their ``UnlearnReport``). The weights the user keeps are verified bit for bit afterwards: relearning
-trains a copy, quantization swaps weights in place and restores them.
+:class:`hf_unlearn.attacks.callback.RobustnessCallback` runs it at the end of training (and optionally after each
+evaluation) and records the results in ``state.log_history`` (and, standalone, in ``<output_dir>/robustness.json``;
+recipe runs put them in their ``UnlearnReport``). The weights the user keeps are verified bit for bit afterwards:
+relearning trains a copy, quantization swaps weights in place and restores them.
 
 Multi-process runs: every rank runs the checks (relearning is seeded identically, so each rank's copy is the
 same) and the benchmark evaluator shards its examples across ranks and gathers them; rank 0 writes the file.
@@ -170,28 +170,3 @@ def flat_logs(results: dict[str, Any]) -> dict[str, float]:
         if record["codes_changed_fraction"] is not None:
             logs[f"robustness/{kind}/codes_changed_fraction"] = record["codes_changed_fraction"]
     return {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def is_zero3(model) -> bool:
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    return is_deepspeed_zero3_enabled() or any(hasattr(p, "ds_id") for p in model.parameters())
-
-
-def gathered_copy(model):
-    """A plain (unpartitioned) copy of a ZeRO-3 model on every rank; a collective call, so every rank must make it."""
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-        state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    # The class constructor, not from_config: transformers would wrap from_config in zero.Init and partition again.
-    with deepspeed.zero.Init(enabled=False):
-        copy = type(model)(model.config)
-    copy.load_state_dict(state)
-    return copy.to(next(iter(state.values())).device).eval()
-
-
-def rank_and_world() -> tuple[int, int]:
-    from hf_unlearn.benchmarks.sharding import process_info
-
-    return process_info()

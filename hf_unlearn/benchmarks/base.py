@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_unlearn.errors import UserInputError
+from hf_unlearn.io import json_safe
 
 
 @dataclass
@@ -44,7 +44,7 @@ class BenchmarkResult:
         """Everything except the per-example records (what a report records of an evaluation)."""
         data = asdict(self)
         data.pop("per_example")
-        return _json_safe(data)
+        return json_safe(data)
 
     def save_per_example(self, output_dir: str | Path, model_name: str | None = None) -> Path:
         """Write ``<name>_per_example.json`` (the per-example records) into ``output_dir``, atomically.
@@ -56,7 +56,7 @@ class BenchmarkResult:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{self.benchmark.replace('/', '_')}_per_example.json"
-        per_example = {"benchmark": self.benchmark, "model": model_name, "splits": _json_safe(self.per_example)}
+        per_example = {"benchmark": self.benchmark, "model": model_name, "splits": json_safe(self.per_example)}
         atomic_write_text(path, json.dumps(per_example) + "\n")
         return path
 
@@ -69,17 +69,6 @@ class BenchmarkResult:
         lines += [f"{name:<{width}}  {value}" for name, value in rows]
         lines += [f"{name}: unavailable ({reason})" for name, reason in self.unavailable.items()]
         return "\n".join(lines)
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf are not JSON: write them as null (a NaN mean means 'no examples', never a number)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def check_counts(**counts: int | None) -> None:

@@ -8,9 +8,11 @@ from pathlib import Path
 from datasets import Dataset, load_dataset
 
 from hf_unlearn.data import QADataset, QAFormat, TextBlockDataset, check_columns
+from hf_unlearn.errors import UserInputError
 
 
 HUB_ID = "locuslab/TOFU"
+TOFU_DIR_VARIABLE = "HF_UNLEARN_TOFU_DIR"
 PERCENTS = ("01", "05", "10")
 QA = ("question", "answer")
 PERTURBED = (*QA, "paraphrased_answer", "perturbed_answer")
@@ -46,11 +48,18 @@ def tofu_split_names(forget_split: str = "forget10") -> dict[str, str]:
 
 
 def default_tofu_dir() -> Path | None:
-    """A local TOFU copy: `$HF_UNLEARN_TOFU_DIR`, else `../shared/data/tofu` beside the checkout, if present."""
-    env = os.environ.get("HF_UNLEARN_TOFU_DIR")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[3] / "shared" / "data" / "tofu")
-    return next((c for c in candidates if (c / "full.json").is_file()), None)
+    """The local TOFU copy `$HF_UNLEARN_TOFU_DIR` names (a folder of `<config>.json` JSON Lines files), or None when
+    the variable is unset: TOFU then comes from the Hub (or from `--data_dir`). No other folder is looked in."""
+    env = os.environ.get(TOFU_DIR_VARIABLE)
+    if not env:
+        return None
+    folder = Path(env).expanduser()
+    if not (folder / "full.json").is_file():
+        raise UserInputError(
+            f"{TOFU_DIR_VARIABLE}={env}: no full.json there; point it at a folder of TOFU <config>.json files "
+            "(JSON Lines) or unset it to read TOFU from the Hub."
+        )
+    return folder
 
 
 def check_tofu_file(path: str | Path, config_name: str) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import yaml
 from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult, check_counts
 from hf_unlearn.benchmarks.engine import require_pad_token
 from hf_unlearn.benchmarks.sharding import process_info
+from hf_unlearn.loading import hub_offline
 from hf_unlearn.modeling import eval_mode
 
 
@@ -137,9 +137,10 @@ def spec_name(spec: str | dict[str, Any]) -> str:
 
 
 def _hub_unreachable() -> bool:
-    return any(
-        os.environ.get(v, "0").upper() in ("1", "ON", "YES", "TRUE") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
+    """The Hub is off for huggingface_hub, or for datasets (``HF_DATASETS_OFFLINE``), through which lm-eval reads."""
+    from datasets import config
+
+    return hub_offline() or bool(config.HF_HUB_OFFLINE)
 
 
 class WmdpBenchmark(Benchmark):

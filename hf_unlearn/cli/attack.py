@@ -141,7 +141,8 @@ def main(args):
     from hf_unlearn.benchmarks.tofu_data import default_tofu_dir
     from hf_unlearn.cli.eval import EVALUATED, command_line
     from hf_unlearn.loading import check_model_path, load_model_and_tokenizer
-    from hf_unlearn.report import REPORT_FILE, UnlearnReport, public_name
+    from hf_unlearn.report import UnlearnReport
+    from hf_unlearn.report_schema import REPORT_FILE, public_name
 
     if args.benchmark not in BENCHMARKS:
         raise ValueError(f"--benchmark {args.benchmark!r} is unknown; choose one of {', '.join(BENCHMARKS)}.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hf_unlearn.cli.logs import logs_to_stderr
 from hf_unlearn.demo import DEFAULT_RECIPE, OPTIMIZERS, REGIMES, run_demo
 from hf_unlearn.errors import UserInputError
 
@@ -38,7 +39,9 @@ def main(args):
     if args.real:
         from hf_unlearn.demo_real import run_real_demo
 
-        run_real_demo(args.output_dir or "outputs/demo_real", args.tofu_dir, resume=args.resume)
+        run_real_demo(
+            args.output_dir or "outputs/demo_real", args.tofu_dir, resume=args.resume, on_trainer=logs_to_stderr
+        )
         return
     args.output_dir = args.output_dir or "outputs/demo"
     # `is not None`: 0 is a value to refuse, not "unset" (it was silently ignored).
@@ -51,5 +54,5 @@ def main(args):
     run_demo(
         args.output_dir, args.recipe, args.num_authors, args.finetune_epochs, args.optimizers, args.seeds,
         args.regimes, args.max_new_tokens, extra, args.seed, args.checkpoints,
-        args.overwrite, args.resume,
+        args.overwrite, args.resume, on_trainer=logs_to_stderr,
     )  # fmt: skip

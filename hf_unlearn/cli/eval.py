@@ -17,7 +17,8 @@ from hf_unlearn.benchmarks.sharding import process_info
 from hf_unlearn.cli import common
 from hf_unlearn.data import QAFormat
 from hf_unlearn.loading import check_model_path, load_model_and_tokenizer
-from hf_unlearn.report import REPORT_FILE, UnlearnReport
+from hf_unlearn.report import UnlearnReport
+from hf_unlearn.report_schema import REPORT_FILE
 
 
 EVALUATED = "evaluated_model"

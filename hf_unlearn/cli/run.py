@@ -34,9 +34,10 @@ def main_argv(argv: list[str]) -> int:
     from hf_unlearn.recipes import parse_recipe  # light: the recipe's file errors come before the heavy imports
 
     parsed = parse_recipe(recipe, overrides)
+    from hf_unlearn.cli.logs import logs_to_stderr
     from hf_unlearn.pipeline import run
 
-    report = run(parsed)
+    report = run(parsed, on_trainer=logs_to_stderr)
     if parsed.config.process_index == 0:
         print(report.to_markdown())
         print(f"Wrote {parsed.config.output_dir} (model, unlearn_report.json/.md, plots, README.md model card)")

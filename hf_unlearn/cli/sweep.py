@@ -75,7 +75,9 @@ def main_argv(argv: list[str]) -> int:
     # One line per cell is the sweep's progress; per-file load/save bars would drown it.
     datasets.disable_progress_bars()
     logging.disable_progress_bar()
-    report = run_sweep(settings_from_argv(argv))
+    from hf_unlearn.cli.logs import logs_to_stderr
+
+    report = run_sweep(settings_from_argv(argv), on_trainer=logs_to_stderr)
     if report is not None:
         print(main_table(report))
         print(f"Wrote {report['output_dir']}/{SWEEP_MARKDOWN_FILE}, sweep_report.json and plots; one folder per run.")

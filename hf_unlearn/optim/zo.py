@@ -306,12 +306,6 @@ class ZerothOrderOptimizer(Optimizer):
         """Weights at ``θ + at·μ·z(seed)`` → ``θ + to·μ·z(seed)`` (written from the masters when there are any)."""
         self.directions.move_(seed, to * self.mu, at * self.mu)
 
-    @property
-    def restores_exactly(self) -> bool:
-        """Whether the weights come back bit for bit after a perturbation (a snapshot, or separate masters)."""
-        masters = self.directions.masters
-        return self.exact_restore or (masters is not None and masters.absolute)
-
     @torch.no_grad()
     def snapshot(self) -> list[torch.Tensor] | None:
         """With ``exact_restore`` (and no masters), a copy of the trainable weights to restore bit for bit."""

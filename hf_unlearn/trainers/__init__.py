@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from hf_unlearn.paper import Paper
 from hf_unlearn.trainers.altpo import AltPOConfig, AltPOTrainer
-from hf_unlearn.trainers.base import Paper, UnlearnTrainer
+from hf_unlearn.trainers.base import UnlearnTrainer
 from hf_unlearn.trainers.ce_u import CEUConfig, CEUTrainer
 from hf_unlearn.trainers.grad_ascent import GradAscentConfig, GradAscentTrainer
 from hf_unlearn.trainers.grad_diff import GradDiffConfig, GradDiffTrainer

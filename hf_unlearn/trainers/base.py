@@ -10,19 +10,19 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import AutoConfig, PreTrainedModel, Trainer
 from transformers.utils import is_peft_available
 
-from hf_unlearn.callbacks import DivergenceGuardCallback, HybridScheduleCallback, PairingEpochCallback
 from hf_unlearn.configs import UnlearnConfig
 from hf_unlearn.data import DataCollatorForUnlearning
 from hf_unlearn.loading import load_model, load_tokenizer
 from hf_unlearn.modeling import answer_token_nll, model_inputs
 from hf_unlearn.optim.factory import OptimizerFactoryMixin
+from hf_unlearn.paper import Paper
+from hf_unlearn.trainers.callbacks import DivergenceGuardCallback, HybridScheduleCallback, PairingEpochCallback
 from hf_unlearn.trainers.evaluation import BenchmarkEvaluationMixin
 from hf_unlearn.trainers.losses import BatchCounts, SideCounts, token_kl
 from hf_unlearn.trainers.smoothing import SmoothingMixin
@@ -46,32 +46,6 @@ def wrap_with_peft(model: PreTrainedModel, peft_config):
     if is_peft_model(model):
         raise ValueError("The model already has a peft adapter; pass either a peft model or a peft_config, not both.")
     return get_peft_model(model, peft_config)
-
-
-@dataclass(frozen=True)
-class Paper:
-    """The paper a method comes from, as the model card cites it."""
-
-    title: str
-    authors: str  # BibTeX order: "Last, First and Last, First"
-    year: int
-    arxiv: str  # arXiv id, e.g. "2404.05868"
-    key: str  # BibTeX key
-
-    @property
-    def url(self) -> str:
-        return f"https://arxiv.org/abs/{self.arxiv}"
-
-    def short(self) -> str:
-        """ "Zhang et al. 2024, Negative Preference Optimization: ... (arXiv:2404.05868)"."""
-        first = self.authors.split(" and ")[0].split(",")[0]
-        return f"{first} et al. {self.year}, {self.title} (arXiv:{self.arxiv})"
-
-    def bibtex(self) -> str:
-        return (
-            f"@article{{{self.key},\n  title={{{self.title}}},\n  author={{{self.authors}}},\n"
-            f"  journal={{arXiv preprint arXiv:{self.arxiv}}},\n  year={{{self.year}}}\n}}"
-        )
 
 
 class UnlearnTrainer(BenchmarkEvaluationMixin, SmoothingMixin, ZerothOrderMixin, OptimizerFactoryMixin, Trainer):

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from hf_unlearn.configs import UnlearnConfig
 from hf_unlearn.data import IGNORE_INDEX
 from hf_unlearn.modeling import answer_mask, model_inputs
-from hf_unlearn.trainers.base import Paper, UnlearnTrainer
+from hf_unlearn.paper import Paper
+from hf_unlearn.trainers.base import UnlearnTrainer
 
 
 @dataclass

@@ -50,7 +50,7 @@ class BenchmarkEvaluationMixin:
         return metrics
 
     def _benchmark_values(self, benchmark: Benchmark) -> dict[str, float | None]:
-        from hf_unlearn.attacks.robustness import gathered_copy, is_zero3
+        from hf_unlearn.distributed import gathered_copy, is_zero3
 
         model = self.accelerator.unwrap_model(self.model)
         target = gathered_copy(model) if is_zero3(model) else model

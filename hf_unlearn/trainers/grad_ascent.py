@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hf_unlearn.configs import UnlearnConfig
-from hf_unlearn.trainers.base import Paper, UnlearnTrainer
-from hf_unlearn.trainers.losses import answer_token_nll
+from hf_unlearn.paper import Paper
+from hf_unlearn.trainers.grad_diff import GradDiffTrainer
 
 
 @dataclass
@@ -23,8 +23,8 @@ class GradAscentConfig(UnlearnConfig):
         super().__post_init__()
 
 
-class GradAscentTrainer(UnlearnTrainer):
-    """Loss = −mean token NLL of the forget answers."""
+class GradAscentTrainer(GradDiffTrainer):
+    """Loss = −mean token NLL of the forget answers: GradDiff's forget term, without its retain term (alpha = 0)."""
 
     _name = "grad_ascent"
     _paper = Paper(
@@ -36,6 +36,3 @@ class GradAscentTrainer(UnlearnTrainer):
         key="jang2023knowledge",
     )
     config_class = GradAscentConfig
-
-    def forget_loss(self, model, forget, counts):
-        return -answer_token_nll(model, forget).sum() / counts.tokens

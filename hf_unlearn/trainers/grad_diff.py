@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hf_unlearn.configs import UnlearnConfig
-from hf_unlearn.trainers.base import Paper, UnlearnTrainer
+from hf_unlearn.paper import Paper
+from hf_unlearn.trainers.base import UnlearnTrainer
 from hf_unlearn.trainers.losses import answer_token_nll
 
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from hf_unlearn.configs import UnlearnConfig, check_positive
-from hf_unlearn.trainers.base import Paper, UnlearnTrainer
+from hf_unlearn.paper import Paper
+from hf_unlearn.trainers.base import UnlearnTrainer
 from hf_unlearn.trainers.losses import sequence_log_prob
 from hf_unlearn.trainers.refusals import RefusalBatches, check_idk_answers, default_idk_answers
 
@@ -56,9 +57,6 @@ class IdkDPOTrainer(UnlearnTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.refusals = RefusalBatches(self.processing_class, self.args.idk_answers, self.args.seed, self._name)
-
-    def idk_choice(self, index: int) -> int:
-        return self.refusals.choice(index)
 
     def preferred_batch(self, forget) -> dict[str, torch.Tensor]:
         """The forget prompts, each followed by its drawn refusal answer (right-padded)."""

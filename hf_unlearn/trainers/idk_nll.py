@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import torch
 
 from hf_unlearn.configs import UnlearnConfig
-from hf_unlearn.trainers.base import Paper, UnlearnTrainer
+from hf_unlearn.paper import Paper
+from hf_unlearn.trainers.base import UnlearnTrainer
 from hf_unlearn.trainers.losses import BatchCounts, SideCounts, answer_token_nll
 from hf_unlearn.trainers.refusals import RefusalBatches, check_idk_answers, default_idk_answers
 

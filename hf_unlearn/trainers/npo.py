@@ -11,7 +11,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from hf_unlearn.configs import UnlearnConfig, check_positive
-from hf_unlearn.trainers.base import Paper, UnlearnTrainer
+from hf_unlearn.paper import Paper
+from hf_unlearn.trainers.base import UnlearnTrainer
 from hf_unlearn.trainers.losses import sequence_log_prob
 
 

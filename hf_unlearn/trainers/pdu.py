@@ -12,7 +12,8 @@ from transformers.trainer_callback import ExportableState
 from hf_unlearn.configs import UnlearnConfig, check_positive
 from hf_unlearn.data import IGNORE_INDEX
 from hf_unlearn.modeling import answer_mask, answer_token_nll, eval_mode, model_inputs
-from hf_unlearn.trainers.base import Paper, UnlearnTrainer
+from hf_unlearn.paper import Paper
+from hf_unlearn.trainers.base import UnlearnTrainer
 from hf_unlearn.trainers.losses import SideCounts
 
 

@@ -13,7 +13,8 @@ from torch import nn
 
 from hf_unlearn.configs import UnlearnConfig, check_positive
 from hf_unlearn.modeling import model_inputs
-from hf_unlearn.trainers.base import Paper, UnlearnTrainer, is_peft_model
+from hf_unlearn.paper import Paper
+from hf_unlearn.trainers.base import UnlearnTrainer, is_peft_model
 
 
 DEFAULT_TRAINABLE_PATTERN = r"mlp\.(down_proj|c_proj)\.weight$"

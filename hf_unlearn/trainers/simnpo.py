@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 
 from hf_unlearn.configs import UnlearnConfig, check_positive
-from hf_unlearn.trainers.base import Paper, UnlearnTrainer
+from hf_unlearn.paper import Paper
+from hf_unlearn.trainers.base import UnlearnTrainer
 from hf_unlearn.trainers.losses import answer_lengths, sequence_log_prob
 
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import torch
 
 from hf_unlearn.configs import UnlearnConfig, check_non_negative
-from hf_unlearn.trainers.base import Paper, UnlearnTrainer
+from hf_unlearn.paper import Paper
+from hf_unlearn.trainers.base import UnlearnTrainer
 from hf_unlearn.trainers.losses import answer_token_nll
 
 

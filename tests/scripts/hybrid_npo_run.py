@@ -15,12 +15,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 
 import torch  # noqa: E402
 
-from hf_unlearn.callbacks import HybridScheduleCallback  # noqa: E402
 from hf_unlearn.distributed import end_process_group, exit_process  # noqa: E402
 from hf_unlearn.trainers import (
     NPOConfig,  # noqa: E402
     NPOTrainer,  # noqa: E402
 )
+from hf_unlearn.trainers.callbacks import HybridScheduleCallback  # noqa: E402
 from tests.scripts.optim_fixtures import npo_dataset  # noqa: E402
 
 

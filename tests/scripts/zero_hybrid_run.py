@@ -23,11 +23,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 import torch  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
+from hf_unlearn.attacks.callback import RobustnessCallback  # noqa: E402
 from hf_unlearn.attacks.robustness import RobustnessConfig  # noqa: E402
-from hf_unlearn.callbacks import HybridScheduleCallback, RobustnessCallback  # noqa: E402
 from hf_unlearn.distributed import end_process_group, exit_process  # noqa: E402
 from hf_unlearn.optim.hybrid import unwrap_optimizer  # noqa: E402
 from hf_unlearn.optim.zo import projected_gradients  # noqa: E402
+from hf_unlearn.trainers.callbacks import HybridScheduleCallback  # noqa: E402
 from tests.scripts.optim_fixtures import (  # noqa: E402
     RandomTokens,
     ZOTrainer,
