@@ -149,6 +149,11 @@ def hub_datasets_of(benchmark: str | None) -> tuple[str, ...]:
     return BENCHMARKS[benchmark].hub_datasets if benchmark in BENCHMARKS else ()
 
 
+def benchmark_of_source(data_source: str) -> str | None:
+    """The benchmark that evaluates a recipe's ``data_source`` (its registry entry's ``data_source``), else None."""
+    return next((name for name, spec in BENCHMARKS.items() if spec.data_source == data_source), None)
+
+
 def relearn_preset_of(name: str) -> RelearnPreset:
     """The relearning preset of the benchmark ``name``; one line listing those with a preset otherwise."""
     preset = BENCHMARKS[name].relearn_preset if name in BENCHMARKS else None

@@ -11,13 +11,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from hf_unlearn.benchmarks import registry
 from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult, settings_from
-from hf_unlearn.benchmarks.muse import MuseBenchmark, MuseSettings
 from hf_unlearn.benchmarks.nll import NLLBenchmark
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 from hf_unlearn.benchmarks.tofu import TofuBenchmark, TofuSettings
 from hf_unlearn.benchmarks.tofu_data import load_tofu, tofu_split_names
-from hf_unlearn.benchmarks.wmdp import WmdpBenchmark, WmdpSettings
 from hf_unlearn.data import QADataset, TextBlockDataset, read_texts
 
 
@@ -150,30 +149,16 @@ class TextSource(DataSource):
         return NLLBenchmark(datasets, batch_size=settings.get("batch_size", 16))
 
 
-class MuseSource(TextSource):
-    """MUSE forget / retain corpora; the result is evaluated with MUSE (VerbMem, KnowMem, PrivLeak) from `data_dir`."""
+class CorpusSource(TextSource):
+    """A benchmark's raw forget / retain corpora (MUSE, WMDP), cut into blocks for training; the result is
+    evaluated with that benchmark (its registry entry names this ``data_source``), from its local ``data_dir``."""
 
-    name = "muse"
-
-    def __init__(self, settings: MuseSettings, **text):
+    def __init__(self, benchmark_name: str, settings, **text):
         super().__init__(**text)
-        self.settings = settings
+        self.name, self.settings = benchmark_name, settings
 
     def benchmark(self, tokenizer=None, **settings) -> Benchmark:
-        return MuseBenchmark(with_settings(self.settings, settings))
-
-
-class WmdpSource(TextSource):
-    """WMDP forget corpora (+ a retain corpus); the result is evaluated with WMDP/MMLU through lm-eval."""
-
-    name = "wmdp"
-
-    def __init__(self, settings: WmdpSettings, **text):
-        super().__init__(**text)
-        self.settings = settings
-
-    def benchmark(self, tokenizer=None, **settings) -> Benchmark:
-        return WmdpBenchmark(with_settings(self.settings, settings))
+        return registry.spec_of(self.name).benchmark_class()(with_settings(self.settings, settings))
 
 
 def source_from_recipe(script, config) -> DataSource:
@@ -182,23 +167,22 @@ def source_from_recipe(script, config) -> DataSource:
     The benchmark's settings come from the recipe's keys through its settings class (``settings_from``), the
     mapping ``hf-unlearn eval`` and ``attack`` use for their flags.
     """
+    if script.data_source in ("tofu", "synthetic"):
+        settings = TofuSettings(**settings_from(TofuSettings, script))
+        if script.data_source == "tofu":
+            return TofuSource(settings, retain_split=script.retain_split)
+        return SyntheticSource(
+            script.data_dir or str(Path(config.output_dir) / "data"), num_authors=script.synthetic_num_authors,
+            seed=config.seed, settings=settings, retain_split=script.retain_split,
+        )  # fmt: skip
     text = {
         "forget_file": script.forget_file,
         "retain_file": script.retain_file,
         "text_field": script.text_field,
         "max_length": script.max_length,
     }
-    if script.data_source == "tofu":
-        return TofuSource(TofuSettings(**settings_from(TofuSettings, script)), retain_split=script.retain_split)
-    if script.data_source == "synthetic":
-        folder = script.data_dir or str(Path(config.output_dir) / "data")
-        settings = TofuSettings(**settings_from(TofuSettings, script))
-        return SyntheticSource(
-            folder, num_authors=script.synthetic_num_authors, seed=config.seed, settings=settings,
-            retain_split=script.retain_split,
-        )  # fmt: skip
-    if script.data_source == "muse":
-        return MuseSource(MuseSettings(**settings_from(MuseSettings, script)), **text)
-    if script.data_source == "wmdp":
-        return WmdpSource(WmdpSettings(**settings_from(WmdpSettings, script)), **text)
-    return TextSource(**text)
+    name = registry.benchmark_of_source(script.data_source)
+    if name is None:  # the user's own corpora: answer NLL
+        return TextSource(**text)
+    settings_class = registry.spec_of(name).benchmark_class().settings_class
+    return CorpusSource(name, settings_class(**settings_from(settings_class, script)), **text)
