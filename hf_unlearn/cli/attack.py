@@ -172,7 +172,7 @@ def main(args):
             "qa_format": qa_format.describe(tokenizer),
         },
     )
-    samples = SampleAnswers(sample_questions_for(args, data_dir) if tofu_like else [])
+    samples = SampleAnswers(sample_questions_for(args, data_dir) if reads_tofu else [])
     answers_fn = (lambda m: samples.generate(m, tokenizer, qa_format)) if samples.questions else None
     if answers_fn is not None and original is not None:
         samples.answers["original model"] = answers_fn(original)
