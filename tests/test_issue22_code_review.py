@@ -64,9 +64,9 @@ def test_attack_on_muse_evaluates_muse_and_relearns_on_its_forget_texts(cli, tin
     seen = []
     real = robustness.robustness_checks
 
-    def spy(model, tokenizer, eval_fn, relearn_data, *args):
+    def spy(model, tokenizer, eval_fn, relearn_data, *args, **kwargs):
         seen.append([row["text"] for row in relearn_data])
-        return real(model, tokenizer, eval_fn, relearn_data, *args)
+        return real(model, tokenizer, eval_fn, relearn_data, *args, **kwargs)
 
     monkeypatch.setattr(robustness, "robustness_checks", spy)
     out = tmp_path / "attack"
