@@ -7,15 +7,12 @@ loaded, so a typo fails in one line instead of in a Hub lookup after minutes of 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import torch
 
 from hf_unlearn.errors import UserInputError
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+from hf_unlearn.hub_ids import is_hub_id
 
 
 def hub_offline() -> bool:
@@ -48,7 +45,7 @@ def check_model_path(path: str | os.PathLike | None, name: str = "model") -> str
         check_weight_files(folder, name)
         return text
     looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
-    if looks_local or not _HUB_ID.match(text):
+    if looks_local or not is_hub_id(text):
         raise FileNotFoundError(f"{name} folder {text} does not exist; check the path.")
     if hub_offline():
         from huggingface_hub import try_to_load_from_cache

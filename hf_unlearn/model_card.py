@@ -9,11 +9,12 @@ listed with their reason in the body.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from hf_unlearn.benchmarks.registry import hub_datasets_of
+from hf_unlearn.hub_ids import is_hub_id
 from hf_unlearn.io import atomic_write_text
 from hf_unlearn.optim.papers import optimizer_papers
 from hf_unlearn.report import UnlearnReport
@@ -41,36 +42,19 @@ from hf_unlearn.report_schema import (
 
 CARD_FILE = "README.md"
 TASK = {"task_type": "text-generation", "task_name": "Machine unlearning"}
-# Where each benchmark's data lives on the Hub (the card's `datasets` and the model-index's dataset type).
-HUB_DATASETS = {
-    "tofu": "locuslab/TOFU",
-    "tofu-legacy": "locuslab/TOFU",
-    "muse": "muse-bench/MUSE-News",
-    "muse-news": "muse-bench/MUSE-News",
-    "muse-books": "muse-bench/MUSE-Books",
-    "wmdp": "cais/wmdp",
-}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def hub_datasets(benchmark: str | None, data_dir: str | None = None) -> list[str]:
-    """The Hub dataset a benchmark trained or evaluated on; none for local copies or synthetic data."""
-    if data_dir or benchmark not in HUB_DATASETS:
-        return []
-    return [HUB_DATASETS[benchmark]]
+    """The Hub datasets a benchmark trained or evaluated on (its registry entry's); none for local copies."""
+    return [] if data_dir else list(hub_datasets_of(benchmark))
 
 
 def card_datasets(report: UnlearnReport) -> list[str]:
     """The card's ``datasets`` metadata: Hub dataset ids only. The report's Hub ids, else the Hub dataset of its
     benchmark when it read no local copy (:func:`hub_datasets`); local folders and synthetic data name none."""
-    hub = [d for d in report.datasets if is_hub_id(d)]
-    local = [d for d in report.datasets if not is_hub_id(d)]
+    hub = [d for d in report.datasets if is_hub_id(d, owner_required=True)]
+    local = [d for d in report.datasets if not is_hub_id(d, owner_required=True)]
     return hub or hub_datasets(report.benchmark, local[0] if local else None)
-
-
-def is_hub_id(name: str | None) -> bool:
-    """Whether ``name`` reads as ``owner/name`` on the Hub (and is not a local folder)."""
-    return bool(name) and bool(_HUB_ID.match(name)) and not Path(name).exists()
 
 
 def card_evaluation(report: UnlearnReport) -> tuple[str, Metrics] | None:
@@ -134,7 +118,7 @@ def card_data(report: UnlearnReport) -> ModelCardData:
     tags = ["unlearning", "hf_unlearn", *(t for t in (report.method, report.optimizer) if t)]
     results = eval_results(report)
     return ModelCardData(
-        base_model=report.base_model if is_hub_id(report.base_model) else None,
+        base_model=report.base_model if is_hub_id(report.base_model, owner_required=True) else None,
         library_name="hf_unlearn",
         tags=list(dict.fromkeys(tags)),
         datasets=card_datasets(report) or None,
@@ -169,7 +153,7 @@ def card_body(report: UnlearnReport) -> str:
     base = report.base_model
     base_text = (
         f"[{base}](https://huggingface.co/{base})"
-        if is_hub_id(base)
+        if is_hub_id(base, owner_required=True)
         else f"`{public_name(base)}`"
         if base
         else "a model"

@@ -6,6 +6,7 @@ answers through :func:`token_nll`, so a loss and a metric can never disagree on 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -16,16 +17,23 @@ from hf_unlearn.data import IGNORE_INDEX
 
 
 @contextmanager
-def eval_mode(model, inference: bool = True) -> Iterator[None]:
-    """Run in eval mode (no dropout) without autograd, then give the model back in the mode it came in.
+def eval_mode(model, inference: bool = True, grad: bool = False) -> Iterator[None]:
+    """Run in eval mode (no dropout), then give the model back in the mode it came in.
 
-    ``inference=False`` uses ``no_grad`` instead of ``inference_mode``, for code that later feeds the tensors it
-    produced into autograd (relearning, training callbacks).
+    Autograd: off under ``inference_mode`` by default; ``inference=False`` uses ``no_grad`` instead, for code that
+    later feeds the tensors it produced into autograd (relearning, training callbacks); ``grad=True`` turns it on
+    (and inference mode off, even inside a caller's), for gradients of a deterministic forward (GradNorm).
     """
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode() if inference else torch.no_grad():
+        if grad:
+            autograd = contextlib.ExitStack()
+            autograd.enter_context(torch.inference_mode(False))
+            autograd.enter_context(torch.enable_grad())
+        else:
+            autograd = torch.inference_mode() if inference else torch.no_grad()
+        with autograd:
             yield
     finally:
         model.train(was_training)

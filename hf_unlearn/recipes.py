@@ -183,8 +183,10 @@ class ScriptArguments:
                 f"data_source={self.data_source} evaluates from local files here: set data_dir to the folder of "
                 "its evaluation sets, or set evaluate=false and robustness=false."
             )
-        if self.qa_template is not None and "{question}" not in self.qa_template:
-            raise ValueError(f"qa_template {self.qa_template!r} has no '{{question}}' field; add one.")
+        from hf_unlearn.data import QAFormat
+
+        # The QA-format keys as one object, built (and checked) once: training data, evaluation and attacks take it.
+        self.qa_format = QAFormat.from_args(self)
 
     @property
     def peft_rank(self) -> int:

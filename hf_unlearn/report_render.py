@@ -9,6 +9,7 @@ import io
 import math
 from typing import Any
 
+from hf_unlearn.benchmarks.registry import forget_metric_of, forget_metrics
 from hf_unlearn.optim.args import ZEROTH_ORDER_OPTIMIZERS as ZO_OPTIMIZERS
 from hf_unlearn.report_schema import (
     BEFORE,
@@ -22,17 +23,15 @@ from hf_unlearn.report_schema import (
 )
 
 
-# The forget metric that relearning curves, robustness tables and sweeps follow, in order of preference: TOFU's,
-# then MUSE's (knowledge and verbatim memorisation of the forget set), then WMDP's hazardous-knowledge accuracies.
-FORGET_METRICS = (
-    "forget_prob", "forget_rouge_l_recall", "forget_truth_ratio", "knowmem_f", "verbmem_f", "wmdp_bio_acc",
-    "wmdp_cyber_acc", "wmdp_chem_acc",
-)  # fmt: skip
+# The forget metrics that relearning curves, robustness tables and sweeps follow, in order of preference: each
+# registered benchmark's own (hf_unlearn.benchmarks.registry), TOFU's first. (Benchmarks registered later are
+# read by `pick_forget_metric` and the tables, which ask the registry each time.)
+FORGET_METRICS = forget_metrics()
 
 
-def pick_forget_metric(metrics: Metrics) -> str | None:
-    """The first available forget metric of :data:`FORGET_METRICS`, else None."""
-    return next((name for name in FORGET_METRICS if metrics.get(name) is not None), None)
+def pick_forget_metric(metrics: Metrics, benchmark: str | None = None) -> str | None:
+    """The first available forget metric of ``benchmark`` (any registered benchmark's when None), else None."""
+    return forget_metric_of(benchmark, metrics)
 
 
 PHASE_COLORS = {"fo": "#4c72b0", "zo": "#dd8452"}
@@ -164,7 +163,7 @@ def curve_metrics(report: ReportData) -> list[str]:
 
         names = [best["metric"], *parse_selection(best["metric"]).names]
     else:
-        names = [n for n in (*FORGET_METRICS, "model_utility", "knowmem_r", "mmlu_acc") if n in seen][:4]
+        names = [n for n in (*forget_metrics(), "model_utility", "knowmem_r", "mmlu_acc") if n in seen][:4]
     names = list(dict.fromkeys(n for n in names if n in seen))
     return names or seen[:4]
 

@@ -12,15 +12,15 @@ from hf_unlearn.attacks.quantize import (
     quantized_weights,
     rtn_codes,
 )
-from hf_unlearn.attacks.relearn import PRESETS, RelearnPreset, RelearnResult, relearn, relearn_dataset
+from hf_unlearn.attacks.relearn import RelearnPreset, RelearnResult, get_preset, relearn, relearn_dataset
 
 
 __all__ = [
-    "PRESETS",
     "RelearnPreset",
     "RelearnResult",
     "codes_changed_fraction",
     "fake_quantize_rtn",
+    "get_preset",
     "parse_kind",
     "quantize",
     "quantized_weights",

@@ -1,8 +1,7 @@
 """Relearning attack: fine-tune a copy of the unlearned model on a little forget data, then re-evaluate.
 
-Protocols (``docs/definitions.md``): AdamW, lr 1e-5, cosine, batch 4. MUSE: 2048-token blocks of the raw forget text,
-50/75/100 steps (Books) or 100/125/150 (News). WMDP: 20 forget samples over 1-3 epochs. TOFU has no published
-protocol; the preset (our choice) relearns 40 QA pairs of the forget split for 10/20/40 steps.
+Protocols (``docs/definitions.md``): AdamW, lr 1e-5, cosine, batch 4. Each benchmark declares its preset (steps,
+examples, how raw text is cut) in :mod:`hf_unlearn.benchmarks.registry`.
 
 A list of step counts ``eval_at`` gives a relearning curve from *one* run: the schedule spans the largest
 count and the model is evaluated when it passes each count (so an intermediate point is a checkpoint of the
@@ -22,31 +21,13 @@ import torch
 from torch.utils.data import Dataset
 from transformers import get_scheduler
 
+from hf_unlearn.benchmarks.registry import RelearnPreset, relearn_preset_of
 from hf_unlearn.data import DataCollatorForUnlearning, QADataset, QAFormat, TextBlockDataset
 from hf_unlearn.modeling import eval_mode
 
 
+# What a relearning curve and the robustness checks evaluate with: ``eval_fn(model, tokenizer) -> {metric: value}``.
 EvalFn = Callable[[Any, Any], dict[str, float]]
-
-
-@dataclass(frozen=True)
-class RelearnPreset:
-    """A published (or, for TOFU, our) relearning protocol; `text_format` says how raw text becomes examples."""
-
-    eval_at: tuple[int, ...]
-    num_examples: int | None = None
-    text_format: str = "blocks"  # "qa" rows, "blocks" of block_size tokens, or one "samples" per document
-    block_size: int = 2048
-    max_length: int = 512
-
-
-PRESETS: dict[str, RelearnPreset] = {
-    "tofu": RelearnPreset(eval_at=(10, 20, 40), num_examples=40, text_format="qa"),
-    "muse-books": RelearnPreset(eval_at=(50, 75, 100), text_format="blocks", block_size=2048),
-    "muse-news": RelearnPreset(eval_at=(100, 125, 150), text_format="blocks", block_size=2048),
-    # 20 samples, batch 4: 5 steps per epoch, so 5/10/15 steps are 1/2/3 epochs.
-    "wmdp": RelearnPreset(eval_at=(5, 10, 15), num_examples=20, text_format="samples", max_length=512),
-}
 
 
 @dataclass
@@ -64,10 +45,8 @@ class RelearnResult:
 
 
 def get_preset(name: str) -> RelearnPreset:
-    """The preset registered as `name` (tofu, muse-books, muse-news, wmdp)."""
-    if name not in PRESETS:
-        raise ValueError(f"Unknown relearning preset {name!r}; choose one of {', '.join(PRESETS)}.")
-    return PRESETS[name]
+    """The relearning preset the benchmark ``name`` declares (tofu, muse-books, muse-news, wmdp, ...)."""
+    return relearn_preset_of(name)
 
 
 def text_samples(texts: Sequence[str], tokenizer, max_length: int) -> list[dict[str, list[int]]]:

@@ -17,20 +17,18 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from hf_unlearn.attacks.quantize import codes_changed_fraction, parse_kind, quantized_weights
-from hf_unlearn.attacks.relearn import relearn
+from hf_unlearn.attacks.relearn import EvalFn, relearn
 from hf_unlearn.errors import UserInputError
 from hf_unlearn.modeling import eval_mode
 
 
 RESULTS_FORMAT = "hf_unlearn.robustness/v1"
-EvalFn = Callable[[Any, Any], dict[str, float]]
 
 
 @dataclass

@@ -1,11 +1,15 @@
-"""Benchmarks (TOFU, MUSE, WMDP) and their metrics: `benchmarks.get("tofu").evaluate(model, tokenizer)`."""
+"""Benchmarks (TOFU, MUSE, WMDP) and their metrics: `benchmarks.get("tofu").evaluate(model, tokenizer)`.
+
+Importing this package imports neither torch nor a benchmark: the registry loads a benchmark's module when it is
+built.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult, available, get, register
-from hf_unlearn.benchmarks.sharding import process_info
+from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
+from hf_unlearn.benchmarks.registry import available, get, register
 
 
 def evaluate_model(
@@ -17,6 +21,8 @@ def evaluate_model(
     **settings,
 ) -> BenchmarkResult:
     """Evaluate an in-memory model; the main process writes the per-example JSON when ``output_dir`` is given."""
+    from hf_unlearn.benchmarks.sharding import process_info
+
     evaluator = get(benchmark, **settings) if isinstance(benchmark, str) else benchmark
     result = evaluator.evaluate(model, tokenizer)
     if output_dir is not None and process_info()[0] == 0:

@@ -1,18 +1,16 @@
-"""The `Benchmark` interface, its result object and the name registry behind `benchmarks.get("tofu")`.
+"""The `Benchmark` interface, its result object, and the mapping from flags and recipe keys to its settings.
 
-Benchmarks register lazily (module path + class name), so importing `hf_unlearn.benchmarks` never imports
-lm-eval or loads data.
+The name registry behind `benchmarks.get("tofu")` is :mod:`hf_unlearn.benchmarks.registry`.
 """
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from hf_unlearn.errors import UserInputError
 from hf_unlearn.io import json_safe
@@ -86,59 +84,68 @@ def check_counts(**counts: int | None) -> None:
 
 
 class Benchmark(ABC):
-    """An evaluator: configured in ``__init__``, applied to an in-memory model by ``evaluate``.
+    """An evaluator: configured by its typed settings, applied to an in-memory model by ``evaluate``.
 
-    Benchmarks whose metrics compare against a retain model (forget quality, privleak) set ``retain_stats_format``,
-    ``retain_model`` / ``retain_stats`` and implement ``settings`` and ``retain_statistics``.
+    A benchmark class declares ``settings_class``, a dataclass of documented fields (like a trainer's config
+    class): ``TofuBenchmark(forget_split="forget05")`` and ``TofuBenchmark(TofuSettings(forget_split="forget05"))``
+    are the same; the checked settings are ``self.args``. What the rest of hf_unlearn knows of a benchmark (forget
+    metrics, Hub datasets, relearning preset) is its :mod:`hf_unlearn.benchmarks.registry` entry.
+
+    Benchmarks whose metrics compare against a retain model (forget quality, privleak) have a ``retain``
+    (:class:`~hf_unlearn.benchmarks.retain_stats.RetainReference`) setting and implement ``settings`` (the
+    statistics' compatibility key) and ``retain_statistics``.
     """
 
     name: str = "benchmark"
+    settings_class: ClassVar[type]  # the benchmark's settings dataclass
     retain_stats_format: str = ""
+
+    def __init__(self, args=None, /, **settings):
+        if args is not None and settings:
+            raise TypeError(f"{type(self).__name__} takes a {self.settings_class.__name__} or keywords, not both.")
+        self.args = args if args is not None else self.settings_class(**settings)
 
     @abstractmethod
     def evaluate(self, model, tokenizer) -> BenchmarkResult:
         """Evaluate ``model`` (a causal LM, any device) with ``tokenizer``; every rank calls it, all get the result."""
 
-    def reference_statistics(self, model) -> tuple[dict | None, str | None]:
-        """``(retain-model statistics, None)``, computed once and cached or as given; else ``(None, reason)``."""
-        from hf_unlearn.benchmarks.retain_stats import load_retain_model, resolve_reference
-        from hf_unlearn.modeling import model_device
-
-        def compute() -> dict[str, Any]:
-            return self.retain_statistics(*load_retain_model(self.retain_model, model_device(model)))
-
-        return resolve_reference(
-            self.retain_stats, self.retain_model, self.retain_stats_format, self.settings(), compute
+    def relearn_rows(self):
+        """The forget rows a relearning attack trains on; a benchmark without forget texts says so in one line."""
+        raise ValueError(
+            f"--benchmark {self.name} ships no forget texts to relearn on: pass --relearn_data with a JSON Lines "
+            'forget corpus ({"text": ...} rows), or --relearn_steps with no value to skip relearning.'
         )
 
-
-_REGISTRY: dict[str, tuple[str, str, dict[str, Any]] | Callable[..., Benchmark]] = {
-    "tofu": ("hf_unlearn.benchmarks.tofu", "TofuBenchmark", {}),
-    "tofu-legacy": ("hf_unlearn.benchmarks.tofu", "TofuBenchmark", {"legacy": True}),
-    "muse": ("hf_unlearn.benchmarks.muse", "MuseBenchmark", {}),
-    "muse-news": ("hf_unlearn.benchmarks.muse", "MuseBenchmark", {"corpus": "news"}),
-    "muse-books": ("hf_unlearn.benchmarks.muse", "MuseBenchmark", {"corpus": "books"}),
-    "wmdp": ("hf_unlearn.benchmarks.wmdp", "WmdpBenchmark", {}),
-}
+    def reference_statistics(self, model) -> tuple[dict | None, str | None]:
+        """``(retain-model statistics, None)`` from the ``retain`` setting; else ``(None, reason)``."""
+        return self.args.retain.statistics(self, model)
 
 
-def register(name: str, factory: Callable[..., Benchmark]) -> None:
-    """Register a benchmark factory (a class or function taking keyword settings) under ``name``."""
-    _REGISTRY[name] = factory
+UNSET = object()  # what a field's ``from_namespace`` returns when the namespace does not set it
 
 
-def available() -> list[str]:
-    """Registered benchmark names."""
-    return sorted(_REGISTRY)
+def show_progress_of(namespace):
+    """``show_progress`` from ``--no_progress`` (unset where the namespace has no such flag)."""
+    return not namespace.no_progress if hasattr(namespace, "no_progress") else UNSET
 
 
-def get(name: str, **kwargs) -> Benchmark:
-    """Build the benchmark registered as ``name`` with the given settings, e.g. ``get("tofu", forget_split=...)``."""
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown benchmark {name!r}; available: {', '.join(available())}.")
-    entry = _REGISTRY[name]
-    if callable(entry):
-        return entry(**kwargs)
-    module_name, class_name, defaults = entry
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**{**defaults, **kwargs})
+def settings_from(settings_class, namespace, **fixed: Any) -> dict[str, Any]:
+    """The keyword settings a parsed namespace (CLI flags, a recipe's ``ScriptArguments``) gives ``settings_class``.
+
+    The one mapping from flags and recipe keys to a benchmark's settings: each field is read from the first of its
+    names (the field's own, then ``metadata["aliases"]``) the namespace has and sets (not None), or computed from
+    the namespace by ``metadata["from_namespace"]`` (a flag group such as the QA format; :data:`UNSET` when the
+    namespace does not set it). Unset fields are left out (the settings class's defaults apply); ``fixed`` wins.
+    """
+    settings: dict[str, Any] = {}
+    for f in dataclasses.fields(settings_class):
+        if not f.init:
+            continue
+        if "from_namespace" in f.metadata:
+            value = f.metadata["from_namespace"](namespace)
+        else:
+            names = (f.name, *f.metadata.get("aliases", ()))
+            value = next((getattr(namespace, n) for n in names if getattr(namespace, n, None) is not None), UNSET)
+        if value is not UNSET:
+            settings[f.name] = value
+    return {**settings, **fixed}

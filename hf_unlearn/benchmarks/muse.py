@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,9 @@ from datasets import load_dataset
 
 from hf_unlearn.benchmarks import metrics
 from hf_unlearn.benchmarks import privacy as privacy_attacks
-from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult, check_counts
+from hf_unlearn.benchmarks.base import UNSET, Benchmark, BenchmarkResult, check_counts, show_progress_of
 from hf_unlearn.benchmarks.engine import eval_mode, generate_greedy, model_device, require_pad_token, score_examples
-from hf_unlearn.benchmarks.retain_stats import check_stats_file
+from hf_unlearn.benchmarks.retain_stats import RetainReference
 from hf_unlearn.benchmarks.sharding import gather_in_order, process_info, shard
 from hf_unlearn.data import IGNORE_INDEX, check_columns
 
@@ -133,101 +134,138 @@ def model_context(model) -> int | None:
     return getattr(getattr(model, "config", None), "max_position_embeddings", None)
 
 
-class MuseBenchmark(Benchmark):
-    """MUSE evaluator: ``MuseBenchmark(corpus="news", data_dir=...).evaluate(model, tokenizer)``.
+def _privleak_max_length_of(namespace):
+    """``--privleak_max_length``: N tokens, 0 for whole texts (None); unset leaves the default."""
+    value = getattr(namespace, "privleak_max_length", None)
+    return UNSET if value is None else (value or None)
 
-    Args:
-        corpus: ``news`` or ``books``.
-        data_dir: local folder (layout in the module docstring); ``None`` reads the Hub.
-        original: the MUSE code's rules (module docstring; ``docs/definitions.md``).
-        max_examples: evaluate only the first N rows of each split.
-        verbmem_new_tokens / knowmem_new_tokens: generation lengths (128 / 32 in MUSE).
-        max_length: default mode only: each PrivLeak text is cut to its first ``max_length`` tokens (``None``:
-            scored whole), and read in windows where it is longer than the model's context. Original mode scores
-            whole texts in one forward, past the context too.
-        retain_model / retain_stats: source of the PrivLeak reference AUC, as in :class:`TofuBenchmark`.
-        privleak_ref_auc: the reference AUC given directly (this module's convention: forget scored against
-            holdout), instead of a retain model.
-        privacy: also run the membership-inference suite on the PrivLeak texts; its privleaks and the Reference
-            attack need the retain model (``privleak_ref_auc`` is a Min-K% AUC and serves Min-K% only).
+
+@dataclass
+class MuseSettings:
+    """The settings of a MUSE evaluation (``hf-unlearn eval --benchmark muse`` flags, recipe keys).
+
+    Each field is read from the flag or recipe key of its own name, or of ``metadata["aliases"]``
+    (:func:`hf_unlearn.benchmarks.base.settings_from`).
     """
 
-    name = "muse"
-    retain_stats_format = RETAIN_STATS_FORMAT
+    corpus: str = field(default="news", metadata={"help": "news or books.", "aliases": ("muse_corpus",)})
+    data_dir: str | Path | None = field(
+        default=None, metadata={"help": "Local folder (layout in hf_unlearn.benchmarks.muse); None reads the Hub."}
+    )
+    original: bool = field(
+        default=False,
+        metadata={"help": "The MUSE code's rules (docs/definitions.md).", "aliases": ("muse_original",)},
+    )
+    max_examples: int | None = field(
+        default=None,
+        metadata={"help": "Evaluate only the first N rows of each split.", "aliases": ("eval_max_examples",)},
+    )
+    batch_size: int = field(default=16, metadata={"help": "Sequences per forward / generate call."})
+    verbmem_new_tokens: int = field(default=128, metadata={"help": "VerbMem generation length (128 in MUSE)."})
+    knowmem_new_tokens: int = field(default=32, metadata={"help": "KnowMem generation length (32 in MUSE)."})
+    max_length: int | None = field(
+        default=DEFAULT_MAX_LENGTH,
+        metadata={
+            "help": "Default mode only: each PrivLeak text is cut to its first max_length tokens (None: scored "
+            "whole), and read in windows where it is longer than the model's context. Original mode scores whole "
+            "texts in one forward, past the context too (--privleak_max_length; 0 on the CLI is None).",
+            "from_namespace": _privleak_max_length_of,
+        },
+    )
+    retain_model: str | Path | None = field(
+        default=None, metadata={"help": "Retain model: the source of the PrivLeak reference AUC (computed, cached)."}
+    )
+    retain_stats: str | Path | dict | None = field(
+        default=None, metadata={"help": "Retain statistics JSON file or dict, as TOFU's retain_stats."}
+    )
+    privleak_ref_auc: float | None = field(
+        default=None,
+        metadata={
+            "help": "The reference AUC given directly (forget scored against holdout), instead of a retain model."
+        },
+    )
+    min_k: float = field(default=metrics.MIN_K_FRACTION, metadata={"help": "Min-K% fraction of the membership score."})
+    show_progress: bool = field(
+        default=True,
+        metadata={"help": "Draw progress bars (--no_progress hides them).", "from_namespace": show_progress_of},
+    )
+    privacy: bool = field(
+        default=False,
+        metadata={
+            "help": "Also run the membership-inference suite on the PrivLeak texts; its privleaks and the Reference "
+            "attack need the retain model (privleak_ref_auc is a Min-K% AUC and serves Min-K% only)."
+        },
+    )
+    retain: RetainReference = field(init=False, metadata={"help": "retain_model / retain_stats as one reference."})
 
-    def __init__(
-        self,
-        corpus: str = "news",
-        data_dir: str | Path | None = None,
-        original: bool = False,
-        max_examples: int | None = None,
-        batch_size: int = 16,
-        verbmem_new_tokens: int = 128,
-        knowmem_new_tokens: int = 32,
-        max_length: int | None = DEFAULT_MAX_LENGTH,
-        retain_model: str | Path | None = None,
-        retain_stats: str | Path | dict | None = None,
-        privleak_ref_auc: float | None = None,
-        min_k: float = metrics.MIN_K_FRACTION,
-        show_progress: bool = True,
-        privacy: bool = False,
-    ):
+    def __post_init__(self):
         check_counts(
-            max_examples=max_examples, batch_size=batch_size, verbmem_new_tokens=verbmem_new_tokens,
-            knowmem_new_tokens=knowmem_new_tokens,
+            max_examples=self.max_examples, batch_size=self.batch_size, verbmem_new_tokens=self.verbmem_new_tokens,
+            knowmem_new_tokens=self.knowmem_new_tokens,
         )  # fmt: skip
-        check_stats_file(retain_stats)
-        if corpus not in HUB_IDS:
-            raise ValueError(f"Unknown MUSE corpus {corpus!r}; choose one of {', '.join(HUB_IDS)}.")
-        if max_length is not None and max_length < 2:
+        if self.corpus not in HUB_IDS:
+            raise ValueError(f"Unknown MUSE corpus {self.corpus!r}; choose one of {', '.join(HUB_IDS)}.")
+        if self.max_length is not None and self.max_length < 2:
             raise ValueError(
                 f"max_length (--privleak_max_length) must be at least 2, or None (0 on the CLI) for whole texts; "
-                f"got {max_length}."
+                f"got {self.max_length}."
             )
-        if original and max_length not in (None, DEFAULT_MAX_LENGTH):
+        if self.original and self.max_length not in (None, DEFAULT_MAX_LENGTH):
             raise ValueError(
-                f"max_length={max_length} (--privleak_max_length) caps PrivLeak texts in default mode only; "
+                f"max_length={self.max_length} (--privleak_max_length) caps PrivLeak texts in default mode only; "
                 "original=True (--muse_original) scores whole texts as the MUSE code does. Drop one of the two."
             )
-        if privleak_ref_auc is not None:
-            if not 0.0 <= privleak_ref_auc < 1.0:
+        if self.privleak_ref_auc is not None:
+            if not 0.0 <= self.privleak_ref_auc < 1.0:
                 raise ValueError(
-                    f"privleak_ref_auc must be in [0, 1) (privleak divides by 1 - it), got {privleak_ref_auc}."
+                    f"privleak_ref_auc must be in [0, 1) (privleak divides by 1 - it), got {self.privleak_ref_auc}."
                 )
-            if retain_model is not None or retain_stats is not None:
+            if self.retain_model is not None or self.retain_stats is not None:
                 raise ValueError(
                     "privleak_ref_auc and retain_model/retain_stats both give the PrivLeak reference; pass only one."
                 )
-        self.corpus, self.data_dir, self.original = corpus, data_dir, original
-        self.max_examples, self.batch_size = max_examples, batch_size
-        self.verbmem_new_tokens, self.knowmem_new_tokens = verbmem_new_tokens, knowmem_new_tokens
-        self.max_length = None if original else max_length
-        self.min_k = min_k
-        self.retain_model, self.retain_stats, self.privleak_ref_auc = retain_model, retain_stats, privleak_ref_auc
-        self.show_progress = show_progress
-        self.privacy = privacy
-        self.name = f"muse-{corpus}"
+        self.retain = RetainReference(self.retain_model, self.retain_stats)
+
+
+class MuseBenchmark(Benchmark):
+    """MUSE evaluator: ``MuseBenchmark(corpus="news", data_dir=...).evaluate(model, tokenizer)``.
+
+    Settings: :class:`MuseSettings` (as keywords, or one ``MuseSettings``), kept as ``self.args``.
+    """
+
+    name = "muse"
+    settings_class = MuseSettings
+    retain_stats_format = RETAIN_STATS_FORMAT
+
+    def __init__(self, args: MuseSettings | None = None, /, **settings):
+        super().__init__(args, **settings)
+        self.max_length = None if self.args.original else self.args.max_length
+        self.name = f"muse-{self.args.corpus}"
         self._warned_past_context = False
 
+    def relearn_rows(self):
+        """The PrivLeak ``forget`` split: excerpts of the forget corpus."""
+        return load_muse(self.args.corpus, "privleak", "forget", self.args.data_dir)
+
     def rows(self, config: str, split: str) -> list[dict[str, Any]]:
-        rows = load_muse(self.corpus, config, split, self.data_dir)
-        return rows if self.max_examples is None or split.endswith("_icl") else rows[: self.max_examples]
+        rows = load_muse(self.args.corpus, config, split, self.args.data_dir)
+        return rows if self.args.max_examples is None or split.endswith("_icl") else rows[: self.args.max_examples]
 
     def settings(self) -> dict[str, Any]:
         return {
-            "corpus": self.corpus,
-            "original": self.original,
-            "max_examples": self.max_examples,
+            "corpus": self.args.corpus,
+            "original": self.args.original,
+            "max_examples": self.args.max_examples,
             "max_length": self.max_length,
-            "min_k": self.min_k,
-            **({"privacy": True} if self.privacy else {}),
+            "min_k": self.args.min_k,
+            **({"privacy": True} if self.args.privacy else {}),
         }
 
     def evaluate(self, model, tokenizer) -> BenchmarkResult:
         """VerbMem, KnowMem f/r, Min-K% AUC and PrivLeak, with per-example values."""
         start = time.perf_counter()
         require_pad_token(tokenizer)
-        use_stemmer = not self.original
+        use_stemmer = not self.args.original
         icl = {side: self.rows("knowmem", f"{side}_qa_icl") for side in ("forget", "retain")}  # fail early if absent
         self._check_whole_texts_fit(model, tokenizer)
         records = {"verbmem_forget": self._verbmem(model, tokenizer)}
@@ -264,16 +302,16 @@ class MuseBenchmark(Benchmark):
                 values["privleak"] = metrics.privleak(values["mia_min_k_auc"], reference_auc)
         if privleak_reason:
             unavailable["privleak"] = privleak_reason
-        if self.privacy:
+        if self.args.privacy:
             extra, missing = self._privacy_metrics(model, records["privleak_forget"], records["privleak_holdout"])
             values.update(extra)
             unavailable.update(missing)
         config = {
             **self.settings(),
             "use_stemmer": use_stemmer,
-            "data_dir": str(self.data_dir) if self.data_dir else HUB_IDS[self.corpus],
-            "verbmem_new_tokens": self.verbmem_new_tokens,
-            "knowmem_new_tokens": self.knowmem_new_tokens,
+            "data_dir": str(self.args.data_dir) if self.args.data_dir else HUB_IDS[self.args.corpus],
+            "verbmem_new_tokens": self.args.verbmem_new_tokens,
+            "knowmem_new_tokens": self.args.knowmem_new_tokens,
             "privleak_reference": reference_source,
             "privleak_texts_cut": sum(r["cut"] for r in membership),
             "privleak_texts_windowed": sum(r["windows"] > 1 for r in membership),
@@ -297,7 +335,7 @@ class MuseBenchmark(Benchmark):
         self._warn_if_past_context(forget + holdout, model)
         auc, reason = self._membership_auc(forget, holdout)
         stats = {"format": RETAIN_STATS_FORMAT, **self.settings(), "mia_min_k_auc": auc}
-        if self.privacy:  # the privleak reference of every attack, and the Reference attack's losses
+        if self.args.privacy:  # the privleak reference of every attack, and the Reference attack's losses
             forget, holdout = (self._membership(model, tokenizer, split) for split in ("forget", "holdout"))
             stats["mia_auc"] = privacy_attacks.reference_aucs(forget, holdout)
             stats["forget_nll_mean"] = [r["nll_mean"] for r in forget]
@@ -306,7 +344,7 @@ class MuseBenchmark(Benchmark):
 
     def _privacy_metrics(self, model, forget: list[dict], holdout: list[dict]):
         """The membership-inference suite on the PrivLeak records (adds ``reference_nll_mean`` to them)."""
-        if self.privleak_ref_auc is not None:
+        if self.args.privleak_ref_auc is not None:
             reference, reason = None, "privleak_ref_auc is a Min-K% AUC; the other attacks need a retain model"
         else:
             reference, reason = self.reference_statistics(model)
@@ -321,8 +359,8 @@ class MuseBenchmark(Benchmark):
 
     def _reference_auc(self, model) -> tuple[float | None, str | None, str]:
         """``(AUC_ref, None, its source)``, or ``(None, why PrivLeak is unavailable, source)``."""
-        if self.privleak_ref_auc is not None:
-            return self.privleak_ref_auc, None, f"given privleak_ref_auc={self.privleak_ref_auc}"
+        if self.args.privleak_ref_auc is not None:
+            return self.args.privleak_ref_auc, None, f"given privleak_ref_auc={self.args.privleak_ref_auc}"
         reference, reason = self.reference_statistics(model)
         if reference is None:
             return None, f"no reference AUC: {reason}; or give one with privleak_ref_auc (--privleak_ref_auc)", "none"
@@ -338,7 +376,7 @@ class MuseBenchmark(Benchmark):
         """Min-K% AUC of forget vs holdout texts, or ``(None, reason)`` when a text's score is NaN."""
         undefined = sum(r["min_k"] is None or math.isnan(r["min_k"]) for r in forget + holdout)
         if undefined:
-            rule = "floor(k*n) = 0 as in the MUSE code" if self.original else "no scored token"
+            rule = "floor(k*n) = 0 as in the MUSE code" if self.args.original else "no scored token"
             rule += ", or non-finite log-probabilities"
             return None, (
                 f"{undefined} of {len(forget) + len(holdout)} PrivLeak texts have no Min-K% score ({rule}; the MUSE "
@@ -373,7 +411,7 @@ class MuseBenchmark(Benchmark):
     def _check_whole_texts_fit(self, model, tokenizer) -> None:
         """Original mode on a model whose positions cannot extrapolate: refuse texts past its context up front."""
         context = model_context(model)
-        if not self.original or context is None or extrapolates_positions(model):
+        if not self.args.original or context is None or extrapolates_positions(model):
             return
         rows = self.rows("privleak", "forget") + self.rows("privleak", "holdout")
         longest = max(len(tokenizer(row["text"])["input_ids"]) for row in rows)
@@ -392,10 +430,10 @@ class MuseBenchmark(Benchmark):
             tokenizer,
             [p for _, (_, p) in local],
             max_new_tokens,
-            self.batch_size,
+            self.args.batch_size,
             stop_strings,
             desc,
-            self.show_progress and rank == 0,
+            self.args.show_progress and rank == 0,
         )
         pairs = [
             (index, {"index": index, **row, "generation": text.strip() if stop_strings else text})
@@ -405,16 +443,16 @@ class MuseBenchmark(Benchmark):
 
     def _verbmem(self, model, tokenizer) -> list[dict[str, Any]]:
         rows = self.rows("verbmem", "forget")
-        if self.original:
-            rows = [{**r, "gt": verbmem_reference(tokenizer, r["gt"], self.verbmem_new_tokens)} for r in rows]
+        if self.args.original:
+            rows = [{**r, "gt": verbmem_reference(tokenizer, r["gt"], self.args.verbmem_new_tokens)} for r in rows]
         prompts = [tokenizer(r["prompt"])["input_ids"] for r in rows]
-        return self._generate(model, tokenizer, rows, prompts, self.verbmem_new_tokens, (), "MUSE verbmem")
+        return self._generate(model, tokenizer, rows, prompts, self.args.verbmem_new_tokens, (), "MUSE verbmem")
 
     def _knowmem(self, model, tokenizer, side: str, icl_rows) -> list[dict[str, Any]]:
         rows = self.rows("knowmem", f"{side}_qa")
         prompts = [tokenizer(few_shot_prompt(icl_rows, r["question"]))["input_ids"] for r in rows]
         return self._generate(
-            model, tokenizer, rows, prompts, self.knowmem_new_tokens, STOP_STRINGS, f"MUSE knowmem {side}"
+            model, tokenizer, rows, prompts, self.args.knowmem_new_tokens, STOP_STRINGS, f"MUSE knowmem {side}"
         )
 
     def _membership(self, model, tokenizer, split: str) -> list[dict[str, Any]]:
@@ -424,8 +462,8 @@ class MuseBenchmark(Benchmark):
         rows = self.rows("privleak", split)
         rank, world_size = process_info()
         local = shard(rows, rank, world_size)
-        context, at_least_one = model_context(model), not self.original
-        windowed_context = None if self.original else context
+        context, at_least_one = model_context(model), not self.args.original
+        windowed_context = None if self.args.original else context
         fitting, texts = [], []
         for _, row in local:
             full = tokenizer(row["text"])["input_ids"]
@@ -440,12 +478,12 @@ class MuseBenchmark(Benchmark):
                 model,
                 fitting,
                 tokenizer.pad_token_id,
-                self.batch_size,
-                self.min_k,
+                self.args.batch_size,
+                self.args.min_k,
                 f"MUSE privleak {split}",
-                self.show_progress and rank == 0,
+                self.args.show_progress and rank == 0,
                 at_least_one,
-                vocab_stats=self.privacy,
+                vocab_stats=self.args.privacy,
             )
         )
         pairs = []
@@ -454,7 +492,7 @@ class MuseBenchmark(Benchmark):
                 score = next(scores)
             else:
                 score = score_in_windows(
-                    model, text["ids"], text["windows"], self.min_k, at_least_one, vocab_stats=self.privacy
+                    model, text["ids"], text["windows"], self.args.min_k, at_least_one, vocab_stats=self.args.privacy
                 )
             record = {
                 "index": index,
@@ -463,11 +501,11 @@ class MuseBenchmark(Benchmark):
                 "cut": len(text["ids"]) < text["text_tokens"],
                 "windows": len(text["windows"]),
                 "past_context": text["past_context"],
-                "below_min_k": math.floor(score["num_tokens"] * self.min_k) == 0,
+                "below_min_k": math.floor(score["num_tokens"] * self.args.min_k) == 0,
                 "nll_mean": score["nll_mean"],
                 "min_k": score["min_k"],
             }
-            if self.privacy:
+            if self.args.privacy:
                 ids = text["ids"]
                 record["min_k_plus_plus"] = score["min_k_plus_plus"]
                 record["zlib_length"] = privacy_attacks.zlib_length(privacy_attacks.labelled_text(tokenizer, ids, ids))

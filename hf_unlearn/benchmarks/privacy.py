@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from hf_unlearn.benchmarks import metrics
-from hf_unlearn.modeling import model_device, token_nll
+from hf_unlearn.modeling import eval_mode, model_device, token_nll
 
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "gradnorm", "reference")
@@ -81,20 +81,15 @@ def gradient_norm(
     if total == 0:
         return math.nan
     summed: list[torch.Tensor | None] = [None] * len(params)
-    was_training = model.training
-    model.eval()
-    try:
-        # Tensors made under the caller's inference_mode could not enter autograd: make them in normal mode.
-        with torch.inference_mode(False), torch.enable_grad():
-            for ids, piece in pieces:
-                target = torch.tensor([piece], device=device)
-                if not (target[:, 1:] != -100).any():
-                    continue
-                nll = token_nll(model(input_ids=torch.tensor([ids], device=device)).logits, target)
-                grads = torch.autograd.grad(nll.sum() / total, params, allow_unused=True)
-                summed = [g if s is None else (s if g is None else s + g) for s, g in zip(summed, grads)]
-    finally:
-        model.train(was_training)
+    # Tensors made under the caller's inference_mode could not enter autograd: grad=True makes them in normal mode.
+    with eval_mode(model, grad=True):
+        for ids, piece in pieces:
+            target = torch.tensor([piece], device=device)
+            if not (target[:, 1:] != -100).any():
+                continue
+            nll = token_nll(model(input_ids=torch.tensor([ids], device=device)).logits, target)
+            grads = torch.autograd.grad(nll.sum() / total, params, allow_unused=True)
+            summed = [g if s is None else (s if g is None else s + g) for s, g in zip(summed, grads)]
     norms = [grad.detach().double().norm(p=p) for grad in summed if grad is not None]
     return float(torch.stack(norms).mean())
 

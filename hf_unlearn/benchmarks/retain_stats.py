@@ -1,7 +1,9 @@
 """Retain-model reference statistics (forget quality, privleak's AUC_ref): read from JSON, or computed once and cached.
 
-A statistics dict carries a ``format`` tag and the evaluation settings it was computed with; it is only used when
-both match the current evaluation, so a cache never silently feeds numbers from another split or mode.
+:class:`RetainReference` is the one object a benchmark's ``retain`` setting holds: the retain model and/or the
+statistics given, and how to resolve them. A statistics dict carries a ``format`` tag and the evaluation settings
+it was computed with; it is only used when both match the current evaluation, so a cache never silently feeds
+numbers from another split or mode.
 """
 
 from __future__ import annotations
@@ -10,10 +12,9 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from hf_unlearn.benchmarks.sharding import process_info
 
 
 def model_fingerprint(path: str | Path) -> str:
@@ -99,6 +100,8 @@ def resolve_reference(
         if stats is not None and stats.get("fingerprint") == fingerprint:
             return stats, None
     stats = {**compute(), "format": fmt, **settings, "retain_model": str(retain_model), "fingerprint": fingerprint}
+    from hf_unlearn.benchmarks.sharding import process_info
+
     if process_info()[0] == 0:
         from hf_unlearn.io import atomic_write_text
 
@@ -106,9 +109,33 @@ def resolve_reference(
     return stats, None
 
 
-def load_retain_model(retain_model: str | Path, device):
-    """``(model, tokenizer)`` of the retain model, on ``device``."""
-    from hf_unlearn.loading import load_model_and_tokenizer
+@dataclass(frozen=True)
+class RetainReference:
+    """Where a benchmark's retain-model statistics come from: ``stats`` given, or computed from ``model`` and cached.
 
-    model, tokenizer = load_model_and_tokenizer(retain_model)
-    return model.to(device).eval(), tokenizer
+    Built once from ``retain_model`` / ``retain_stats`` (recipe keys, ``--retain_model`` / ``--retain_stats``); a
+    given statistics file is read here, before any weight loads, so an empty or cut-short one fails in one line.
+
+    Attributes:
+        model: path or Hub id of the retain model (trained without the forget set).
+        stats: a statistics JSON file (read if it exists, else where computed statistics are written), or the
+            statistics dict itself.
+    """
+
+    model: str | Path | None = None
+    stats: str | Path | dict | None = None
+
+    def __post_init__(self):
+        check_stats_file(self.stats)
+
+    def statistics(self, benchmark, model) -> tuple[dict | None, str | None]:
+        """``(stats, None)`` for ``benchmark`` (its ``retain_stats_format`` and ``settings()``), the retain model
+        loaded on ``model``'s device when they must be computed; else ``(None, one-line reason)``."""
+
+        def compute() -> dict[str, Any]:
+            from hf_unlearn.loading import load_model_and_tokenizer
+            from hf_unlearn.modeling import model_device
+
+            return benchmark.retain_statistics(*load_model_and_tokenizer(self.model, device=model_device(model)))
+
+        return resolve_reference(self.stats, self.model, benchmark.retain_stats_format, benchmark.settings(), compute)

@@ -7,14 +7,17 @@ benchmark, MUSE and WMDP raw corpora (evaluated with MUSE / WMDP), or a user's J
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult, get
+from hf_unlearn.benchmarks import registry
+from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult, settings_from
 from hf_unlearn.benchmarks.nll import NLLBenchmark
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
+from hf_unlearn.benchmarks.tofu import TofuBenchmark, TofuSettings
 from hf_unlearn.benchmarks.tofu_data import load_tofu, tofu_split_names
-from hf_unlearn.data import QADataset, QAFormat, TextBlockDataset, read_texts
+from hf_unlearn.data import QADataset, TextBlockDataset, read_texts
 
 
 class DataSource:
@@ -44,52 +47,37 @@ class DataSource:
 
 
 class TofuSource(DataSource):
-    """TOFU's QA splits (`forget_split` and its complement), evaluated with the TOFU metrics."""
+    """TOFU's QA splits (`forget_split` and its complement), evaluated with the TOFU metrics.
+
+    Training data and evaluation share one :class:`~hf_unlearn.benchmarks.tofu.TofuSettings` (given, or built from
+    keywords): split, data folder, QA format and length are the same object in both.
+    """
 
     name = "tofu"
 
-    def __init__(
-        self,
-        data_dir: str | Path | None = None,
-        forget_split: str = "forget10",
-        retain_split: str | None = None,
-        qa_format: QAFormat | None = None,
-        max_length: int = 512,
-        retain_model: str | None = None,
-        max_new_tokens: int = 200,
-        max_examples: int | None = None,
-    ):
-        self.names = tofu_split_names(forget_split)
-        self.data_dir, self.forget_split = data_dir, forget_split
-        self.retain_split = retain_split or self.names["retain"]
-        self.qa_format, self.max_length = qa_format or QAFormat(), max_length
-        self.retain_model, self.max_new_tokens, self.max_examples = retain_model, max_new_tokens, max_examples
+    def __init__(self, settings: TofuSettings | None = None, retain_split: str | None = None, **tofu_settings):
+        if settings is not None and tofu_settings:
+            raise TypeError("TofuSource takes a TofuSettings or its keywords, not both.")
+        self.settings = settings if settings is not None else TofuSettings(**tofu_settings)
+        self.retain_split = retain_split or tofu_split_names(self.settings.forget_split)["retain"]
 
     def datasets(self) -> list[str]:
-        return [str(self.data_dir) if self.data_dir else "locuslab/TOFU"]
+        return [str(self.settings.data_dir) if self.settings.data_dir else "locuslab/TOFU"]
 
     def _qa(self, split: str, tokenizer) -> QADataset:
-        source = f"{self.data_dir or 'locuslab/TOFU'}:{split}"
-        rows = load_tofu(split, self.data_dir)
-        return QADataset(rows, tokenizer, max_length=self.max_length, qa_format=self.qa_format, source=source)
+        settings = self.settings
+        source = f"{settings.data_dir or 'locuslab/TOFU'}:{split}"
+        rows = load_tofu(split, settings.data_dir)
+        return QADataset(rows, tokenizer, max_length=settings.max_length, qa_format=settings.qa_format, source=source)
 
     def forget_dataset(self, tokenizer) -> QADataset:
-        return self._qa(self.forget_split, tokenizer)
+        return self._qa(self.settings.forget_split, tokenizer)
 
     def retain_dataset(self, tokenizer) -> QADataset:
         return self._qa(self.retain_split, tokenizer)
 
     def benchmark(self, tokenizer=None, **settings) -> Benchmark:
-        own = {
-            "forget_split": self.forget_split,
-            "data_dir": self.data_dir,
-            "qa_format": self.qa_format,
-            "max_length": self.max_length,
-            "max_new_tokens": self.max_new_tokens,
-            "retain_model": self.retain_model,
-            "max_examples": self.max_examples,
-        }
-        return get("tofu", **{**own, **settings})
+        return TofuBenchmark(with_settings(self.settings, settings))
 
 
 class SyntheticSource(TofuSource):
@@ -97,12 +85,28 @@ class SyntheticSource(TofuSource):
 
     name = "synthetic"
 
-    def __init__(self, data_dir: str | Path, num_authors: int = 20, seed: int = 0, **tofu_settings):
-        super().__init__(data_dir=data_dir, **tofu_settings)
+    def __init__(
+        self,
+        data_dir: str | Path,
+        num_authors: int = 20,
+        seed: int = 0,
+        settings: TofuSettings | None = None,
+        retain_split: str | None = None,
+        **tofu_settings,
+    ):
+        if settings is None:
+            settings = TofuSettings(data_dir=data_dir, **tofu_settings)
+        super().__init__(dataclasses.replace(settings, data_dir=data_dir), retain_split)
         self.num_authors, self.seed = num_authors, seed
 
     def prepare(self) -> None:
-        write_synthetic_tofu(self.data_dir, num_authors=self.num_authors, seed=self.seed)
+        write_synthetic_tofu(self.settings.data_dir, num_authors=self.num_authors, seed=self.seed)
+
+
+def with_settings(settings, overrides: dict[str, Any]):
+    """``settings`` with the caller's evaluation settings (batch size, progress, ...) that its class takes."""
+    names = {f.name for f in dataclasses.fields(settings) if f.init}
+    return dataclasses.replace(settings, **{k: v for k, v in overrides.items() if k in names})
 
 
 class TextSource(DataSource):
@@ -116,11 +120,9 @@ class TextSource(DataSource):
         retain_file: str | Path | None = None,
         text_field: str = "text",
         max_length: int = 512,
-        data_dir: str | Path | None = None,
-        **benchmark_settings: Any,
     ):
         self.forget_file, self.retain_file, self.text_field = forget_file, retain_file, text_field
-        self.max_length, self.data_dir, self.benchmark_settings = max_length, data_dir, benchmark_settings
+        self.max_length = max_length
 
     def datasets(self) -> list[str]:
         return [str(p) for p in (self.forget_file, self.retain_file) if p]
@@ -147,53 +149,40 @@ class TextSource(DataSource):
         return NLLBenchmark(datasets, batch_size=settings.get("batch_size", 16))
 
 
-class MuseSource(TextSource):
-    """MUSE forget / retain corpora; the result is evaluated with MUSE (VerbMem, KnowMem, PrivLeak) from `data_dir`."""
+class CorpusSource(TextSource):
+    """A benchmark's raw forget / retain corpora (MUSE, WMDP), cut into blocks for training; the result is
+    evaluated with that benchmark (its registry entry names this ``data_source``), from its local ``data_dir``."""
 
-    name = "muse"
-
-    def benchmark(self, tokenizer=None, **settings) -> Benchmark:
-        settings.pop("max_new_tokens", None)
-        return get("muse", data_dir=self.data_dir, **{**self.benchmark_settings, **settings})
-
-
-class WmdpSource(TextSource):
-    """WMDP forget corpora (+ a retain corpus); the result is evaluated with WMDP/MMLU through lm-eval."""
-
-    name = "wmdp"
+    def __init__(self, benchmark_name: str, settings, **text):
+        super().__init__(**text)
+        self.name, self.settings = benchmark_name, settings
 
     def benchmark(self, tokenizer=None, **settings) -> Benchmark:
-        kept = {k: v for k, v in settings.items() if k in ("batch_size", "tasks", "limit")}
-        return get("wmdp", data_dir=self.data_dir, **{**self.benchmark_settings, **kept})
+        return registry.spec_of(self.name).benchmark_class()(with_settings(self.settings, settings))
 
 
 def source_from_recipe(script, config) -> DataSource:
-    """The data source a recipe's `ScriptArguments` (and its training config, for defaults) describe."""
-    tofu = {
-        "forget_split": script.forget_split,
-        "retain_split": script.retain_split,
-        "qa_format": QAFormat.from_args(script),
-        "max_length": script.max_length,
-        "retain_model": script.retain_model,
-        "max_new_tokens": script.eval_max_new_tokens,
-        "max_examples": script.eval_max_examples,
-    }
+    """The data source a recipe's `ScriptArguments` (and its training config, for defaults) describe.
+
+    The benchmark's settings come from the recipe's keys through its settings class (``settings_from``), the
+    mapping ``hf-unlearn eval`` and ``attack`` use for their flags.
+    """
+    if script.data_source in ("tofu", "synthetic"):
+        settings = TofuSettings(**settings_from(TofuSettings, script))
+        if script.data_source == "tofu":
+            return TofuSource(settings, retain_split=script.retain_split)
+        return SyntheticSource(
+            script.data_dir or str(Path(config.output_dir) / "data"), num_authors=script.synthetic_num_authors,
+            seed=config.seed, settings=settings, retain_split=script.retain_split,
+        )  # fmt: skip
     text = {
         "forget_file": script.forget_file,
         "retain_file": script.retain_file,
         "text_field": script.text_field,
         "max_length": script.max_length,
-        "data_dir": script.data_dir,
     }
-    if script.data_source == "tofu":
-        return TofuSource(data_dir=script.data_dir, **tofu)
-    if script.data_source == "synthetic":
-        folder = script.data_dir or str(Path(config.output_dir) / "data")
-        return SyntheticSource(folder, num_authors=script.synthetic_num_authors, seed=config.seed, **tofu)
-    if script.data_source == "muse":
-        return MuseSource(
-            corpus=script.muse_corpus, retain_model=script.retain_model, max_examples=script.eval_max_examples, **text
-        )
-    if script.data_source == "wmdp":
-        return WmdpSource(**text)
-    return TextSource(**text)
+    name = registry.benchmark_of_source(script.data_source)
+    if name is None:  # the user's own corpora: answer NLL
+        return TextSource(**text)
+    settings_class = registry.spec_of(name).benchmark_class().settings_class
+    return CorpusSource(name, settings_class(**settings_from(settings_class, script)), **text)

@@ -20,15 +20,15 @@ import math
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hf_unlearn.benchmarks import metrics
 from hf_unlearn.benchmarks import privacy as privacy_attacks
-from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult, check_counts
+from hf_unlearn.benchmarks.base import UNSET, Benchmark, BenchmarkResult, check_counts, show_progress_of
 from hf_unlearn.benchmarks.engine import generate_greedy, require_pad_token, score_examples
-from hf_unlearn.benchmarks.retain_stats import check_stats_file
+from hf_unlearn.benchmarks.retain_stats import RetainReference
 from hf_unlearn.benchmarks.sharding import gather_in_order, process_info, shard
 from hf_unlearn.benchmarks.tofu_data import load_tofu, tofu_split_names
 from hf_unlearn.data import IGNORE_INDEX, QAFormat, tokenize_qa_rows
@@ -48,77 +48,124 @@ SETS: dict[str, tuple[str, tuple[str, ...], bool]] = {
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
 
 
+def _qa_format_of(namespace):
+    """The QA format a namespace holds (a recipe's, built once) or its QA-format flags give (``add_qa_format``)."""
+    built = getattr(namespace, "qa_format", None)
+    if isinstance(built, QAFormat):
+        return built
+    return QAFormat.from_args(namespace) if hasattr(namespace, "qa_template") else UNSET
+
+
+@dataclass
+class TofuSettings:
+    """The settings of a TOFU evaluation (``hf-unlearn eval --benchmark tofu`` flags, recipe keys).
+
+    Each field is read from the flag or recipe key of its own name, or of ``metadata["aliases"]``
+    (:func:`hf_unlearn.benchmarks.base.settings_from`).
+    """
+
+    forget_split: str = field(
+        default="forget10", metadata={"help": "TOFU forget split: forget01, forget05, forget10."}
+    )
+    data_dir: str | Path | None = field(
+        default=None, metadata={"help": "Local folder of <config>.json JSON Lines; None reads locuslab/TOFU."}
+    )
+    legacy: bool = field(
+        default=False,
+        metadata={
+            "help": "The original TOFU code's choices: first 300 rows of each set, prompt + generation capped at "
+            "200 tokens per example (the tofu-legacy benchmark)."
+        },
+    )
+    max_examples: int | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluate only the first N rows of each set (overrides legacy's 300).",
+            "aliases": ("eval_max_examples",),
+        },
+    )
+    batch_size: int = field(default=16, metadata={"help": "Sequences per scoring forward."})
+    generation_batch_size: int | None = field(
+        default=None, metadata={"help": "Sequences per generate call (default: batch_size)."}
+    )
+    max_new_tokens: int = field(
+        default=200,
+        metadata={"help": "Generation length for ROUGE outside legacy mode.", "aliases": ("eval_max_new_tokens",)},
+    )
+    qa_format: QAFormat = field(
+        default_factory=QAFormat,
+        metadata={
+            "help": "How questions and answers become tokens: the format the model was fine-tuned in "
+            "(--qa_template, --system_prompt, --no_chat_template). Default: the tokenizer's chat template, else "
+            "TOFU's plain format.",
+            "from_namespace": _qa_format_of,
+        },
+    )
+    max_length: int = field(default=512, metadata={"help": "Maximum tokens of a question + answer."})
+    retain_model: str | Path | None = field(
+        default=None, metadata={"help": "Path / Hub id of the retain model; its statistics are computed once, cached."}
+    )
+    retain_stats: str | Path | dict | None = field(
+        default=None,
+        metadata={
+            "help": "A retain statistics JSON file (read if it exists, else where computed statistics are "
+            "written), or the statistics dict itself."
+        },
+    )
+    min_k: float = field(default=metrics.MIN_K_FRACTION, metadata={"help": "Min-K% fraction of the membership score."})
+    use_stemmer: bool = field(default=True, metadata={"help": "ROUGE stemmer (on in TOFU)."})
+    show_progress: bool = field(
+        default=True,
+        metadata={"help": "Draw progress bars (--no_progress hides them).", "from_namespace": show_progress_of},
+    )
+    privacy: bool = field(
+        default=False,
+        metadata={
+            "help": "Also run the membership-inference suite (hf_unlearn.benchmarks.privacy) on forget vs holdout; "
+            "its Reference attack and every privleak use the retain model."
+        },
+    )
+    retain: RetainReference = field(init=False, metadata={"help": "retain_model / retain_stats as one reference."})
+
+    def __post_init__(self):
+        check_counts(
+            max_examples=self.max_examples, batch_size=self.batch_size,
+            generation_batch_size=self.generation_batch_size, max_new_tokens=self.max_new_tokens,
+        )  # fmt: skip
+        tofu_split_names(self.forget_split)  # an unknown split fails here, in one line
+        self.qa_format = self.qa_format or QAFormat()
+        self.retain = RetainReference(self.retain_model, self.retain_stats)
+
+
 class TofuBenchmark(Benchmark):
     """TOFU evaluator: ``TofuBenchmark(forget_split="forget10", data_dir=...).evaluate(model, tokenizer)``.
 
-    Args:
-        forget_split: ``forget01`` | ``forget05`` | ``forget10``.
-        data_dir: local folder of ``<config>.json`` JSON Lines; ``None`` reads ``locuslab/TOFU`` from the Hub.
-        legacy: the original TOFU code's choices: first 300 rows of each set, prompt + generation capped at
-            200 tokens per example.
-        max_examples: evaluate only the first ``max_examples`` rows of each set (overrides legacy's 300).
-        batch_size: sequences per scoring forward; ``generation_batch_size`` (default: same) per generate call.
-        max_new_tokens: generation length for ROUGE outside legacy mode.
-        qa_format: how questions and answers become tokens (:class:`hf_unlearn.data.QAFormat`); it must be the
-            format the model was fine-tuned in. Default: the tokenizer's chat template, else TOFU's plain format.
-        retain_model: path / Hub id of the retain model; its statistics are computed once and cached.
-        retain_stats: a statistics JSON file (read if it exists, else where the computed statistics are written),
-            or the statistics dict itself.
-        min_k: Min-K% fraction for the membership score.
-        use_stemmer: ROUGE stemmer (on in TOFU).
-        privacy: also run the membership-inference suite (:mod:`hf_unlearn.benchmarks.privacy`) on forget vs
-            holdout; its Reference attack and every privleak use the retain model.
+    Settings: :class:`TofuSettings` (as keywords, or one ``TofuSettings``), kept as ``self.args``.
     """
 
     name = "tofu"
+    settings_class = TofuSettings
     retain_stats_format = RETAIN_STATS_FORMAT
 
-    def __init__(
-        self,
-        forget_split: str = "forget10",
-        data_dir: str | Path | None = None,
-        legacy: bool = False,
-        max_examples: int | None = None,
-        batch_size: int = 16,
-        generation_batch_size: int | None = None,
-        max_new_tokens: int = 200,
-        qa_format: QAFormat | None = None,
-        max_length: int = 512,
-        retain_model: str | Path | None = None,
-        retain_stats: str | Path | dict | None = None,
-        min_k: float = metrics.MIN_K_FRACTION,
-        use_stemmer: bool = True,
-        show_progress: bool = True,
-        privacy: bool = False,
-    ):
-        check_counts(
-            max_examples=max_examples, batch_size=batch_size, generation_batch_size=generation_batch_size,
-            max_new_tokens=max_new_tokens,
+    def __init__(self, args: TofuSettings | None = None, /, **settings):
+        super().__init__(args, **settings)
+        args = self.args
+        self.splits = tofu_split_names(args.forget_split)
+        self.max_examples = args.max_examples if args.max_examples is not None else (
+            LEGACY_MAX_ROWS if args.legacy else None
         )  # fmt: skip
-        check_stats_file(retain_stats)
-        self.splits = tofu_split_names(forget_split)
-        self.forget_split = forget_split
-        self.data_dir = data_dir
-        self.legacy = legacy
-        self.max_examples = max_examples if max_examples is not None else (LEGACY_MAX_ROWS if legacy else None)
-        self.batch_size = batch_size
-        self.generation_batch_size = generation_batch_size or batch_size
-        self.max_new_tokens = max_new_tokens
-        self.qa_format = qa_format or QAFormat()
-        self.max_length = max_length
-        self.retain_model = retain_model
-        self.retain_stats = retain_stats
-        self.min_k = min_k
-        self.use_stemmer = use_stemmer
-        self.show_progress = show_progress
-        self.privacy = privacy
-        self.name = "tofu-legacy" if legacy else "tofu"
+        self.generation_batch_size = args.generation_batch_size or args.batch_size
+        self.name = "tofu-legacy" if args.legacy else "tofu"
+
+    def relearn_rows(self):
+        """The forget split's QA rows."""
+        return load_tofu(self.args.forget_split, self.args.data_dir)
 
     # ----------------------------------------------------------------------------------------------- data
     def load_rows(self, set_name: str) -> list[dict[str, Any]]:
         """The rows of one evaluation set (after the ``max_examples`` cut), validated for what scoring needs."""
         config = self.splits[SETS[set_name][0]]
-        rows = load_tofu(config, self.data_dir)
+        rows = load_tofu(config, self.args.data_dir)
         if self.max_examples is not None:
             rows = rows.select(range(min(self.max_examples, len(rows))))
         rows = rows.to_list()
@@ -134,13 +181,13 @@ class TofuBenchmark(Benchmark):
     def settings(self) -> dict[str, Any]:
         """The settings the numbers depend on; also the compatibility key of cached retain statistics."""
         return {
-            "forget_split": self.forget_split,
-            "legacy": self.legacy,
+            "forget_split": self.args.forget_split,
+            "legacy": self.args.legacy,
             "max_examples": self.max_examples,
-            "qa_format": asdict(self.qa_format),
-            "min_k": self.min_k,
+            "qa_format": asdict(self.args.qa_format),
+            "min_k": self.args.min_k,
             # Only when on: statistics cached by a default evaluation stay valid for default evaluations.
-            **({"privacy": True} if self.privacy else {}),
+            **({"privacy": True} if self.args.privacy else {}),
         }
 
     # ----------------------------------------------------------------------------------------- evaluation
@@ -158,19 +205,19 @@ class TofuBenchmark(Benchmark):
         }
         with timer("retain_statistics"):
             reference, reason = self.reference_statistics(model)
-        values, unavailable = summarise(records, reference, reason, self.use_stemmer, timer)
-        if self.privacy:
+        values, unavailable = summarise(records, reference, reason, self.args.use_stemmer, timer)
+        if self.args.privacy:
             with timer("mia"):
                 extra, missing = privacy_summary(records, reference, reason)
             values.update(extra)
             unavailable.update(missing)
         config = {
             **self.settings(),
-            "qa_format": self.qa_format.describe(tokenizer),
-            "data_dir": str(self.data_dir) if self.data_dir else "locuslab/TOFU",
-            "max_new_tokens": None if self.legacy else self.max_new_tokens,
-            "max_total_tokens": LEGACY_TOTAL_TOKENS if self.legacy else None,
-            "use_stemmer": self.use_stemmer,
+            "qa_format": self.args.qa_format.describe(tokenizer),
+            "data_dir": str(self.args.data_dir) if self.args.data_dir else "locuslab/TOFU",
+            "max_new_tokens": None if self.args.legacy else self.args.max_new_tokens,
+            "max_total_tokens": LEGACY_TOTAL_TOKENS if self.args.legacy else None,
+            "use_stemmer": self.args.use_stemmer,
             "privleak_reference": "retain model" if reference else "0.5 (no retain-model statistics)",
             "timings": timer.report(time.perf_counter() - start),
         }
@@ -195,7 +242,7 @@ class TofuBenchmark(Benchmark):
             "forget_truth_ratio": [r["truth_ratio"] for r in forget],
             "mia_min_k_auc": metrics.auc([r["min_k"] for r in forget], [r["min_k"] for r in holdout]),
         }
-        if self.privacy:  # the privleak reference of every attack, and the Reference attack's losses
+        if self.args.privacy:  # the privleak reference of every attack, and the Reference attack's losses
             stats["mia_auc"] = privacy_attacks.reference_aucs(forget, holdout)
             stats["forget_nll_mean"] = [r["nll_mean"] for r in forget]
             stats["holdout_nll_mean"] = [r["nll_mean"] for r in holdout]
@@ -208,9 +255,9 @@ class TofuBenchmark(Benchmark):
         rows = self.load_rows(set_name)
         rank, world_size = process_info()
         local = shard(rows, rank, world_size)
-        progress = self.show_progress and rank == 0
+        progress = self.args.show_progress and rank == 0
         variants = SETS[set_name][1]
-        attacked = self.privacy and set_name in ("forget", "holdout")
+        attacked = self.args.privacy and set_name in ("forget", "holdout")
 
         # Every answer variant of every local row goes into one scoring pass; identical sequences are scored once.
         with timer("tokenise", set_name):
@@ -222,7 +269,7 @@ class TofuBenchmark(Benchmark):
                         pairs.append((row["question"], answer))
                         owners.append((position, variant, option))
             sequences = tokenize_qa_rows(
-                tokenizer, pairs, self.max_length, self.qa_format, f"TOFU {self.splits[SETS[set_name][0]]}"
+                tokenizer, pairs, self.args.max_length, self.args.qa_format, f"TOFU {self.splits[SETS[set_name][0]]}"
             )
             unique: dict[tuple[int, ...], int] = {}
             slots = [unique.setdefault(tuple(s["input_ids"]), len(unique)) for s in sequences]
@@ -234,8 +281,8 @@ class TofuBenchmark(Benchmark):
                 model,
                 distinct,
                 tokenizer.pad_token_id,
-                self.batch_size,
-                self.min_k,
+                self.args.batch_size,
+                self.args.min_k,
                 f"TOFU {set_name}: scoring",
                 progress,
                 vocab_stats=attacked,
@@ -254,7 +301,11 @@ class TofuBenchmark(Benchmark):
         generations = [None] * len(local)
         if generate:
             with timer("generation", set_name):
-                caps = [max(0, LEGACY_TOTAL_TOKENS - len(p)) for p in prompts] if self.legacy else self.max_new_tokens
+                caps = (
+                    [max(0, LEGACY_TOTAL_TOKENS - len(p)) for p in prompts]
+                    if self.args.legacy
+                    else self.args.max_new_tokens
+                )
                 generations = generate_greedy(
                     model,
                     tokenizer,

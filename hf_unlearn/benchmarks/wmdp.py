@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -143,40 +144,51 @@ def _hub_unreachable() -> bool:
     return hub_offline() or bool(config.HF_HUB_OFFLINE)
 
 
+@dataclass
+class WmdpSettings:
+    """The settings of a WMDP / MMLU evaluation (``hf-unlearn eval --benchmark wmdp`` flags, recipe keys)."""
+
+    tasks: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Task names: built-in lm-eval names, or <name>_local for the packaged offline twins "
+            f"(default {' '.join(DEFAULT_TASKS)})."
+        },
+    )
+    data_dir: str | Path | None = field(
+        default=None,
+        metadata={
+            "help": "Folder with wmdp_bio.json / wmdp_cyber.json / mmlu.json (JSON Lines); when set, every task "
+            "runs from its local twin."
+        },
+    )
+    batch_size: int = field(default=16, metadata={"help": "lm-eval batch size."})
+    limit: int | None = field(
+        default=None,
+        metadata={"help": "At most this many questions per task (None: all).", "aliases": ("max_examples",)},
+    )
+
+    def __post_init__(self):
+        check_counts(batch_size=self.batch_size, limit=self.limit)
+        self.tasks = list(self.tasks or DEFAULT_TASKS)
+
+
 class WmdpBenchmark(Benchmark):
     """Zero-shot multiple-choice accuracy via ``lm_eval.simple_evaluate`` with ``HFLM(pretrained=<model>)``.
 
-    Args:
-        tasks: task names; built-in lm-eval names, or ``<name>_local`` for the packaged offline twins.
-        data_dir: folder with ``wmdp_bio.json`` / ``wmdp_cyber.json`` / ``mmlu.json`` (JSON Lines); when set,
-            every task runs from its local twin.
-        batch_size: lm-eval batch size.
-        limit: at most this many questions per task (``None``: all).
-
-    lm-eval draws its own progress bars.
+    Settings: :class:`WmdpSettings` (as keywords, or one ``WmdpSettings``), kept as ``self.args``. lm-eval draws
+    its own progress bars.
     """
 
     name = "wmdp"
-
-    def __init__(
-        self,
-        tasks: list[str] | tuple[str, ...] | None = None,
-        data_dir: str | Path | None = None,
-        batch_size: int = 16,
-        limit: int | None = None,
-    ):
-        check_counts(batch_size=batch_size, limit=limit)
-        self.tasks = list(tasks or DEFAULT_TASKS)
-        self.data_dir = data_dir
-        self.batch_size = batch_size
-        self.limit = limit
+    settings_class = WmdpSettings
 
     def task_specs(self) -> list[str | dict[str, Any]]:
         """What is handed to lm-eval: config dicts for local tasks, names for built-in ones."""
         specs: list[str | dict[str, Any]] = []
-        for task in self.tasks:
-            if self.data_dir is not None or task.endswith(LOCAL_SUFFIX):
-                specs.append(local_task_config(task, self.data_dir))
+        for task in self.args.tasks:
+            if self.args.data_dir is not None or task.endswith(LOCAL_SUFFIX):
+                specs.append(local_task_config(task, self.args.data_dir))
             elif _hub_unreachable():
                 raise RuntimeError(
                     f"Task {task!r} reads the Hub, which is switched off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); "
@@ -204,9 +216,9 @@ class WmdpBenchmark(Benchmark):
             metrics=metrics,
             per_example=per_example,
             config={
-                "tasks": self.tasks,
-                "data_dir": str(self.data_dir) if self.data_dir else None,
-                "limit": self.limit,
+                "tasks": self.args.tasks,
+                "data_dir": str(self.args.data_dir) if self.args.data_dir else None,
+                "limit": self.args.limit,
                 "num_fewshot": 0,
             },
             num_examples=counts,
@@ -224,12 +236,12 @@ class WmdpBenchmark(Benchmark):
         # Indexing lm-eval's thousands of built-in YAMLs takes seconds; local configs need none of them.
         task_manager = TaskManager(include_defaults=any(isinstance(spec, str) for spec in specs))
         with eval_mode(model):
-            lm = sharded_lm(model, tokenizer, self.batch_size)
+            lm = sharded_lm(model, tokenizer, self.args.batch_size)
             output = simple_evaluate(
                 model=lm,
                 tasks=[lm_eval_spec(spec) for spec in specs],
                 num_fewshot=0,
-                limit=self.limit,
+                limit=self.args.limit,
                 log_samples=True,
                 bootstrap_iters=0,
                 task_manager=task_manager,

@@ -15,11 +15,13 @@ import typing
 from pathlib import Path
 
 from hf_unlearn.attacks.robustness import RobustnessConfig
+from hf_unlearn.benchmarks import registry
+from hf_unlearn.benchmarks.base import settings_from
 from hf_unlearn.cli import common
 from hf_unlearn.data import QAFormat
 
 
-BENCHMARKS = ("tofu", "tofu-legacy", "muse", "wmdp", "nll")
+NLL = "nll"  # not a registered benchmark: mean answer NLL on TOFU's forget and retain splits
 ATTACK_FIELDS = (
     "relearn_steps", "relearn_lr", "relearn_batch_size", "relearn_num_examples", "relearn_scheduler",
     "relearn_seed", "quantization",
@@ -47,10 +49,16 @@ def add_config_arguments(parser, config_cls, names) -> None:
 def add_arguments(parser):
     common.add_model(parser, help_text="Folder or Hub id of the unlearned model (and tokenizer).")
     parser.add_argument("--original_model", default=None, help="Model before unlearning: report codes changed.")
-    parser.add_argument("--benchmark", default="tofu", help="tofu | tofu-legacy | muse | wmdp | nll (answer NLL).")
+    parser.add_argument(
+        "--benchmark",
+        default="tofu",
+        choices=[*registry.available(), NLL],
+        help="A registered benchmark, or nll "
+        "(mean answer NLL of TOFU's forget and retain splits: a quick offline check).",
+    )
     common.add_data_dir(parser, "TOFU / MUSE / WMDP folder (default: TOFU's local copy, else the Hub).")
     parser.add_argument("--forget_split", default="forget10", help="TOFU forget split (forget01/05/10).")
-    parser.add_argument("--corpus", choices=("news", "books"), default="news", help="MUSE corpus.")
+    parser.add_argument("--corpus", choices=("news", "books"), help="MUSE corpus (default: news).")
     parser.add_argument("--max_examples", type=int, default=None, help="Evaluate only the first N rows per set.")
     parser.add_argument(
         "--report_answers", type=int, default=3,
@@ -67,19 +75,17 @@ def add_arguments(parser):
     common.add_overwrite(parser)
 
 
-def _eval_fn(args, data_dir):
-    if args.benchmark != "nll":
+def _benchmark(args, data_dir):
+    """The registered benchmark ``--benchmark`` names, its settings read from the flags by its settings class."""
+    settings_class = registry.spec_of(args.benchmark).benchmark_class().settings_class
+    return registry.get(args.benchmark, **settings_from(settings_class, args, data_dir=data_dir))
+
+
+def _eval_fn(args, benchmark):
+    if benchmark is not None:
         from hf_unlearn.attacks.robustness import benchmark_eval_fn
 
-        if args.benchmark.startswith("tofu"):
-            settings = {"forget_split": args.forget_split, "data_dir": data_dir, "max_examples": args.max_examples}
-            settings.update(qa_format=QAFormat.from_args(args), retain_model=args.retain_model)
-        elif args.benchmark == "muse":
-            settings = {"corpus": args.corpus, "data_dir": data_dir, "max_examples": args.max_examples}
-            settings["retain_model"] = args.retain_model
-        else:
-            settings = {"data_dir": data_dir, "limit": args.max_examples}
-        return benchmark_eval_fn(args.benchmark, **{k: v for k, v in settings.items() if v is not None})
+        return benchmark_eval_fn(benchmark)
 
     from hf_unlearn.benchmarks.base import check_counts
     from hf_unlearn.benchmarks.nll import NLLBenchmark
@@ -87,6 +93,7 @@ def _eval_fn(args, data_dir):
 
     names = tofu_split_names(args.forget_split)
     check_counts(max_examples=args.max_examples)
+    data_dir = args.data_dir
     cache = {}
 
     def eval_fn(model, tokenizer):
@@ -102,7 +109,7 @@ def _eval_fn(args, data_dir):
     return eval_fn
 
 
-def forget_rows(args, config: RobustnessConfig, data_dir):
+def forget_rows(args, config: RobustnessConfig, benchmark, data_dir):
     """The rows relearning trains on (None without relearning): --relearn_data, else the benchmark's forget data."""
     from datasets import load_dataset
 
@@ -110,18 +117,11 @@ def forget_rows(args, config: RobustnessConfig, data_dir):
         return None
     if args.relearn_data:
         return load_dataset("json", data_files=args.relearn_data, split="train")
-    if args.benchmark == "muse":
-        from hf_unlearn.benchmarks.muse import load_muse
+    if benchmark is None:  # nll: TOFU's forget split
+        from hf_unlearn.benchmarks.tofu_data import load_tofu
 
-        return load_muse(args.corpus, "privleak", "forget", data_dir)
-    if args.benchmark == "wmdp":
-        raise ValueError(
-            "--benchmark wmdp ships no forget texts to relearn on: pass --relearn_data with a JSON Lines forget "
-            'corpus ({"text": ...} rows), or --relearn_steps with no value to skip relearning.'
-        )
-    from hf_unlearn.benchmarks.tofu_data import load_tofu
-
-    return load_tofu(args.forget_split, data_dir)
+        return load_tofu(args.forget_split, data_dir)
+    return benchmark.relearn_rows()
 
 
 def sample_questions_for(args, data_dir) -> list[dict]:
@@ -144,8 +144,6 @@ def main(args):
     from hf_unlearn.report import UnlearnReport
     from hf_unlearn.report_schema import REPORT_FILE, public_name
 
-    if args.benchmark not in BENCHMARKS:
-        raise ValueError(f"--benchmark {args.benchmark!r} is unknown; choose one of {', '.join(BENCHMARKS)}.")
     config = RobustnessConfig(**{name: getattr(args, name) for name in ATTACK_FIELDS})
     check_model_path(args.model, "--model")
     for flag in ("original_model", "retain_model"):
@@ -153,13 +151,15 @@ def main(args):
             check_model_path(getattr(args, flag), f"--{flag}")
     if args.relearn_data and not Path(args.relearn_data).is_file():
         raise FileNotFoundError(f"--relearn_data {args.relearn_data} not found; give a JSON Lines file.")
-    tofu_like = args.benchmark.startswith("tofu") or args.benchmark == "nll"
-    data_dir = args.data_dir or (default_tofu_dir() if tofu_like else None)
+    reads_tofu = args.benchmark == NLL or registry.spec_of(args.benchmark).family == "TOFU"
+    data_dir = args.data_dir or (default_tofu_dir() if reads_tofu else None)
+    args.data_dir = data_dir
     protected = {"--model": args.model, "--original_model": args.original_model, "--retain_model": args.retain_model}
     common.check_output(args, {**protected, "--data_dir": data_dir}, inside_ok=("--model",))
     # Names (benchmark, split) and data are checked before any weight loads.
-    eval_fn = _eval_fn(args, data_dir)
-    relearn_rows = forget_rows(args, config, data_dir)
+    benchmark = None if args.benchmark == NLL else _benchmark(args, data_dir)
+    eval_fn = _eval_fn(args, benchmark)
+    relearn_rows = forget_rows(args, config, benchmark, data_dir)
     model, tokenizer = load_model_and_tokenizer(args.model, device=args.device)
     original = load_model_and_tokenizer(args.original_model, device=args.device)[0] if args.original_model else None
     qa_format = QAFormat.from_args(args)
@@ -173,7 +173,7 @@ def main(args):
             "qa_format": qa_format.describe(tokenizer),
         },
     )
-    samples = SampleAnswers(sample_questions_for(args, data_dir) if tofu_like else [])
+    samples = SampleAnswers(sample_questions_for(args, data_dir) if reads_tofu else [])
     answers_fn = (lambda m: samples.generate(m, tokenizer, qa_format)) if samples.questions else None
     if answers_fn is not None and original is not None:
         samples.answers["original model"] = answers_fn(original)

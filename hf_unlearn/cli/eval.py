@@ -1,4 +1,4 @@
-"""`hf-unlearn eval --model DIR --benchmark tofu|tofu-legacy|muse|wmdp`: evaluate, write JSON, print a table.
+"""`hf-unlearn eval --model DIR --benchmark NAME` (a registered benchmark): evaluate, write JSON, print a table.
 
 Under ``torch.distributed`` / ``accelerate launch`` every rank evaluates its shard of the examples, all ranks receive
 the gathered result, and only the main process writes files and prints. Python callers use
@@ -8,11 +8,13 @@ the gathered result, and only the main process writes files and prints. Python c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
-from hf_unlearn.benchmarks import evaluate_model, get
+from hf_unlearn.benchmarks import evaluate_model, get, registry
+from hf_unlearn.benchmarks.base import settings_from
 from hf_unlearn.benchmarks.sharding import process_info
 from hf_unlearn.cli import common
 from hf_unlearn.data import QAFormat
@@ -34,13 +36,10 @@ def command_line(command: str) -> str:
     return shlex.join(["hf-unlearn", command, *rest])
 
 
-CLI_BENCHMARKS = ("tofu", "tofu-legacy", "muse", "wmdp")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``eval`` options to ``parser``."""
     common.add_model(parser)
-    parser.add_argument("--benchmark", required=True, choices=CLI_BENCHMARKS)
+    parser.add_argument("--benchmark", required=True, choices=registry.available())
     common.add_output_dir(parser, None, "Where the JSON files go (default: <model>/eval, or ./eval for Hub ids).")
     common.add_data_dir(parser)
     parser.add_argument("--batch_size", type=int, default=16, help="Sequences per forward / generate call.")
@@ -50,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     common.add_retain_model(parser)
     parser.add_argument("--retain_stats", help="TOFU/MUSE: retain statistics JSON (read, or written when computed).")
     common.add_qa_format(parser)
-    parser.add_argument("--corpus", choices=("news", "books"), default="news", help="MUSE corpus.")
+    parser.add_argument("--corpus", choices=("news", "books"), help="MUSE corpus (default: news).")
     parser.add_argument(
         "--muse_original", action="store_true", help="MUSE: the official code's rules (docs/definitions.md)."
     )
@@ -77,45 +76,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+# Flag groups a benchmark may not take: (setting, flags, whether the namespace sets them, why they do not apply).
+REFUSED_WHEN_NOT_TAKEN = (
+    ("privacy", "--privacy", lambda args: args.privacy, "has no holdout set to attack"),
+    (
+        "qa_format",
+        "--qa_template/--system_prompt/--no_chat_template",
+        lambda args: QAFormat.from_args(args) != QAFormat(),
+        "'s prompts are fixed by the benchmark",
+    ),
+)
+
+
 def benchmark_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The benchmark constructor's keyword arguments from parsed CLI options (unset options are left out)."""
-    name = args.benchmark
-    if not name.startswith("tofu") and QAFormat.from_args(args) != QAFormat():
-        raise ValueError(
-            f"--qa_template/--system_prompt/--no_chat_template apply to TOFU; {name}'s prompts are fixed by the "
-            "benchmark. Drop them."
-        )
-    shared = {"data_dir": args.data_dir, "batch_size": args.batch_size}
-    if name.startswith("tofu"):
-        specific = {
-            "forget_split": args.forget_split,
-            "max_examples": args.max_examples,
-            "max_new_tokens": args.max_new_tokens,
-            "retain_model": args.retain_model,
-            "retain_stats": args.retain_stats,
-            "qa_format": QAFormat.from_args(args),
-            "show_progress": not args.no_progress,
-            "privacy": args.privacy,
-        }
-    elif name == "muse":
-        specific = {
-            "corpus": args.corpus,
-            "original": args.muse_original,
-            "max_examples": args.max_examples,
-            "retain_model": args.retain_model,
-            "retain_stats": args.retain_stats,
-            "privleak_ref_auc": args.privleak_ref_auc,
-            "show_progress": not args.no_progress,
-            "privacy": args.privacy,
-        }
-    else:
-        if args.privacy:
-            raise ValueError("--privacy applies to TOFU and MUSE (forget vs holdout); WMDP has no holdout. Drop it.")
-        specific = {"tasks": args.tasks, "limit": args.limit if args.limit is not None else args.max_examples}
-    settings = {k: v for k, v in {**shared, **specific}.items() if v is not None}
-    if name == "muse" and args.privleak_max_length is not None:
-        settings["max_length"] = args.privleak_max_length or None  # 0 means whole texts: None must survive the filter
-    return settings
+    """The benchmark's keyword settings from parsed CLI options, through its settings class (unset options are
+    left out); a flag the benchmark does not take fails in one line naming the benchmarks that do."""
+    settings_class = registry.spec_of(args.benchmark).benchmark_class().settings_class
+    taken = {f.name for f in dataclasses.fields(settings_class)}
+    for setting, flags, given, why in REFUSED_WHEN_NOT_TAKEN:
+        if setting not in taken and given(args):
+            families = " and ".join(registry.families_with_setting(setting))
+            verb, pronoun = ("apply", "them") if "/" in flags else ("applies", "it")
+            sep = "" if why.startswith("'") else " "
+            raise ValueError(f"{flags} {verb} to {families}; {args.benchmark}{sep}{why}. Drop {pronoun}.")
+    return settings_from(settings_class, args)
 
 
 def warn_default_format(qa_format: QAFormat, tokenizer) -> None:
@@ -153,8 +137,8 @@ def run_eval(args: argparse.Namespace) -> str:
         disable_progress_bars()
     benchmark = get(args.benchmark, **benchmark_settings(args))  # bad settings fail before any weight loads
     model, tokenizer = load_model_and_tokenizer(model_path, device=args.device, dtype=args.dtype)
-    if args.benchmark.startswith("tofu"):
-        warn_default_format(QAFormat.from_args(args), tokenizer)
+    if hasattr(benchmark.args, "qa_format"):
+        warn_default_format(benchmark.args.qa_format, tokenizer)
     result = evaluate_model(model, tokenizer, benchmark, output_dir, args.model)
     stem = result.benchmark.replace("/", "_")
     table = f"{result.table()}\nwrote {output_dir / REPORT_FILE} and {stem}_per_example.json"
