@@ -254,5 +254,6 @@ def test_no_library_module_imports_the_measurements():
 
 
 def test_module_level_import_finder_sees_if_and_try_blocks():
-    tree = ast.parse("import a\nif x:\n    import b\ntry:\n    from c import d\nexcept E:\n    import e\ndef f():\n import g")
+    source = "import a\nif x:\n import b\ntry:\n from c import d\nexcept E:\n import e\ndef f():\n import g\n"
+    tree = ast.parse(source)
     assert module_level_imports(tree) == {"a", "b", "c", "e"}
