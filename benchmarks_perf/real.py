@@ -259,6 +259,12 @@ def _memory_child(mode: str, folder: str, batch_size: int, seq_len: int, threads
     print(json.dumps({"peak_above_base_mb": (peak - base) / 1024}))
 
 
+def _progress(rows: dict) -> None:
+    """Each comparison as it finishes (a long run that is stopped keeps what it measured)."""
+    for name, entry in rows.items():
+        print(f"  real_model {name}: {json.dumps(entry)}", flush=True)
+
+
 def _rss_kb() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
@@ -294,20 +300,28 @@ def bench_real_model(
                 examples[:batch_size]
             )
             ratios, skipped = _zo_rows(loaded, tokenizer, data, plain, out, batch_size, repeats, warmup, clock)
+            _progress(ratios)
             memory = {
                 mode: (lambda m=mode: _memory_in_subprocess(m, folder, batch_size, seq_len, threads))
                 for mode in MEMORY_MODES
             }
-            ratios["zo_sgd_peak_memory_vs_inference"] = compare(
-                "zo_sgd", memory["zo_sgd"], "inference", memory["inference"], GOALS["zo_memory"], repeats, 0,
-                unit="mb", what="peak RSS (ru_maxrss) of a fresh process above its RSS before the model loads: one "
-                "ZO-SGD step against two no-grad forwards of the same loss, fp32",
-            )  # fmt: skip
-            ratios["npo_step_vs_sft_step"] = _npo_row(loaded, tokenizer, data, out, batch_size, repeats, warmup, clock)
-            ratios["hybrid_run_vs_adamw_run"] = _hybrid_row(
-                loaded, tokenizer, data, out, batch_size, hybrid_steps, repeats, warmup, clock
-            )
-            ratios["answer_only_vs_full_vocabulary_scoring"] = _scoring_row(loaded, plain, repeats, warmup, clock)
+            rows = {
+                "zo_sgd_peak_memory_vs_inference": lambda: compare(
+                    "zo_sgd", memory["zo_sgd"], "inference", memory["inference"], GOALS["zo_memory"], repeats, 0,
+                    unit="mb", what="peak RSS (ru_maxrss) of a fresh process above its RSS before the model loads: "
+                    "one ZO-SGD step against two no-grad forwards of the same loss, fp32",
+                ),
+                "npo_step_vs_sft_step": lambda: _npo_row(
+                    loaded, tokenizer, data, out, batch_size, repeats, warmup, clock
+                ),
+                "hybrid_run_vs_adamw_run": lambda: _hybrid_row(
+                    loaded, tokenizer, data, out, batch_size, hybrid_steps, repeats, warmup, clock
+                ),
+                "answer_only_vs_full_vocabulary_scoring": lambda: _scoring_row(loaded, plain, repeats, warmup, clock),
+            }  # fmt: skip
+            for name, row in rows.items():
+                ratios[name] = row()
+                _progress({name: ratios[name]})
         parameters = sum(p.numel() for p in loaded.parameters())
     finally:
         torch.set_num_threads(before)
