@@ -257,3 +257,17 @@ def test_module_level_import_finder_sees_if_and_try_blocks():
     source = "import a\nif x:\n import b\ntry:\n from c import d\nexcept E:\n import e\ndef f():\n import g\n"
     tree = ast.parse(source)
     assert module_level_imports(tree) == {"a", "b", "c", "e"}
+
+
+# ---- the toy entries report the same ratio entries -----------------------------------------------------------------
+
+
+def test_toy_zo_and_hybrid_entries_are_alternating_ratio_entries(single_thread):
+    from benchmarks_perf.optim import bench_hybrid_wall_time, bench_zo_step_time
+
+    zo = bench_zo_step_time(batch_size=1, seq_len=8, repeats=2)
+    ratio.check_ratio_entry(zo)
+    assert (zo["a"], zo["b"], zo["goal"], zo["repeats"], zo["warmup"]) == ("zo_step", "two_forwards", 1.03, 2, 1)
+    hybrid = bench_hybrid_wall_time(n=1, batch_size=1, seq_len=8, repeats=2)
+    ratio.check_ratio_entry(hybrid)
+    assert (hybrid["a"], hybrid["b"], hybrid["goal"]) == ("hybrid_run", "adamw_run", 0.90)
