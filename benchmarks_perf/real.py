@@ -237,6 +237,7 @@ def _memory_in_subprocess(mode: str, folder: str, batch_size: int, seq_len: int,
 def _memory_child(mode: str, folder: str, batch_size: int, seq_len: int, threads: int) -> None:
     """Both modes import and build the same things before the baseline; only the model and its work follow it."""
     torch.set_num_threads(threads)
+    import hf_unlearn.trainers  # noqa: F401  (the trainer's modules are in the baseline, as the interpreter is)
     from hf_unlearn.data import ForgetRetainDataset
     from hf_unlearn.loading import load_model, load_tokenizer
 
