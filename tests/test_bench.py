@@ -119,7 +119,7 @@ def test_real_model_suite_writes_every_ratio_against_its_goal(cli, tiny_model_di
     assert list(report["results"]) == ["real_model"]  # --model runs the real-model entry alone
     assert suite["shape"]["batch_size"] == 2 and suite["shape"]["seq_len"] == 64 and suite["repeats"] == 2
     low, high = suite["shape"]["answer_tokens_min_max"]
-    assert 1 <= low <= high < 32  # short answers after a long prompt
+    assert 1 <= low <= high <= 40  # short answers after a long prompt (a small test vocabulary: more tokens)
     ratios = suite["ratios"]
     expected = {
         "zo_sgd_sphere_vs_two_forwards": 1.05,
