@@ -120,3 +120,18 @@ def check_ratio_entry(entry: dict) -> None:
         )
     if entry["goal"] is not None and entry["meets_goal"] != (entry["ratio_median"] <= entry["goal"]):
         raise ValueError(f"meets_goal={entry['meets_goal']} disagrees with {entry['ratio_median']} <= {entry['goal']}")
+
+
+def markdown_table(entries: dict[str, dict]) -> str:
+    """A Markdown table of ratio entries: median with its spread, the medians of both sides, the goal."""
+    lines = ["| comparison | A / B | median (min–max) | A, B medians | goal | met |", "|---|---|---|---|---|---|"]
+    for name, entry in entries.items():
+        check_ratio_entry(entry)
+        unit = next(key[len("a_median_") :] for key in entry if key.startswith("a_median_"))
+        short = "s" if unit == "seconds" else unit.upper()
+        sides = f"{entry[f'a_median_{unit}']:.3g} / {entry[f'b_median_{unit}']:.3g} {short}"
+        goal = "—" if entry["goal"] is None else f"≤ {entry['goal']}"
+        met = {True: "yes", False: "no", None: "—"}[entry["meets_goal"]]
+        spread = f"**{entry['ratio_median']:.3f}** ({entry['ratio_min']:.3f}–{entry['ratio_max']:.3f})"
+        lines.append(f"| {name} | {entry['a']} / {entry['b']} | {spread} | {sides} | {goal} | {met} |")
+    return "\n".join(lines) + "\n"

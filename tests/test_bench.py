@@ -271,3 +271,13 @@ def test_toy_zo_and_hybrid_entries_are_alternating_ratio_entries(single_thread):
     hybrid = bench_hybrid_wall_time(n=1, batch_size=1, seq_len=8, repeats=2)
     ratio.check_ratio_entry(hybrid)
     assert (hybrid["a"], hybrid["b"], hybrid["goal"]) == ("hybrid_run", "adamw_run", 0.90)
+
+
+def test_markdown_table_quotes_medians_with_spreads():
+    entries = {
+        "zo": ratio.ratio_entry("zo", [1.2, 1.1, 1.3], "fwd", [1.0, 1.0, 1.0], goal=1.05),
+        "mem": ratio.ratio_entry("zo", [103.0] * 3, "inf", [100.0] * 3, goal=1.05, unit="mb"),
+    }
+    table = ratio.markdown_table(entries).splitlines()
+    assert table[2] == "| zo | zo / fwd | **1.200** (1.100–1.300) | 1.2 / 1 s | ≤ 1.05 | no |"
+    assert table[3] == "| mem | zo / inf | **1.030** (1.030–1.030) | 103 / 100 MB | ≤ 1.05 | yes |"
