@@ -41,6 +41,15 @@ ZO_VARIANTS = (
     ("zo_sgd_sphere_cached_directions", {"zo_direction": "sphere", "zo_cache_directions": True}),
     ("zo_sgd_rademacher_cached_directions", {"zo_direction": "rademacher", "zo_cache_directions": True}),
 )
+# --rows names -> the comparison each runs (cheapest first, the order of a run)
+ROWS = {
+    "scoring": "answer_only_vs_full_vocabulary_scoring",
+    "npo_step": "npo_step_vs_sft_step",
+    "zo_step": "zo_rows",
+    "hybrid": "hybrid_run_vs_adamw_run",
+    "zo_memory": "zo_sgd_peak_memory_vs_inference",
+}
+ROWS_BY_COMPARISON = {comparison: row for row, comparison in ROWS.items()}
 MIN_SEQ_LEN = 64  # room for the chat template's markup, a question and a short answer
 
 
@@ -283,8 +292,13 @@ def bench_real_model(
     hybrid_steps: int = 20,
     threads: int = 1,
     clock: str = "cpu",
+    rows: tuple[str, ...] = (),
 ) -> dict:
-    """Every comparison of the module docstring on ``model`` (a folder or a packaged model's name), in one run."""
+    """Every comparison of the module docstring on ``model`` (a folder or a packaged model's name), in one run;
+    ``rows``: only these of :data:`ROWS` (default: all)."""
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        raise ValueError(f"Unknown bench rows {sorted(unknown)}; choose from {', '.join(ROWS)}.")
     from hf_unlearn.data import ForgetRetainDataset
     from hf_unlearn.loading import check_model_path, load_model, load_tokenizer
 
@@ -309,7 +323,7 @@ def bench_real_model(
                 return _zo_rows(loaded, tokenizer, data, plain, out, batch_size, repeats, warmup, clock)
 
             # cheapest first: a run stopped early (a loaded machine) keeps the most comparisons
-            rows = {
+            comparisons = {
                 "answer_only_vs_full_vocabulary_scoring": lambda: _scoring_row(loaded, plain, repeats, warmup, clock),
                 "npo_step_vs_sft_step": lambda: _npo_row(
                     loaded, tokenizer, data, out, batch_size, repeats, warmup, clock
@@ -325,7 +339,9 @@ def bench_real_model(
                 ),
             }  # fmt: skip
             ratios, skipped = {}, []
-            for name, row in rows.items():
+            for name, row in comparisons.items():
+                if rows and ROWS_BY_COMPARISON[name] not in rows:
+                    continue
                 if name == "zo_rows":
                     done, skipped = row()
                 else:
@@ -353,6 +369,7 @@ def bench_real_model(
         "clock": clock,
         "repeats": repeats,
         "warmup": warmup,
+        "rows": list(rows or ROWS),
         "zo_rows_not_in_this_library": skipped,
         "ratios": ratios,
     }

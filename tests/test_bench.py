@@ -281,3 +281,10 @@ def test_markdown_table_quotes_medians_with_spreads():
     table = ratio.markdown_table(entries).splitlines()
     assert table[2] == "| zo | zo / fwd | **1.200** (1.100–1.300) | 1.2 / 1 s | ≤ 1.05 | no |"
     assert table[3] == "| mem | zo / inf | **1.030** (1.030–1.030) | 103 / 100 MB | ≤ 1.05 | yes |"
+
+
+def test_unknown_suite_row_is_refused_before_loading(tmp_path):
+    from benchmarks_perf.real import bench_real_model
+
+    with pytest.raises(ValueError, match=r"Unknown bench rows \['zo'\]; choose from scoring, npo_step, zo_step"):
+        bench_real_model(str(tmp_path / "no-model"), rows=("zo",))

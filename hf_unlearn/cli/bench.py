@@ -69,6 +69,12 @@ def add_arguments(parser):
         "--hybrid_steps", type=int, default=20, help="Real model: N of the hybrid run (N AdamW + N AdaZO steps)."
     )
     parser.add_argument("--threads", type=int, default=1, help="Real model: torch CPU threads (default 1).")
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=("scoring", "npo_step", "zo_step", "hybrid", "zo_memory"),
+        help="Real model: only these comparisons (default: all five, cheapest first).",
+    )
 
 
 def check_real_settings(args) -> None:
@@ -114,6 +120,7 @@ def main(args):
             "repeats": args.repeats,
             "hybrid_steps": args.hybrid_steps,
             "threads": args.threads,
+            "rows": tuple(args.rows or ()),
         }
     perf = load_perf_package()
     report = {
