@@ -100,6 +100,7 @@ def test_compare_is_alternate_then_ratio_of_a_over_b():
 # ---- the real-model suite, on the tiny model -------------------------------------------------------------------
 
 
+@pytest.mark.slow  # about a minute of CPU: a dozen trainers and four short runs, even on the tiny model
 def test_real_model_suite_writes_every_ratio_against_its_goal(cli, tiny_model_dir, tmp_path, monkeypatch):
     """The whole suite through `hf-unlearn bench --model DIR` on a tiny Llama (the memory processes faked: they are
     pinned by the slow test below)."""
