@@ -289,3 +289,10 @@ def test_unknown_suite_row_is_refused_before_loading(tmp_path):
 
     with pytest.raises(ValueError, match=r"Unknown bench rows \['zo'\]; choose from scoring, npo_step, zo_step"):
         bench_real_model(str(tmp_path / "no-model"), rows=("zo",))
+
+
+def test_the_command_lists_every_measurement():
+    from benchmarks_perf import all_measurements
+    from hf_unlearn.cli.bench import ENTRIES
+
+    assert list(ENTRIES) == list(all_measurements())
