@@ -14,7 +14,7 @@ Stages, each skipped when its output is complete (a killed run resumes where it 
    probability at most half the target's) while keeping model utility within 10% of the target's is chosen.
 6. `hf-unlearn sweep` at that rate: NPO x AdamW, signAdam, Sophia, AdaZO, hybrid x 2 seeds, each cell attacked
    (relearning at 3 budgets, nf4, int8, codes changed), with the controls (target, retain model, matched noise).
-7. The small-learning-rate regime (lr 1e-5, AdamW and hybrid, one seed), where few 4-bit codes change.
+7. The small-learning-rate regime (lr 2e-5, AdamW and hybrid, one seed), where few 4-bit codes change.
 
 On CPU, cells run in two single-threaded worker processes (two threads in one process lose to two processes on a
 shared 2-core machine). Everything lands under --output_dir (default outputs/smollm2); the wall time of each stage
@@ -44,7 +44,7 @@ CPU = {
     "optimizers": ["adamw", "signadam", "sophia", "adazo", "hybrid"],
     "seeds": 2,  # the recipe's seed (0) and the next
     "probe_lrs": [5e-5, 1e-4],
-    "small_lr": 1e-5,
+    "small_lr": 2e-5,
     "small_lr_optimizers": ["adamw", "hybrid"],
     "workers": 2,
     "forget_split": "forget01",
