@@ -22,9 +22,9 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from benchmarks_perf.optim import _zo_step, random_batch
+from benchmarks_perf.scale import _npo_step
 from hf_unlearn.optim import build_optimizer
-from hf_unlearn.perf.optim import _zo_step, random_batch
-from hf_unlearn.perf.scale import _npo_step
 
 
 # TinyLlama-1.1B's shape

@@ -9,14 +9,14 @@ import contextlib
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from benchmarks_perf import subprocess_env
+from benchmarks_perf.ratio import compare, timed
 from hf_unlearn.optim import build_optimizer
 from hf_unlearn.optim.zo import derive_seed, projected_gradients
 
@@ -67,15 +67,6 @@ def _zo_step(model, optimizer, batch, step: int) -> None:
     optimizer.step()
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def bench_zo_step_time(
     batch_size: int = 16, seq_len: int = 256, repeats: int = 5, direction: str = "sphere", threads: int | None = 1
 ) -> dict:
@@ -88,7 +79,7 @@ def bench_zo_step_time(
         return _zo_step_time(batch_size, seq_len, repeats, direction, used)
 
 
-def _zo_step_time(batch_size, seq_len, repeats, direction, threads) -> dict:
+def _zo_step_time(batch_size, seq_len, repeats, direction, threads, clock="cpu") -> dict:
     model = bench_model()
     batch = random_batch(batch_size, seq_len, model.config.vocab_size)
     optimizer = build_optimizer(model, optimizer="zo_sgd", learning_rate=1e-6, zo_direction=direction)
@@ -99,48 +90,41 @@ def _zo_step_time(batch_size, seq_len, repeats, direction, threads) -> dict:
             model(**batch)
             model(**batch)
 
-    two_forwards()  # warm-up (allocator, kernels)
-    _zo_step(model, optimizer, batch, next(step))
-    # interleaved, so that load from other processes hits both sides alike; medians
-    forward_times, zo_times = [], []
-    for _ in range(repeats):
-        forward_times.append(_median_time(two_forwards, 1))
-        zo_times.append(_median_time(lambda: _zo_step(model, optimizer, batch, next(step)), 1))
-    forwards, zo = statistics.median(forward_times), statistics.median(zo_times)
-    return {
-        "zo_step_s": zo,
-        "two_forwards_s": forwards,
-        "ratio": zo / forwards,
-        "target": 1.03,
-        "setup": _setup(model, batch_size, seq_len, direction=direction, threads=threads),
-    }
+    # alternating after a warm-up (allocator, kernels), so that load from other processes hits both sides alike
+    return compare(
+        "zo_step", timed(lambda: _zo_step(model, optimizer, batch, next(step)), clock),
+        "two_forwards", timed(two_forwards, clock), 1.03, repeats, 1, clock=clock,
+        setup=_setup(model, batch_size, seq_len, direction=direction, threads=threads),
+    )  # fmt: skip
 
 
-def bench_zo_peak_memory(batch_size: int = 8, seq_len: int = 256, steps: int = 3) -> dict:
+MODES = ("inference", "zo_sgd")
+
+
+def bench_zo_peak_memory(batch_size: int = 8, seq_len: int = 256, steps: int = 3, repeats: int = 5) -> dict:
     """Peak memory of a ZO-SGD phase over the peak of inference (no-grad forwards with the loss) on the same batch.
 
     Measured as peak resident set size (``getrusage`` ``ru_maxrss``) of a fresh process, minus its RSS just before
     the model is built: weights, activations and temporaries, not the interpreter. Each side runs in its own process
-    because RSS peaks cannot be reset and freed memory is not always returned to the OS.
+    because RSS peaks cannot be reset and freed memory is not always returned to the OS; the processes alternate.
     """
-    peaks = {mode: _peak_in_subprocess(mode, batch_size, seq_len, steps) for mode in ("inference", "zo_sgd")}
-    return {
-        "zo_sgd_peak_mb": peaks["zo_sgd"] / 1024,
-        "inference_peak_mb": peaks["inference"] / 1024,
-        "ratio": peaks["zo_sgd"] / peaks["inference"],
-        "target": 1.05,
-        "method": "peak RSS (getrusage ru_maxrss) of a fresh process above its RSS before the model is built",
-        "setup": _setup(bench_model(), batch_size, seq_len, steps=steps),
-    }
+    peak = {mode: (lambda m=mode: _peak_in_subprocess(m, batch_size, seq_len, steps) / 1024) for mode in MODES}
+    return compare(
+        "zo_sgd", peak["zo_sgd"], "inference", peak["inference"], 1.05, repeats, 0, unit="mb",
+        method="peak RSS (getrusage ru_maxrss) of a fresh process above its RSS before the model is built",
+        setup=_setup(bench_model(), batch_size, seq_len, steps=steps),
+    )  # fmt: skip
 
 
-def bench_hybrid_wall_time(n: int = 20, batch_size: int = 8, seq_len: int = 256, threads: int | None = 1) -> dict:
-    """Wall time of a hybrid period (n AdamW steps then n AdaZO steps) over 2n AdamW steps, same model and data."""
+def bench_hybrid_wall_time(
+    n: int = 20, batch_size: int = 8, seq_len: int = 256, threads: int | None = 1, repeats: int = 5
+) -> dict:
+    """Time of a hybrid period (n AdamW steps then n AdaZO steps) over 2n AdamW steps, same model and data."""
     with _threads(threads) as used:
-        return _hybrid_wall_time(n, batch_size, seq_len, used)
+        return _hybrid_wall_time(n, batch_size, seq_len, used, repeats)
 
 
-def _hybrid_wall_time(n, batch_size, seq_len, threads) -> dict:
+def _hybrid_wall_time(n, batch_size, seq_len, threads, repeats, clock="cpu") -> dict:
     batch = random_batch(batch_size, seq_len, bench_model().config.vocab_size)
 
     def fo_step(model, optimizer):
@@ -166,15 +150,10 @@ def _hybrid_wall_time(n, batch_size, seq_len, threads) -> dict:
         for step in range(n, 2 * n):
             _zo_step(model, hybrid.zo, batch, step)
 
-    adam = _median_time(adam_run, 1)
-    hybrid = _median_time(hybrid_run, 1)
-    return {
-        "hybrid_s": hybrid,
-        "adam_s": adam,
-        "ratio": hybrid / adam,
-        "target": 0.90,
-        "setup": _setup(bench_model(), batch_size, seq_len, n=n, threads=threads),
-    }
+    return compare(
+        "hybrid_run", timed(hybrid_run, clock), "adamw_run", timed(adam_run, clock), 0.90, repeats, 1, clock=clock,
+        setup=_setup(bench_model(), batch_size, seq_len, n=n, threads=threads),
+    )  # fmt: skip
 
 
 def _setup(model, batch_size, seq_len, **extra) -> dict:
@@ -189,8 +168,8 @@ def _rss_kb() -> int:
 
 def _peak_in_subprocess(mode: str, batch_size: int, seq_len: int, steps: int) -> int:
     sizes = [str(batch_size), str(seq_len), str(steps)]
-    command = [sys.executable, "-m", "hf_unlearn.perf.optim", "memory", mode, *sizes]
-    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    command = [sys.executable, "-m", "benchmarks_perf.optim", "memory", mode, *sizes]
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=subprocess_env()).stdout
     return json.loads(out.strip().splitlines()[-1])["peak_kb"]
 
 

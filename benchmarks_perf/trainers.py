@@ -6,7 +6,6 @@ so the ratio should be ~1 (target ≤ 1.05); an online reference would add a for
 
 from __future__ import annotations
 
-import math
 import statistics
 import tempfile
 import time
@@ -14,6 +13,7 @@ import time
 import torch
 from transformers import TrainerCallback
 
+from benchmarks_perf.ratio import alternate, ratio_entry
 from hf_unlearn.benchmarks.synthetic import make_synthetic_tofu
 from hf_unlearn.data import ForgetRetainDataset, QADataset
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
@@ -66,7 +66,7 @@ def _median_step_time(run: str, model_dir: str, data, tokenizer, steps: int, war
 def bench_npo_vs_graddiff(
     steps: int = 12,
     warmup: int = 3,
-    rounds: int = 2,
+    rounds: int = 5,
     batch_size: int = 8,
     hidden_size: int = 256,
     num_layers: int = 4,
@@ -74,11 +74,11 @@ def bench_npo_vs_graddiff(
 ) -> dict[str, float]:
     """Median step time of NPO (cached reference) and GradDiff on one tiny-ish llama and one batch size.
 
-    The runs alternate for `rounds` rounds and each keeps its fastest median, so load from other processes on a
-    shared CPU skews the ratio less. Times are process CPU seconds per step.
+    The runs alternate for `rounds` rounds (each round's value: the run's median step time after `warmup` steps),
+    so load from other processes on a shared CPU hits every method alike. Times are process CPU seconds per step.
 
-    Returns `npo_step_s`, `grad_diff_step_s`, `ratio` (npo / grad_diff), `target` (1.05) and, for comparison,
-    `npo_online_step_s` and `online_ratio` (NPO with a reference forward every step).
+    Returns two ratio entries (``ratio.py``): NPO over GradDiff (goal 1.05) and, for comparison, NPO with a reference
+    forward every step over GradDiff.
     `threads` sets torch's CPU threads for the run and restores them after (one thread avoids oversubscription on a
     shared CPU; None keeps the current setting).
     """
@@ -102,18 +102,17 @@ def _bench(steps: int, warmup: int, rounds: int, batch_size: int, hidden_size: i
     with tempfile.TemporaryDirectory() as model_dir:
         build_tiny_model(tokenizer, "llama", **overrides).save_pretrained(model_dir)
         torch.manual_seed(0)
-        times = dict.fromkeys(RUNS, math.inf)
-        for _ in range(rounds):
-            for method in times:
-                step = _median_step_time(method, model_dir, data, tokenizer, steps, warmup, batch_size)
-                times[method] = min(times[method], step)
+        # one round = one run of each method, in order; a round's value is the run's median step time
+        sides = {
+            method: (lambda m=method: _median_step_time(m, model_dir, data, tokenizer, steps, warmup, batch_size))
+            for method in RUNS
+        }
+        times = alternate(sides, repeats=rounds, warmup=0)
     return {
-        "npo_step_s": times["npo"],
-        "grad_diff_step_s": times["grad_diff"],
-        "ratio": times["npo"] / times["grad_diff"],
-        "npo_online_step_s": times["npo_online"],
-        "online_ratio": times["npo_online"] / times["grad_diff"],
-        "target": 1.05,
+        "npo_vs_grad_diff": ratio_entry("npo", times["npo"], "grad_diff", times["grad_diff"], 1.05, clock="cpu"),
+        "npo_online_vs_grad_diff": ratio_entry(
+            "npo_online", times["npo_online"], "grad_diff", times["grad_diff"], None, clock="cpu"
+        ),
     }
 
 

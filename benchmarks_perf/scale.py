@@ -18,9 +18,11 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from benchmarks_perf import subprocess_env
+from benchmarks_perf.optim import _threads, _zo_step, random_batch
+from benchmarks_perf.ratio import alternate, ratio_entry, timed
 from hf_unlearn.optim import build_optimizer
 from hf_unlearn.optim.zo import derive_seed, projected_gradients
-from hf_unlearn.perf.optim import _threads, _zo_step, random_batch
 
 
 # name -> (LlamaConfig fields, batch size, sequence length). The 100M shape has GPT-2-small-like width and depth.
@@ -102,12 +104,15 @@ def _timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _shape_figures(name: str, repeats: int, phase_steps: int) -> dict:
-    config, batch_size, seq_len = SHAPES[name]
+SHAPE_TARGETS = {"6M": 1.03, "100M": 1.02}  # ZO step / two forwards
+
+
+def _shape_figures(shape: str, repeats: int, phase_steps: int) -> dict:
+    config, batch_size, seq_len = SHAPES[shape]
     vocab = config["vocab_size"]
     batch = random_batch(batch_size, seq_len, vocab, seed=0)
     tokens = batch_size * seq_len
-    model = shape_model(name)
+    model = shape_model(shape)
     params = sum(p.numel() for p in model.parameters())
 
     # ZO step against two no-grad forwards, interleaved so that load from other processes hits both alike
@@ -125,14 +130,21 @@ def _shape_figures(name: str, repeats: int, phase_steps: int) -> dict:
         zo.record(seeds[0], float(projected[0]))
         zo.step()
 
-    two_forwards()
-    _zo_step(model, zo, batch, next(steps))
-    forwards, zo_steps, unfolded = [], [], []
-    for _ in range(repeats):
-        forwards.append(_timed(two_forwards, 1))
-        zo_steps.append(_timed(lambda: _zo_step(model, zo, batch, next(steps)), 1))
-        unfolded.append(_timed(lambda: unfolded_step(next(steps)), 1))
-    two_f, zo_s, unfolded_s = (statistics.median(t) for t in (forwards, zo_steps, unfolded))
+    clock = "cpu"
+    values = alternate(
+        {
+            "two_forwards": timed(two_forwards, clock),
+            "zo_step": timed(lambda: _zo_step(model, zo, batch, next(steps)), clock),
+            "unfolded_zo_step": timed(lambda: unfolded_step(next(steps)), clock),
+        },
+        repeats,
+        warmup=1,
+    )
+    two_f, zo_s = statistics.median(values["two_forwards"]), statistics.median(values["zo_step"])
+    zo_ratio, unfolded_ratio = (
+        ratio_entry(name, values[name], "two_forwards", values["two_forwards"], SHAPE_TARGETS.get(shape), clock=clock)
+        for name in ("zo_step", "unfolded_zo_step")
+    )
 
     # NPO (forget + retain batches of half the size each, so a step sees the same number of tokens)
     half = max(1, batch_size // 2)
@@ -146,14 +158,14 @@ def _shape_figures(name: str, repeats: int, phase_steps: int) -> dict:
     npo_s = _timed(lambda: _npo_step(model, adam, forget, retain, ref), repeats)
     adam = model = None  # free before the memory run
 
-    memory = _memory_in_subprocess(name, phase_steps)
+    memory = _memory_in_subprocess(shape, phase_steps)
     return {
         "parameters": params,
         "tokens_per_step": tokens,
         "zo_step_s": zo_s,
         "two_forwards_s": two_f,
-        "zo_step_over_two_forwards": zo_s / two_f,
-        "unfolded_zo_step_over_two_forwards": unfolded_s / two_f,
+        "zo_step_over_two_forwards": zo_ratio,
+        "unfolded_zo_step_over_two_forwards": unfolded_ratio,
         "zo_tokens_per_s": tokens / zo_s,
         "npo_step_s": npo_s,
         "npo_tokens_per_s": 2 * half * seq_len / npo_s,
@@ -165,13 +177,12 @@ def _memory_in_subprocess(name: str, steps: int) -> dict:
     """:func:`_hybrid_phase_memory` in a fresh process: RSS in a process that already ran other work includes
     memory its allocator kept."""
     import json
-    import os
     import subprocess
     import sys
 
-    command = [sys.executable, "-m", "hf_unlearn.perf.scale", "memory", name, str(steps)]
+    command = [sys.executable, "-m", "benchmarks_perf.scale", "memory", name, str(steps)]
     # tensors above 128 KiB mmap'd and unmapped when freed: RSS then follows live memory, not what malloc keeps
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+    env = subprocess_env(MALLOC_MMAP_THRESHOLD_="131072")
     out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -239,9 +250,6 @@ def bench_shapes(shapes: tuple[str, ...] = ("6M",), repeats: int = 3, phase_step
     """The figures of :func:`_shape_figures` for each shape, in one process, one after the other."""
     with _threads(threads) as used:
         results = {name: _shape_figures(name, repeats, phase_steps) for name in shapes}
-    targets = {"6M": 1.03, "100M": 1.02}
-    for name, figures in results.items():
-        figures["target_zo_step_over_two_forwards"] = targets.get(name)
     return {"shapes": results, "threads": used, "repeats": repeats}
 
 

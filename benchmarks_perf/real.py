@@ -1,0 +1,382 @@
+"""The real model's costs, each side by side in one run: `hf-unlearn bench --model smollm2-135m-instruct`.
+
+At a stated shape (default 8 × 256 tokens per side), on chat-template examples (a long system message of author
+facts, a question, a short answer), every comparison alternates its sides after a warm-up (``ratio.py``):
+
+- a ZO-SGD step against two no-grad forwards of the same loss (one row per direction law, and per ZO option that
+  exists, e.g. ``zo_cache_directions``); goal ≤ 1.05;
+- ZO-SGD peak memory against inference (two no-grad forwards), each side in a fresh process; goal ≤ 1.05;
+- an NPO step (cached reference, AdamW) against a plain SFT step (mean answer NLL, AdamW) on the same forget +
+  retain rows; goal ≤ 1.05;
+- a hybrid run (N AdamW steps then N AdaZO steps, NPO) against an AdamW run of as many steps; goal ≤ 0.90;
+- scoring answers with logits over every position against logits from the first answer position on; no goal.
+
+Every step goes through the library's trainer (``training_step`` then ``optimizer.step``), so what is timed is what
+a run pays, and options the engine gains reach the bench through its config fields alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+
+import torch
+
+from benchmarks_perf import subprocess_env
+from benchmarks_perf.ratio import alternate, compare, ratio_entry, timed
+
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+GOALS = {"zo_step": 1.05, "zo_memory": 1.05, "npo_step": 1.05, "hybrid_run": 0.90, "answer_only_scoring": None}
+# Extra ZO rows: (row name, config fields). A row runs only when its fields exist in this version of the library, so
+# a ZO option added to the engine (e.g. ``zo_cache_directions``) is benched by adding one line here.
+ZO_VARIANTS = (
+    ("zo_sgd_sphere", {"zo_direction": "sphere"}),
+    ("zo_sgd_rademacher", {"zo_direction": "rademacher"}),
+    ("zo_sgd_sphere_cached_directions", {"zo_direction": "sphere", "zo_cache_directions": True}),
+    ("zo_sgd_rademacher_cached_directions", {"zo_direction": "rademacher", "zo_cache_directions": True}),
+)
+# --rows names -> the comparison each runs (cheapest first, the order of a run)
+ROWS = {
+    "scoring": "answer_only_vs_full_vocabulary_scoring",
+    "npo_step": "npo_step_vs_sft_step",
+    "zo_step": "zo_rows",
+    "hybrid": "hybrid_run_vs_adamw_run",
+    "zo_memory": "zo_sgd_peak_memory_vs_inference",
+}
+ROWS_BY_COMPARISON = {comparison: row for row, comparison in ROWS.items()}
+MIN_SEQ_LEN = 64  # room for the chat template's markup, a question and a short answer
+
+
+# ---- data ----------------------------------------------------------------------------------------------------------
+
+
+def chat_examples(tokenizer, count: int, seq_len: int, seed: int = 0) -> list[dict[str, list[int]]]:
+    """``count`` QA examples of exactly ``seq_len`` tokens in the tokenizer's chat template.
+
+    Each is a system message of facts about fictitious authors (the synthetic benchmark's), the question and its
+    short answer: long prompts and short answers, as in TOFU-style unlearning. The prompt is cut from the left to
+    the length (the answer, its closing token and the end of the prompt stay whole).
+    """
+    from hf_unlearn.benchmarks.synthetic import make_synthetic_tofu
+    from hf_unlearn.data import IGNORE_INDEX, QAFormat, tokenize_qa
+
+    rows = make_synthetic_tofu(num_authors=max(4, count), qa_per_author=8, seed=seed)["full"]
+    facts = " ".join(row["answer"] for row in rows)
+    examples = []
+    for index in range(count):
+        row = rows[(index * 7) % len(rows)]
+        context = facts
+        while True:
+            fmt = QAFormat(system_prompt="Answer from these facts. " + context)
+            example = tokenize_qa(tokenizer, row["question"], row["answer"], max_length=10**6, qa_format=fmt)
+            if len(example["input_ids"]) >= seq_len:
+                break
+            context = context + " " + facts
+        answer_tokens = sum(label != IGNORE_INDEX for label in example["labels"])
+        if answer_tokens >= seq_len - 8:
+            raise ValueError(f"seq_len={seq_len} leaves no room for a prompt; use at least {MIN_SEQ_LEN}.")
+        examples.append({key: example[key][-seq_len:] for key in ("input_ids", "attention_mask", "labels")})
+    return examples
+
+
+def answer_tokens(examples) -> list[int]:
+    from hf_unlearn.data import IGNORE_INDEX
+
+    return [sum(label != IGNORE_INDEX for label in e["labels"]) for e in examples]
+
+
+# ---- trainers driven one step at a time ----------------------------------------------------------------------------
+
+
+def _config(output_dir: str, batch_size: int, **fields):
+    from hf_unlearn.trainers import get_method
+
+    defaults = {"output_dir": output_dir, "report_to": "none", "save_strategy": "no", "disable_tqdm": True,
+                "per_device_train_batch_size": batch_size, "per_device_eval_batch_size": batch_size, "seed": 0,
+                "learning_rate": 1e-6, "logging_steps": 10**6, "use_cpu": True, "max_steps": 10**6}  # fmt: skip
+    return get_method("npo").config_class(**{**defaults, **fields})
+
+
+def config_fields() -> set[str]:
+    from hf_unlearn.trainers import get_method
+
+    return {f.name for f in dataclasses.fields(get_method("npo").config_class)}
+
+
+class Stepper:
+    """An NPO trainer on ``model`` whose optimizer steps are run one at a time, as its training loop runs them."""
+
+    def __init__(self, model, tokenizer, dataset, output_dir: str, batch_size: int, **fields):
+        from hf_unlearn.trainers import get_method
+
+        args = _config(output_dir, batch_size, **fields)
+        self.trainer = get_method("npo")(model, args, train_dataset=dataset, processing_class=tokenizer)
+        self.trainer.create_optimizer()
+        self.trainer.current_gradient_accumulation_steps = 1
+
+    def step(self, batch) -> None:
+        trainer = self.trainer
+        trainer.training_step(trainer.model, batch)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.state.global_step += 1
+
+    def no_grad_loss(self, batch) -> None:
+        from hf_unlearn.modeling import eval_mode
+
+        with eval_mode(self.trainer.model):
+            self.trainer.compute_loss(self.trainer.model, batch)
+
+
+# ---- the comparisons -----------------------------------------------------------------------------------------------
+
+
+def _zo_rows(model, tokenizer, data, plain, out, batch_size, repeats, warmup, clock) -> tuple[dict, list[str]]:
+    available = config_fields()
+    from hf_unlearn.optim.zo import DIRECTIONS
+
+    variants = {
+        name: fields
+        for name, fields in ZO_VARIANTS
+        if set(fields) <= available and fields.get("zo_direction", "sphere") in DIRECTIONS
+    }
+    reference = Stepper(model, tokenizer, data, out, batch_size, optimizer="adamw")
+    sides = {"two_forwards": timed(lambda: [reference.no_grad_loss(plain) for _ in range(2)], clock)}
+    for name, fields in variants.items():
+        stepper = Stepper(model, tokenizer, data, out, batch_size, optimizer="zo_sgd", learning_rate=1e-7, **fields)
+        sides[name] = timed(lambda s=stepper: s.step(plain), clock)
+    values = alternate(sides, repeats, warmup)
+    rows = {
+        f"{name}_vs_two_forwards": ratio_entry(
+            name, values[name], "two_forwards", values["two_forwards"], GOALS["zo_step"], warmup=warmup, **fields
+        )
+        for name, fields in variants.items()
+    }
+    skipped = [name for name, fields in ZO_VARIANTS if name not in variants]
+    return rows, skipped
+
+
+def _npo_row(model, tokenizer, data, out, batch_size, repeats, warmup, clock) -> dict:
+    stepper = Stepper(model, tokenizer, data, out, batch_size, optimizer="adamw")
+    collate = stepper.trainer.data_collator
+    pairs = collate([data[i] for i in range(batch_size)])
+    rows = [data[i]["forget"] for i in range(batch_size)] + [data[i]["retain"] for i in range(batch_size)]
+    plain = collate([{k: v for k, v in row.items() if k != "index"} for row in rows])
+    return compare(
+        "npo_step", timed(lambda: stepper.step(pairs), clock), "sft_step", timed(lambda: stepper.step(plain), clock),
+        GOALS["npo_step"], repeats, warmup,
+        what="NPO (cached reference, beta 0.1, alpha 1) on B forget + B retain rows against the mean answer NLL of "
+        "the same 2B rows in one batch; AdamW; the reference pass runs in the warm-up",
+    )  # fmt: skip
+
+
+def _hybrid_row(model, tokenizer, data, out, batch_size, n, repeats, warmup, clock) -> dict:
+    def run(**fields):
+        from hf_unlearn.trainers import get_method
+
+        args = _config(out, batch_size, max_steps=2 * n, **fields)
+        get_method("npo")(model, args, train_dataset=data, processing_class=tokenizer).train()
+
+    return compare(
+        "hybrid_run", timed(lambda: run(optimizer="hybrid", hybrid_fo_steps=n), clock),
+        "adamw_run", timed(lambda: run(optimizer="adamw"), clock),
+        GOALS["hybrid_run"], repeats, warmup, hybrid_fo_steps=n, steps=2 * n,
+        what=f"whole NPO runs (trainer.train(), fresh optimizer, cached reference pass included): {n} AdamW + {n} "
+        f"AdaZO steps against {2 * n} AdamW steps",
+    )  # fmt: skip
+
+
+def _scoring_row(model, plain, repeats, warmup, clock) -> dict:
+    from hf_unlearn.data import IGNORE_INDEX
+    from hf_unlearn.modeling import eval_mode, token_nll
+
+    labels = plain["labels"]
+    scored = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()
+    start = int(scored[0])
+    keep = labels.shape[1] - start
+    results = {}
+
+    def score(answer_only: bool):
+        with eval_mode(model):
+            if answer_only:
+                logits = model(**_inputs(plain), logits_to_keep=keep).logits
+                results["answer_only"] = float(token_nll(logits, labels[:, start:]).sum())
+            else:
+                results["full"] = float(token_nll(model(**_inputs(plain)).logits, labels).sum())
+
+    entry = compare(
+        "answer_only_logits", timed(lambda: score(True), clock), "full_vocabulary_logits",
+        timed(lambda: score(False), clock), GOALS["answer_only_scoring"], repeats, warmup,
+        positions_with_logits=keep, positions=labels.shape[1],
+        what="answer NLL of B rows: the output head over the vocabulary at every position against only from the "
+        "position before the first answer token on (logits_to_keep)",
+    )  # fmt: skip
+    entry["nll_sum_difference"] = abs(results["answer_only"] - results["full"])
+    return entry
+
+
+def _inputs(batch):
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+# ---- peak memory, one fresh process per measurement ----------------------------------------------------------------
+
+MEMORY_MODES = ("inference", "zo_sgd")
+
+
+def _memory_in_subprocess(mode: str, folder: str, batch_size: int, seq_len: int, threads: int) -> float:
+    """Peak RSS (MB) of a fresh process running ``mode`` once, above its RSS before the model is loaded."""
+    # tensors above 128 KiB are mmap'd and unmapped when freed: RSS then follows live memory
+    env = subprocess_env(MALLOC_MMAP_THRESHOLD_="131072")
+    command = [sys.executable, "-m", "benchmarks_perf.real", "memory", mode, folder, str(batch_size), str(seq_len)]
+    command.append(str(threads))
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the {mode} memory process failed: {tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])["peak_above_base_mb"]
+
+
+def _memory_child(mode: str, folder: str, batch_size: int, seq_len: int, threads: int) -> None:
+    """Both modes import and build the same things before the baseline; only the model and its work follow it."""
+    torch.set_num_threads(threads)
+    import hf_unlearn.trainers  # noqa: F401  (the trainer's modules are in the baseline, as the interpreter is)
+    from hf_unlearn.data import ForgetRetainDataset
+    from hf_unlearn.loading import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(folder)
+    examples = chat_examples(tokenizer, 2 * batch_size, seq_len)
+    data = ForgetRetainDataset(examples[:batch_size], examples[batch_size:], seed=0)
+    with tempfile.TemporaryDirectory() as out:
+        base = _rss_kb()
+        model = load_model(folder, dtype=torch.float32)
+        if mode == "inference":
+            stepper = Stepper(model, tokenizer, data, out, batch_size, optimizer="adamw")  # no step: no state
+            plain = stepper.trainer.data_collator(examples[:batch_size])
+            for _ in range(2):
+                stepper.no_grad_loss(plain)
+        else:
+            stepper = Stepper(model, tokenizer, data, out, batch_size, optimizer="zo_sgd", learning_rate=1e-7)
+            plain = stepper.trainer.data_collator(examples[:batch_size])
+            stepper.step(plain)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    print(json.dumps({"peak_above_base_mb": (peak - base) / 1024}))
+
+
+def _progress(rows: dict) -> None:
+    """Each comparison as it finishes (a long run that is stopped keeps what it measured)."""
+    for name, entry in rows.items():
+        print(f"  real_model {name}: {json.dumps(entry)}", flush=True)
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+# ---- the suite -----------------------------------------------------------------------------------------------------
+
+
+def bench_real_model(
+    model: str = DEFAULT_MODEL,
+    batch_size: int = 8,
+    seq_len: int = 256,
+    repeats: int = 5,
+    warmup: int = 1,
+    hybrid_steps: int = 20,
+    threads: int = 1,
+    clock: str = "cpu",
+    rows: tuple[str, ...] = (),
+) -> dict:
+    """Every comparison of the module docstring on ``model`` (a folder or a packaged model's name), in one run;
+    ``rows``: only these of :data:`ROWS` (default: all)."""
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        raise ValueError(f"Unknown bench rows {sorted(unknown)}; choose from {', '.join(ROWS)}.")
+    from hf_unlearn.data import ForgetRetainDataset
+    from hf_unlearn.loading import check_model_path, load_model, load_tokenizer
+
+    folder = check_model_path(model, "--model")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        tokenizer = load_tokenizer(folder)
+        examples = chat_examples(tokenizer, 2 * batch_size, seq_len)
+        data = ForgetRetainDataset(examples[:batch_size], examples[batch_size:], seed=0)
+        loaded = load_model(folder, dtype=torch.float32)
+        with tempfile.TemporaryDirectory() as out:
+            plain = Stepper(loaded, tokenizer, data, out, batch_size, optimizer="adamw").trainer.data_collator(
+                examples[:batch_size]
+            )
+            memory = {
+                mode: (lambda m=mode: _memory_in_subprocess(m, folder, batch_size, seq_len, threads))
+                for mode in MEMORY_MODES
+            }
+
+            def zo_rows():
+                return _zo_rows(loaded, tokenizer, data, plain, out, batch_size, repeats, warmup, clock)
+
+            # cheapest first: a run stopped early (a loaded machine) keeps the most comparisons
+            comparisons = {
+                "answer_only_vs_full_vocabulary_scoring": lambda: _scoring_row(loaded, plain, repeats, warmup, clock),
+                "npo_step_vs_sft_step": lambda: _npo_row(
+                    loaded, tokenizer, data, out, batch_size, repeats, warmup, clock
+                ),
+                "zo_rows": zo_rows,
+                "hybrid_run_vs_adamw_run": lambda: _hybrid_row(
+                    loaded, tokenizer, data, out, batch_size, hybrid_steps, repeats, warmup, clock
+                ),
+                "zo_sgd_peak_memory_vs_inference": lambda: compare(
+                    "zo_sgd", memory["zo_sgd"], "inference", memory["inference"], GOALS["zo_memory"], repeats, 0,
+                    unit="mb", what="peak RSS (ru_maxrss) of a fresh process above its RSS before the model loads: "
+                    "one ZO-SGD step against two no-grad forwards of the same loss, fp32",
+                ),
+            }  # fmt: skip
+            ratios, skipped = {}, []
+            for name, row in comparisons.items():
+                if rows and ROWS_BY_COMPARISON[name] not in rows:
+                    continue
+                if name == "zo_rows":
+                    done, skipped = row()
+                else:
+                    done = {name: row()}
+                ratios.update(done)
+                _progress(done)
+        parameters = sum(p.numel() for p in loaded.parameters())
+    finally:
+        torch.set_num_threads(before)
+    answers = answer_tokens(examples)
+    return {
+        "model": model,
+        "folder": folder,
+        "parameters": parameters,
+        "vocabulary": loaded.config.vocab_size,
+        "dtype": "float32",
+        "shape": {
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+            "tokens_per_side": batch_size * seq_len,
+            "answer_tokens_min_max": [min(answers), max(answers)],
+            "format": "chat template: system message of author facts, question, short answer (+ end token)",
+        },
+        "threads": threads,
+        "clock": clock,
+        "repeats": repeats,
+        "warmup": warmup,
+        "rows": list(rows or ROWS),
+        "zo_rows_not_in_this_library": skipped,
+        "ratios": ratios,
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 7 and sys.argv[1] == "memory":
+        _memory_child(sys.argv[2], sys.argv[3], *map(int, sys.argv[4:]))
+    else:
+        print(json.dumps(bench_real_model(), indent=1))

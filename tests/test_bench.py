@@ -1,0 +1,298 @@
+"""`hf-unlearn bench`: ratios from alternating repeats (median, spread, goal), the real-model suite's JSON, the
+command's one-line errors, and the measurements living outside the wheel and the library's import graph."""
+
+import ast
+import configparser
+import json
+from pathlib import Path
+
+import pytest
+from setuptools import find_packages
+
+import hf_unlearn
+from benchmarks_perf import ratio
+
+
+ROOT = Path(hf_unlearn.__file__).resolve().parent.parent
+
+
+def test_alternate_runs_the_sides_in_turn_after_the_warm_up():
+    calls = []
+
+    def side(name, value):
+        def measure():
+            calls.append(name)
+            return value + len(calls)  # distinguishes each call
+
+        return measure
+
+    values = ratio.alternate({"a": side("a", 100), "b": side("b", 200)}, repeats=3, warmup=2)
+    assert calls == ["a", "b"] * 5  # 2 warm-up rounds, then A B A B A B
+    assert values == {"a": [105, 107, 109], "b": [206, 208, 210]}  # warm-up values dropped, in call order
+
+
+def test_alternate_refuses_no_repeats():
+    with pytest.raises(ValueError, match="repeats=0"):
+        ratio.alternate({"a": lambda: 1.0}, repeats=0)
+
+
+def test_ratio_entry_reports_the_median_and_spread_of_the_paired_ratios():
+    entry = ratio.ratio_entry("zo", [2.0, 3.0, 4.0, 10.0, 5.0], "fwd", [2.0, 2.0, 2.0, 2.0, 2.0], goal=2.0)
+    # pair ratios 1, 1.5, 2, 5, 2.5 -> median 2, spread 1..5; the median meets a ceiling of 2 exactly
+    assert (entry["ratio_median"], entry["ratio_min"], entry["ratio_max"]) == (2.0, 1.0, 5.0)
+    assert entry["meets_goal"] is True and entry["goal"] == 2.0 and entry["repeats"] == 5
+    assert entry["a_seconds"] == [2.0, 3.0, 4.0, 10.0, 5.0] and entry["b_median_seconds"] == 2.0
+    assert ratio.ratio_entry("zo", [2.0, 3.0, 4.0], "fwd", [2.0, 2.0, 2.0], goal=1.4)["meets_goal"] is False
+    assert ratio.ratio_entry("zo", [1.0], "fwd", [2.0], goal=None)["meets_goal"] is None
+    ratio.check_ratio_entry(entry)
+
+
+def test_ratio_entry_pairs_each_round_not_the_medians():
+    # A drifts up with load and B with it: each pair's ratio is 1.1, the ratio of the medians would be too
+    a = [1.1 * t for t in (1, 5, 2, 9, 3)]
+    b = [float(t) for t in (1, 5, 2, 9, 3)]
+    entry = ratio.ratio_entry("a", a, "b", b, goal=1.05)
+    assert entry["ratio_min"] == entry["ratio_max"] == pytest.approx(1.1)
+    assert entry["meets_goal"] is False
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"ratio_median": 9.0}, "outside its spread"),
+        ({"meets_goal": False}, "disagrees"),
+        ({"repeats": 4}, "5 repeats|4 repeats"),
+        ({"b_seconds": None}, "not a ratio entry"),
+    ],
+)
+def test_check_ratio_entry_rejects_an_inconsistent_entry(change, message):
+    entry = ratio.ratio_entry("a", [1.0, 2.0, 3.0, 2.0, 2.0], "b", [2.0] * 5, goal=1.05)
+    with pytest.raises(ValueError, match=message):
+        ratio.check_ratio_entry({**entry, **change})
+
+
+def test_ratio_entry_refuses_unpaired_or_zero_measurements():
+    with pytest.raises(ValueError, match="same number"):
+        ratio.ratio_entry("a", [1.0, 2.0], "b", [1.0], goal=None)
+    with pytest.raises(ValueError, match="positive denominator"):
+        ratio.ratio_entry("a", [1.0], "b", [0.0], goal=None)
+
+
+def test_timed_measures_one_call_on_the_chosen_clock(monkeypatch):
+    ticks = iter([10.0, 12.5])
+    monkeypatch.setitem(ratio.CLOCKS, "cpu", lambda: next(ticks))
+    ran = []
+    assert ratio.timed(lambda: ran.append(1), "cpu")() == 2.5 and ran == [1]
+    with pytest.raises(ValueError, match="clock='gpu'"):
+        ratio.timed(lambda: None, "gpu")
+
+
+def test_compare_is_alternate_then_ratio_of_a_over_b():
+    order = []
+    entry = ratio.compare(
+        "npo", lambda: order.append("npo") or 3.0, "sft", lambda: order.append("sft") or 2.0, 1.05, repeats=5
+    )
+    assert order == ["npo", "sft"] * 6  # one warm-up round, five measured
+    assert entry["ratio_median"] == 1.5 and entry["meets_goal"] is False and entry["warmup"] == 1
+    ratio.check_ratio_entry(entry)
+
+
+# ---- the real-model suite, on the tiny model -------------------------------------------------------------------
+
+
+@pytest.mark.slow  # about a minute of CPU: a dozen trainers and four short runs, even on the tiny model
+def test_real_model_suite_writes_every_ratio_against_its_goal(cli, tiny_model_dir, tmp_path, monkeypatch):
+    """The whole suite through `hf-unlearn bench --model DIR` on a tiny Llama (the memory processes faked: they are
+    pinned by the slow test below)."""
+    from benchmarks_perf import real
+
+    peaks = {"inference": 100.0, "zo_sgd": 103.0}
+    monkeypatch.setattr(real, "_memory_in_subprocess", lambda mode, *args: peaks[mode])
+    out = tmp_path / "bench.json"
+    code, stdout, stderr = cli(
+        "bench", "--model", tiny_model_dir, "--batch_size", "2", "--seq_len", "64", "--repeats", "2",
+        "--hybrid_steps", "1", "--output", out,
+    )  # fmt: skip
+    assert code == 0, stderr
+    report = json.loads(out.read_text())
+    assert {"platform", "cpu", "cores", "load_average_at_start", "torch"} <= set(report["machine"])
+    suite = report["results"]["real_model"]
+    assert list(report["results"]) == ["real_model"]  # --model runs the real-model entry alone
+    assert suite["shape"]["batch_size"] == 2 and suite["shape"]["seq_len"] == 64 and suite["repeats"] == 2
+    low, high = suite["shape"]["answer_tokens_min_max"]
+    assert 1 <= low <= high <= 40  # short answers after a long prompt (a small test vocabulary: more tokens)
+    ratios = suite["ratios"]
+    expected = {
+        "zo_sgd_sphere_vs_two_forwards": 1.05,
+        "zo_sgd_rademacher_vs_two_forwards": 1.05,
+        "zo_sgd_peak_memory_vs_inference": 1.05,
+        "npo_step_vs_sft_step": 1.05,
+        "hybrid_run_vs_adamw_run": 0.90,
+        "answer_only_vs_full_vocabulary_scoring": None,
+    }
+    for name, goal in expected.items():
+        ratio.check_ratio_entry(ratios[name])
+        assert ratios[name]["goal"] == goal and ratios[name]["repeats"] == 2, name
+    assert ratios["zo_sgd_peak_memory_vs_inference"]["ratio_median"] == pytest.approx(1.03)
+    assert ratios["zo_sgd_peak_memory_vs_inference"]["a_mb"] == [103.0, 103.0]
+    assert ratios["hybrid_run_vs_adamw_run"]["steps"] == 2
+    # answer-only logits score the same answers as the full head
+    assert ratios["answer_only_vs_full_vocabulary_scoring"]["nll_sum_difference"] < 1e-3
+    assert ratios["answer_only_vs_full_vocabulary_scoring"]["positions_with_logits"] < 64
+    # a ZO option missing from this library is listed, not silently dropped
+    variants = {name for name, _ in real.ZO_VARIANTS}
+    benched = {name.removesuffix("_vs_two_forwards") for name in ratios} & variants
+    skipped = set(suite["zo_rows_not_in_this_library"])
+    assert benched | skipped == variants and not benched & skipped
+
+
+def test_chat_examples_are_exactly_the_shape_with_the_answer_labelled_at_the_end(tokenizer):
+    from benchmarks_perf.real import chat_examples
+
+    examples = chat_examples(tokenizer, count=3, seq_len=80)
+    for example in examples:
+        assert len(example["input_ids"]) == len(example["labels"]) == 80
+        labelled = [i for i, label in enumerate(example["labels"]) if label != -100]
+        assert labelled == list(range(labelled[0], 80))  # one answer span, at the end
+        assert example["input_ids"][-1] == tokenizer.eos_token_id
+        assert 80 - len(labelled) > 40  # the prompt dominates
+
+
+@pytest.mark.slow
+def test_memory_process_reports_a_peak_above_the_loaded_baseline(tiny_model_dir):
+    from benchmarks_perf.real import _memory_in_subprocess
+
+    peak = _memory_in_subprocess("zo_sgd", str(tiny_model_dir), 2, 64, 1)
+    assert 0 < peak < 2000
+
+
+# ---- the command's errors, before any loading --------------------------------------------------------------------
+
+
+def test_unknown_model_name_is_one_line(cli, tmp_path):
+    code, _, stderr = cli("bench", "--model", "smollm9-135m", "--output", tmp_path / "b.json")
+    assert code == 2
+    assert stderr.strip().count("\n") == 0
+    assert "neither a packaged model (smollm2-135m-instruct" in stderr and "models list" in stderr
+
+
+def test_packaged_model_not_fetched_says_how_to_fetch(cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_UNLEARN_MODELS", str(tmp_path / "models"))
+    code, _, stderr = cli("bench", "--model", "smollm2-135m-instruct", "--output", tmp_path / "b.json")
+    assert code == 2 and stderr.strip().count("\n") == 0
+    assert "hf-unlearn models fetch smollm2-135m-instruct" in stderr
+
+
+@pytest.mark.parametrize("flag, value", [("--repeats", "1"), ("--seq_len", "16"), ("--batch_size", "0")])
+def test_bad_real_model_settings_are_one_line(cli, tmp_path, tiny_model_dir, flag, value):
+    code, _, stderr = cli("bench", "--model", tiny_model_dir, flag, value, "--output", tmp_path / "b.json")
+    assert code == 2 and stderr.strip().count("\n") == 0
+    assert f"{flag} {value} must be at least" in stderr
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_without_the_measurements_says_they_are_not_in_the_wheel(cli, tmp_path, monkeypatch):
+    from hf_unlearn.cli import bench
+
+    monkeypatch.setattr(bench, "PERF_PACKAGE", "benchmarks_perf_not_here")
+    code, _, stderr = cli("bench", "--only", "zo_step_vs_forwards", "--output", tmp_path / "b.json")
+    assert code == 2 and stderr.strip().count("\n") == 0
+    assert "benchmarks_perf_not_here/ folder of a source checkout" in stderr and "wheel" in stderr
+
+
+# ---- outside the wheel and the import graph ----------------------------------------------------------------------
+
+
+def wheel_packages() -> list[str]:
+    """The packages setup.cfg puts in the wheel: find_packages with its [options.packages.find] settings."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    assert config["options"]["packages"].strip() == "find:"
+    find = config["options.packages.find"] if config.has_section("options.packages.find") else {}
+    include = find.get("include", "*").split()
+    exclude = find.get("exclude", "").split()
+    return find_packages(where=str(ROOT), include=include, exclude=exclude)
+
+
+def test_the_measurements_are_not_in_the_wheel():
+    packages = wheel_packages()
+    assert "hf_unlearn" in packages and "hf_unlearn.cli" in packages  # the reading is right
+    assert not [p for p in packages if p.startswith("benchmarks_perf") or p.startswith("hf_unlearn.perf")]
+    assert (ROOT / "benchmarks_perf" / "__init__.py").is_file() and not (ROOT / "hf_unlearn" / "perf").exists()
+
+
+def module_level_imports(tree: ast.Module) -> set[str]:
+    """Modules imported by statements that run on import (module body, including its if/try blocks)."""
+    names, pending = set(), list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module or "")
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            pending += node.body + getattr(node, "orelse", []) + getattr(node, "finalbody", [])
+            pending += [child for handler in getattr(node, "handlers", []) for child in handler.body]
+    return names
+
+
+def test_no_library_module_imports_the_measurements():
+    package = ROOT / "hf_unlearn"
+    importers = []
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        if any(name.split(".")[0] == "benchmarks_perf" for name in module_level_imports(tree)):
+            importers.append(path.name)
+        # anywhere at all (function level too): only the command loads it, by name, through importlib
+        if any(
+            isinstance(node, (ast.Import, ast.ImportFrom))
+            and any(n.split(".")[0] == "benchmarks_perf" for n in module_level_imports(ast.Module([node], [])))
+            for node in ast.walk(tree)
+        ):
+            importers.append(str(path.relative_to(package)))
+    assert importers == []
+    assert 'PERF_PACKAGE = "benchmarks_perf"' in (package / "cli" / "bench.py").read_text()
+
+
+def test_module_level_import_finder_sees_if_and_try_blocks():
+    source = "import a\nif x:\n import b\ntry:\n from c import d\nexcept E:\n import e\ndef f():\n import g\n"
+    tree = ast.parse(source)
+    assert module_level_imports(tree) == {"a", "b", "c", "e"}
+
+
+# ---- the toy entries report the same ratio entries -----------------------------------------------------------------
+
+
+def test_toy_zo_and_hybrid_entries_are_alternating_ratio_entries(single_thread):
+    from benchmarks_perf.optim import bench_hybrid_wall_time, bench_zo_step_time
+
+    zo = bench_zo_step_time(batch_size=1, seq_len=8, repeats=2)
+    ratio.check_ratio_entry(zo)
+    assert (zo["a"], zo["b"], zo["goal"], zo["repeats"], zo["warmup"]) == ("zo_step", "two_forwards", 1.03, 2, 1)
+    hybrid = bench_hybrid_wall_time(n=1, batch_size=1, seq_len=8, repeats=2)
+    ratio.check_ratio_entry(hybrid)
+    assert (hybrid["a"], hybrid["b"], hybrid["goal"]) == ("hybrid_run", "adamw_run", 0.90)
+
+
+def test_markdown_table_quotes_medians_with_spreads():
+    entries = {
+        "zo": ratio.ratio_entry("zo", [1.2, 1.1, 1.3], "fwd", [1.0, 1.0, 1.0], goal=1.05),
+        "mem": ratio.ratio_entry("zo", [103.0] * 3, "inf", [100.0] * 3, goal=1.05, unit="mb"),
+    }
+    table = ratio.markdown_table(entries).splitlines()
+    assert table[2] == "| zo | zo / fwd | **1.200** (1.100–1.300) | 1.2 / 1 s | ≤ 1.05 | no |"
+    assert table[3] == "| mem | zo / inf | **1.030** (1.030–1.030) | 103 / 100 MB | ≤ 1.05 | yes |"
+
+
+def test_unknown_suite_row_is_refused_before_loading(tmp_path):
+    from benchmarks_perf.real import bench_real_model
+
+    with pytest.raises(ValueError, match=r"Unknown bench rows \['zo'\]; choose from scoring, npo_step, zo_step"):
+        bench_real_model(str(tmp_path / "no-model"), rows=("zo",))
+
+
+def test_the_command_lists_every_measurement():
+    from benchmarks_perf import all_measurements
+    from hf_unlearn.cli.bench import ENTRIES
+
+    assert list(ENTRIES) == list(all_measurements())
