@@ -60,10 +60,6 @@ def test_demo_recipe_is_package_data_identical_to_the_checkout_copy():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    (ROOT / "hf_unlearn" / "perf").is_dir(), reason="perf/ is still in the package (it leaves with the bench work)",
-    strict=True,
-)  # fmt: skip
 def test_wheel_carries_the_demo_recipe_and_no_perf(tmp_path):
     """The built wheel holds the demo's recipe (and the other package data) and not the bench's perf/ modules."""
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
@@ -72,4 +68,4 @@ def test_wheel_carries_the_demo_recipe_and_no_perf(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"hf_unlearn/demo.yaml", "hf_unlearn/accelerate_configs/zero3.yaml", "hf_unlearn/cli/logs.py"} <= names
     assert not [n for n in names if n.startswith("hf_unlearn/perf/")]
-    assert not [n for n in names if n.startswith(("tests/", "recipes/", "scripts/"))]
+    assert not [n for n in names if n.startswith(("tests/", "recipes/", "scripts/", "benchmarks_perf/"))]

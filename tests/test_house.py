@@ -47,7 +47,7 @@ LAYERS = [
     ("report rendering", ["report_render"]),
     ("report files", ["report", "model_card", "hub"]),
     ("pipeline", ["recipes", "resume", "pipeline", "finetune", "sweep", "demo", "demo_real"]),
-    ("commands", ["cli", "run", "launch", "__main__", "perf"]),
+    ("commands", ["cli", "run", "launch", "__main__"]),
 ]
 
 
