@@ -5,6 +5,7 @@ import torch
 from transformers import TrainerCallback
 
 from hf_unlearn.callbacks import HybridScheduleCallback
+from hf_unlearn.optim.hybrid import HybridSchedule
 from hf_unlearn.trainers import NPOTrainer
 from tests.helpers import one_thread
 from tests.scripts.optim_fixtures import RandomTokens, ZOTrainer, tiny_llama, training_args, weights
@@ -34,7 +35,7 @@ def _hybrid_trainer(tmp_path, model=None, fo=2, zo=2, max_steps=8, recorder=None
         tmp_path, optimizer="hybrid", hybrid_fo_steps=fo, hybrid_zo_steps=zo, max_steps=max_steps,
         learning_rate=1e-2, zo_learning_rate=1e-3, **overrides,
     )  # fmt: skip
-    callbacks = [HybridScheduleCallback.from_args(args)] + ([recorder] if recorder else [])
+    callbacks = [HybridScheduleCallback()] + ([recorder] if recorder else [])
     model = tiny_llama() if model is None else model
     return ZOTrainer(model=model, args=args, train_dataset=RandomTokens(n=16), callbacks=callbacks)
 
@@ -59,7 +60,7 @@ def test_bad_schedules_fail_at_train_start(tmp_path):
         _hybrid_trainer(tmp_path, max_steps=6).train()
     args = training_args(tmp_path, optimizer="adamw", max_steps=2)
     trainer = ZOTrainer(
-        model=tiny_llama(), args=args, train_dataset=RandomTokens(), callbacks=[HybridScheduleCallback(1, 1)]
+        model=tiny_llama(), args=args, train_dataset=RandomTokens(), callbacks=[HybridScheduleCallback()]
     )
     with pytest.raises(ValueError, match="needs optimizer='hybrid', got AdamW"):
         trainer.train()
@@ -97,12 +98,15 @@ def test_resuming_mid_zo_phase_reproduces_the_run_bit_for_bit(tmp_path):
     assert logs(resumed)[-5:] == logs(full)[-5:]
 
 
-def test_schedule_state_travels_in_checkpoints():
-    callback = HybridScheduleCallback(3, 2)
-    callback.phase = "zo"
-    restored = HybridScheduleCallback.from_state(callback.state())
-    assert (restored.fo_steps, restored.zo_steps, restored.phase) == (3, 2, "zo")
-    assert [restored.phase_at(s) for s in range(6)] == ["fo", "fo", "fo", "zo", "zo", "fo"]
+def test_the_schedule_is_the_optimizers_own_and_a_function_of_the_step(tmp_path):
+    schedule = HybridSchedule(3, 2)
+    assert [schedule.phase_at(s) for s in range(6)] == ["fo", "fo", "fo", "zo", "zo", "fo"]
+    # the trainer's hybrid carries hybrid_fo_steps / hybrid_zo_steps from the config: no callback holds a copy
+    trainer = _hybrid_trainer(tmp_path, fo=3, zo=2, max_steps=5)
+    trainer.create_optimizer()
+    hybrid = trainer.optimizer
+    assert hybrid.schedule == (3, 2) and hybrid.phase == "fo"
+    assert [hybrid.begin_step(s) for s in (2, 3, 4, 5, 8)] == ["fo", "zo", "zo", "fo", "zo"]
 
 
 def test_hybrid_npo_unlearning_with_the_unlearn_trainer(tmp_path):
@@ -118,7 +122,7 @@ def test_hybrid_npo_unlearning_with_the_unlearn_trainer(tmp_path):
     recorder = _StepRecorder()
     trainer = NPOTrainer(
         model=path, args=args, train_dataset=npo_dataset(path),
-        callbacks=[HybridScheduleCallback.from_args(args), recorder],
+        callbacks=[HybridScheduleCallback(), recorder],
     )  # fmt: skip
     trainer.train()
     assert recorder.had_grad == [True, True, False, False]

@@ -146,7 +146,7 @@ def main(out_dir: str, deepspeed: str) -> None:
         model=tiny_llama(),
         args=args,
         train_dataset=RandomTokens(n=16),
-        callbacks=[HybridScheduleCallback.from_args(args), snapshots, master_log, checks],
+        callbacks=[HybridScheduleCallback(), snapshots, master_log, checks],
     )
     trainer.train()
     rank = int(os.environ.get("RANK", "0"))
