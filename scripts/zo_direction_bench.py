@@ -53,10 +53,13 @@ def zo_step(model, optimizer, batch, step: int, loss_fn=None) -> None:
     optimizer.step()
 
 
+CLOCK = time.perf_counter
+
+
 def timed(fn) -> float:
-    start = time.perf_counter()
+    start = CLOCK()
     fn()
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def main() -> None:
@@ -67,7 +70,18 @@ def main() -> None:
     parser.add_argument("--seq_len", type=int, default=256)
     parser.add_argument("--out", default=None)
     parser.add_argument("--full", default="0,2,4", help="indices of VARIANTS measured as whole steps")
+    parser.add_argument(
+        "--cpu_time", action="store_true",
+        help="time with the process's CPU time (one thread: what it computed, not how long it waited for a core; "
+        "for a machine whose load would otherwise swamp the figures)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--forward_batch_size", type=int, default=None,
+        help="time the forwards on this many sequences and scale to --batch_size (linear in the rows)",
+    )  # fmt: skip
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.cpu_time else time.perf_counter
     torch.set_num_threads(1)
     load_at_start = os.getloadavg()
     if args.model:
@@ -82,10 +96,14 @@ def main() -> None:
                   for name, fields in VARIANTS.items()}  # fmt: skip
     steps = iter(range(10**9))
 
+    rows = args.forward_batch_size or args.batch_size
+    forward_batch = {k: v[:rows] for k, v in batch.items()}
+    forward_scale = args.batch_size / rows
+
     def two_forwards():
         with torch.no_grad():
-            model(**batch)
-            model(**batch)
+            model(**forward_batch)
+            model(**forward_batch)
 
     def step_of(name):
         with torch.no_grad():
@@ -101,7 +119,7 @@ def main() -> None:
         sweeps_of(name)  # warm-up: allocator, kernels
     rounds = []
     for r in range(args.rounds):
-        row = {"two_forwards_s": timed(two_forwards)}
+        row = {"two_forwards_s": timed(two_forwards) * forward_scale}
         for name in VARIANTS:
             if name in full:
                 row[name] = timed(functools.partial(step_of, name))
@@ -113,6 +131,8 @@ def main() -> None:
         "parameters": params,
         "shape": f"{args.batch_size} x {args.seq_len} tokens",
         "threads": 1,
+        "clock": "process CPU time" if args.cpu_time else "wall",
+        "forwards_timed_on": f"{rows} x {args.seq_len} tokens, scaled x{forward_scale:g}",
         "rounds": args.rounds,
         "loadavg_at_start": load_at_start,
         "loadavg_at_end": os.getloadavg(),

@@ -138,3 +138,41 @@ def test_hybrid_npo_unlearning_with_the_unlearn_trainer(tmp_path):
     # both phases log the parts (a ZO step: their mean over the ±μ forwards), and they add up to the logged loss
     for log in logs:
         assert log["loss"] == pytest.approx(log["loss/forget"] + args.alpha * log["loss/retain"], rel=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", ["hybrid", "adazo", "adamw", "sam"])
+def test_the_step_strategy_is_chosen_once_when_the_optimizer_is_created(tmp_path, monkeypatch, optimizer):
+    import hf_unlearn.trainers.smoothing as smoothing_module
+    import hf_unlearn.trainers.zeroth_order as zo_module
+    from hf_unlearn.trainers.smoothing import SmoothingMixin
+
+    class SmoothingZOTrainer(SmoothingMixin, ZOTrainer):
+        pass
+
+    walks = []
+    for module, name in ((zo_module, "unwrap_optimizer"), (smoothing_module, "smoothing_optimizer_of")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda o, original=original: walks.append(o) or original(o))
+    args = training_args(
+        tmp_path, optimizer=optimizer, hybrid_fo_steps=2, max_steps=4, gradient_accumulation_steps=2,
+        per_device_train_batch_size=2, learning_rate=1e-2, zo_learning_rate=1e-3,
+    )  # fmt: skip
+    callbacks = [HybridScheduleCallback()] if optimizer == "hybrid" else []
+    trainer = SmoothingZOTrainer(model=tiny_llama(), args=args, train_dataset=RandomTokens(n=16), callbacks=callbacks)
+    trainer.train()
+    # 8 micro-batches, and the chain was walked once per mixin that asks (smoothing first, then ZO), when the optimizer
+    # was created: never per micro-batch
+    assert len(walks) == (1 if optimizer == "sam" else 2)
+    assert trainer.state.global_step == 4
+
+
+def test_the_training_step_is_two_super_calls_deep():
+    """Only the trainer's logging wrapper and TrainingStepMixin define training_step above the Trainer's own: the
+    step strategy is a function picked once, not a chain of mixins that each decide again."""
+    from transformers import Trainer
+
+    from hf_unlearn.trainers import UnlearnTrainer
+    from hf_unlearn.trainers.step import TrainingStepMixin
+
+    defining = [cls for cls in UnlearnTrainer.__mro__ if "training_step" in vars(cls)]
+    assert defining == [UnlearnTrainer, TrainingStepMixin, Trainer]
