@@ -265,11 +265,13 @@ class SeededDirections:
         restoring is exact.
         """
         masters = self.masters
+        scale = self.scale(seed)
         if masters is None:
-            self.perturb_(seed, to - at)
+            for index, p in enumerate(self.params):
+                with self.materialized(index):
+                    p.add_(self.scratch_direction(seed, index, scaled=False), alpha=(to - at) * scale)
             return
         masters.before_write()
-        scale = self.scale(seed)
         for index, piece in enumerate(masters.pieces):
             if piece is None:
                 continue
@@ -629,21 +631,21 @@ def projected_gradients(
     """
     optimizer.flush_restore_()
     seeds = list(seeds)
-    mu = optimizer.settings.mu
+    engine, mu = optimizer.directions, optimizer.settings.mu
     central = optimizer.settings.difference == "central"
     base = None if central else loss_fn().detach().double()
     projected, observed = [], []
     snapshot = optimizer.snapshot()
     for k, seed in enumerate(seeds):
-        optimizer.move_(seed, 1.0, 0.0)
+        engine.move_(seed, mu, 0.0)
         plus = loss_fn().detach().double()
         at = 1.0
         if central:
             if snapshot is None:
-                optimizer.move_(seed, -1.0, 1.0)
+                engine.move_(seed, -mu, mu)
             else:  # from θ itself, so θ−μz is rounded once, as θ+μz was
                 optimizer.restore_(snapshot, seed, 1.0)
-                optimizer.move_(seed, -1.0, 0.0)
+                engine.move_(seed, -mu, 0.0)
             minus = loss_fn().detach().double()
             at = -1.0
             projected.append((plus - minus) / (2 * mu))
