@@ -122,7 +122,7 @@ def _fill_rademacher(out: torch.Tensor, generator: torch.Generator) -> None:
     """±1 into the 1-D ``out``: each random int32 word gives 31 signs, written as the bits of fp32 ±1.0.
 
     One random word per 31 elements instead of one random number per element: the cost is three integer passes
-    over ``z``, about a quarter of ``normal_``'s (see docs/optimizers.md, ZO direction cost).
+    over ``z``, about a quarter of ``normal_``'s (docs/zo_directions.md).
     """
     n = out.numel()
     words = torch.empty(-(-n // _SIGNS_PER_WORD), 1, dtype=torch.int32, device=out.device).random_(generator=generator)
@@ -151,8 +151,9 @@ class SeededDirections:
     ``E[z zᵀ] = I``, so ``μ`` keeps a per-weight meaning and the estimate ``(zᵀg) z`` is unbiased. The sphere's
     norm needs one extra generation sweep per seed; it is cached until :meth:`release`.
 
-    ``cache``: keep each tensor's ``z`` in bf16 from its first generation until :meth:`release` (2 bytes per trainable
-    weight per direction in flight); later sweeps copy it back instead of regenerating. ``z`` is then the bf16-rounded
+    ``cache``: keep each tensor's ``z`` in bf16 from its first generation until :meth:`release`; later sweeps copy it
+    back instead of regenerating. Memory: 2 bytes per trainable weight per direction, allocated at the first step and
+    kept for the run. ``z`` is then the bf16-rounded
     sample (the sphere normalised over the rounded values) in every sweep, the perturbations and the update alike.
     """
 
@@ -162,7 +163,11 @@ class SeededDirections:
         self.params = list(params)
         self.kind = kind
         self.cache = cache
-        self._cached: dict[tuple[int, int], torch.Tensor] = {}
+        # the cache: bf16 buffers per (slot, tensor), allocated once and kept across steps (no page faults per step);
+        # a slot is the seed's place among those drawn since the last release
+        self._cache_slots: dict[int, int] = {}
+        self._cache_filled: set[tuple[int, int]] = set()
+        self._cache_buffers: dict[tuple[int, int], torch.Tensor] = {}
         self.dim = sum(_numel(p) for p in self.params)
         self._generators: dict[torch.device, torch.Generator] = {}
         self._sphere_scale: dict[int, float] = {}
@@ -189,9 +194,10 @@ class SeededDirections:
     def _fill(self, seed: int, index: int, out: torch.Tensor) -> torch.Tensor:
         # Always a contiguous 1-D fill then a view, so a scratch slice and a fresh tensor get the same values.
         p = self.params[index]
-        cached = self._cached.get((seed, index)) if self.cache else None
-        if cached is not None:
-            return out.copy_(cached).view(_shape(p))
+        if self.cache:
+            key = (self._cache_slots.setdefault(seed, len(self._cache_slots)), index)
+            if key in self._cache_filled:
+                return out.copy_(self._cache_buffers[key]).view(_shape(p))
         gen = self._generator(p.device)
         gen.manual_seed(derive_seed(seed, index))
         if self.kind == "rademacher":
@@ -199,8 +205,10 @@ class SeededDirections:
         else:
             out.normal_(generator=gen)
         if self.cache:  # from the first use on, z is the rounded sample: every sweep moves along the same z
-            cached = self._cached[(seed, index)] = out.to(torch.bfloat16)
-            out.copy_(cached)
+            if key not in self._cache_buffers:
+                self._cache_buffers[key] = torch.empty(out.numel(), dtype=torch.bfloat16, device=out.device)
+            out.copy_(self._cache_buffers[key].copy_(out))
+            self._cache_filled.add(key)
         return out.view(_shape(p))
 
     def scratch_direction(self, seed: int, index: int, scaled: bool = True) -> torch.Tensor:
@@ -308,7 +316,8 @@ class SeededDirections:
         applied)."""
         self._sphere_scale.clear()
         self._scratch.clear()
-        self._cached.clear()
+        self._cache_slots.clear()
+        self._cache_filled.clear()  # the cache's buffers stay allocated for the next step
 
 
 class ZerothOrderOptimizer(Optimizer):
