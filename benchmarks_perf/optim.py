@@ -60,7 +60,7 @@ def random_batch(batch_size: int, seq_len: int, vocab: int, seed: int = 0) -> di
 
 def _zo_step(model, optimizer, batch, step: int) -> None:
     """One q-direction ZO step exactly as ZerothOrderMixin runs it, without the Trainer around it."""
-    seeds = [derive_seed(0, step, i) for i in range(optimizer.num_directions)]
+    seeds = [derive_seed(0, step, i) for i in range(optimizer.settings.num_directions)]
     projected, _ = projected_gradients(optimizer, lambda: model(**batch).loss, seeds, defer_restore=True)
     for seed, c in zip(seeds, (projected / len(seeds)).tolist()):
         optimizer.record(seed, c)
@@ -145,7 +145,7 @@ def _hybrid_wall_time(n, batch_size, seq_len, threads, repeats, clock="cpu") -> 
         hybrid = build_optimizer(model, optimizer="hybrid", learning_rate=1e-4, hybrid_fo_steps=n)
         for _ in range(n):
             fo_step(model, hybrid)
-        hybrid.phase = "zo"
+        hybrid.begin_step(n)
         model.eval()
         for step in range(n, 2 * n):
             _zo_step(model, hybrid.zo, batch, step)

@@ -198,7 +198,7 @@ def _hybrid_phase_memory(name: str, steps: int) -> dict:
     hybrid = build_optimizer(model, optimizer="hybrid", learning_rate=1e-6, hybrid_fo_steps=steps)
     phases = {}
     for period in range(2):  # the second period shows both optimizers' states resident
-        hybrid.phase = "fo"
+        hybrid.begin_step(2 * period * steps)
         model.train()
         resident = _trimmed_rss() - base
         with _RSSSampler() as fo:
@@ -207,7 +207,7 @@ def _hybrid_phase_memory(name: str, steps: int) -> dict:
                 hybrid.step()
                 hybrid.zero_grad(set_to_none=True)
         phases[f"fo_{period + 1}"] = {"resident_at_start_mb": resident / 2**20, "peak_mb": (fo.peak - base) / 2**20}
-        hybrid.phase = "zo"
+        hybrid.begin_step((2 * period + 1) * steps)
         model.eval()
         resident = _trimmed_rss() - base
         with _RSSSampler() as zo:

@@ -104,7 +104,7 @@ def hybrid_figures(batch, n: int) -> dict:
         hybrid = build_optimizer(model, optimizer="hybrid", learning_rate=1e-5, hybrid_fo_steps=n)
         for _ in range(n):
             fo_step(model, hybrid)
-        hybrid.phase = "zo"
+        hybrid.begin_step(n)
         model.eval()
         for step in range(n):
             with torch.autocast("cuda", dtype=torch.bfloat16):

@@ -85,14 +85,14 @@ def _zero_config(stage: int, **zero) -> dict:
     }
 
 
-def _zero_run(tmp_path, name: str, config: dict, robustness: bool = True) -> list[dict]:
+def _zero_run(tmp_path, name: str, config: dict, robustness: bool = True, zo_fields: dict | None = None) -> list[dict]:
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(config))
     out = tmp_path / name
     _run(
         lambda port: [
             sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-            str(SCRIPT.parent / "zero_hybrid_run.py"), str(out), str(path),
+            str(SCRIPT.parent / "zero_hybrid_run.py"), str(out), str(path), json.dumps(zo_fields or {}),
         ],
         timeout=400,
     )  # fmt: skip
@@ -152,10 +152,14 @@ def _bf16_zero_config(stage: int, **zero) -> dict:
 
 @pytest.mark.slow
 def test_zero_bf16_zo_updates_reach_the_fp32_masters_and_restore_is_exact(tmp_path):
-    """bf16 weights over DeepSpeed's fp32 master partitions (ZeRO-2 and ZeRO-3, every tensor partitioned)."""
+    """bf16 weights over DeepSpeed's fp32 master partitions (ZeRO-2 and ZeRO-3, every tensor partitioned), with
+    Rademacher directions kept in the bf16 cache: the fast engine still writes to the masters."""
+    fields = {"zo_direction": "rademacher", "zo_cache_directions": True}
     runs = {
-        "zero2": _zero_run(tmp_path, "zero2", _bf16_zero_config(2), robustness=False),
-        "zero3": _zero_run(tmp_path, "zero3", _bf16_zero_config(3, stage3_param_persistence_threshold=0), False),
+        "zero2": _zero_run(tmp_path, "zero2", _bf16_zero_config(2), robustness=False, zo_fields=fields),
+        "zero3": _zero_run(
+            tmp_path, "zero3", _bf16_zero_config(3, stage3_param_persistence_threshold=0), False, zo_fields=fields
+        ),
     }
     for name, snaps in runs.items():
         assert all(value.dtype == torch.bfloat16 for value in snaps[-1].values())

@@ -4,6 +4,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from hf_unlearn.optim.hybrid import HybridSchedule
 from hf_unlearn.trainers import NPOTrainer
 from hf_unlearn.trainers.callbacks import HybridScheduleCallback
 from tests.helpers import one_thread
@@ -34,7 +35,7 @@ def _hybrid_trainer(tmp_path, model=None, fo=2, zo=2, max_steps=8, recorder=None
         tmp_path, optimizer="hybrid", hybrid_fo_steps=fo, hybrid_zo_steps=zo, max_steps=max_steps,
         learning_rate=1e-2, zo_learning_rate=1e-3, **overrides,
     )  # fmt: skip
-    callbacks = [HybridScheduleCallback.from_args(args)] + ([recorder] if recorder else [])
+    callbacks = [HybridScheduleCallback()] + ([recorder] if recorder else [])
     model = tiny_llama() if model is None else model
     return ZOTrainer(model=model, args=args, train_dataset=RandomTokens(n=16), callbacks=callbacks)
 
@@ -59,7 +60,7 @@ def test_bad_schedules_fail_at_train_start(tmp_path):
         _hybrid_trainer(tmp_path, max_steps=6).train()
     args = training_args(tmp_path, optimizer="adamw", max_steps=2)
     trainer = ZOTrainer(
-        model=tiny_llama(), args=args, train_dataset=RandomTokens(), callbacks=[HybridScheduleCallback(1, 1)]
+        model=tiny_llama(), args=args, train_dataset=RandomTokens(), callbacks=[HybridScheduleCallback()]
     )
     with pytest.raises(ValueError, match="needs optimizer='hybrid', got AdamW"):
         trainer.train()
@@ -97,12 +98,15 @@ def test_resuming_mid_zo_phase_reproduces_the_run_bit_for_bit(tmp_path):
     assert logs(resumed)[-5:] == logs(full)[-5:]
 
 
-def test_schedule_state_travels_in_checkpoints():
-    callback = HybridScheduleCallback(3, 2)
-    callback.phase = "zo"
-    restored = HybridScheduleCallback.from_state(callback.state())
-    assert (restored.fo_steps, restored.zo_steps, restored.phase) == (3, 2, "zo")
-    assert [restored.phase_at(s) for s in range(6)] == ["fo", "fo", "fo", "zo", "zo", "fo"]
+def test_the_schedule_is_the_optimizers_own_and_a_function_of_the_step(tmp_path):
+    schedule = HybridSchedule(3, 2)
+    assert [schedule.phase_at(s) for s in range(6)] == ["fo", "fo", "fo", "zo", "zo", "fo"]
+    # the trainer's hybrid carries hybrid_fo_steps / hybrid_zo_steps from the config: no callback holds a copy
+    trainer = _hybrid_trainer(tmp_path, fo=3, zo=2, max_steps=5)
+    trainer.create_optimizer()
+    hybrid = trainer.optimizer
+    assert hybrid.schedule == (3, 2) and hybrid.phase == "fo"
+    assert [hybrid.begin_step(s) for s in (2, 3, 4, 5, 8)] == ["fo", "zo", "zo", "fo", "zo"]
 
 
 def test_hybrid_npo_unlearning_with_the_unlearn_trainer(tmp_path):
@@ -118,7 +122,7 @@ def test_hybrid_npo_unlearning_with_the_unlearn_trainer(tmp_path):
     recorder = _StepRecorder()
     trainer = NPOTrainer(
         model=path, args=args, train_dataset=npo_dataset(path),
-        callbacks=[HybridScheduleCallback.from_args(args), recorder],
+        callbacks=[HybridScheduleCallback(), recorder],
     )  # fmt: skip
     trainer.train()
     assert recorder.had_grad == [True, True, False, False]
@@ -134,3 +138,41 @@ def test_hybrid_npo_unlearning_with_the_unlearn_trainer(tmp_path):
     # both phases log the parts (a ZO step: their mean over the ±μ forwards), and they add up to the logged loss
     for log in logs:
         assert log["loss"] == pytest.approx(log["loss/forget"] + args.alpha * log["loss/retain"], rel=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", ["hybrid", "adazo", "adamw", "sam"])
+def test_the_step_strategy_is_chosen_once_when_the_optimizer_is_created(tmp_path, monkeypatch, optimizer):
+    import hf_unlearn.trainers.smoothing as smoothing_module
+    import hf_unlearn.trainers.zeroth_order as zo_module
+    from hf_unlearn.trainers.smoothing import SmoothingMixin
+
+    class SmoothingZOTrainer(SmoothingMixin, ZOTrainer):
+        pass
+
+    walks = []
+    for module, name in ((zo_module, "unwrap_optimizer"), (smoothing_module, "smoothing_optimizer_of")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda o, original=original: walks.append(o) or original(o))
+    args = training_args(
+        tmp_path, optimizer=optimizer, hybrid_fo_steps=2, max_steps=4, gradient_accumulation_steps=2,
+        per_device_train_batch_size=2, learning_rate=1e-2, zo_learning_rate=1e-3,
+    )  # fmt: skip
+    callbacks = [HybridScheduleCallback()] if optimizer == "hybrid" else []
+    trainer = SmoothingZOTrainer(model=tiny_llama(), args=args, train_dataset=RandomTokens(n=16), callbacks=callbacks)
+    trainer.train()
+    # 8 micro-batches, and the chain was walked once per mixin that asks (smoothing first, then ZO), when the optimizer
+    # was created: never per micro-batch
+    assert len(walks) == (1 if optimizer == "sam" else 2)
+    assert trainer.state.global_step == 4
+
+
+def test_the_training_step_is_two_super_calls_deep():
+    """Only the trainer's logging wrapper and TrainingStepMixin define training_step above the Trainer's own: the
+    step strategy is a function picked once, not a chain of mixins that each decide again."""
+    from transformers import Trainer
+
+    from hf_unlearn.trainers import UnlearnTrainer
+    from hf_unlearn.trainers.step import TrainingStepMixin
+
+    defining = [cls for cls in UnlearnTrainer.__mro__ if "training_step" in vars(cls)]
+    assert defining == [UnlearnTrainer, TrainingStepMixin, Trainer]

@@ -218,7 +218,7 @@ def test_factory_skips_frozen_parameters_and_reads_an_args_object():
     args = OptimizerArguments(optimizer="adazo", zo_mu=2e-3, zo_num_directions=3)
     args.learning_rate = 0.02
     opt = build_optimizer(model, args, zo_direction="gaussian")
-    assert opt.mu == 2e-3 and opt.num_directions == 3 and opt.directions.kind == "gaussian"
+    assert opt.settings.mu == 2e-3 and opt.settings.num_directions == 3 and opt.directions.kind == "gaussian"
     assert opt.param_groups[0]["lr"] == 0.02
     assert {id(p) for p in opt.directions.params} == {id(model.lin.weight), id(model.lin.bias)}
 
@@ -236,29 +236,30 @@ def test_adamw_8bit_builds_and_steps():
 def test_hybrid_dispatches_by_phase_and_scales_zo_lr_with_the_scheduler():
     p = nn.Parameter(torch.zeros(4, dtype=torch.float64))
     opt = build_optimizer([p], optimizer="hybrid", hybrid_fo_optimizer="sgd", hybrid_zo_optimizer="zo_sgd",
-                          learning_rate=0.1, zo_learning_rate=0.01)  # fmt: skip
+                          learning_rate=0.1, zo_learning_rate=0.01, hybrid_fo_steps=1)  # fmt: skip
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5**step)
     p.grad = torch.ones(4, dtype=torch.float64)
     opt.step()  # FO: SGD, lr 0.1
     torch.testing.assert_close(p.data, torch.full((4,), -0.1, dtype=torch.float64))
     sched.step()  # lr 0.05 for FO, hence 0.005 for ZO
-    opt.phase = "zo"
+    assert opt.begin_step(1) == "zo" and opt.phase == "zo"  # the optimizer's own schedule: 1 FO step, 1 ZO step
     opt.zo.record(7, 2.0)
     z = opt.zo.directions.direction(7, 0)
     opt.step()  # the gradient is ignored in a ZO step
     torch.testing.assert_close(p.data, torch.full((4,), -0.1, dtype=torch.float64) - 0.005 * 2.0 * z)
     state = opt.state_dict()
     assert state["phase"] == "zo" and set(state) >= {"fo", "zo"}
-    with pytest.raises(ValueError, match="phase"):
-        opt.phase = "second"
+    with pytest.raises(AttributeError):  # nothing sets the phase from outside: it follows the schedule
+        opt.phase = "fo"
+    assert opt.begin_step(2) == "fo"
 
 
 def test_hybrid_state_dict_round_trip():
     p = nn.Parameter(torch.randn(3, dtype=torch.float64))
-    opt = build_optimizer([p], optimizer="hybrid", learning_rate=0.1)
+    opt = build_optimizer([p], optimizer="hybrid", learning_rate=0.1, hybrid_fo_steps=1)
     p.grad = torch.ones(3, dtype=torch.float64)
     opt.step()
-    opt.phase = "zo"
+    opt.begin_step(1)
     opt.zo.record(1, 0.5)
     opt.step()
     saved = opt.state_dict()

@@ -57,7 +57,7 @@ class StepRecorder(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.before = self._weights()
-        self.phase = self.schedule.phase_at(state.global_step)
+        self.phase = self.schedule.hybrid.phase  # the schedule callback runs first: the step's phase
 
     def on_step_end(self, args, state, control, **kwargs):
         after = self._weights()
@@ -85,7 +85,7 @@ def check_hybrid_run(trainer, recorder, model):
 def test_hybrid_fo_zo_runs_inside_sft_trainer(tmp_path):
     model, tokenizer = tiny()
     args = HybridSFTConfig(output_dir=str(tmp_path), **HYBRID)
-    schedule = HybridScheduleCallback.from_args(args)
+    schedule = HybridScheduleCallback()
     recorder = StepRecorder(model, schedule)
     trainer = HybridSFTTrainer(
         model=model, args=args, train_dataset=Dataset.from_dict({"text": TEXTS}), processing_class=tokenizer,
@@ -103,7 +103,7 @@ def test_hybrid_fo_zo_runs_inside_dpo_trainer(tmp_path):
     }
     reference = build_tiny_model(tokenizer, "llama")  # the same seed: a copy of the policy before training
     args = HybridDPOConfig(output_dir=str(tmp_path), beta=0.1, **HYBRID)
-    schedule = HybridScheduleCallback.from_args(args)
+    schedule = HybridScheduleCallback()
     recorder = StepRecorder(model, schedule)
     trainer = HybridDPOTrainer(
         model=model, ref_model=reference, args=args, train_dataset=Dataset.from_dict(pairs),

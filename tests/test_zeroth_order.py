@@ -276,3 +276,153 @@ def test_deepspeed_from_an_accelerate_config_is_checked_when_the_optimizer_is_bu
         trainer.create_optimizer()
     plugin.deepspeed_config["zero_optimization"]["stage"] = 2
     assert type(trainer.create_optimizer()).__name__ == "AdaZO"
+
+
+def test_rademacher_directions_are_fair_independent_signs():
+    # 31 signs come from each random word: sizes around multiples of 31 exercise the word-aligned and tail paths
+    params = _params((5,), (31,), (2, 33), (4000,))
+    engine = SeededDirections(params, "rademacher")
+    draws = torch.stack([engine.direction(seed, 0) for seed in range(4000)]).double()  # 4000 draws of a 5-vector
+    assert set(draws.unique().tolist()) == {-1.0, 1.0}
+    n = len(draws)
+    assert float(draws.mean(0).abs().max()) < 4 / math.sqrt(n)  # E[z] = 0
+    second = draws.T @ draws / n  # E[z zᵀ] = I: unit diagonal exactly, off-diagonal within sampling error
+    assert torch.equal(second.diagonal(), torch.ones(5, dtype=torch.float64))
+    assert float((second - torch.eye(5, dtype=torch.float64)).abs().max()) < 4 / math.sqrt(n)
+    assert torch.equal(draws.pow(4).mean(0), torch.ones(5, dtype=torch.float64))  # E[z⁴] = 1 (Gaussian: 3)
+    # every one of the 31 bit positions of a random word is a fair sign (none stuck, e.g. int32's top bit)
+    long = torch.stack([engine.direction(seed, 3)[: 31 * 129].view(129, 31) for seed in range(40)]).double()
+    assert float(long.mean((0, 1)).abs().max()) < 4 / math.sqrt(40 * 129)
+    # neighbouring signs of one word are uncorrelated
+    assert abs(float((long[..., 1:] * long[..., :-1]).mean())) < 4 / math.sqrt(40 * 129 * 30)
+    # the same signs whatever the dtype z is drawn in (fp32 writes the bits in place, others convert)
+    for dtype in (torch.float64, torch.bfloat16):
+        other = SeededDirections(_params((5,), (31,), (2, 33), (4000,), dtype=dtype), "rademacher")
+        for i in range(4):
+            assert torch.equal(other.direction(9, i).float(), engine.direction(9, i))
+
+
+def test_rademacher_estimates_have_less_variance_than_gaussian_ones():
+    """Per weight, Var[(zᵀg) z_i] = ‖g‖² − g_i² for ±1 signs and ‖g‖² + g_i² for a Gaussian (the docs' figures)."""
+    g = torch.tensor([3.0, 1.0, 0.5], dtype=torch.float64)
+    expected = {"rademacher": g.pow(2).sum() - g.pow(2), "gaussian": g.pow(2).sum() + g.pow(2)}
+    theta = _params((3,), dtype=torch.float64)
+    for kind, variance in expected.items():
+        engine = SeededDirections(theta, kind)
+        z = torch.stack([engine.direction(seed, 0) for seed in range(6000)])
+        estimates = (z @ g).unsqueeze(1) * z
+        torch.testing.assert_close(estimates.mean(0), g, rtol=0, atol=0.2)  # unbiased
+        torch.testing.assert_close(estimates.var(0), variance, rtol=0.12, atol=0)
+
+
+def _bf16_rounded(engine: SeededDirections, seed: int, kind: str) -> list[torch.Tensor]:
+    """z under zo_cache_directions, by hand: the raw sample rounded to bf16, the sphere normalised after rounding."""
+    raw = [engine.sample(seed, i, fresh=True).to(torch.bfloat16).double() for i in range(len(engine.params))]
+    if kind != "sphere":
+        return raw
+    norm = math.sqrt(sum(float(r.pow(2).sum()) for r in raw))
+    return [r * math.sqrt(engine.dim) / norm for r in raw]
+
+
+@pytest.mark.parametrize("kind", ["sphere", "gaussian", "rademacher"])
+def test_cached_directions_are_the_bf16_sample_and_are_drawn_once(kind, monkeypatch):
+    params = _params((6, 7), (40,))
+    cached, plain = SeededDirections(params, kind, cache=True), SeededDirections(params, kind)
+    draws = []
+    original = SeededDirections._generator
+    monkeypatch.setattr(SeededDirections, "_generator", lambda self, device: draws.append(1) or original(self, device))
+    first = [cached.direction(3, i) for i in range(2)]
+    expected = _bf16_rounded(plain, 3, kind)
+    draws.clear()
+    for _ in range(3):  # every later sweep reads the cache: the same values, no generation
+        assert all(torch.equal(cached.direction(3, i), z) for i, z in enumerate(first))
+        cached.perturb_(3, 1e-3)
+    assert draws == []
+    for z, want in zip(first, expected):
+        torch.testing.assert_close(z.double(), want, rtol=1e-6, atol=0)
+    if kind == "rademacher":  # ±1 is exact in bf16: caching changes nothing
+        assert all(torch.equal(z, plain.direction(3, i)) for i, z in enumerate(first))
+    cached.release()  # the next use of the seed draws again (into the kept buffers)
+    draws.clear()
+    assert all(torch.equal(cached.direction(3, i), z) for i, z in enumerate(first)) and len(draws) == 2
+
+
+@pytest.mark.parametrize(
+    ("kind", "cache"), [("sphere", False), ("gaussian", False), ("rademacher", False), ("sphere", True),
+                        ("rademacher", True)],
+)  # fmt: skip
+def test_each_direction_variant_steps_by_the_hand_computed_update(tmp_path, kind, cache):
+    model, reference = tiny_llama(), tiny_llama()
+    data = RandomTokens(n=4)
+    args = training_args(
+        tmp_path, optimizer="zo_sgd", max_steps=1, learning_rate=0.1, zo_mu=1e-3, train_sampling_strategy="sequential",
+        zo_direction=kind, zo_cache_directions=cache,
+    )  # fmt: skip
+    trainer = _AscentTrainer(model=model, args=args, train_dataset=data)
+    trainer.calls = []
+    trainer.train()
+    assert trainer.optimizer.optimizer.settings.cache_directions is cache
+
+    # by hand: z from an uncached engine's raw samples (bf16-rounded and renormalised when cached), θ±μz written
+    # into a copy, c = (f(θ+μz) − f(θ−μz)) / 2μ, θ ← θ − lr·c·z
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    names = [name_of[id(p)] for p in trainer.optimizer.optimizer.directions.params]  # z's tensor order
+    params = [dict(reference.named_parameters())[n] for n in names]
+    plain = SeededDirections(params, kind)
+    seed = derive_seed(0, 0, 0)
+    if cache:
+        z = [t.float().view_as(p) for t, p in zip(_bf16_rounded(plain, seed, kind), params)]
+    else:
+        z = [plain.direction(seed, i) for i in range(len(params))]
+    batch = {k: torch.stack([data[i][k] for i in range(4)]) for k in ("input_ids", "attention_mask", "labels")}
+    start = [p.detach().clone() for p in params]
+    reference.eval()
+    losses = []
+    with torch.no_grad():
+        for sign in (1.0, -1.0):
+            for p, s, zi in zip(params, start, z):
+                p.copy_(s + sign * 1e-3 * zi)
+            losses.append(-reference(**batch).loss.double())
+    c = float((losses[0] - losses[1]) / 2e-3)
+    assert trainer.optimizer.optimizer.last_projected_grad == pytest.approx(c, rel=1e-5)
+    trained = dict(model.named_parameters())
+    for name, s, zi in zip(names, start, z):
+        torch.testing.assert_close(trained[name].data, s - 0.1 * c * zi, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["sphere", "rademacher"])
+@pytest.mark.parametrize("cache", [False, True])
+def test_exact_restore_is_bit_for_bit_with_every_direction_variant(kind, cache):
+    params = _params((64, 64), (64,))
+    before = [p.detach().clone() for p in params]
+    opt = ZOSGD(params, lr=1.0, mu=1e-3, direction=kind, cache_directions=cache, exact_restore=True)
+    seen = []
+
+    def loss_fn():
+        seen.append([p.detach().clone() for p in params])
+        return sum((p.double() ** 2).sum() for p in params)
+
+    projected_gradients(opt, loss_fn, seeds=[5])
+    assert all(torch.equal(p, b) for p, b in zip(params, before))  # bit for bit, every weight
+    z = [opt.directions.direction(5, i) for i in range(2)]
+    for sign, snapshot in zip((1.0, -1.0), seen):
+        for q, b, zi in zip(snapshot, before, z):
+            torch.testing.assert_close(q, b + sign * 1e-3 * zi)  # the forwards saw θ±μz along the step's z
+
+
+def test_zo_settings_are_one_validated_object_built_from_the_config():
+    from hf_unlearn.optim import OptimizerArguments
+    from hf_unlearn.optim.zo import ZOSettings
+
+    args = OptimizerArguments(optimizer="zo_sgd", zo_mu=2e-3, zo_direction="rademacher", zo_cache_directions=True)
+    args.seed = 5
+    settings = ZOSettings.from_args(args)
+    assert settings == ZOSettings(mu=2e-3, direction="rademacher", cache_directions=True, seed=5)
+    opt = ZOSGD(_params((3,)), lr=0.1, settings=settings)
+    assert opt.settings is settings and opt.directions.cache and opt.directions.kind == "rademacher"
+    with pytest.raises(ValueError, match="zo_mu=0 must be a finite number > 0"):
+        ZOSettings(mu=0)
+    with pytest.raises(ValueError, match="exclude each other"):
+        ZOSGD(_params((3,)), lr=0.1, master_weights=True, stochastic_rounding=True)
+    with pytest.raises(TypeError, match="either as settings= or as keywords"):
+        ZOSGD(_params((3,)), lr=0.1, settings=settings, mu=1e-3)

@@ -19,7 +19,7 @@ def _zo_steps(model, optimizer, steps: int, defer: bool) -> list[float]:
     model.eval()
     seen = []
     for step in range(steps):
-        seeds = [derive_seed(0, step, i) for i in range(optimizer.num_directions)]
+        seeds = [derive_seed(0, step, i) for i in range(optimizer.settings.num_directions)]
         with torch.no_grad():
             c, _ = projected_gradients(optimizer, lambda: model(**BATCH).loss, seeds, defer_restore=defer)
         for seed, value in zip(seeds, (c / len(seeds)).tolist()):
@@ -176,7 +176,7 @@ def _hybrid_run(tmp_path, dtype=torch.float32, **fields):
         tmp_path, optimizer="hybrid", hybrid_fo_steps=2, hybrid_zo_steps=6, max_steps=16, learning_rate=1e-4,
         zo_learning_rate=1e-5, **fields,
     )  # fmt: skip
-    callbacks = [HybridScheduleCallback.from_args(args)]
+    callbacks = [HybridScheduleCallback()]
     ZOTrainer(model=model, args=args, train_dataset=RandomTokens(n=16), callbacks=callbacks).train()
     return start, {n: w.float() for n, w in weights(model).items()}
 

@@ -18,11 +18,11 @@ from .args import (
     OptimizerConfig,
 )
 from .compressed import QAdam, SignAdam, SignSGD
-from .hybrid import HybridOptimizer
+from .hybrid import HybridOptimizer, HybridSchedule
 from .smoothing import FORS, SAM
 from .sophia import SophiaG
 from .zero import validate_deepspeed_for_zo
-from .zo import ZOSGD, AdaZO, ZOAdam
+from .zo import ZOSGD, AdaZO, ZOAdam, ZOSettings
 
 
 def optimizer_config(args: Any = None, **overrides) -> OptimizerArguments:
@@ -109,9 +109,7 @@ def _first_order(name: str, groups: list[dict], cfg: OptimizerArguments) -> Opti
 
 def _zeroth_order(name: str, groups: list[dict], cfg: OptimizerArguments):
     lr = cfg.learning_rate if cfg.zo_learning_rate is None else cfg.zo_learning_rate
-    zo = {"mu": cfg.zo_mu, "num_directions": cfg.zo_num_directions, "direction": cfg.zo_direction}
-    zo.update(difference=cfg.zo_difference, exact_restore=cfg.zo_exact_restore)
-    zo.update(master_weights=cfg.zo_master_weights, stochastic_rounding=cfg.zo_stochastic_rounding)
+    zo = {"settings": ZOSettings.from_args(cfg)}
     betas = (cfg.zo_beta1, cfg.zo_beta2)
     if name == "zo_sgd":
         return ZOSGD(groups, lr=lr, weight_decay=cfg.weight_decay, **zo)
@@ -156,7 +154,8 @@ def build_optimizer(
         fo = _first_order(cfg.hybrid_fo_optimizer, _copy_groups(groups), cfg)
         zo = _zeroth_order(cfg.hybrid_zo_optimizer, _copy_groups(groups), cfg)
         zo_lr = cfg.learning_rate if cfg.zo_learning_rate is None else cfg.zo_learning_rate
-        return HybridOptimizer(fo, zo, zo_lr_scale=zo_lr / cfg.learning_rate)
+        schedule = HybridSchedule(*cfg.hybrid_schedule)
+        return HybridOptimizer(fo, zo, zo_lr_scale=zo_lr / cfg.learning_rate, schedule=schedule)
     if cfg.optimizer == "sam":
         return SAM(_first_order(cfg.smoothing_base_optimizer, groups, cfg), rho=cfg.sam_rho)
     if cfg.optimizer == "fo_rs":

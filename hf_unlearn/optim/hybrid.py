@@ -2,23 +2,49 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from torch.optim import Optimizer
 
+from .chain import find_in_chain, optimizer_chain
 from .zo import ZerothOrderOptimizer
 
 
 PHASES = ("fo", "zo")
 
 
-class HybridOptimizer(Optimizer):
-    """Dispatches :meth:`step` to ``fo`` or ``zo`` according to :attr:`phase` (set by ``HybridScheduleCallback``).
+class HybridSchedule(NamedTuple):
+    """``fo_steps`` first-order steps, then ``zo_steps`` zeroth-order ones, repeated; FO first."""
 
-    Both optimizers keep their state across phases. ``param_groups`` *are* the first-order optimizer's groups, so
-    an lr scheduler built on this object drives both: the ZO learning rate is the FO one times ``zo_lr_scale``,
-    refreshed before every ZO step. ``state_dict()`` holds the phase and both optimizers' states.
+    fo_steps: int = 20
+    zo_steps: int = 20
+
+    @property
+    def period(self) -> int:
+        return self.fo_steps + self.zo_steps
+
+    def phase_at(self, step: int) -> str:
+        """Phase of the 0-based optimizer step ``step``: a function of the step alone, so resuming continues it."""
+        return "fo" if step % self.period < self.fo_steps else "zo"
+
+
+class HybridOptimizer(Optimizer):
+    """Dispatches :meth:`step` to ``fo`` or ``zo`` according to its own :class:`HybridSchedule`.
+
+    The schedule belongs to the optimizer: :meth:`begin_step` (``HybridScheduleCallback`` calls it with the global
+    step) sets :attr:`phase` from it; nothing else sets the phase. Both optimizers keep their state across phases.
+    ``param_groups`` *are* the first-order optimizer's groups, so an lr scheduler built on this object drives both:
+    the ZO learning rate is the FO one times ``zo_lr_scale``, refreshed before every ZO step. ``state_dict()`` holds
+    the phase and both optimizers' states.
     """
 
-    def __init__(self, fo: Optimizer, zo: ZerothOrderOptimizer, zo_lr_scale: float = 1.0, phase: str = "fo"):
+    def __init__(
+        self,
+        fo: Optimizer,
+        zo: ZerothOrderOptimizer,
+        zo_lr_scale: float = 1.0,
+        schedule: tuple[int, int] = (20, 20),
+    ):
         if not isinstance(zo, ZerothOrderOptimizer):
             raise TypeError(f"zo must be a ZerothOrderOptimizer, got {type(zo).__name__}")
         if isinstance(fo, ZerothOrderOptimizer):
@@ -36,17 +62,23 @@ class HybridOptimizer(Optimizer):
         self.state = fo.state
         self.fo, self.zo = fo, zo
         self.zo_lr_scale = zo_lr_scale
-        self.phase = phase
+        self.schedule = HybridSchedule(*schedule)
+        self._phase = self.schedule.phase_at(0)
 
     @property
     def phase(self) -> str:
+        """``"fo"`` or ``"zo"``: the phase of the step begun last."""
         return self._phase
 
-    @phase.setter
-    def phase(self, value: str) -> None:
-        if value not in PHASES:
-            raise ValueError(f"phase must be one of {PHASES}, got {value!r}")
-        self._phase = value
+    def begin_step(self, global_step: int) -> str:
+        """Enter the phase of the 0-based optimizer step ``global_step``; returns it."""
+        self._phase = self.schedule.phase_at(global_step)
+        return self._phase
+
+    @property
+    def zo_phase(self) -> ZerothOrderOptimizer | None:
+        """The ZO optimizer while in a ZO phase, else None."""
+        return self.zo if self._phase == "zo" else None
 
     def step(self, closure=None):
         if self._phase == "fo":
@@ -75,28 +107,26 @@ class HybridOptimizer(Optimizer):
         self.param_groups = self.fo.param_groups
         self.state = self.fo.state
         self.zo_lr_scale = state_dict.get("zo_lr_scale", self.zo_lr_scale)
-        self.phase = state_dict["phase"]
+        if state_dict["phase"] not in PHASES:
+            raise ValueError(f"not a HybridOptimizer state dict: phase {state_dict['phase']!r}")
+        self._phase = state_dict["phase"]
 
 
 def unwrap_optimizer(optimizer) -> Optimizer:
-    """The innermost optimizer under accelerate / DeepSpeed wrappers (they expose it as ``.optimizer``)."""
-    seen = set()
-    while not isinstance(optimizer, (HybridOptimizer, ZerothOrderOptimizer)) and hasattr(optimizer, "optimizer"):
-        if id(optimizer) in seen:
-            break
-        seen.add(id(optimizer))
-        optimizer = optimizer.optimizer
-    return optimizer
+    """The innermost optimizer under accelerate / DeepSpeed wrappers, stopping at a hybrid or ZO optimizer."""
+    found = find_in_chain(optimizer, lambda o: isinstance(o, (HybridOptimizer, ZerothOrderOptimizer)))
+    if found is not None:
+        return found
+    *_, innermost = optimizer_chain(optimizer)
+    return innermost
 
 
 def zo_optimizer_of(optimizer) -> ZerothOrderOptimizer | None:
-    """The ZO optimizer that a ZO step should record into, if this (wrapped) optimizer is in a ZO phase."""
+    """The ZO optimizer that a ZO step records into, if this (wrapped) optimizer is ZO or a hybrid in a ZO phase."""
     inner = unwrap_optimizer(optimizer)
     if isinstance(inner, ZerothOrderOptimizer):
         return inner
-    if isinstance(inner, HybridOptimizer) and inner.phase == "zo":
-        return inner.zo
-    return None
+    return inner.zo_phase if isinstance(inner, HybridOptimizer) else None
 
 
-__all__ = ["PHASES", "HybridOptimizer", "unwrap_optimizer", "zo_optimizer_of"]
+__all__ = ["PHASES", "HybridOptimizer", "HybridSchedule", "unwrap_optimizer", "zo_optimizer_of"]

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import torch
 from torch.optim import Optimizer
 
+from .chain import find_in_chain
 from .zo import SeededDirections, ZerothOrderOptimizer, derive_seed
 
 
@@ -209,13 +210,7 @@ class FORS(SmoothingOptimizer):
 
 def smoothing_optimizer_of(optimizer) -> SmoothingOptimizer | None:
     """The :class:`SmoothingOptimizer` under accelerate's wrapper, if the (wrapped) optimizer is one."""
-    seen = set()
-    while not isinstance(optimizer, SmoothingOptimizer) and hasattr(optimizer, "optimizer"):
-        if id(optimizer) in seen:
-            return None
-        seen.add(id(optimizer))
-        optimizer = optimizer.optimizer
-    return optimizer if isinstance(optimizer, SmoothingOptimizer) else None
+    return find_in_chain(optimizer, lambda link: isinstance(link, SmoothingOptimizer))
 
 
 __all__ = ["FORS", "SAM", "SmoothingOptimizer", "smoothing_optimizer_of"]

@@ -32,18 +32,12 @@ from typing import Any
 
 import torch
 
-from .hybrid import unwrap_optimizer, zo_optimizer_of
+from .chain import find_in_chain
 from .masters import MasterPiece, MasterWeights
 
 
 def _find_in_chain(optimizer, attribute: str):
-    seen = set()
-    while optimizer is not None and id(optimizer) not in seen:
-        if hasattr(optimizer, attribute):
-            return optimizer
-        seen.add(id(optimizer))
-        optimizer = getattr(optimizer, "optimizer", None)
-    return None
+    return find_in_chain(optimizer, lambda link: hasattr(link, attribute))
 
 
 def load_deepspeed_config(deepspeed: Any) -> dict | None:
@@ -198,12 +192,12 @@ def sync_zero_masters_from_module(optimizer) -> None:
         master.data.copy_(zero.parallel_partitioned_bit16_groups[i][partition_id].data)
 
 
-def zo_step_under_deepspeed(optimizer, lr_scheduler) -> None:
-    """Apply the recorded ZO update (to the ZeRO masters once attached) and step the lr scheduler, as engine.step
-    would."""
-    zo = zo_optimizer_of(optimizer)
-    unwrap_optimizer(optimizer).step()
-    if zo is None or zo.directions.masters is None:
+def zo_step_under_deepspeed(stepped, zo, optimizer, lr_scheduler) -> None:
+    """Step ``stepped`` (the ZO optimizer ``zo``, or the hybrid around it) as engine.step would: the recorded update
+    goes to the ZeRO masters once attached (else they are refreshed from the module, ``optimizer`` being the wrapped
+    chain), then the lr scheduler steps."""
+    stepped.step()
+    if zo.directions.masters is None:
         sync_zero_masters_from_module(optimizer)
     scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's DeepSpeed wrapper steps nothing
     if scheduler is not None:

@@ -7,6 +7,9 @@ time), and records the projected gradient ``c = (f(θ+μz) − f(θ−μz)) / 2�
 ``ĝ = Σ_records c·z``. Regenerating ``z`` is the whole extra cost of a step over its forwards: one sweep for the
 sphere's norm (cached per seed), ``+μz``, ``−2μz``, then the restore and the update in one sweep (the trainer leaves
 the last perturbation for the step to undo, ``defer_restore``: the same operations per weight, so the same bits).
+Two ways to make that cost small (``ZOSettings``): ``direction="rademacher"`` (±1 signs drawn 31 per random word,
+about 4x cheaper than a Gaussian per element, and its norm is √d exactly, so no norm sweep), and
+``cache_directions`` (``z`` drawn once per seed and kept in bf16, 2 bytes per trainable weight, until the step).
 
 Restoring by ``+μz`` after ``−2μz`` is exact in real arithmetic but not bit-exact in floating point: each weight
 may come back up to three half-ulp roundings (≤ 1.5·eps·(|θ| + |μz|)) away. Bit-exact restoring in place would
@@ -19,9 +22,11 @@ on one device), or round updates stochastically (``stochastic_rounding=True``, b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch.optim import Optimizer
@@ -62,7 +67,7 @@ def _numel(p: torch.Tensor) -> int:
 
 
 def check_zo_settings(mu, num_directions, difference, direction: str = "sphere") -> None:
-    """The one check of the ZO engine's settings (used by the config gate and by the optimizers built directly)."""
+    """The one check of the ZO engine's numeric settings (the config gate and :class:`ZOSettings` call it)."""
     if not (isinstance(num_directions, int) and num_directions >= 1):
         raise ValueError(f"zo_num_directions={num_directions!r} must be an integer >= 1 (q directions per ZO step)")
     if not (mu > 0 and math.isfinite(mu)):
@@ -73,22 +78,96 @@ def check_zo_settings(mu, num_directions, difference, direction: str = "sphere")
         raise ValueError(f"zo_difference={difference!r}: choose one of {', '.join(DIFFERENCES)}")
 
 
+@dataclasses.dataclass(frozen=True)
+class ZOSettings:
+    """Everything the ZO engine reads, built once (from the config by :meth:`from_args`, or from keywords) and handed
+    to the optimizer; validated on construction. Field meanings: the ``zo_*`` config fields of the same names."""
+
+    mu: float = 1e-3
+    num_directions: int = 1
+    direction: str = "sphere"
+    difference: str = "central"
+    exact_restore: bool = False
+    master_weights: bool = False
+    stochastic_rounding: bool = False
+    cache_directions: bool = False
+    seed: int | None = None  # None: the trainer's seed
+
+    def __post_init__(self):
+        check_zo_settings(self.mu, self.num_directions, self.difference, self.direction)
+        if self.master_weights and self.stochastic_rounding:
+            raise ValueError(
+                "zo_master_weights and zo_stochastic_rounding exclude each other; keep zo_master_weights (nearer fp32)"
+            )
+
+    @classmethod
+    def from_args(cls, args: Any) -> ZOSettings:
+        """From the ``zo_*`` fields of a config (``OptimizerArguments``); ``seed`` defaults to ``args.seed``."""
+        seed = getattr(args, "zo_seed", None)
+        names = ("mu", "num_directions", "direction", "difference", "exact_restore", "master_weights")
+        values = {name: getattr(args, f"zo_{name}") for name in names}
+        return cls(
+            **values,
+            stochastic_rounding=args.zo_stochastic_rounding,
+            cache_directions=getattr(args, "zo_cache_directions", False),
+            seed=getattr(args, "seed", None) if seed is None else seed,
+        )
+
+
+_SIGN_BIT, _ONE_FP32 = -(1 << 31), 0x3F800000
+_SIGNS_PER_WORD = 31  # int32 random_() fills [0, 2^31): 31 uniform bits per word
+
+
+def _fill_rademacher(out: torch.Tensor, generator: torch.Generator) -> None:
+    """±1 into the 1-D ``out``: each random int32 word gives 31 signs, written as the bits of fp32 ±1.0.
+
+    One random word per 31 elements instead of one random number per element: the cost is three integer passes
+    over ``z``, about a quarter of ``normal_``'s (docs/zo_directions.md).
+    """
+    n = out.numel()
+    words = torch.empty(-(-n // _SIGNS_PER_WORD), 1, dtype=torch.int32, device=out.device).random_(generator=generator)
+    shifts = torch.arange(1, _SIGNS_PER_WORD + 1, dtype=torch.int32, device=out.device)  # bit k-1 to the sign bit
+    full = n // _SIGNS_PER_WORD
+    direct = out.dtype == torch.float32 and out.is_contiguous()
+    if direct and full:  # straight into out's bits, no temporary
+        bits = out[: full * _SIGNS_PER_WORD].view(torch.int32).view(full, _SIGNS_PER_WORD)
+        torch.bitwise_left_shift(words[:full], shifts, out=bits)
+        bits.bitwise_and_(_SIGN_BIT).bitwise_or_(_ONE_FP32)
+    start = full * _SIGNS_PER_WORD if direct else 0
+    if start < n:
+        rest = torch.bitwise_left_shift(words[start // _SIGNS_PER_WORD :], shifts)
+        rest.bitwise_and_(_SIGN_BIT).bitwise_or_(_ONE_FP32)
+        out[start:].copy_(rest.view(torch.float32).view(-1)[: n - start])
+
+
 class SeededDirections:
     """Regenerates a random direction ``z`` over a list of tensors, one tensor at a time, from a seed.
 
     Each tensor's slice of ``z`` comes from a private ``torch.Generator`` (one per device, never the global RNG)
     seeded with ``derive_seed(seed, tensor_index)``, so any tensor's slice can be regenerated alone and in any order.
 
-    Kinds: ``gaussian`` (``N(0, I)``), ``rademacher`` (±1), ``sphere`` (uniform on the sphere of radius ``√d``,
-    ``d`` = number of elements: a normalised Gaussian, so ``E[z zᵀ] = I`` and ``μ`` keeps a per-weight meaning).
-    The sphere's norm needs one extra generation sweep per seed; it is cached until :meth:`release`.
+    Kinds: ``gaussian`` (``N(0, I)``), ``rademacher`` (±1 with probability ½ each), ``sphere`` (uniform on the
+    sphere of radius ``√d``, ``d`` = number of elements: a normalised Gaussian). All three have ``E[z] = 0`` and
+    ``E[z zᵀ] = I``, so ``μ`` keeps a per-weight meaning and the estimate ``(zᵀg) z`` is unbiased. The sphere's
+    norm needs one extra generation sweep per seed; it is cached until :meth:`release`.
+
+    ``cache``: keep each tensor's ``z`` in bf16 from its first generation until :meth:`release`; later sweeps copy it
+    back instead of regenerating. Memory: 2 bytes per trainable weight per direction, allocated at the first step and
+    kept for the run. ``z`` is then the bf16-rounded
+    sample (the sphere normalised over the rounded values) in every sweep, the perturbations and the update alike.
     """
 
-    def __init__(self, params: Iterable[torch.Tensor], kind: str = "sphere"):
+    def __init__(self, params: Iterable[torch.Tensor], kind: str = "sphere", cache: bool = False):
         if kind not in DIRECTIONS:
             raise ValueError(f"zo_direction must be one of {DIRECTIONS}, got {kind!r}")
         self.params = list(params)
         self.kind = kind
+        self.cache = cache
+        # the cache: bf16 buffers per (slot, tensor), allocated once and kept across steps (no page faults per step);
+        # a slot is the seed's place among those drawn since the last release
+        self._cache_slots: dict[int, int] = {}
+        self._cache_filled: set[tuple[int, int]] = set()
+        self._cache_buffers: dict[tuple[int, int], torch.Tensor] = {}
         self.dim = sum(_numel(p) for p in self.params)
         self._generators: dict[torch.device, torch.Generator] = {}
         self._sphere_scale: dict[int, float] = {}
@@ -115,12 +194,21 @@ class SeededDirections:
     def _fill(self, seed: int, index: int, out: torch.Tensor) -> torch.Tensor:
         # Always a contiguous 1-D fill then a view, so a scratch slice and a fresh tensor get the same values.
         p = self.params[index]
+        if self.cache:
+            key = (self._cache_slots.setdefault(seed, len(self._cache_slots)), index)
+            if key in self._cache_filled:
+                return out.copy_(self._cache_buffers[key]).view(_shape(p))
         gen = self._generator(p.device)
         gen.manual_seed(derive_seed(seed, index))
         if self.kind == "rademacher":
-            out.random_(0, 2, generator=gen).mul_(2).sub_(1)
+            _fill_rademacher(out, gen)
         else:
             out.normal_(generator=gen)
+        if self.cache:  # from the first use on, z is the rounded sample: every sweep moves along the same z
+            if key not in self._cache_buffers:
+                self._cache_buffers[key] = torch.empty(out.numel(), dtype=torch.bfloat16, device=out.device)
+            out.copy_(self._cache_buffers[key].copy_(out))
+            self._cache_filled.add(key)
         return out.view(_shape(p))
 
     def scratch_direction(self, seed: int, index: int, scaled: bool = True) -> torch.Tensor:
@@ -185,11 +273,13 @@ class SeededDirections:
         restoring is exact.
         """
         masters = self.masters
+        scale = self.scale(seed)
         if masters is None:
-            self.perturb_(seed, to - at)
+            for index, p in enumerate(self.params):
+                with self.materialized(index):
+                    p.add_(self.scratch_direction(seed, index, scaled=False), alpha=(to - at) * scale)
             return
         masters.before_write()
-        scale = self.scale(seed)
         for index, piece in enumerate(masters.pieces):
             if piece is None:
                 continue
@@ -222,9 +312,12 @@ class SeededDirections:
         return deepspeed.zero.GatheredParameters([p], modifier_rank=0)
 
     def release(self) -> None:
-        """Forget cached per-seed norms and free the scratch buffer (once the seeds' updates are applied)."""
+        """Forget cached per-seed norms and directions and free the scratch buffer (once the seeds' updates are
+        applied)."""
         self._sphere_scale.clear()
         self._scratch.clear()
+        self._cache_slots.clear()
+        self._cache_filled.clear()  # the cache's buffers stay allocated for the next step
 
 
 class ZerothOrderOptimizer(Optimizer):
@@ -232,37 +325,22 @@ class ZerothOrderOptimizer(Optimizer):
 
     Only parameters with ``requires_grad`` are perturbed and updated. Subclasses implement :meth:`_update`.
 
+    ``settings``: the :class:`ZOSettings` (or its fields as keywords, ``ZOSGD(params, lr=..., mu=1e-3)``).
     ``master_weights``: for bf16/fp16 trainable weights, keep an fp32 copy (4 bytes per weight) that is perturbed
     from, restored from exactly and updated (a no-op for fp32 weights). ``stochastic_rounding``: for bf16 weights,
     compute each update in fp32 and round it into the weights stochastically (no extra memory beyond fp32 moments).
     Under DeepSpeed ZeRO the engine's masters are attached instead (``hf_unlearn.optim.zero``).
     """
 
-    def __init__(
-        self,
-        params,
-        defaults: dict,
-        mu: float = 1e-3,
-        num_directions: int = 1,
-        direction: str = "sphere",
-        difference: str = "central",
-        exact_restore: bool = False,
-        master_weights: bool = False,
-        stochastic_rounding: bool = False,
-    ):
-        check_zo_settings(mu, num_directions, difference)
+    def __init__(self, params, defaults: dict, settings: ZOSettings | None = None, **fields):
+        if settings is None:
+            settings = ZOSettings(**fields)
+        elif fields:
+            raise TypeError(f"pass the ZO settings either as settings= or as keywords, not both ({sorted(fields)})")
         if defaults.get("lr", 1.0) <= 0:
             raise ValueError(f"lr must be > 0, got {defaults['lr']}")
-        if master_weights and stochastic_rounding:
-            raise ValueError("zo_master_weights and zo_stochastic_rounding exclude each other; set one of them")
         super().__init__(params, defaults)
-        self.mu = mu
-        self.num_directions = num_directions
-        self.difference = difference
-        self.direction_kind = direction
-        self.exact_restore = exact_restore
-        self.master_weights = master_weights
-        self.stochastic_rounding = stochastic_rounding
+        self.settings = settings
         self._directions: SeededDirections | None = None
         self._group_index: list[int] = []
         self._records: dict[int, float] = {}
@@ -270,7 +348,7 @@ class ZerothOrderOptimizer(Optimizer):
         self._pending_restore: tuple[int, float] | None = None
         # The trainer stores the last step's mean projected gradient here for logging (``zo/projected_grad``).
         self.last_projected_grad: float | None = None
-        self.directions  # noqa: B018 -- validate the direction kind (and build masters) now, not at the first step
+        self.directions  # noqa: B018 -- build the engine (and masters) now, not at the first step
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -283,35 +361,37 @@ class ZerothOrderOptimizer(Optimizer):
             pairs = [(g, p) for g, group in enumerate(self.param_groups) for p in group["params"] if p.requires_grad]
             self._group_index = [g for g, _ in pairs]
             params = [p for _, p in pairs]
-            self._directions = SeededDirections(params, self.direction_kind)
+            settings = self.settings
+            self._directions = SeededDirections(params, settings.direction, cache=settings.cache_directions)
             low = [p for p in params if p.dtype in (torch.float16, torch.bfloat16)]
-            if self.master_weights and low:
+            if settings.master_weights and low:
                 self._directions.attach_masters(FP32MasterCopy(params))
-            elif low and not self.stochastic_rounding and not any(hasattr(p, "ds_id") for p in params):
+            elif low and not settings.stochastic_rounding and not any(hasattr(p, "ds_id") for p in params):
                 warnings.warn(
                     f"zeroth-order steps on {low[0].dtype} weights without fp32 masters: updates below the weights' "
                     "spacing are lost and the +-mu restore drifts; set zo_master_weights=True (or load in fp32)",
                     UserWarning,
                     stacklevel=3,
                 )
-            if self.stochastic_rounding and any(p.dtype != torch.bfloat16 for p in params):
+            if settings.stochastic_rounding and any(p.dtype != torch.bfloat16 for p in params):
                 raise ValueError("zo_stochastic_rounding rounds ZO updates into bf16 weights; load the model in bf16")
         return self._directions
 
     def perturb_(self, seed: int, scale: float) -> None:
         """``θ ← θ + scale·μ·z(seed)`` in place on the trainable parameters (no masters)."""
-        self.directions.perturb_(seed, scale * self.mu)
+        self.directions.perturb_(seed, scale * self.settings.mu)
 
     def move_(self, seed: int, to: float, at: float) -> None:
         """Weights at ``θ + at·μ·z(seed)`` → ``θ + to·μ·z(seed)`` (written from the masters when there are any)."""
-        self.directions.move_(seed, to * self.mu, at * self.mu)
+        mu = self.settings.mu
+        self.directions.move_(seed, to * mu, at * mu)
 
     @torch.no_grad()
     def snapshot(self) -> list[torch.Tensor] | None:
         """With ``exact_restore`` (and no masters), a copy of the trainable weights to restore bit for bit."""
         self.flush_restore_()
         masters = self.directions.masters
-        if not self.exact_restore or (masters is not None and masters.absolute):
+        if not self.settings.exact_restore or (masters is not None and masters.absolute):
             return None  # masters restore exactly by themselves
         params = self.directions.params
         if any(hasattr(p, "ds_id") for p in params):
@@ -408,11 +488,11 @@ class ZerothOrderOptimizer(Optimizer):
         # the same float operations as move_(seed, 0, at) on this tensor
         seed, at = pending
         z = raw if piece is None else SeededDirections._piece_of(raw, piece)
-        low.add_(z, alpha=(0.0 - at * self.mu) * self.directions.scale(seed))
+        low.add_(z, alpha=(0.0 - at * self.settings.mu) * self.directions.scale(seed))
 
     def _apply(self, p, piece, estimate, group, seed, index) -> None:
         state = self.state[p]
-        if piece is None and not self.stochastic_rounding:
+        if piece is None and not self.settings.stochastic_rounding:
             self._update(p, estimate.view_as(p), group, state)
         elif piece is None:  # bf16 weights: update in fp32, round at random so small updates survive on average
             wide = p.float()
@@ -554,21 +634,21 @@ def projected_gradients(
     """
     optimizer.flush_restore_()
     seeds = list(seeds)
-    mu = optimizer.mu
-    central = optimizer.difference == "central"
+    engine, mu = optimizer.directions, optimizer.settings.mu
+    central = optimizer.settings.difference == "central"
     base = None if central else loss_fn().detach().double()
     projected, observed = [], []
     snapshot = optimizer.snapshot()
     for k, seed in enumerate(seeds):
-        optimizer.move_(seed, 1.0, 0.0)
+        engine.move_(seed, mu, 0.0)
         plus = loss_fn().detach().double()
         at = 1.0
         if central:
             if snapshot is None:
-                optimizer.move_(seed, -1.0, 1.0)
+                engine.move_(seed, -mu, mu)
             else:  # from θ itself, so θ−μz is rounded once, as θ+μz was
                 optimizer.restore_(snapshot, seed, 1.0)
-                optimizer.move_(seed, -1.0, 0.0)
+                engine.move_(seed, -mu, 0.0)
             minus = loss_fn().detach().double()
             at = -1.0
             projected.append((plus - minus) / (2 * mu))

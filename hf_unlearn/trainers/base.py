@@ -52,8 +52,9 @@ class UnlearnTrainer(BenchmarkEvaluationMixin, SmoothingMixin, ZerothOrderMixin,
     """Base class of the unlearning objectives.
 
     The optimizer is `args.optimizer`, built by `hf_unlearn.optim.build_optimizer`; zeroth-order and hybrid
-    optimizers need no other class (the mixin steps only when the optimizer is in a ZO phase), and a hybrid run gets
-    its `HybridScheduleCallback` from `hybrid_fo_steps` / `hybrid_zo_steps` unless one is passed. `sam` and `fo_rs`
+    optimizers need no other class (the step strategy is chosen once, when the optimizer is created), and a hybrid run
+    gets a `HybridScheduleCallback` (which tells the optimizer the step; its schedule is the optimizer's own) unless
+    one is passed. `sam` and `fo_rs`
     run their extra passes through `SmoothingMixin`.
 
     Args:
@@ -144,7 +145,7 @@ class UnlearnTrainer(BenchmarkEvaluationMixin, SmoothingMixin, ZerothOrderMixin,
             self.add_callback(PairingEpochCallback(train_dataset))
         callbacks = self.callback_handler.callbacks
         if args.optimizer == "hybrid" and not any(isinstance(cb, HybridScheduleCallback) for cb in callbacks):
-            self.add_callback(HybridScheduleCallback.from_args(args))
+            self.add_callback(HybridScheduleCallback())
         self.divergence_guard = next((cb for cb in callbacks if isinstance(cb, DivergenceGuardCallback)), None)
         if self.divergence_guard is None and args.divergence_guard:
             self.divergence_guard = DivergenceGuardCallback.from_args(args)

@@ -17,68 +17,49 @@ from typing import Any
 
 import torch
 from transformers import TrainerCallback
-from transformers.trainer_callback import ExportableState
 
 from hf_unlearn.optim.args import check_hybrid_max_steps
 from hf_unlearn.optim.hybrid import HybridOptimizer, unwrap_optimizer, zo_optimizer_of
 
 
-class HybridScheduleCallback(TrainerCallback, ExportableState):
-    """Alternates the ``hybrid`` optimizer between ``fo_steps`` first-order and ``zo_steps`` zeroth-order steps.
+class HybridScheduleCallback(TrainerCallback):
+    """Tells the ``hybrid`` optimizer which step begins; the optimizer's own schedule picks the phase.
 
-    Phases start with FO and the run must end with a complete ZO phase: ``max_steps`` must be a multiple of
-    ``fo_steps + zo_steps`` (the config checks it when ``max_steps`` is set; ``on_train_begin`` checks the number of
-    steps the Trainer derived from epochs with the same rule; it is never silently adjusted). The phase
-    of a step is a function of the global step alone, so a run resumed mid-phase continues the schedule exactly; the
-    callback's settings travel in checkpoints (``ExportableState``). Each training log gets ``optim/phase`` (0 = FO,
-    1 = ZO, the phase of the step just finished) and, after ZO steps, ``zo/projected_grad`` in place of ``grad_norm``.
+    The schedule (``hybrid_fo_steps`` FO steps, then ``hybrid_zo_steps`` ZO steps, FO first) belongs to
+    :class:`~hf_unlearn.optim.hybrid.HybridOptimizer`. The run must end with a complete ZO phase: ``on_train_begin``
+    checks the number of steps the Trainer derived (``max_steps`` set is checked by the config already); it is never
+    silently adjusted. The phase of a step is a function of the global step alone, so a resumed run continues the
+    schedule exactly. Each training log gets ``optim/phase`` (0 = FO, 1 = ZO, the phase of the step just finished)
+    and, after ZO steps, ``zo/projected_grad`` in place of ``grad_norm``.
     """
 
-    def __init__(self, fo_steps: int = 20, zo_steps: int = 20):
-        self.fo_steps = fo_steps
-        self.zo_steps = zo_steps
-        self.phase = "fo"
+    def __init__(self):
+        self.hybrid: HybridOptimizer | None = None
 
-    @classmethod
-    def from_args(cls, args) -> HybridScheduleCallback:
-        """Built from the config's resolved schedule (``hybrid_fo_steps`` / ``hybrid_zo_steps``, validated there)."""
-        return cls(*args.hybrid_schedule)
-
-    @property
-    def period(self) -> int:
-        return self.fo_steps + self.zo_steps
-
-    def phase_at(self, step: int) -> str:
-        """Phase of the 0-based optimizer step ``step``."""
-        return "fo" if step % self.period < self.fo_steps else "zo"
-
-    def _hybrid(self, optimizer) -> HybridOptimizer:
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
         inner = unwrap_optimizer(optimizer)
         if not isinstance(inner, HybridOptimizer):
             raise ValueError(
                 f"HybridScheduleCallback needs optimizer='hybrid', got {type(inner).__name__}; set optimizer=hybrid "
                 "or drop the callback"
             )
-        return inner
+        self.hybrid = inner
+        check_hybrid_max_steps(state.max_steps, *inner.schedule)
 
-    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
-        self._hybrid(optimizer)
-        check_hybrid_max_steps(state.max_steps, self.fo_steps, self.zo_steps)
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.hybrid.begin_step(state.global_step)
 
-    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
-        self.phase = self.phase_at(state.global_step)
-        self._hybrid(optimizer).phase = self.phase
-
-    def on_log(self, args, state, control, logs=None, optimizer=None, **kwargs):
-        if logs is None or "loss" not in logs:
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "loss" not in logs or self.hybrid is None:
             return
-        extra = {"optim/phase": 0.0 if self.phase == "fo" else 1.0}
-        zo = self._hybrid(optimizer).zo
-        if self.phase == "zo" and zo.last_projected_grad is not None:
+        phase = self.hybrid.phase
+        extra = {"optim/phase": 0.0 if phase == "fo" else 1.0}
+        zo = self.hybrid.zo
+        if phase == "zo" and zo.last_projected_grad is not None:
             extra["zo/projected_grad"] = zo.last_projected_grad
         logs.update(extra)
         # A ZO step has no gradients: the norm Trainer reports for it is a meaningless 0.
-        stale = ["grad_norm"] if self.phase == "zo" else []
+        stale = ["grad_norm"] if phase == "zo" else []
         for key in stale:
             logs.pop(key, None)
         # Trainer.log stored a copy of `logs` in log_history before calling on_log: keep the two consistent.
@@ -86,12 +67,6 @@ class HybridScheduleCallback(TrainerCallback, ExportableState):
             state.log_history[-1].update(extra)
             for key in stale:
                 state.log_history[-1].pop(key, None)
-
-    def state(self) -> dict:
-        return {
-            "args": {"fo_steps": self.fo_steps, "zo_steps": self.zo_steps},
-            "attributes": {"phase": self.phase},
-        }
 
 
 class PairingEpochCallback(TrainerCallback):

@@ -26,35 +26,37 @@ DeepSpeed and FSDP are refused (their engines own backward and shard the weights
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
 from hf_unlearn.optim.smoothing import FORS, SAM, SmoothingOptimizer, smoothing_optimizer_of
+from hf_unlearn.trainers.step import TrainingStepMixin
 
 
-class SmoothingMixin:
+class SmoothingMixin(TrainingStepMixin):
     """Put before the Trainer class (and before ``ZerothOrderMixin``): ``class T(SmoothingMixin, SomeTrainer)``.
 
-    Overrides only ``training_step``. When the optimizer is ``sam`` or ``fo_rs`` each call runs the passes described
-    in the module docstring through ``super().training_step`` (so the Trainer's own loss normalisation and backward
-    apply) and, at the last micro-batch of the window, hands the smoothed gradient to the optimizer; otherwise it
-    defers to ``super().training_step``. The returned (logged) loss is the loss at ``w`` for SAM; for FO-RS the
+    The step is chosen once, when the optimizer is created (``TrainingStepMixin``). When the optimizer is ``sam`` or
+    ``fo_rs`` each micro-batch runs the passes described in the module docstring through the Trainer's own step (so
+    its loss normalisation and backward apply) and, at the last micro-batch of the window, hands the smoothed
+    gradient to the optimizer. The returned (logged) loss is the loss at ``w`` for SAM; for FO-RS the
     smoothed term is its mean over the K perturbed points.
     """
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        smoothing = smoothing_optimizer_of(self.optimizer)
+    def select_training_step(self, optimizer):
+        smoothing = smoothing_optimizer_of(optimizer)
         if smoothing is None:
-            return super().training_step(model, inputs, num_items_in_batch)
+            return super().select_training_step(optimizer)
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             raise ValueError(
                 f"optimizer={smoothing.name!r} is not supported under DeepSpeed or FSDP; use one process or DDP"
             )
         split = getattr(self.args, "smoothing_scope", "forget") == "forget" and self.loss_terms(1.0, 1.0) is not None
         if isinstance(smoothing, SAM):
-            return self._sam_training_step(smoothing, model, inputs, num_items_in_batch, split)
+            return functools.partial(self._sam_training_step, smoothing, split=split)
         if isinstance(smoothing, FORS):
-            return self._fo_rs_training_step(smoothing, model, inputs, num_items_in_batch, split)
+            return functools.partial(self._fo_rs_training_step, smoothing, split=split)
         raise TypeError(f"SmoothingMixin does not know the passes of {type(smoothing).__name__}")
 
     # ---- hooks a trainer may override ----------------------------------------------------------------------------
@@ -82,11 +84,9 @@ class SmoothingMixin:
 
     def _pass(self, model, inputs, num_items_in_batch, last: bool, terms=None):
         with self._backward_sync(model, last), terms if terms is not None else contextlib.nullcontext():
-            return super().training_step(model, inputs, num_items_in_batch)
+            return self.first_order_step(model, inputs, num_items_in_batch)
 
     def _fo_rs_training_step(self, fo_rs: FORS, model, inputs, num_items_in_batch, split: bool):
-        run_seed = getattr(self.args, "fo_rs_seed", None)
-        fo_rs.seed = self.args.seed if run_seed is None else run_seed
         seeds = fo_rs.sample_seeds(self.state.global_step)
         k_count = len(seeds)
         loss = 0.0
@@ -115,7 +115,7 @@ class SmoothingMixin:
         if step != self.state.global_step:  # a new window (also after an interrupted one)
             window = []
             self._sam_window = (self.state.global_step, window)
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        loss = self.first_order_step(model, inputs, num_items_in_batch)
         window.append(inputs)
         if not self.accelerator.sync_gradients:
             return loss

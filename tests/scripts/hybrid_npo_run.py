@@ -53,7 +53,7 @@ def main(model_path: str, out_dir: str, per_device_batch: int, deepspeed: str | 
         model=model_path,
         args=args,
         train_dataset=npo_dataset(model_path),
-        callbacks=[HybridScheduleCallback.from_args(args)],
+        callbacks=[HybridScheduleCallback()],
     )
     trainer.train()
     rank = int(os.environ.get("RANK", "0"))

@@ -119,7 +119,7 @@ def token_loss(model, _tokenizer) -> dict[str, float]:
     return {"loss": model(**{k: v.to(device) for k, v in batch.items()}).loss.item()}
 
 
-def main(out_dir: str, deepspeed: str) -> None:
+def main(out_dir: str, deepspeed: str, zo_fields: str = "{}") -> None:
     args = training_args(
         out_dir,
         use_cpu=False,
@@ -130,6 +130,7 @@ def main(out_dir: str, deepspeed: str) -> None:
         learning_rate=1e-6,
         zo_learning_rate=1e-2,
         per_device_train_batch_size=2,
+        **json.loads(zo_fields),
     )
     # bf16 from the DeepSpeed config; set after the checks of TrainingArguments, which refuse bf16 on a CPU without
     # use_cpu (DeepSpeed runs its bf16 on CPU over gloo regardless)
@@ -147,7 +148,7 @@ def main(out_dir: str, deepspeed: str) -> None:
         model=tiny_llama(),
         args=args,
         train_dataset=RandomTokens(n=16),
-        callbacks=[HybridScheduleCallback.from_args(args), snapshots, master_log, checks],
+        callbacks=[HybridScheduleCallback(), snapshots, master_log, checks],
     )
     trainer.train()
     rank = int(os.environ.get("RANK", "0"))
@@ -159,6 +160,6 @@ def main(out_dir: str, deepspeed: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])
     end_process_group(finished=True)
     exit_process(0)
