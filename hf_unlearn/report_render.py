@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hf_unlearn.optim.args import ZEROTH_ORDER_OPTIMIZERS as ZO_OPTIMIZERS
+from hf_unlearn.optim.registry import Family, optimizer_family
 
 
 if TYPE_CHECKING:
@@ -154,16 +154,17 @@ def schedule_text(report: UnlearnReport) -> str:
         return "Not recorded."
     zo = (f"{s.get('zo_num_directions', '?')} {s.get('zo_direction', '')} direction(s) per step, "
           f"μ = {fmt(s.get('zo_mu'))}, {s.get('zo_difference', '')} differences")  # fmt: skip
-    if optimizer == "hybrid":
+    family = optimizer_family(optimizer)
+    if family is Family.HYBRID:
         fo_steps, zo_steps = s.get("hybrid_fo_steps"), s.get("hybrid_zo_steps")
         zo_steps = fo_steps if zo_steps is None else zo_steps
         text = (f"Hybrid FO-ZO: {fo_steps} first-order steps ({s.get('hybrid_fo_optimizer', '?')}) then {zo_steps} "
                 f"zeroth-order steps ({s.get('hybrid_zo_optimizer', '?')}; {zo}), repeated; ZO learning rate "
                 f"{fmt(s.get('zo_learning_rate') or s.get('learning_rate'))}.")  # fmt: skip
-    elif optimizer in ZO_OPTIMIZERS:
+    elif family is Family.ZEROTH_ORDER:
         text = f"Zeroth-order ({optimizer}): {zo}."
-    else:
-        text = f"First-order ({optimizer})."
+    else:  # an optimizer this hf_unlearn does not register (a plugin's) is named only
+        text = f"{family.value.capitalize() if family else 'Optimizer'} ({optimizer})."
     steps = s.get("max_steps")
     steps = f"{steps} steps" if steps and steps > 0 else f"{fmt(s.get('num_train_epochs'))} epochs"
     batch, accumulation = s.get("per_device_train_batch_size", "?"), s.get("gradient_accumulation_steps", 1)
@@ -268,9 +269,10 @@ def _new_figure():
 def _phase_of(entry: dict, optimizer: str | None) -> str | None:
     if "optim/phase" in entry:
         return "zo" if entry["optim/phase"] >= 0.5 else "fo"
-    if optimizer in ZO_OPTIMIZERS:
+    family = optimizer_family(optimizer)
+    if family is Family.ZEROTH_ORDER:
         return "zo"
-    return None if optimizer in (None, "hybrid") else "fo"
+    return None if optimizer is None or family is Family.HYBRID else "fo"
 
 
 def loss_plot(report: UnlearnReport) -> bytes | None:
