@@ -248,21 +248,24 @@ def _has_relearning(report: UnlearnReport) -> bool:
     return any(run.relearn for run in report.attacks)
 
 
-def _png(figure) -> bytes:
+def png_bytes(figure) -> bytes:
+    """A matplotlib figure as PNG bytes (the report's and the sweep's plots)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()
 
 
-def _new_figure():
+def new_figure(width: float = 7.0, integer_x: bool = True):
+    """A figure on its own Agg canvas (never pyplot's global backend) and its axes; ``integer_x`` for steps."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(7, 4))
+    figure = Figure(figsize=(width, 4))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps
+    if integer_x:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     return figure, axes
 
 
@@ -277,17 +280,17 @@ def _phase_of(entry: dict, optimizer: str | None) -> str | None:
 
 def loss_plot(report: UnlearnReport) -> bytes | None:
     figure = loss_figure(report)
-    return None if figure is None else _png(figure)
+    return None if figure is None else png_bytes(figure)
 
 
 def evaluation_plot(report: UnlearnReport) -> bytes | None:
     figure = evaluation_figure(report)
-    return None if figure is None else _png(figure)
+    return None if figure is None else png_bytes(figure)
 
 
 def relearning_plot(report: UnlearnReport) -> bytes | None:
     figure = relearning_figure(report)
-    return None if figure is None else _png(figure)
+    return None if figure is None else png_bytes(figure)
 
 
 def loss_figure(report: UnlearnReport):
@@ -297,7 +300,7 @@ def loss_figure(report: UnlearnReport):
         return None
     from matplotlib.patches import Patch
 
-    figure, axes = _new_figure()
+    figure, axes = new_figure()
     keys = [k for k in ("loss/forget", "loss/retain") if any(k in e for e in log)] or ["loss"]
     for key in keys:
         points = [(e["step"], e[key]) for e in log if key in e]
@@ -326,7 +329,7 @@ def relearning_figure(report: UnlearnReport):
     metric = next((m for m in (pick_forget_metric(run.unlearned) for run in runs) if m), None)
     if metric is None:
         return None
-    figure, axes = _new_figure()
+    figure, axes = new_figure()
     for run in runs:
         steps = [0] + [p.step for p in run.relearn]
         values = [run.unlearned.get(metric)] + [p.metrics.get(metric) for p in run.relearn]
@@ -346,7 +349,7 @@ def evaluation_figure(report: UnlearnReport):
     curve = report.evaluation_curve
     if not curve:
         return None
-    figure, axes = _new_figure()
+    figure, axes = new_figure()
     for name in curve_metrics(report):
         values = [entry["values"].get(name) for entry in curve]
         axes.plot(

@@ -57,13 +57,14 @@ class Variant:
     """A family of settings of one optimizer that the sweep compares as separate rows: ``qadam:4`` is Q(m;4).
 
     ``name:VALUE`` sets config field ``field`` to VALUE (an integer in ``values``); the row is labelled
-    ``label.format(VALUE)`` and graded ``grade(VALUE)``.
+    ``label.format(VALUE)`` and graded ``grade(VALUE)``; ``metavar`` names VALUE in messages and help.
     """
 
     field: str
     values: range
     label: str
     grade: Callable[[int], float]
+    metavar: str = "VALUE"
 
 
 @dataclass(frozen=True)
@@ -407,7 +408,7 @@ for _entry in (
         ("qadam_bits",),
         _check_qadam,
         # Q(m;8) right after AdamW, Q(m;1) (the sign) right before signAdam.
-        variant=Variant("qadam_bits", range(1, 9), "Q(m;{})", lambda bits: 2.0 + (8 - bits)),
+        variant=Variant("qadam_bits", range(1, 9), "Q(m;{})", lambda bits: 2.0 + (8 - bits), "BITS"),
         papers=_D2U,
     ),
     OptimizerEntry(
