@@ -79,8 +79,10 @@ class OptimizerEntry:
         build: ``build(param_groups, config) -> torch.optim.Optimizer``.
         summary: a phrase for ``--help`` and the model card.
         fields: the config fields only this optimizer reads (documentation and ``--help``).
-        check: raises a one-line ``ValueError`` naming a bad field among ``fields``; run by the config gate for
-            every entry, so a bad value fails even while another optimizer is chosen.
+        check: raises a one-line ``ValueError`` naming a bad field among ``fields`` and its fix; the config gate
+            runs it for every entry, so a bad value fails even while another optimizer is chosen (a rule that holds
+            only when this optimizer runs reads ``cfg.optimizer``). The family's rules (ZO refuses fp16, smoothing
+            refuses DeepSpeed, the hybrid's max_steps) are the gate's own.
         variant: the sweep's ``name:VALUE`` rows (:class:`Variant`), if any.
         papers: the papers a run with it cites (records like the report's ``papers``).
     """
@@ -387,113 +389,47 @@ _ZO_FIELDS = ("zo_learning_rate", "zo_mu", "zo_num_directions", "zo_direction", 
               "zo_master_weights", "zo_stochastic_rounding", "zo_seed")  # fmt: skip
 _SMOOTHING_FIELDS = ("smoothing_base_optimizer", "smoothing_scope")
 
+# fmt: off
 for _entry in (
-    OptimizerEntry("adamw", Family.FIRST_ORDER, 1.0, "AdamW", _adamw, "AdamW (torch)"),
-    OptimizerEntry(
-        "sgd", Family.FIRST_ORDER, 1.4, "SGD", _sgd, "SGD (torch), with momentum", ("sgd_momentum",), _check_sgd
-    ),  # fmt: skip
-    OptimizerEntry(
-        "signsgd", Family.SIGN_QUANTIZED, 10.1, "signSGD", _signsgd, "the sign of the gradient", papers=_D2U
-    ),  # fmt: skip
-    OptimizerEntry(
-        "signadam", Family.SIGN_QUANTIZED, 10.0, "signAdam", _signadam, "the sign of Adam's momentum", papers=_D2U
-    ),  # fmt: skip
-    OptimizerEntry(
-        "qadam",
-        Family.SIGN_QUANTIZED,
-        2.0,
-        "Q(m;N)",
-        _qadam,
-        "Adam with its direction quantized to N bits, Q(m;N)",
-        ("qadam_bits",),
-        _check_qadam,
-        # Q(m;8) right after AdamW, Q(m;1) (the sign) right before signAdam.
-        variant=Variant("qadam_bits", range(1, 9), "Q(m;{})", lambda bits: 2.0 + (8 - bits), "BITS"),
-        papers=_D2U,
-    ),
-    OptimizerEntry(
-        "adamw_8bit",
-        Family.SIGN_QUANTIZED,
-        1.1,
-        "AdamW 8-bit",
-        _adamw_8bit,
-        "AdamW with 8-bit moments (bitsandbytes)",
-        papers=_D2U,
-    ),
-    OptimizerEntry(
-        "sophia",
-        Family.SECOND_ORDER,
-        0.0,
-        "Sophia",
-        _sophia,
-        "Sophia: clipped, curvature-preconditioned steps",
-        ("sophia_rho", "sophia_beta1", "sophia_beta2", "sophia_batch_tokens"),
-        _check_sophia,
-        papers=(DOWNGRADE_TO_UPGRADE, SOUL),
-    ),
-    OptimizerEntry(
-        "zo_sgd",
-        Family.ZEROTH_ORDER,
-        11.1,
-        "ZO-SGD",
-        _zo_sgd,
-        "SGD on the ZO gradient estimate",
-        _ZO_FIELDS,
-        _check_zeroth_order,
-        papers=_D2U,
-    ),  # fmt: skip
-    OptimizerEntry(
-        "zo_adam",
-        Family.ZEROTH_ORDER,
-        11.0,
-        "ZO-Adam",
-        _zo_adam,
-        "Adam on the ZO gradient estimate",
-        (*_ZO_FIELDS, "zo_beta1", "zo_beta2", "zo_eps"),
-        _check_zeroth_order,
-        papers=_D2U,
-    ),  # fmt: skip
-    OptimizerEntry(
-        "adazo",
-        Family.ZEROTH_ORDER,
-        11.2,
-        "AdaZO",
-        _adazo,
-        "AdaZO: ZO steps scaled by a second-moment estimate",
-        (*_ZO_FIELDS, "zo_beta1", "zo_beta2", "zo_eps", "zo_bias_correction"),
-        _check_zeroth_order,
-        papers=_D2U,
-    ),
-    OptimizerEntry(
-        "hybrid",
-        Family.HYBRID,
-        12.0,
-        "hybrid FO-ZO",
-        _hybrid,
-        "the FO-ZO hybrid: first-order and zeroth-order phases alternate",
-        ("hybrid_fo_optimizer", "hybrid_zo_optimizer", "hybrid_fo_steps", "hybrid_zo_steps"),
-        _check_hybrid,
-        papers=_D2U,
-    ),
-    OptimizerEntry(
-        "sam",
-        Family.SMOOTHING,
-        1.2,
-        "SAM",
-        _sam,
-        "sharpness-aware minimisation around a first-order optimizer",
-        ("sam_rho", *_SMOOTHING_FIELDS),
-        _check_sam,
-    ),
-    OptimizerEntry(
-        "fo_rs",
-        Family.SMOOTHING,
-        1.3,
-        "FO-RS",
-        _fo_rs,
-        "first-order randomised smoothing around a first-order optimizer",
-        ("fo_rs_sigma", "fo_rs_samples", "fo_rs_seed", *_SMOOTHING_FIELDS),
-        _check_fo_rs,
-    ),
+    OptimizerEntry(name="adamw", family=Family.FIRST_ORDER, grade=1.0, label="AdamW", build=_adamw,
+                   summary="AdamW (torch)"),
+    OptimizerEntry(name="sgd", family=Family.FIRST_ORDER, grade=1.4, label="SGD", build=_sgd,
+                   summary="SGD (torch), with momentum", fields=("sgd_momentum",), check=_check_sgd),
+    OptimizerEntry(name="signsgd", family=Family.SIGN_QUANTIZED, grade=10.1, label="signSGD", build=_signsgd,
+                   summary="the sign of the gradient", papers=_D2U),
+    OptimizerEntry(name="signadam", family=Family.SIGN_QUANTIZED, grade=10.0, label="signAdam", build=_signadam,
+                   summary="the sign of Adam's momentum", papers=_D2U),
+    OptimizerEntry(name="qadam", family=Family.SIGN_QUANTIZED, grade=2.0, label="Q(m;N)", build=_qadam,
+                   summary="Adam with its direction quantized to N bits, Q(m;N)", fields=("qadam_bits",),
+                   check=_check_qadam, papers=_D2U,
+                   # Q(m;8) right after AdamW, Q(m;1) (the sign) right before signAdam.
+                   variant=Variant("qadam_bits", range(1, 9), "Q(m;{})", lambda bits: 2.0 + (8 - bits), "BITS")),
+    OptimizerEntry(name="adamw_8bit", family=Family.SIGN_QUANTIZED, grade=1.1, label="AdamW 8-bit",
+                   build=_adamw_8bit, summary="AdamW with 8-bit moments (bitsandbytes)", papers=_D2U),
+    OptimizerEntry(name="sophia", family=Family.SECOND_ORDER, grade=0.0, label="Sophia", build=_sophia,
+                   summary="Sophia: clipped, curvature-preconditioned steps",
+                   fields=("sophia_rho", "sophia_beta1", "sophia_beta2", "sophia_batch_tokens"),
+                   check=_check_sophia, papers=(DOWNGRADE_TO_UPGRADE, SOUL)),
+    OptimizerEntry(name="zo_sgd", family=Family.ZEROTH_ORDER, grade=11.1, label="ZO-SGD", build=_zo_sgd,
+                   summary="SGD on the ZO gradient estimate", fields=_ZO_FIELDS, check=_check_zeroth_order,
+                   papers=_D2U),
+    OptimizerEntry(name="zo_adam", family=Family.ZEROTH_ORDER, grade=11.0, label="ZO-Adam", build=_zo_adam,
+                   summary="Adam on the ZO gradient estimate", fields=(*_ZO_FIELDS, "zo_beta1", "zo_beta2", "zo_eps"),
+                   check=_check_zeroth_order, papers=_D2U),
+    OptimizerEntry(name="adazo", family=Family.ZEROTH_ORDER, grade=11.2, label="AdaZO", build=_adazo,
+                   summary="AdaZO: ZO steps scaled by a second-moment estimate",
+                   fields=(*_ZO_FIELDS, "zo_beta1", "zo_beta2", "zo_eps", "zo_bias_correction"),
+                   check=_check_zeroth_order, papers=_D2U),
+    OptimizerEntry(name="hybrid", family=Family.HYBRID, grade=12.0, label="hybrid FO-ZO", build=_hybrid,
+                   summary="the FO-ZO hybrid: first-order and zeroth-order phases alternate",
+                   fields=("hybrid_fo_optimizer", "hybrid_zo_optimizer", "hybrid_fo_steps", "hybrid_zo_steps"),
+                   check=_check_hybrid, papers=_D2U),
+    OptimizerEntry(name="sam", family=Family.SMOOTHING, grade=1.2, label="SAM", build=_sam,
+                   summary="sharpness-aware minimisation around a first-order optimizer",
+                   fields=("sam_rho", *_SMOOTHING_FIELDS), check=_check_sam),
+    OptimizerEntry(name="fo_rs", family=Family.SMOOTHING, grade=1.3, label="FO-RS", build=_fo_rs,
+                   summary="first-order randomised smoothing around a first-order optimizer",
+                   fields=("fo_rs_sigma", "fo_rs_samples", "fo_rs_seed", *_SMOOTHING_FIELDS), check=_check_fo_rs),
 ):
     register_optimizer(_entry)
+# fmt: on
