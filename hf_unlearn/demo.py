@@ -31,6 +31,7 @@ from hf_unlearn.benchmarks.tofu_data import load_tofu
 from hf_unlearn.data import DataCollatorForUnlearning, QADataset
 from hf_unlearn.errors import UserInputError
 from hf_unlearn.io import atomic_write_text
+from hf_unlearn.sweep import SweepReport
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
 
 
@@ -86,16 +87,14 @@ def check_demo_settings(
 ) -> None:
     """Every demo setting, checked before the first file is written or model built (a bad one was found after
     18 s of fine-tuning, with the models left behind)."""
-    from hf_unlearn.sweep import OptimizerSpec, seeds_from
+    from hf_unlearn.sweep.plan import parse_specs, seeds_from
 
     unknown = [r for r in (regimes or []) if r not in REGIMES]
     if unknown:
         raise UserInputError(f"--regimes {' '.join(unknown)}: choose from {', '.join(REGIMES)}")
     if not Path(recipe).is_file():
         raise FileNotFoundError(f"Demo recipe {recipe} not found; pass --recipe recipes/demo.yaml from the repo.")
-    specs = [OptimizerSpec.parse(o) for o in (optimizers or OPTIMIZERS)]
-    if len({s.spec for s in specs}) != len(specs):
-        raise UserInputError(f"--optimizers {' '.join(optimizers)}: an optimizer is listed twice; list each once.")
+    parse_specs(optimizers or OPTIMIZERS)
     seeds_from(seeds)
     for flag, value, least in (
         ("--num_authors", num_authors, 2), ("--finetune_epochs", finetune_epochs, 1),
@@ -120,7 +119,7 @@ def run_demo(
     overwrite: bool = False,
     resume: bool = False,
     on_trainer=None,
-) -> dict[str, dict]:
+) -> dict[str, SweepReport]:
     """Run the demo end to end; print and write the reports; return each regime's sweep report.
 
     `output_dir` must be new or empty, unless `overwrite` (the demo's own files there are removed first) or `resume`
@@ -185,19 +184,18 @@ def run_demo(
     return reports
 
 
-def quantization_note(report: dict) -> str:
+def quantization_note(report: SweepReport) -> str:
     """How many 4-bit codes unlearning changed, and how much of the forgetting 4-bit quantization undid."""
-    summary = report["summary"]
-    codes = [k for k in report["columns"] if k["key"].startswith("codes_changed/")]
+    codes = [c.key for c in report.columns if c.key.startswith("codes_changed/")]
     if not codes:
         return "No quantization codes were compared."
-    kind = codes[0]["key"].split("/")[1]
-    changed = [r["columns"][f"codes_changed/{kind}"]["mean"] for r in summary]
-    undone = [r["columns"].get(f"recovered/{kind}", {}).get("mean") for r in summary]
+    kind = codes[0].split("/")[1]
+    changed = [r.columns[f"codes_changed/{kind}"].mean for r in report.summary]
+    undone = [r.columns[f"recovered/{kind}"].mean for r in report.summary if f"recovered/{kind}" in r.columns]
     changed = [c for c in changed if c is not None]
     undone = [u for u in undone if u is not None]
     text = f"Unlearning changed {min(changed):.1%}-{max(changed):.1%} of the {kind} codes (mean per optimizer)."
     if undone:
         text += (f" {kind} quantization undid between {min(undone):.0%} and {max(undone):.0%} of the forgetting "
-                 f"({report['forget_metric']}; mean per optimizer).")  # fmt: skip
+                 f"({report.forget_metric}; mean per optimizer).")  # fmt: skip
     return text

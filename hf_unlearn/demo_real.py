@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from hf_unlearn.errors import UserInputError
+from hf_unlearn.sweep import SweepReport
 
 
 MODEL = "smollm2-135m-instruct"
@@ -127,7 +128,7 @@ def run_real_demo(
     return report
 
 
-def unlearn_and_attack(recipe: Path, out: Path, on_trainer=None) -> dict:
+def unlearn_and_attack(recipe: Path, out: Path, on_trainer=None) -> SweepReport:
     from hf_unlearn.report import UnlearnReport
     from hf_unlearn.report_render import answers_section
     from hf_unlearn.sweep import SweepSettings, main_table, run_sweep

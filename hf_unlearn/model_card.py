@@ -16,7 +16,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from hf_unlearn.benchmarks.registry import hub_datasets_of
 from hf_unlearn.hub_ids import is_hub_id
 from hf_unlearn.io import atomic_write_text
-from hf_unlearn.optim.papers import optimizer_papers
+from hf_unlearn.optim.registry import optimizer_family, optimizer_label, optimizer_papers
 from hf_unlearn.report import UnlearnReport
 from hf_unlearn.report_render import (
     answers_section,
@@ -149,6 +149,15 @@ def _paper_lines(papers: list[dict]) -> list[str]:
     return lines
 
 
+def optimizer_wording(report: UnlearnReport) -> str:
+    """The optimizer as the card names it, from the registry: ``**Q(m;4)** (`qadam`, sign/quantized)``."""
+    if not report.optimizer:
+        return "**n/a**"
+    family = optimizer_family(report.optimizer)
+    label = optimizer_label(report.optimizer, report.config)
+    return f"**{label}** (`{report.optimizer}`, {family.value})" if family else f"**{report.optimizer}**"
+
+
 def card_body(report: UnlearnReport) -> str:
     base = report.base_model
     base_text = (
@@ -161,7 +170,7 @@ def card_body(report: UnlearnReport) -> str:
     lines = [
         f"# {report.hub_model_id or _title(report)}",
         "",
-        f"{base_text} after unlearning with **{report.method or 'n/a'}** and the **{report.optimizer or 'n/a'}** "
+        f"{base_text} after unlearning with **{report.method or 'n/a'}** and the {optimizer_wording(report)} "
         "optimizer, trained and evaluated with hf_unlearn.",
         "",
         "## Method",

@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 from hf_unlearn.benchmarks.registry import forget_metric_of, forget_metrics
-from hf_unlearn.optim.args import ZEROTH_ORDER_OPTIMIZERS as ZO_OPTIMIZERS
+from hf_unlearn.optim.registry import Family, optimizer_family
 from hf_unlearn.report_schema import (
     BEFORE,
     EVAL_PLOT,
@@ -135,16 +135,17 @@ def schedule_text(report: ReportData) -> str:
         return "Not recorded."
     zo = (f"{s.get('zo_num_directions', '?')} {s.get('zo_direction', '')} direction(s) per step, "
           f"μ = {fmt(s.get('zo_mu'))}, {s.get('zo_difference', '')} differences")  # fmt: skip
-    if optimizer == "hybrid":
+    family = optimizer_family(optimizer)
+    if family is Family.HYBRID:
         fo_steps, zo_steps = s.get("hybrid_fo_steps"), s.get("hybrid_zo_steps")
         zo_steps = fo_steps if zo_steps is None else zo_steps
         text = (f"Hybrid FO-ZO: {fo_steps} first-order steps ({s.get('hybrid_fo_optimizer', '?')}) then {zo_steps} "
                 f"zeroth-order steps ({s.get('hybrid_zo_optimizer', '?')}; {zo}), repeated; ZO learning rate "
                 f"{fmt(s.get('zo_learning_rate') or s.get('learning_rate'))}.")  # fmt: skip
-    elif optimizer in ZO_OPTIMIZERS:
+    elif family is Family.ZEROTH_ORDER:
         text = f"Zeroth-order ({optimizer}): {zo}."
-    else:
-        text = f"First-order ({optimizer})."
+    else:  # an optimizer this hf_unlearn does not register (a plugin's) is named only
+        text = f"{family.value.capitalize() if family else 'Optimizer'} ({optimizer})."
     steps = s.get("max_steps")
     steps = f"{steps} steps" if steps and steps > 0 else f"{fmt(s.get('num_train_epochs'))} epochs"
     batch, accumulation = s.get("per_device_train_batch_size", "?"), s.get("gradient_accumulation_steps", 1)
@@ -244,45 +245,49 @@ def _has_relearning(report: ReportData) -> bool:
     return any(run.relearn for run in report.attacks)
 
 
-def _png(figure) -> bytes:
+def png_bytes(figure) -> bytes:
+    """A matplotlib figure as PNG bytes (the report's and the sweep's plots)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     return buffer.getvalue()
 
 
-def _new_figure():
+def new_figure(width: float = 7.0, integer_x: bool = True):
+    """A figure on its own Agg canvas (never pyplot's global backend) and its axes; ``integer_x`` for steps."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(7, 4))
+    figure = Figure(figsize=(width, 4))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps
+    if integer_x:
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     return figure, axes
 
 
 def _phase_of(entry: dict, optimizer: str | None) -> str | None:
     if "optim/phase" in entry:
         return "zo" if entry["optim/phase"] >= 0.5 else "fo"
-    if optimizer in ZO_OPTIMIZERS:
+    family = optimizer_family(optimizer)
+    if family is Family.ZEROTH_ORDER:
         return "zo"
-    return None if optimizer in (None, "hybrid") else "fo"
+    return None if optimizer is None or family is Family.HYBRID else "fo"
 
 
 def loss_plot(report: ReportData) -> bytes | None:
     figure = loss_figure(report)
-    return None if figure is None else _png(figure)
+    return None if figure is None else png_bytes(figure)
 
 
 def evaluation_plot(report: ReportData) -> bytes | None:
     figure = evaluation_figure(report)
-    return None if figure is None else _png(figure)
+    return None if figure is None else png_bytes(figure)
 
 
 def relearning_plot(report: ReportData) -> bytes | None:
     figure = relearning_figure(report)
-    return None if figure is None else _png(figure)
+    return None if figure is None else png_bytes(figure)
 
 
 def loss_figure(report: ReportData):
@@ -292,7 +297,7 @@ def loss_figure(report: ReportData):
         return None
     from matplotlib.patches import Patch
 
-    figure, axes = _new_figure()
+    figure, axes = new_figure()
     keys = [k for k in ("loss/forget", "loss/retain") if any(k in e for e in log)] or ["loss"]
     for key in keys:
         points = [(e["step"], e[key]) for e in log if key in e]
@@ -321,7 +326,7 @@ def relearning_figure(report: ReportData):
     metric = next((m for m in (pick_forget_metric(run.unlearned) for run in runs) if m), None)
     if metric is None:
         return None
-    figure, axes = _new_figure()
+    figure, axes = new_figure()
     for run in runs:
         steps = [0] + [p.step for p in run.relearn]
         values = [run.unlearned.get(metric)] + [p.metrics.get(metric) for p in run.relearn]
@@ -341,7 +346,7 @@ def evaluation_figure(report: ReportData):
     curve = report.evaluation_curve
     if not curve:
         return None
-    figure, axes = _new_figure()
+    figure, axes = new_figure()
     for name in curve_metrics(report):
         values = [entry["values"].get(name) for entry in curve]
         axes.plot(

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_unlearn.io import json_safe
-from hf_unlearn.optim.args import ZEROTH_ORDER_OPTIMIZERS as ZO_OPTIMIZERS
+from hf_unlearn.optim.registry import Family, optimizer_family
 
 
 SCHEMA_VERSION = 1
@@ -382,10 +382,10 @@ def optimizer_schedule(config: Mapping[str, Any]) -> dict[str, Any]:
     """The settings that define the optimizer and its schedule (all ZO and hybrid fields when they apply)."""
     keys = ["optimizer", "learning_rate", "lr_scheduler_type", "warmup_steps", "max_steps", "num_train_epochs",
             "per_device_train_batch_size", "gradient_accumulation_steps", "weight_decay", "max_grad_norm"]  # fmt: skip
-    optimizer = config.get("optimizer")
-    if optimizer == "hybrid" or optimizer in ZO_OPTIMIZERS:
+    family = optimizer_family(config.get("optimizer"))
+    if family in (Family.HYBRID, Family.ZEROTH_ORDER):
         keys += sorted(k for k in config if k.startswith("zo_"))
-    if optimizer == "hybrid":
+    if family is Family.HYBRID:
         keys += sorted(k for k in config if k.startswith("hybrid_"))
     return {k: config[k] for k in keys if k in config}
 

@@ -50,7 +50,7 @@ def test_real_demo_finetunes_unlearns_attacks_and_prints_answers(tofu_dir, token
     out = tmp_path / "demo"
     report = demo_real.run_real_demo(out, str(tofu_dir))
 
-    assert [row["optimizer"] for row in report["summary"]] == ["adamw", "hybrid"]
+    assert [row.optimizer for row in report.summary] == ["adamw", "hybrid"]
     for optimizer in ("adamw", "hybrid"):
         cell = UnlearnReport.load(out / "sweep" / f"{optimizer}_seed0")
         (attack,) = cell.attacks

@@ -9,7 +9,7 @@ import pytest
 from hf_unlearn import pipeline
 from hf_unlearn.cli import main
 from hf_unlearn.report import UnlearnReport
-from hf_unlearn.sweep import SWEEP_SCHEMA_VERSION, OptimizerSpec
+from hf_unlearn.sweep import SWEEP_SCHEMA_VERSION, OptimizerSpec, SweepReport
 
 
 DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo.yaml"
@@ -44,7 +44,8 @@ def test_optimizer_specs_and_grade_order():
     ordered = [s.label for s in sorted(specs, key=lambda s: s.grade)]
     assert ordered == ["Sophia", "AdamW", "Q(m;8)", "Q(m;2)", "signAdam", "AdaZO", "hybrid FO-ZO"]
     assert OptimizerSpec.parse("qadam:4").flags() == ["--optimizer", "qadam", "--qadam_bits", "4"]
-    for bad, message in (("qadam", "give qadam its bits"), ("qadam:9", "1..8"), ("adam", "unknown")):
+    for bad, message in (("qadam", "give qadam its bits"), ("qadam:9", "1..8"), ("adam", "unknown"),
+                         ("adamw:4", "adamw takes no :VALUE; only qadam takes one")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             OptimizerSpec.parse(bad)
 
@@ -74,6 +75,21 @@ def test_sweep_writes_the_comparison_with_mean_and_std(counted_sweep):
     assert [c["kind"] for c in report["controls"]] == ["original", "noise", "noise"]
     noise = report["controls"][1]
     assert 0 < noise["codes_changed"]["rtn4"] <= 1 and noise["metrics"]["forget_prob"] is not None
+
+
+def test_the_report_is_a_typed_sweep_report_that_reads_back_what_it_wrote(counted_sweep, tmp_path):
+    out, _, document = counted_sweep
+    report = SweepReport.load(out)
+    assert report.to_dict() == document  # every key and value, control rows without the keys their kind lacks
+    assert report.summary[0].columns["relearned"].n == 2 and report.cells[0].relearn[0].step == 0
+    assert set(document["controls"][0]) == {"name", "kind", "path", "metrics"}
+    (tmp_path / "sweep_report.json").write_text(json.dumps({**document, "schema_version": SWEEP_SCHEMA_VERSION + 1}))
+    with pytest.raises(ValueError, match=f"reads up to {SWEEP_SCHEMA_VERSION}: upgrade it"):
+        SweepReport.load(tmp_path)
+    with pytest.raises(ValueError, match="Unknown sweep report field"):
+        SweepReport.from_dict({**document, "extra": 1})
+    with pytest.raises(ValueError, match="Not a sweep report"):
+        SweepReport.from_dict({"schema_version": 1, "kind": "hf_unlearn.report"})
 
 
 def test_utility_matched_table_and_plots(counted_sweep):

@@ -11,16 +11,15 @@ import sys
 
 
 def sweep_parser() -> argparse.ArgumentParser:
+    from hf_unlearn.sweep import optimizers_help
+
     parser = argparse.ArgumentParser(
         prog="hf-unlearn sweep",
         description="Run a recipe per (optimizer, seed), attack each run, and compare them in one report. Flags "
         "not listed here are recipe keys for every cell (e.g. --max_steps 40).",
     )
     parser.add_argument("recipe", help="Recipe YAML; its sweep: section may give optimizers and seeds.")
-    parser.add_argument(
-        "--optimizers", nargs="+", default=None,
-        help="Optimizers to compare: adamw, signadam, qadam:BITS (Q(m;BITS)), sophia, adazo, hybrid, sam, fo_rs, ...",
-    )  # fmt: skip
+    parser.add_argument("--optimizers", nargs="+", default=None, help=optimizers_help())
     parser.add_argument(
         "--seeds", nargs="+", type=int, default=None,
         help="A count (3 = the recipe's seed and the next two) or the seeds themselves (0 5 9).",
@@ -80,7 +79,7 @@ def main_argv(argv: list[str]) -> int:
     report = run_sweep(settings_from_argv(argv), on_trainer=logs_to_stderr)
     if report is not None:
         print(main_table(report))
-        print(f"Wrote {report['output_dir']}/{SWEEP_MARKDOWN_FILE}, sweep_report.json and plots; one folder per run.")
+        print(f"Wrote {report.output_dir}/{SWEEP_MARKDOWN_FILE}, sweep_report.json and plots; one folder per run.")
     return 0
 
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .zo import check_zo_settings
-
-
-FIRST_ORDER_OPTIMIZERS = ("adamw", "sgd", "signsgd", "signadam", "qadam", "adamw_8bit", "sophia")
-ZEROTH_ORDER_OPTIMIZERS = ("zo_sgd", "zo_adam", "adazo")
-SMOOTHING_OPTIMIZERS = ("sam", "fo_rs")
-SMOOTHING_SCOPES = ("forget", "loss")
-KNOWN_OPTIMIZERS = FIRST_ORDER_OPTIMIZERS + ZEROTH_ORDER_OPTIMIZERS + ("hybrid",) + SMOOTHING_OPTIMIZERS
+from .registry import (
+    FIRST_ORDER_OPTIMIZERS,
+    KNOWN_OPTIMIZERS,
+    OPTIMIZERS,
+    SMOOTHING_SCOPES,
+    ZEROTH_ORDER_OPTIMIZERS,
+    Family,
+    optimizer_entry,
+    optimizer_help,
+)
 
 
 def check_hybrid_max_steps(max_steps: int, fo_steps: int, zo_steps: int) -> None:
@@ -36,7 +38,7 @@ class OptimizerArguments:
 
     optimizer: str = field(
         default="adamw",
-        metadata={"help": f"Unlearning optimizer, one of {', '.join(KNOWN_OPTIMIZERS)}.", "choices": KNOWN_OPTIMIZERS},
+        metadata={"help": optimizer_help(), "choices": KNOWN_OPTIMIZERS},  # choices: live, read from the registry
     )
     sgd_momentum: float = field(default=0.0, metadata={"help": "Momentum of `sgd`."})
     qadam_bits: int = field(
@@ -162,67 +164,36 @@ class OptimizerArguments:
     @property
     def uses_zeroth_order(self) -> bool:
         """Whether the configured optimizer runs any ZO step."""
-        if self.optimizer in ZEROTH_ORDER_OPTIMIZERS:
-            return True
-        return self.optimizer == "hybrid" and self.hybrid_schedule[1] > 0
+        family = optimizer_entry(self.optimizer).family
+        return family is Family.ZEROTH_ORDER or (family is Family.HYBRID and self.hybrid_schedule[1] > 0)
 
     def check_optimizer_fields(self) -> None:
         """The one check of every optimizer field; raises ``ValueError`` in one line naming the field and the fix.
 
-        Reads the ``TrainingArguments`` fields it depends on (``learning_rate``, ``max_steps``, ``fp16``,
-        ``deepspeed``), which both ``UnlearnConfig`` and the standalone ``OptimizerConfig`` have. Runs in their
-        ``__post_init__``; a TRL config that mixes these fields in (``class C(DPOConfig, OptimizerArguments)``) has
-        no hook for it, so ``OptimizerFactoryMixin.create_optimizer`` runs it there (see ``optimizer_fields_checked``).
+        Each registry entry checks its own fields (all of them, so a bad value fails even while another optimizer
+        is chosen); the rules of the chosen optimizer's family follow. Reads the ``TrainingArguments`` fields it
+        depends on (``learning_rate``, ``max_steps``, ``fp16``, ``deepspeed``), which both ``UnlearnConfig`` and the
+        standalone ``OptimizerConfig`` have. Runs in their ``__post_init__``; a TRL config that mixes these fields
+        in (``class C(DPOConfig, OptimizerArguments)``) has no hook for it, so
+        ``OptimizerFactoryMixin.create_optimizer`` runs it there (see ``optimizer_fields_checked``).
         """
         from .zero import validate_deepspeed_for_zo
 
         def fail(message: str) -> None:
             raise ValueError(message)
 
-        if self.optimizer not in KNOWN_OPTIMIZERS:
-            fail(f"optimizer={self.optimizer!r} is unknown; choose one of: {', '.join(KNOWN_OPTIMIZERS)}")
-        if self.hybrid_fo_optimizer not in FIRST_ORDER_OPTIMIZERS:
-            fail(
-                f"hybrid_fo_optimizer={self.hybrid_fo_optimizer!r}: choose one of {', '.join(FIRST_ORDER_OPTIMIZERS)}"
-            )
-        if self.hybrid_zo_optimizer not in ZEROTH_ORDER_OPTIMIZERS:
-            fail(
-                f"hybrid_zo_optimizer={self.hybrid_zo_optimizer!r}: choose one of {', '.join(ZEROTH_ORDER_OPTIMIZERS)}"
-            )
-        check_zo_settings(self.zo_mu, self.zo_num_directions, self.zo_difference, self.zo_direction)
-        if self.zo_learning_rate is not None and not (
-            self.zo_learning_rate > 0 and math.isfinite(self.zo_learning_rate)
-        ):
-            fail(f"zo_learning_rate={self.zo_learning_rate!r} must be a finite number > 0 (or unset: learning_rate)")
+        family = optimizer_entry(self.optimizer).family
+        for check in dict.fromkeys(entry.check for entry in OPTIMIZERS.values() if entry.check):
+            check(self)
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             fail(f"learning_rate={self.learning_rate!r} must be a finite number > 0")
-        if not (isinstance(self.qadam_bits, int) and 1 <= self.qadam_bits <= 8):
-            fail(f"qadam_bits={self.qadam_bits!r} must be an integer in 1..8 (1 = sign)")
-        if not self.sophia_rho > 0:
-            fail(f"sophia_rho={self.sophia_rho!r} must be > 0 (SOUL uses 0.04)")
-        if self.smoothing_base_optimizer not in FIRST_ORDER_OPTIMIZERS:
-            base = self.smoothing_base_optimizer
-            fail(f"smoothing_base_optimizer={base!r}: choose one of {', '.join(FIRST_ORDER_OPTIMIZERS)}")
-        if self.smoothing_scope not in SMOOTHING_SCOPES:
-            fail(f"smoothing_scope={self.smoothing_scope!r}: choose one of {', '.join(SMOOTHING_SCOPES)}")
-        if not (self.sam_rho > 0 and math.isfinite(self.sam_rho)):
-            fail(f"sam_rho={self.sam_rho!r} must be a finite number > 0 (the paper uses 0.01)")
-        if not (self.fo_rs_sigma > 0 and math.isfinite(self.fo_rs_sigma)):
-            fail(f"fo_rs_sigma={self.fo_rs_sigma!r} must be a finite number > 0 (the paper uses 1e-4)")
-        if not (isinstance(self.fo_rs_samples, int) and self.fo_rs_samples >= 1):
-            fail(f"fo_rs_samples={self.fo_rs_samples!r} must be an integer >= 1 (the paper uses 3)")
-        if self.optimizer in SMOOTHING_OPTIMIZERS and self.deepspeed:
+        if family is Family.SMOOTHING and self.deepspeed:
             fail(
                 f"optimizer={self.optimizer!r} runs extra backward passes that DeepSpeed does not allow; "
                 "unset deepspeed"
             )
-        fo_steps, zo_steps = self.hybrid_schedule
-        if not (isinstance(fo_steps, int) and fo_steps >= 1):
-            fail(f"hybrid_fo_steps={fo_steps!r} must be an integer >= 1 (the paper uses 20)")
-        if not (isinstance(zo_steps, int) and zo_steps >= 0):
-            fail(f"hybrid_zo_steps={zo_steps!r} must be an integer >= 0 (unset = hybrid_fo_steps)")
-        if self.optimizer == "hybrid":
-            check_hybrid_max_steps(self.max_steps, fo_steps, zo_steps)
+        if family is Family.HYBRID:
+            check_hybrid_max_steps(self.max_steps, *self.hybrid_schedule)
         if self.uses_zeroth_order and self.fp16:
             fail(
                 f"fp16=True cannot be combined with optimizer={self.optimizer!r}: its zeroth-order steps have no "

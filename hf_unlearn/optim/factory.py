@@ -6,23 +6,12 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
-import torch
 from torch import nn
 from torch.optim import Optimizer
 
-from .args import (
-    FIRST_ORDER_OPTIMIZERS,
-    SMOOTHING_OPTIMIZERS,
-    ZEROTH_ORDER_OPTIMIZERS,
-    OptimizerArguments,
-    OptimizerConfig,
-)
-from .compressed import QAdam, SignAdam, SignSGD
-from .hybrid import HybridOptimizer, HybridSchedule
-from .smoothing import FORS, SAM
-from .sophia import SophiaG
+from .args import OptimizerArguments, OptimizerConfig
+from .registry import Family, build_entry, optimizer_family
 from .zero import validate_deepspeed_for_zo
-from .zo import ZOSGD, AdaZO, ZOAdam, ZOSettings
 
 
 def optimizer_config(args: Any = None, **overrides) -> OptimizerArguments:
@@ -75,54 +64,6 @@ def parameter_groups(
     return groups
 
 
-def _copy_groups(groups: list[dict]) -> list[dict]:
-    # torch's add_param_group fills defaults into the dict it is given; each optimizer needs its own.
-    return [dict(g, params=list(g["params"])) for g in groups]
-
-
-def _first_order(name: str, groups: list[dict], cfg: OptimizerArguments) -> Optimizer:
-    betas = (cfg.adam_beta1, cfg.adam_beta2)
-    lr, wd = cfg.learning_rate, cfg.weight_decay
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=cfg.adam_epsilon, weight_decay=wd)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.sgd_momentum, weight_decay=wd)
-    if name == "signsgd":
-        return SignSGD(groups, lr=lr, weight_decay=wd)
-    if name == "signadam":
-        return SignAdam(groups, lr=lr, beta1=cfg.adam_beta1, weight_decay=wd)
-    if name == "qadam":
-        return QAdam(groups, lr=lr, betas=betas, eps=cfg.adam_epsilon, weight_decay=wd, bits=cfg.qadam_bits)
-    if name == "sophia":
-        betas = (cfg.sophia_beta1, cfg.sophia_beta2)
-        return SophiaG(
-            groups, lr=lr, betas=betas, rho=cfg.sophia_rho, weight_decay=wd, batch_tokens=cfg.sophia_batch_tokens
-        )
-    if name == "adamw_8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError as err:
-            raise ImportError("optimizer='adamw_8bit' needs bitsandbytes: pip install 'hf_unlearn[quant]'") from err
-        return bnb.optim.AdamW8bit(groups, lr=lr, betas=betas, eps=cfg.adam_epsilon, weight_decay=wd)
-    raise ValueError(f"{name!r} is not a first-order optimizer; choose one of {', '.join(FIRST_ORDER_OPTIMIZERS)}")
-
-
-def _zeroth_order(name: str, groups: list[dict], cfg: OptimizerArguments):
-    lr = cfg.learning_rate if cfg.zo_learning_rate is None else cfg.zo_learning_rate
-    zo = {"settings": ZOSettings.from_args(cfg)}
-    betas = (cfg.zo_beta1, cfg.zo_beta2)
-    if name == "zo_sgd":
-        return ZOSGD(groups, lr=lr, weight_decay=cfg.weight_decay, **zo)
-    if name == "zo_adam":
-        return ZOAdam(groups, lr=lr, betas=betas, eps=cfg.zo_eps, weight_decay=cfg.weight_decay, **zo)
-    if name == "adazo":
-        return AdaZO(
-            groups, lr=lr, betas=betas, eps=cfg.zo_eps, weight_decay=cfg.weight_decay,
-            bias_correction=cfg.zo_bias_correction, **zo,
-        )  # fmt: skip
-    raise ValueError(f"{name!r} is not a zeroth-order optimizer; choose one of {', '.join(ZEROTH_ORDER_OPTIMIZERS)}")
-
-
 def build_optimizer(
     model_or_params: nn.Module | Iterable,
     args: Any = None,
@@ -142,27 +83,14 @@ def build_optimizer(
         **overrides: any of those fields, e.g. ``build_optimizer(model, optimizer="adazo", zo_mu=1e-3)``.
 
     Returns:
-        A ``torch.optim.Optimizer``: torch's AdamW/SGD, ``SignSGD``, ``SignAdam``, ``QAdam``, bitsandbytes'
-        ``AdamW8bit``, ``SophiaG``, ``ZOSGD``, ``ZOAdam``, ``AdaZO``, ``HybridOptimizer``, or ``SAM`` / ``FORS``
-        around a first-order one (they need a ``SmoothingMixin`` trainer or ``step(closure)``).
+        A ``torch.optim.Optimizer``, built by the optimizer's registry entry (``hf_unlearn.optim.registry``):
+        torch's AdamW/SGD, ``SignSGD``, ``SignAdam``, ``QAdam``, bitsandbytes' ``AdamW8bit``, ``SophiaG``,
+        ``ZOSGD``, ``ZOAdam``, ``AdaZO``, ``HybridOptimizer``, or ``SAM`` / ``FORS`` around a first-order one (they
+        need a ``SmoothingMixin`` trainer or ``step(closure)``).
     """
     cfg = optimizer_config(args, **overrides)
     groups = parameter_groups(model_or_params, cfg.weight_decay, decay_parameter_names)
-    if cfg.optimizer in ZEROTH_ORDER_OPTIMIZERS:
-        return _zeroth_order(cfg.optimizer, groups, cfg)
-    if cfg.optimizer == "hybrid":
-        fo = _first_order(cfg.hybrid_fo_optimizer, _copy_groups(groups), cfg)
-        zo = _zeroth_order(cfg.hybrid_zo_optimizer, _copy_groups(groups), cfg)
-        zo_lr = cfg.learning_rate if cfg.zo_learning_rate is None else cfg.zo_learning_rate
-        schedule = HybridSchedule(*cfg.hybrid_schedule)
-        return HybridOptimizer(fo, zo, zo_lr_scale=zo_lr / cfg.learning_rate, schedule=schedule)
-    if cfg.optimizer == "sam":
-        return SAM(_first_order(cfg.smoothing_base_optimizer, groups, cfg), rho=cfg.sam_rho)
-    if cfg.optimizer == "fo_rs":
-        seed = cfg.seed if cfg.fo_rs_seed is None else cfg.fo_rs_seed
-        base = _first_order(cfg.smoothing_base_optimizer, groups, cfg)
-        return FORS(base, sigma=cfg.fo_rs_sigma, num_samples=cfg.fo_rs_samples, seed=seed)
-    return _first_order(cfg.optimizer, groups, cfg)
+    return build_entry(cfg.optimizer, groups, cfg)
 
 
 class OptimizerFactoryMixin:
@@ -176,7 +104,7 @@ class OptimizerFactoryMixin:
         opt_model = self.model if model is None else model
         if self.optimizer is None:
             plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
-            if plugin is not None and self.args.optimizer in SMOOTHING_OPTIMIZERS:
+            if plugin is not None and optimizer_family(self.args.optimizer) is Family.SMOOTHING:
                 optimizer_config(self.args, deepspeed=plugin.deepspeed_config)  # refuses DeepSpeed, in one line
             if plugin is not None and optimizer_config(self.args).uses_zeroth_order:
                 # DeepSpeed set up by `accelerate launch --config_file` never reaches args.deepspeed: check what

@@ -3,15 +3,11 @@
 Downgrade to Upgrade (Lang et al., arXiv 2510.00761) grades optimizers by the information they use and proposes the
 FO-ZO hybrid: every zeroth-order, hybrid, sign-based or compressed (quantized-update, 8-bit) optimizer here comes
 from its study, and so does its Sophia comparison. Sophia as an unlearning optimizer is SOUL's (Jia et al., EMNLP
-2024, arXiv 2404.18239). Plain AdamW and SGD cite nothing.
+2024, arXiv 2404.18239). Plain AdamW and SGD cite nothing. Which optimizer cites which: each registry entry's
+``papers`` (``hf_unlearn.optim.registry``).
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
-from typing import Any
-
-from hf_unlearn.optim.args import ZEROTH_ORDER_OPTIMIZERS
 
 
 DOWNGRADE_TO_UPGRADE = {
@@ -33,16 +29,3 @@ SOUL = {
     "and Diffenderfer, James and Kailkhura, Bhavya and Liu, Sijia},\n  booktitle={Proceedings of the 2024 "
     "Conference on Empirical Methods in Natural Language Processing},\n  year={2024}\n}",
 }
-# Optimizers the Downgrade to Upgrade study grades below (or, for Sophia, above) first-order Adam.
-GRADED = (*ZEROTH_ORDER_OPTIMIZERS, "hybrid", "signsgd", "signadam", "qadam", "adamw_8bit", "sophia")
-
-
-def optimizer_papers(optimizer: str | None, config: Mapping[str, Any] | None = None) -> list[dict[str, str]]:
-    """The papers a run with `optimizer` cites (records like the report's ``papers``), in citation order. A hybrid
-    whose phases use Sophia (``hybrid_fo_optimizer``, read from `config`) also cites SOUL."""
-    if optimizer not in GRADED:
-        return []
-    parts = {optimizer}
-    if optimizer == "hybrid" and config:
-        parts |= {config.get("hybrid_fo_optimizer"), config.get("hybrid_zo_optimizer")}
-    return [DOWNGRADE_TO_UPGRADE, *([SOUL] if "sophia" in parts else [])]
