@@ -126,3 +126,31 @@ def test_right_and_left_padding_do_not_change_a_row(model_and_examples, single_t
                 assert math.isnan(b[key])
             else:
                 np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=2e-6, err_msg=key)
+
+
+def test_generation_with_rows_joining_and_leaving_equals_lone_generate(model_and_examples, tokenizer, single_thread):
+    """Greedy decoding through the growing KV buffer, with rows finishing, leaving and joining, matches HF generate."""
+    from hf_unlearn.benchmarks.engine import generate_greedy
+    from hf_unlearn.data import tokenize_prompt
+
+    model, _ = model_and_examples
+    prompts = [tokenize_prompt(tokenizer, q) for q in QUESTIONS + ["Name a book.", "Why?", "When was it written?"]]
+    caps = [45, 3, 70, 1, 12, 38]  # past the buffer's first spare room, and rows that end early
+    got = generate_greedy(model, tokenizer, prompts, caps, batch_size=2, show_progress=False)
+    for prompt, cap, text in zip(prompts, caps, got):
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=cap, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )[0, len(prompt) :].tolist()
+        if tokenizer.eos_token_id in out:
+            out = out[: out.index(tokenizer.eos_token_id)]
+        assert text == tokenizer.decode(out, skip_special_tokens=True)
+
+
+def test_mean_answer_loss_on_labelled_positions_equals_lone_forwards(model_and_examples, tokenizer, single_thread):
+    from hf_unlearn.benchmarks.nll import mean_answer_loss
+    from hf_unlearn.data import DataCollatorForUnlearning
+    from tests.helpers import mean_answer_nll
+
+    model, examples = model_and_examples
+    got = mean_answer_loss(model, examples, DataCollatorForUnlearning(tokenizer), batch_size=4)
+    assert got == pytest.approx(mean_answer_nll(model, examples), rel=1e-6)

@@ -85,7 +85,7 @@ def _accepts_cache(model) -> bool:
     return "cache" in parameters or "past_key_values" in parameters
 
 
-def _labelled_logits(model, keep: torch.Tensor, **inputs) -> torch.Tensor:
+def labelled_logits(model, keep: torch.Tensor, **inputs) -> torch.Tensor:
     """``[keep.sum(), vocab]`` logits at the True positions of ``keep``, in row-major order.
 
     ``logits_to_keep=<bool mask>`` makes the model run its output head on those positions only; a model that
@@ -102,7 +102,7 @@ def _labelled_logits(model, keep: torch.Tensor, **inputs) -> torch.Tensor:
     return logits
 
 
-def _keep_mask(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def scored_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions whose next token is scored, ``[batch, seq]`` (the last column False), and the shifted labels."""
     mask = answer_mask(labels)
     return torch.cat([mask, mask.new_zeros(mask.shape[0], 1)], dim=1), labels[:, 1:]
@@ -111,8 +111,8 @@ def _keep_mask(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _score_whole(model, examples, rows, pad_token_id, device, k, min_k_at_least_one, vocab_stats) -> AnswerStats:
     """One forward over whole sequences, right-padded."""
     batch = pad_batch([examples[i] for i in rows], pad_token_id, padding_side="right")
-    keep, targets = _keep_mask(batch["labels"].to(device))
-    logits = _labelled_logits(
+    keep, targets = scored_positions(batch["labels"].to(device))
+    logits = labelled_logits(
         model, keep, input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
     )
     return packed_answer_stats(logits, targets, keep[:, :-1], k, min_k_at_least_one, vocab_stats)
@@ -151,10 +151,10 @@ def _score_shared(
         for i in members
     ]
     batch = pad_batch(continuations, pad_token_id, padding_side="right")
-    keep, targets = _keep_mask(batch["labels"].to(device))
+    keep, targets = scored_positions(batch["labels"].to(device))
     mask = batch["attention_mask"].to(device)
     start = torch.tensor(cut, device=device)[owner]
-    logits = _labelled_logits(
+    logits = labelled_logits(
         model,
         keep,
         input_ids=batch["input_ids"].to(device),
@@ -260,11 +260,44 @@ def generate_greedy(
     return [_cut_at_stop(tokenizer.decode(_until_eos(t, eos), skip_special_tokens=True), stop_strings) for t in tokens]
 
 
-def _new_cache(model) -> DynamicCache:
+def _new_cache(model, growing: bool = False) -> DynamicCache:
+    """A fresh KV cache; ``growing``: full-attention layers append into spare room (:class:`_GrowingLayer`)."""
     from transformers import PretrainedConfig
 
     config = getattr(model, "config", None)
-    return DynamicCache(config=config) if isinstance(config, PretrainedConfig) else DynamicCache()
+    if not isinstance(config, PretrainedConfig):
+        return DynamicCache()
+    cache = DynamicCache(config=config)
+    if growing:
+        cache.layers = [_GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+class _GrowingLayer(DynamicLayer):
+    """A :class:`DynamicLayer` that appends into spare room instead of concatenating.
+
+    ``DynamicLayer.update`` copies the whole cache at every decode step (``torch.cat``), a cost that grows with the
+    answer; here a step writes its one token into a buffer with room to spare, and ``keys``/``values`` are views of
+    the filled part. When the batch code replaces ``keys`` (rows dropped or merged), the next update re-buffers.
+    """
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length, new = self.get_seq_length(), key_states.shape[-2]
+        buffers = getattr(self, "_room", None)
+        if buffers is None or self.keys is not self._view or length + new > buffers[0].shape[-2]:
+            room = length + new + max(32, (length + new) // 2)
+            buffers = tuple(s.new_empty(*s.shape[:2], room, s.shape[-1]) for s in (key_states, value_states))
+            if length:
+                buffers[0][:, :, :length] = self.keys
+                buffers[1][:, :, :length] = self.values
+            self._room = buffers
+        buffers[0][:, :, length : length + new] = key_states
+        buffers[1][:, :, length : length + new] = value_states
+        self.keys, self.values = buffers[0][:, :, : length + new], buffers[1][:, :, : length + new]
+        self._view = self.keys
+        return self.keys, self.values
 
 
 class _GreedyBatch:
@@ -293,7 +326,9 @@ class _GreedyBatch:
 
     @property
     def can_merge(self) -> bool:
-        return self.sequences is None and all(type(layer) is DynamicLayer for layer in self.cache.layers)
+        return self.sequences is None and all(
+            type(layer) in (DynamicLayer, _GrowingLayer) for layer in self.cache.layers
+        )
 
     @classmethod
     def prefill(cls, model, prompts: list[list[int]], rows: list[int], pad_token_id: int) -> _GreedyBatch:
@@ -301,7 +336,7 @@ class _GreedyBatch:
         batch = pad_batch([{"input_ids": p, "attention_mask": [1] * len(p)} for p in prompts], pad_token_id, "left")
         input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = _new_cache(model)
+        cache = _new_cache(model, growing=True)
         logits = model(
             input_ids=input_ids,
             attention_mask=mask,
