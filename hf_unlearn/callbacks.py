@@ -138,6 +138,8 @@ class RobustnessCallback(TrainerCallback):
             changed.
         qa_format: the QA format (:class:`hf_unlearn.data.QAFormat`) of relearning rows and of the benchmark
             (when `benchmark` is a name); the format the model was fine-tuned in.
+        answers_fn: ``answers_fn(model) -> list[str]``: sample answers of the unlearned and the relearned model
+            (:class:`hf_unlearn.answers.SampleAnswers`), kept in each run's ``answers`` / ``relearned_answers``.
     """
 
     def __init__(
@@ -150,13 +152,14 @@ class RobustnessCallback(TrainerCallback):
         tokenizer=None,
         original_model=None,
         qa_format=None,
+        answers_fn=None,
     ):
         if eval_fn is None and benchmark is None:
             raise ValueError("RobustnessCallback needs eval_fn=... or benchmark=... (e.g. 'tofu') to measure with.")
         self.config = config or RobustnessConfig()
         settings = {**({"qa_format": qa_format} if qa_format is not None else {}), **(benchmark_settings or {})}
         self.eval_fn = eval_fn or benchmark_eval_fn(benchmark, **settings)
-        self.qa_format = qa_format
+        self.qa_format, self.answers_fn = qa_format, answers_fn
         self.relearn_data, self.tokenizer, self.original_model = relearn_data, tokenizer, original_model
         self.runs: list[dict[str, Any]] = []
 
@@ -193,7 +196,14 @@ class RobustnessCallback(TrainerCallback):
         self._resolve_data(train_dataloader)
         target = gathered_copy(model) if is_zero3(model) else model
         results = robustness_checks(
-            target, tokenizer, self.eval_fn, self.relearn_data, self.config, self.original_model, self.qa_format
+            target,
+            tokenizer,
+            self.eval_fn,
+            self.relearn_data,
+            self.config,
+            self.original_model,
+            self.qa_format,
+            answers_fn=self.answers_fn,
         )
         results["zero3_gathered"] = target is not model
         record = {"trigger": trigger, "global_step": state.global_step, **results}

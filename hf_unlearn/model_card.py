@@ -29,6 +29,7 @@ from hf_unlearn.report import (
     public_text,
 )
 from hf_unlearn.report_render import (
+    answers_section,
     benchmark_table,
     compute_table,
     evaluation_section,
@@ -212,6 +213,12 @@ def card_body(report: UnlearnReport) -> str:
             "",
             robustness_table(run),
         ]
+    if report.answers:
+        lines += [
+            "", "## Sample answers", "",
+            "Greedy answers to the first forget and retain questions, before and after unlearning (and after "
+            "relearning on the forget set, when that attack ran).", "", answers_section(report),
+        ]  # fmt: skip
     lines += ["", "## Compute", "", compute_table(report.compute)]
     if report.training_log:
         lines += ["", "## Training", "", f"![training losses]({LOSS_PLOT})"]

@@ -70,6 +70,7 @@ def model_folder(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def is_fetched(name: str, cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether the packaged model `name` is fetched (its folder holds the record the fetch writes last)."""
     return (model_folder(name, cache_dir) / SOURCE_FILE).is_file()
 
 
@@ -81,7 +82,6 @@ def resolve_packaged_model(path: str | os.PathLike, cache_dir: str | os.PathLike
     text = str(path)
     if text not in PACKAGED_MODELS or Path(text).exists():
         return text
-    folder = model_folder(text, cache_dir)
-    if not (folder / SOURCE_FILE).is_file():
+    if not is_fetched(text, cache_dir):
         raise FileNotFoundError(f"{text} is not fetched yet; run `hf-unlearn models fetch {text}` first.")
-    return str(folder)
+    return str(model_folder(text, cache_dir))

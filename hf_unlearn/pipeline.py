@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from hf_unlearn.attacks.robustness import is_zero3
 from hf_unlearn.benchmarks.sources import DataSource, source_from_recipe
 from hf_unlearn.callbacks import (
     ComputeAccountingCallback,
@@ -62,7 +63,16 @@ def evaluation_settings(config) -> dict:
     return {"show_progress": not config.disable_tqdm}
 
 
-def robustness_callback(recipe: Recipe, source: DataSource, tokenizer) -> RobustnessCallback:
+def sample_answers(recipe: Recipe, source: DataSource):
+    """The run's sample questions (none unless it evaluates or attacks QA data and asks for report_answers)."""
+    from hf_unlearn.answers import SampleAnswers, sample_questions
+
+    script = recipe.script
+    wanted = script.report_answers if (script.evaluate or script.robustness) else 0
+    return SampleAnswers(sample_questions(source, wanted))
+
+
+def robustness_callback(recipe: Recipe, source: DataSource, tokenizer, answers_fn=None) -> RobustnessCallback:
     script, config = recipe.script, recipe.config
     original = None
     if script.report_codes_changed:
@@ -70,7 +80,7 @@ def robustness_callback(recipe: Recipe, source: DataSource, tokenizer) -> Robust
     benchmark = source.benchmark(tokenizer, **evaluation_settings(config))
     # The run's one output is its UnlearnReport: the callback keeps its results in memory, not in a file of its own.
     checks = dataclasses.replace(recipe.robustness, results_file="")
-    return RobustnessCallback(checks, benchmark=benchmark, original_model=original)
+    return RobustnessCallback(checks, benchmark=benchmark, original_model=original, answers_fn=answers_fn)
 
 
 def new_report(recipe: Recipe, source: DataSource) -> UnlearnReport:
@@ -175,7 +185,10 @@ def _run(recipe: Recipe, compute_budget: int | None) -> UnlearnReport:
     report = new_report(recipe, source)
     model, _ = load_model_and_tokenizer(script.model_name_or_path, **trust)
     dataset = train_dataset(source, trainer_cls, config, tokenizer)
-    checks = robustness_callback(recipe, source, tokenizer) if script.robustness else None
+    samples = sample_answers(recipe, source)
+    qa_format = getattr(source, "qa_format", None)
+    answers_fn = (lambda m: samples.generate(m, tokenizer, qa_format)) if samples.questions else None
+    checks = robustness_callback(recipe, source, tokenizer, answers_fn) if script.robustness else None
     # eval_strategy evaluates with the recipe's own benchmark during training (what metric_for_best_model reads).
     in_run = source.benchmark(tokenizer, **evaluation_settings(config)) if config.eval_strategy != "no" else None
     push, config.push_to_hub = config.push_to_hub, False  # pushed below, with the card and the report
@@ -201,6 +214,8 @@ def _run(recipe: Recipe, compute_budget: int | None) -> UnlearnReport:
     if script.evaluate_before_training and (script.evaluate or script.robustness):
         with report.timed("evaluate_before"):
             report.add_evaluation(BEFORE, source.evaluate(model.eval(), tokenizer, **evaluation_settings(config)))
+    if answers_fn is not None and not is_zero3(model):  # under ZeRO-3 the RobustnessCallback gathers the model
+        samples.answers["before unlearning"] = answers_fn(model)
     if config.overwrite_output_dir and not resume and trainer.is_world_process_zero():
         remove_stale_report(config.output_dir)
     try:
@@ -217,6 +232,9 @@ def _run(recipe: Recipe, compute_budget: int | None) -> UnlearnReport:
     trainer.save_model(config.output_dir)
     if checks is not None:
         run = checks.runs[-1]
+        samples.answers["after unlearning"] = run.get("answers")
+        if run.get("relearned_answers") is not None:
+            samples.answers[f"relearned ({max(recipe.robustness.relearn_steps)} steps)"] = run["relearned_answers"]
         report.add_evaluation(AFTER, run["unlearned"])
         report.add_attacks(run, global_step=run["global_step"])
         report.wall_time_s["attacks"] = run["runtime_s"]
@@ -224,6 +242,9 @@ def _run(recipe: Recipe, compute_budget: int | None) -> UnlearnReport:
         unwrapped = trainer.accelerator.unwrap_model(trainer.model).eval()
         with report.timed("evaluate"):
             report.add_evaluation(AFTER, source.evaluate(unwrapped, tokenizer, **evaluation_settings(config)))
+        if answers_fn is not None and not is_zero3(unwrapped):
+            samples.answers["after unlearning"] = answers_fn(unwrapped)
+    report.answers = samples.to_records()
     if trainer.is_world_process_zero():
         from hf_unlearn.model_card import write_card
 

@@ -119,6 +119,14 @@ class ScriptArguments:
         default=None,
         metadata={"help": "Evaluate only the first N examples of each set (TOFU, MUSE): quick checks; unset: all."},
     )
+    report_answers: int = field(
+        default=3,
+        metadata={
+            "help": "With evaluate or robustness on QA data (TOFU): show this many forget and retain questions with "
+            "the model's greedy answers before and after unlearning (and after relearning) in the report and the "
+            "card; 0: none."
+        },
+    )
     report_codes_changed: bool = field(
         default=False,
         metadata={"help": "Robustness: load the original model again to report the share of 4-bit codes changed."},
@@ -151,6 +159,8 @@ class ScriptArguments:
             self.retain_model = check_model_path(self.retain_model, "retain_model")
         if self.eval_max_examples is not None and self.eval_max_examples < 1:
             raise UserInputError(f"eval_max_examples={self.eval_max_examples} must be >= 1 (unset: every example).")
+        if self.report_answers < 0:
+            raise UserInputError(f"report_answers={self.report_answers} must be >= 0 (0: no sample answers).")
         if self.eval_max_new_tokens < 1:
             raise UserInputError(
                 f"eval_max_new_tokens={self.eval_max_new_tokens} must be >= 1: the TOFU evaluation generates that "

@@ -232,6 +232,9 @@ class UnlearnReport:
     best_model: dict[str, Any] | None = None
     # Why training stopped early (the divergence guard: step, quantity, value, message); None for a complete run.
     stopped: dict[str, Any] | None = None
+    # A few forget and retain questions with each model's greedy answer ({set, question, answer, generations:
+    # {"before" | "after" | "relearned (N steps)": text}}); see hf_unlearn.answers.
+    answers: list[dict[str, Any]] = field(default_factory=list)
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     schema_version: int = SCHEMA_VERSION
 

@@ -213,6 +213,20 @@ def evaluation_section(report: UnlearnReport) -> str:
     return text
 
 
+def answers_section(report: UnlearnReport) -> str:
+    """Each sample question with the true answer and every model's generated one (quoted, one line each)."""
+    blocks = []
+    for record in report.answers:
+        lines = [f"**{record['set']}:** {record['question']}", "", f"- *true answer*: {record['answer']}"]
+        lines += [f"- *{label}*: {_one_line(text)}" for label, text in record["generations"].items()]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split()) or "(empty)"
+
+
 def report_markdown(report: UnlearnReport) -> str:
     title = " + ".join(x for x in (report.method, report.optimizer) if x) or "evaluation"
     lines = [f"# Unlearning report: {title}", ""]
@@ -228,6 +242,8 @@ def report_markdown(report: UnlearnReport) -> str:
         lines += ["", "## Evaluation during training", "", evaluation_section(report)]
     for run in report.attacks:
         lines += ["", f"## Robustness: {run.label}", "", robustness_table(run)]
+    if report.answers:
+        lines += ["", "## Sample answers", "", answers_section(report)]
     lines += ["", "## Compute", "", compute_table(report.compute)]
     if report.wall_time_s:
         lines += ["", "## Wall time", "", table(["stage", "seconds"], [[k, v] for k, v in report.wall_time_s.items()])]

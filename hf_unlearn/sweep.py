@@ -615,9 +615,11 @@ def run_sweep(settings: SweepSettings, on_cell=print) -> dict | None:
     if settings.checkpoints < 0:
         raise ValueError(f"--checkpoints {settings.checkpoints}: must be >= 0")
     cells = plan(settings, base)
-    for cell in cells:  # every cell's settings are checked before the first one trains
-        parse_recipe(settings.recipe, cell_overrides(settings, cell, base))
     todo = select(cells, settings.only) if settings.only else cells
+    # Every cell this launch runs is checked before the first one trains; not the others, which parallel --only
+    # launches may be training right now (their folders are locked).
+    for cell in todo:
+        parse_recipe(settings.recipe, cell_overrides(settings, cell, base))
     for cell in todo:
         if cell_complete(cell, base.robustness):
             on_cell(f"[sweep] {cell.name}: finished earlier ({cell.output_dir})")

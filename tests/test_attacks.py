@@ -238,3 +238,13 @@ def test_attack_command_writes_the_run_report(tmp_path, cli):
     assert [q.kind for q in run.quantization] == ["fp4", "rtn4"]
     expected = codes_changed_fraction(original, unlearned, "fp4")["fraction"]
     assert run.quantization[0].codes_changed_fraction == pytest.approx(expected)
+    # The first 3 forget and 3 retain questions, answered by the original, the attacked and the relearned model.
+    from hf_unlearn.answers import generate_answers
+    from hf_unlearn.data import QAFormat
+
+    assert [r["set"] for r in report.answers] == ["forget"] * 3 + ["retain"] * 3
+    assert all(list(r["generations"]) == ["original model", "attacked model", "relearned (4 steps)"]
+               for r in report.answers)  # fmt: skip
+    for label, model in (("original model", original), ("attacked model", unlearned)):
+        expected = generate_answers(model, tokenizer, report.answers, QAFormat())
+        assert [r["generations"][label] for r in report.answers] == expected

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from hf_unlearn.answers import generate_answers
 from hf_unlearn.benchmarks.synthetic import write_synthetic_tofu
 from hf_unlearn.cli import main
+from hf_unlearn.data import QAFormat
 from hf_unlearn.report import UnlearnReport
 from hf_unlearn.tiny import build_tiny_model, train_tokenizer
 from tests.helpers import synthetic_splits
@@ -57,6 +59,21 @@ def test_hybrid_recipe_trains_evaluates_and_attacks(original, capsys):
     card = (out / "README.md").read_text()
     assert "model-index" in card and "arxiv.org/abs/2404.05868" in card
     assert "forget_prob" in capsys.readouterr().out
+
+    # Sample answers: the first 3 forget and 3 retain questions, answered by the model before unlearning, after it
+    # and after the largest relearning budget; regenerated here from the saved models, they must match.
+    assert [r["set"] for r in report.answers] == ["forget"] * 3 + ["retain"] * 3
+    assert report.answers[0]["question"] == synthetic_splits()["forget10"][0]["question"]
+    labels = ["before unlearning", "after unlearning", "relearned (2 steps)"]
+    assert all(list(r["generations"]) == labels for r in report.answers)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    for label, path in (("before unlearning", folder / "original"), ("after unlearning", out)):
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        assert [r["generations"][label] for r in report.answers] == generate_answers(
+            model, tokenizer, report.answers, QAFormat()
+        )
+    assert "## Sample answers" in card and report.answers[0]["question"] in card
+    assert "## Sample answers" in (out / "unlearn_report.md").read_text()
 
 
 def test_bad_recipe_fails_before_any_weight_is_read(original, monkeypatch, capsys):

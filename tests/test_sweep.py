@@ -115,6 +115,26 @@ def test_restarted_sweep_does_not_recompute_finished_cells(counted_sweep, memori
     assert calls == [] and not (out / "sweep_report.json").exists()  # finished earlier
 
 
+def test_parallel_only_launches_do_not_refuse_each_others_cells(memorised_model_dir, synthetic_data_dir, tmp_path):
+    """Two `--only` launches into one sweep folder: the cell another live launch is training (locked) does not stop
+    this launch's own cell (it did: every cell's folder was checked up front, and the second worker died)."""
+    import os
+    import socket
+
+    from hf_unlearn.lock import LOCK_FILE
+
+    out = tmp_path / "out"
+    busy = out / "adamw_seed0"
+    busy.mkdir(parents=True)
+    record = {"pid": os.getppid(), "host": socket.gethostname(), "started": "2026-12-06T21:18:58Z"}  # alive
+    (busy / LOCK_FILE).write_text(json.dumps(record))
+    argv = [*sweep_argv(memorised_model_dir, synthetic_data_dir, out), "--checkpoints", "0", "--no_controls"]
+    assert main([*argv, "--only", "adazo:0"]) == 0
+    assert (out / "adazo_seed0" / "unlearn_report.json").is_file()
+    assert sorted(p.name for p in busy.iterdir()) == [LOCK_FILE]  # the other launch's folder: untouched
+    assert main([*argv, "--only", "adamw:0"]) == 2  # its own locked cell is still refused
+
+
 def test_bad_sweep_input_is_one_line(memorised_model_dir, synthetic_data_dir, tmp_path, capsys):
     argv = sweep_argv(memorised_model_dir, synthetic_data_dir, tmp_path / "x")
     argv[argv.index("adazo")] = "qadam:0"

@@ -110,13 +110,16 @@ def robustness_checks(
     config: RobustnessConfig | None = None,
     original_model=None,
     qa_format=None,
+    answers_fn=None,
 ) -> dict[str, Any]:
     """Evaluate `model`, then after each relearning budget and each quantization kind; `model` is left as it was.
 
     Returns ``{"unlearned": metrics, "relearn": {config, curve, losses} | None,
     "quantization": {kind: {"metrics", "codes_changed_fraction"}}, "weights_sha256", "runtime_s"}``;
     ``codes_changed_fraction`` (vs `original_model`, the model before unlearning) is None without it. QA rows to
-    relearn on are tokenised in `qa_format` (a :class:`hf_unlearn.data.QAFormat`).
+    relearn on are tokenised in `qa_format` (a :class:`hf_unlearn.data.QAFormat`). With `answers_fn` (model ->
+    answers, see :mod:`hf_unlearn.answers`) the results also hold ``answers`` of the unlearned model and
+    ``relearned_answers`` of the copy relearned for the largest budget.
     """
     config = config or RobustnessConfig()
     start = time.perf_counter()
@@ -124,6 +127,8 @@ def robustness_checks(
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):  # the checks must not shift the training run's random stream
         results: dict[str, Any] = {"unlearned": _evaluate(model, tokenizer, eval_fn), "relearn": None}
+        if answers_fn is not None:
+            results["answers"] = answers_fn(model)
         if config.relearn_steps:
             run = relearn(
                 model,
@@ -138,6 +143,8 @@ def robustness_checks(
                 eval_at=config.relearn_steps,
                 qa_format=qa_format,
             )
+            if answers_fn is not None:
+                results["relearned_answers"] = answers_fn(run.model)
             del run.model  # free the relearned copy before quantizing
             results["relearn"] = run.to_dict()
         results["quantization"] = {}

@@ -33,6 +33,7 @@ COMMANDS = {
     "models": "List or fetch real pretrained models that install offline by name (models list | models fetch NAME).",
     "alternates": "Generate AltPO's alternate answers to a TOFU forget split with the model itself (JSON Lines).",
     "synthetic": "Write the synthetic fictitious-author benchmark as a local TOFU folder.",
+    "subset": "Write a TOFU subset (a forget split's authors + the first N authors) as a local TOFU folder.",
     "bench": "Measure speed and memory ratios; write them as JSON.",
     "card": "(Re)build a finished run's model card (README.md) from its unlearn_report.json.",
     "push": "Push a finished run (weights, card, report, plots, recipe) to the Hugging Face Hub.",

@@ -52,6 +52,10 @@ def add_arguments(parser):
     parser.add_argument("--forget_split", default="forget10", help="TOFU forget split (forget01/05/10).")
     parser.add_argument("--corpus", choices=("news", "books"), default="news", help="MUSE corpus.")
     parser.add_argument("--max_examples", type=int, default=None, help="Evaluate only the first N rows per set.")
+    parser.add_argument(
+        "--report_answers", type=int, default=3,
+        help="TOFU: show N forget and N retain questions with the model's answers (attacked, relearned, original).",
+    )  # fmt: skip
     common.add_retain_model(parser)
     common.add_qa_format(parser)
     parser.add_argument(
@@ -120,7 +124,19 @@ def forget_rows(args, config: RobustnessConfig, data_dir):
     return load_tofu(args.forget_split, data_dir)
 
 
+def sample_questions_for(args, data_dir) -> list[dict]:
+    """The attacked model's sample questions: the first forget and retain rows of the TOFU split (report_answers)."""
+    from hf_unlearn.answers import tofu_questions
+    from hf_unlearn.benchmarks.tofu_data import tofu_split_names
+
+    if args.report_answers < 1 or data_dir is None:
+        return []
+    retain = tofu_split_names(args.forget_split)["retain"]
+    return tofu_questions(data_dir, args.forget_split, retain, args.report_answers)
+
+
 def main(args):
+    from hf_unlearn.answers import SampleAnswers
     from hf_unlearn.attacks.robustness import robustness_checks
     from hf_unlearn.benchmarks.tofu_data import default_tofu_dir
     from hf_unlearn.cli.eval import EVALUATED, command_line
@@ -156,10 +172,21 @@ def main(args):
             "qa_format": qa_format.describe(tokenizer),
         },
     )
+    samples = SampleAnswers(sample_questions_for(args, data_dir) if tofu_like else [])
+    answers_fn = (lambda m: samples.generate(m, tokenizer, qa_format)) if samples.questions else None
+    if answers_fn is not None and original is not None:
+        samples.answers["original model"] = answers_fn(original)
     with report.timed("attacks"):
-        results = robustness_checks(model, tokenizer, eval_fn, relearn_rows, config, original, qa_format)
+        results = robustness_checks(
+            model, tokenizer, eval_fn, relearn_rows, config, original, qa_format, answers_fn=answers_fn
+        )
     report.add_evaluation(EVALUATED, results["unlearned"])
     report.add_attacks(results, label=f"{public_name(args.model)} (post hoc)")
+    if answers_fn is not None:
+        samples.answers["attacked model"] = results["answers"]
+        if results.get("relearned_answers") is not None:
+            samples.answers[f"relearned ({max(config.relearn_steps)} steps)"] = results["relearned_answers"]
+        report.answers = samples.to_records()
     report.save(args.output_dir)
     print(report.to_markdown())
     print(f"Wrote {Path(args.output_dir) / REPORT_FILE}")
