@@ -85,6 +85,8 @@ def test_eval_reproduces_training_probability_on_a_whitespace_attaching_tokenize
     assert summary["metrics"]["forget_rouge_l_recall"] > 0.95
     assert set(summary["config"]["timings"]["sets_s"]["forget"]) >= {"scoring", "generation", "truth_ratio"}
     assert "mia" in summary["config"]["timings"]["stages_s"]
+    cpu = summary["config"]["timings"]["stages_cpu_s"]
+    assert cpu["scoring"] > 0 and cpu["generation"] > 0 and summary["config"]["timings"]["total_cpu_s"] > 0
     # The default template is TOFU's for a tokenizer without a chat template; eval says so on stderr.
     code, _, err = cli(*flags, "--output_dir", tmp_path / "default")
     assert code == 0 and "no chat template" in err

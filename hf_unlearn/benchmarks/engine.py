@@ -1,12 +1,16 @@
 """The two model calls every benchmark is built from: batched teacher-forced scoring and batched greedy generation.
 
 Both sort inputs by length before batching (less padding, so fewer wasted FLOPs) and return results in input
-order. Scoring pads on the right (positions stay 0..n-1, labels shift naturally); generation pads on the left so
-every row's next token is at the same position. Both restore the model's train/eval mode on exit.
+order. Scoring pads on the right (positions stay 0..n-1, labels shift naturally); examples sharing a prompt (the
+answers to one question) run it once into a KV cache, left-padded, and their continuations on top of it; the output
+head runs on the scored positions only. Generation pads on the left so every row's next token is at the same
+position, and appends to its KV cache in place. Both restore the model's train/eval mode on exit.
+docs/evaluation_speed.md has the measurements and the tolerances.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
 from collections.abc import Sequence
 
@@ -14,9 +18,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from hf_unlearn.benchmarks.metrics import MIN_K_FRACTION, answer_token_stats
+from hf_unlearn.benchmarks.metrics import MIN_K_FRACTION, AnswerStats, packed_answer_stats
 from hf_unlearn.data import IGNORE_INDEX, pad_batch
-from hf_unlearn.modeling import eval_mode, model_device
+from hf_unlearn.modeling import answer_mask, eval_mode, model_device
 
 
 def require_pad_token(tokenizer) -> int:
@@ -36,6 +40,135 @@ def _length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def _first_target(labels: Sequence[int]) -> int:
+    """Index of the first scored token (position 0 never is: nothing predicts it); ``len(labels)`` if none."""
+    return next((t for t in range(1, len(labels)) if labels[t] != IGNORE_INDEX), len(labels))
+
+
+def _scoring_batches(examples: Sequence[dict[str, list[int]]], batch_size: int) -> list[list[list[int]]]:
+    """Batches of groups of example indices; the examples of a group of two or more share a prompt prefix.
+
+    An example's prefix is its tokens before the position that predicts its first scored token: answers to one
+    question (true, paraphrased, perturbed) share it, so it is run once per group (:func:`_score_shared`). Groups are
+    kept whole unless larger than a batch; examples without a partner are batched alone by length.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    groups: dict[tuple[int, ...], list[int]] = {}
+    single: list[int] = []
+    for index, example in enumerate(examples):
+        prefix = example["input_ids"][: max(_first_target(example["labels"]) - 1, 0)]
+        groups.setdefault(tuple(prefix), []).append(index)
+    shared = []
+    for prefix, members in groups.items():
+        if prefix and len(members) > 1:
+            shared += [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
+        else:
+            single += members
+    # Longest answers first, so a batch's continuations have similar lengths (little right padding).
+    answer_length = {
+        i: len(examples[i]["input_ids"]) - _first_target(examples[i]["labels"]) for g in shared for i in g
+    }
+    shared.sort(key=lambda group: -max(answer_length[i] for i in group))
+    batches: list[list[list[int]]] = []
+    rows = 0
+    for group in shared:
+        if not batches or rows + len(group) > batch_size:
+            batches.append([])
+            rows = 0
+        batches[-1].append(group)
+        rows += len(group)
+    lengths = [len(examples[i]["input_ids"]) for i in single]
+    batches += [[[single[j]] for j in batch] for batch in _length_sorted_batches(lengths, batch_size)]
+    return batches
+
+
+def _accepts_cache(model) -> bool:
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" in parameters or "past_key_values" in parameters
+
+
+def labelled_logits(model, keep: torch.Tensor, **inputs) -> torch.Tensor:
+    """``[keep.sum(), vocab]`` logits at the True positions of ``keep``, in row-major order.
+
+    ``logits_to_keep=<bool mask>`` makes the model run its output head on those positions only; a model that
+    ignores it and returns every position is gathered here (same values, more work).
+    """
+    logits = model(**inputs, logits_to_keep=keep).logits
+    if logits.dim() == 3 and logits.shape[:2] == keep.shape:
+        return logits[keep]
+    if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):
+        raise ValueError(
+            f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for a boolean logits_to_keep "
+            f"{tuple(keep.shape)}: expected [{int(keep.sum())}, vocab] or every position."
+        )
+    return logits
+
+
+def scored_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions whose next token is scored, ``[batch, seq]`` (the last column False), and the shifted labels."""
+    mask = answer_mask(labels)
+    return torch.cat([mask, mask.new_zeros(mask.shape[0], 1)], dim=1), labels[:, 1:]
+
+
+def _score_whole(model, examples, rows, pad_token_id, device, k, min_k_at_least_one, vocab_stats) -> AnswerStats:
+    """One forward over whole sequences, right-padded."""
+    batch = pad_batch([examples[i] for i in rows], pad_token_id, padding_side="right")
+    keep, targets = scored_positions(batch["labels"].to(device))
+    logits = labelled_logits(
+        model, keep, input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+    )
+    return packed_answer_stats(logits, targets, keep[:, :-1], k, min_k_at_least_one, vocab_stats)
+
+
+def _score_shared(
+    model, examples, groups, pad_token_id, device, k, min_k_at_least_one, vocab_stats
+) -> AnswerStats | None:
+    """Each group's shared prefix once (left-padded, into a KV cache), then every member's continuation on it.
+
+    The continuation of an example starts at the token whose logits predict its first scored token; its positions
+    continue the prefix's, so each continuation sees exactly the tokens it would see in a whole-sequence forward.
+    ``None`` when the model filled no cache (then the caller scores whole sequences).
+    """
+    cut = [_first_target(examples[g[0]]["labels"]) - 1 for g in groups]
+    prefixes = [{"input_ids": examples[g[0]]["input_ids"][:c], "attention_mask": [1] * c} for g, c in zip(groups, cut)]
+    prefix = pad_batch(prefixes, pad_token_id, padding_side="left")
+    prefix_mask = prefix["attention_mask"].to(device)
+    cache = _new_cache(model)
+    model(
+        input_ids=prefix["input_ids"].to(device),
+        attention_mask=prefix_mask,
+        position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0),
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    if cache.get_seq_length() == 0:
+        return None
+    owner = torch.tensor([g for g, members in enumerate(groups) for _ in members], device=device)
+    cache.batch_select_indices(owner)
+    continuations = [
+        {key: examples[i][key][c:] for key in ("input_ids", "labels")}
+        | {"attention_mask": [1] * (len(examples[i]["input_ids"]) - c)}
+        for members, c in zip(groups, cut)
+        for i in members
+    ]
+    batch = pad_batch(continuations, pad_token_id, padding_side="right")
+    keep, targets = scored_positions(batch["labels"].to(device))
+    mask = batch["attention_mask"].to(device)
+    start = torch.tensor(cut, device=device)[owner]
+    logits = labelled_logits(
+        model,
+        keep,
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=torch.cat([prefix_mask[owner], mask], dim=1),
+        position_ids=start[:, None] + torch.arange(mask.shape[1], device=device),
+        cache=cache,
+        use_cache=True,
+    )
+    return packed_answer_stats(logits, targets, keep[:, :-1], k, min_k_at_least_one, vocab_stats)
+
+
 def score_examples(
     model,
     examples: Sequence[dict[str, list[int]]],
@@ -51,32 +184,29 @@ def score_examples(
     ``exact_memorization``; with ``vocab_stats`` also ``min_k_plus_plus``).
 
     ``examples`` are tokenised sequences with ``input_ids`` and ``labels`` (-100 on unscored tokens), such as
-    :func:`hf_unlearn.data.tokenize_qa` returns. One forward per batch yields all statistics.
-    ``min_k_at_least_one``: see :func:`hf_unlearn.benchmarks.metrics.min_k_scores`; ``vocab_stats``: see
+    :func:`hf_unlearn.data.tokenize_qa` returns. One forward per batch yields all statistics; examples that share
+    their prompt (the answers to one question) share one forward of it and its KV cache, and the output head and
+    every statistic run on the scored positions only. ``min_k_at_least_one``: see
+    :func:`hf_unlearn.benchmarks.metrics.min_k_scores`; ``vocab_stats``: see
     :func:`hf_unlearn.benchmarks.metrics.answer_token_stats`.
     """
     results: list[dict[str, float] | None] = [None] * len(examples)
-    batches = _length_sorted_batches([len(e["input_ids"]) for e in examples], batch_size)
+    batches = _scoring_batches(examples, batch_size)
     device = model_device(model)
+    share = _accepts_cache(model)
+    settings = (pad_token_id, device, k, min_k_at_least_one, vocab_stats)
     with eval_mode(model):
-        for batch_indices in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
-            batch = pad_batch([examples[i] for i in batch_indices], pad_token_id, padding_side="right")
-            labels = batch["labels"].to(device)
-            # Logits are needed only from the position before the first scored token on: the output head (and the
-            # statistics over the vocabulary) skip the prompt tokens every row shares at the start.
-            scored = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero()
-            start = int(scored[0]) if scored.numel() else 0
-            keep = labels.shape[1] - start
-            logits = model(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                logits_to_keep=keep,
-            ).logits
-            if logits.shape[1] != keep:  # a model that returns every position
-                logits = logits[:, -keep:]
-            stats = answer_token_stats(logits, labels[:, start:], k, min_k_at_least_one, vocab_stats).to_lists()
-            for row, index in enumerate(batch_indices):
-                results[index] = {name: values[row] for name, values in stats.items()}
+        for groups in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
+            rows = [i for group in groups for i in group]
+            stats = None
+            if share and len(rows) > len(groups):
+                stats = _score_shared(model, examples, groups, *settings)
+                share = stats is not None
+            if stats is None:
+                stats = _score_whole(model, examples, rows, *settings)
+            lists = stats.to_lists()
+            for position, row in enumerate(rows):
+                results[row] = {name: values[position] for name, values in lists.items()}
     return results
 
 
@@ -133,11 +263,44 @@ def generate_greedy(
     return [_cut_at_stop(tokenizer.decode(_until_eos(t, eos), skip_special_tokens=True), stop_strings) for t in tokens]
 
 
-def _new_cache(model) -> DynamicCache:
+def _new_cache(model, growing: bool = False) -> DynamicCache:
+    """A fresh KV cache; ``growing``: full-attention layers append into spare room (:class:`_GrowingLayer`)."""
     from transformers import PretrainedConfig
 
     config = getattr(model, "config", None)
-    return DynamicCache(config=config) if isinstance(config, PretrainedConfig) else DynamicCache()
+    if not isinstance(config, PretrainedConfig):
+        return DynamicCache()
+    cache = DynamicCache(config=config)
+    if growing:
+        cache.layers = [_GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+class _GrowingLayer(DynamicLayer):
+    """A :class:`DynamicLayer` that appends into spare room instead of concatenating.
+
+    ``DynamicLayer.update`` copies the whole cache at every decode step (``torch.cat``), a cost that grows with the
+    answer; here a step writes its one token into a buffer with room to spare, and ``keys``/``values`` are views of
+    the filled part. When the batch code replaces ``keys`` (rows dropped or merged), the next update re-buffers.
+    """
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length, new = self.get_seq_length(), key_states.shape[-2]
+        buffers = getattr(self, "_room", None)
+        if buffers is None or self.keys is not self._view or length + new > buffers[0].shape[-2]:
+            room = length + new + max(32, (length + new) // 2)
+            buffers = tuple(s.new_empty(*s.shape[:2], room, s.shape[-1]) for s in (key_states, value_states))
+            if length:
+                buffers[0][:, :, :length] = self.keys
+                buffers[1][:, :, :length] = self.values
+            self._room = buffers
+        buffers[0][:, :, length : length + new] = key_states
+        buffers[1][:, :, length : length + new] = value_states
+        self.keys, self.values = buffers[0][:, :, : length + new], buffers[1][:, :, : length + new]
+        self._view = self.keys
+        return self.keys, self.values
 
 
 class _GreedyBatch:
@@ -166,7 +329,9 @@ class _GreedyBatch:
 
     @property
     def can_merge(self) -> bool:
-        return self.sequences is None and all(type(layer) is DynamicLayer for layer in self.cache.layers)
+        return self.sequences is None and all(
+            type(layer) in (DynamicLayer, _GrowingLayer) for layer in self.cache.layers
+        )
 
     @classmethod
     def prefill(cls, model, prompts: list[list[int]], rows: list[int], pad_token_id: int) -> _GreedyBatch:
@@ -174,7 +339,7 @@ class _GreedyBatch:
         batch = pad_batch([{"input_ids": p, "attention_mask": [1] * len(p)} for p in prompts], pad_token_id, "left")
         input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = _new_cache(model)
+        cache = _new_cache(model, growing=True)
         logits = model(
             input_ids=input_ids,
             attention_mask=mask,

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import stats
 
 from hf_unlearn.modeling import answer_mask, token_nll
@@ -162,6 +163,78 @@ def vocab_z_scores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return torch.where(mask, z, torch.zeros_like(z)), mask
 
 
+def labelled_token_values(
+    logits: torch.Tensor, targets: torch.Tensor, vocab_stats: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-token values at labelled positions only: ``(log p(target), argmax prediction, Min-K%++ z or None)``.
+
+    Args:
+        logits: ``[n, vocab]`` logits of the ``n`` positions whose next token is labelled (any row order).
+        targets: ``[n]`` the labelled next tokens.
+
+    Each row is computed on its own (the same arithmetic as over a ``[batch, seq, vocab]`` tensor), so gathering the
+    labelled positions first changes no value while sparing the prompt and padding positions the vocabulary work.
+    """
+    logits = logits.float()
+    logprobs = -F.cross_entropy(logits, targets, reduction="none")
+    predictions = logits.argmax(dim=-1)
+    if not vocab_stats:
+        return logprobs, predictions, None
+    logp = torch.log_softmax(logits, dim=-1)
+    probs = logp.exp()
+    mean = (probs * logp).sum(dim=-1)
+    # sum p (log p - mu)^2 equals sum p (log p)^2 - mu^2 without the float32 cancellation of the latter.
+    variance = (probs * (logp - mean.unsqueeze(-1)).square()).sum(dim=-1)
+    target = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    z = (target.double() - mean.double()) / variance.double().clamp(min=1e-6).sqrt()
+    return logprobs, predictions, z
+
+
+def packed_answer_stats(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    k: float = MIN_K_FRACTION,
+    min_k_at_least_one: bool = True,
+    vocab_stats: bool = False,
+) -> AnswerStats:
+    """:func:`answer_token_stats` from the logits of the labelled positions alone.
+
+    Args:
+        logits: ``[mask.sum(), vocab]``, the logits at the True positions of ``mask`` in row-major order (what
+            ``model(..., logits_to_keep=<bool mask>)`` returns).
+        targets: ``[batch, positions]`` the token each position predicts (any value where ``mask`` is False).
+        mask: ``[batch, positions]`` positions whose next token is labelled.
+    """
+    if logits.dim() != 2 or logits.shape[0] != int(mask.sum()) or targets.shape != mask.shape:
+        raise ValueError(
+            f"Expected logits [{int(mask.sum())}, vocab] for a mask of {int(mask.sum())} labelled positions and "
+            f"targets shaped like the mask {tuple(mask.shape)}; got {tuple(logits.shape)} and {tuple(targets.shape)}."
+        )
+    values, predicted, z = labelled_token_values(logits, targets[mask], vocab_stats)
+    logprobs = torch.zeros(mask.shape, dtype=values.dtype, device=values.device)
+    logprobs[mask] = values
+    predictions = torch.full(mask.shape, -1, dtype=predicted.dtype, device=predicted.device)
+    predictions[mask] = predicted
+    counts = mask.sum(dim=1)
+    nll_sum = -logprobs.double().sum(dim=1)
+    nll_mean = torch.where(counts > 0, nll_sum / counts.clamp(min=1), torch.full_like(nll_sum, math.nan))
+    min_k_plus_plus = None
+    if vocab_stats:
+        z_scores = torch.zeros(mask.shape, dtype=z.dtype, device=z.device)
+        z_scores[mask] = z
+        min_k_plus_plus = min_k_scores(z_scores, mask, k, min_k_at_least_one)
+    return AnswerStats(
+        nll_sum=nll_sum,
+        nll_mean=nll_mean,
+        num_tokens=counts,
+        min_k=min_k_scores(logprobs, mask, k, min_k_at_least_one),
+        extraction_strength=extraction_strength_from_predictions(predictions, targets, mask),
+        exact_memorization=exact_memorization_from_predictions(predictions, targets, mask),
+        min_k_plus_plus=min_k_plus_plus,
+    )
+
+
 def answer_token_stats(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -176,27 +249,16 @@ def answer_token_stats(
     ``at_least_one`` in :func:`min_k_scores`), ``extraction_strength`` as defined in
     :func:`extraction_strength_from_predictions` and ``exact_memorization`` in
     :func:`exact_memorization_from_predictions`. ``vocab_stats`` adds ``min_k_plus_plus`` (Min-K%++, same ``k``),
-    which reads the whole next-token distribution at each answer position, hence opt-in.
+    which reads the whole next-token distribution at each answer position, hence opt-in. Only the labelled
+    positions are read (:func:`packed_answer_stats`).
     """
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(
             f"Expected logits [batch, seq, vocab] and labels [batch, seq]; got {tuple(logits.shape)} "
             f"and {tuple(labels.shape)}."
         )
-    logprobs, mask = shifted_token_logprobs(logits, labels)
-    counts = mask.sum(dim=1)
-    nll_sum = -logprobs.double().sum(dim=1)
-    nll_mean = torch.where(counts > 0, nll_sum / counts.clamp(min=1), torch.full_like(nll_sum, math.nan))
-    predictions = logits[:, :-1, :].argmax(dim=-1)
-    return AnswerStats(
-        nll_sum=nll_sum,
-        nll_mean=nll_mean,
-        num_tokens=counts,
-        min_k=min_k_scores(logprobs, mask, k, min_k_at_least_one),
-        extraction_strength=extraction_strength_from_predictions(predictions, labels[:, 1:], mask),
-        exact_memorization=exact_memorization_from_predictions(predictions, labels[:, 1:], mask),
-        min_k_plus_plus=min_k_scores(*vocab_z_scores(logits, labels), k, min_k_at_least_one) if vocab_stats else None,
-    )
+    mask = answer_mask(labels)
+    return packed_answer_stats(logits[:, :-1][mask], labels[:, 1:], mask, k, min_k_at_least_one, vocab_stats)
 
 
 def probability(nll_mean: Sequence[float] | np.ndarray) -> np.ndarray:

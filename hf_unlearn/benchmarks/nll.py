@@ -9,10 +9,12 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.nn.functional as F
 
 from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
+from hf_unlearn.benchmarks.engine import labelled_logits, scored_positions
 from hf_unlearn.data import DataCollatorForUnlearning
-from hf_unlearn.modeling import answer_mask, answer_token_nll, eval_mode, model_device
+from hf_unlearn.modeling import eval_mode, model_device
 
 
 @torch.no_grad()
@@ -23,8 +25,14 @@ def mean_answer_loss(model, dataset, collator, batch_size: int = 16) -> float:
     for start in range(0, len(dataset), batch_size):
         batch = collator([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
         batch = {key: batch[key].to(device) for key in ("input_ids", "attention_mask", "labels")}
-        mask = answer_mask(batch["labels"])
-        values += (answer_token_nll(model, batch).sum(1) / mask.sum(1).clamp(min=1)).tolist()
+        keep, targets = scored_positions(batch["labels"])
+        mask = keep[:, :-1]
+        # The output head runs on the labelled positions only; the NLLs go back into their rows, so each row sums
+        # the same values in the same order as over the full [batch, seq, vocab] logits.
+        logits = labelled_logits(model, keep, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        nll = torch.zeros(mask.shape, device=device)
+        nll[mask] = F.cross_entropy(logits.float(), targets[mask], reduction="none")
+        values += (nll.sum(1) / mask.sum(1).clamp(min=1)).tolist()
     return sum(values) / len(values)
 
 

@@ -1,0 +1,156 @@
+"""The evaluation engine's fast paths (shared prompts, labelled-position logits) against one-example references.
+
+The references run each example alone, unpadded, through the whole model and compute every statistic in float64
+from the full ``[seq, vocab]`` log-softmax, token by token. The engine runs in float32 with other shapes (a prompt
+forwarded once into a KV cache, continuations on top of it, the output head on scored positions only), so values
+agree to float32 rounding: per-token log-probabilities to ~1e-6, hence the tolerances below.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hf_unlearn.benchmarks.engine import score_examples
+from hf_unlearn.data import tokenize_qa
+from hf_unlearn.tiny import build_tiny_model
+
+
+QUESTIONS = [
+    "Where was Ava Varga born?",
+    "What genre does Bram Okafor write, and which of his books sold best?",
+    "Who?",
+]
+ANSWERS = [
+    "An answer of some length here.",
+    "No.",
+    "A much longer answer that goes on and on for quite a while, really it does.",
+    "Yes, in Lagos.",
+    "Perhaps.",
+]
+
+
+def reference_stats(model, example, k=0.4):
+    """Statistics of one example from a lone unpadded forward, in float64."""
+    ids, labels = example["input_ids"], example["labels"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), dim=-1)
+    positions = [t for t in range(len(ids) - 1) if labels[t + 1] != -100]
+    token_logp = [logp[t, labels[t + 1]].item() for t in positions]
+    correct = [logp[t].argmax().item() == labels[t + 1] for t in positions]
+    z = []
+    for t in positions:
+        probs = logp[t].exp()
+        mean = (probs * logp[t]).sum()
+        std = ((probs * (logp[t] - mean) ** 2).sum()).clamp(min=1e-6).sqrt()
+        z.append(((logp[t, labels[t + 1]] - mean) / std).item())
+    n = len(token_logp)
+    m = max(1, int(k * n))
+    k_star = n
+    while k_star > 0 and correct[k_star - 1]:
+        k_star -= 1
+    return {
+        "nll_sum": -sum(token_logp),
+        "nll_mean": -sum(token_logp) / n,
+        "num_tokens": n,
+        "min_k": sum(sorted(token_logp)[:m]) / m,
+        "extraction_strength": 1 - k_star / n,
+        "exact_memorization": sum(correct) / n,
+        "min_k_plus_plus": sum(sorted(z)[:m]) / m,
+    }
+
+
+@pytest.fixture(scope="module")
+def model_and_examples(tokenizer):
+    model = build_tiny_model(tokenizer, arch="llama", seed=3).eval()
+    # Five answers per question (one prompt, several continuations) plus one question asked once.
+    examples = [tokenize_qa(tokenizer, q, a) for q in QUESTIONS for a in ANSWERS]
+    examples.append(tokenize_qa(tokenizer, "Is this question asked only once?", "It is."))
+    return model, examples
+
+
+def count_calls(model):
+    """Record each forward's real (non-padding) input tokens and each output-head call's row count."""
+    calls = {"tokens": [], "head_rows": []}
+
+    def forward(_, args, kwargs):
+        new = kwargs["input_ids"].shape[1]
+        calls["tokens"].append(int(kwargs["attention_mask"][:, -new:].sum()))
+
+    model.register_forward_pre_hook(forward, with_kwargs=True)
+    model.get_output_embeddings().register_forward_pre_hook(
+        lambda _, args: calls["head_rows"].append(args[0].shape[:-1].numel())
+    )
+    return calls
+
+
+@pytest.mark.parametrize("batch_size", [16, 4, 1])
+def test_shared_prompt_scoring_equals_lone_unpadded_forwards(model_and_examples, batch_size, single_thread):
+    model, examples = model_and_examples
+    got = score_examples(model, examples, 0, batch_size=batch_size, show_progress=False, vocab_stats=True)
+    for example, values in zip(examples, got):
+        expected = reference_stats(model, example)
+        assert values["num_tokens"] == expected["num_tokens"]
+        for key in ("nll_sum", "nll_mean", "min_k"):
+            assert values[key] == pytest.approx(expected[key], rel=1e-6, abs=2e-6), key
+        # A z-score divides by the position's log-prob spread: float32 noise grows with it.
+        assert values["min_k_plus_plus"] == pytest.approx(expected["min_k_plus_plus"], rel=1e-5, abs=1e-5)
+        assert values["extraction_strength"] == expected["extraction_strength"]
+        assert values["exact_memorization"] == expected["exact_memorization"]
+
+
+def test_prompt_runs_once_per_question_and_the_head_only_on_scored_positions(model_and_examples, tokenizer):
+    model, examples = model_and_examples
+    fresh = build_tiny_model(tokenizer, arch="llama", seed=3).eval()
+    calls = count_calls(fresh)
+    score_examples(fresh, examples, 0, batch_size=16, show_progress=False)
+    # A prompt's tokens up to the one that predicts the first answer token run once per question; each answer runs
+    # from there on. The lone question runs whole.
+    prefix = [next(t for t, label in enumerate(e["labels"]) if label != -100) - 1 for e in examples[:-1:5]]
+    expected = sum(prefix) + sum(len(e["input_ids"]) - prefix[i // 5] for i, e in enumerate(examples[:-1]))
+    assert sum(calls["tokens"]) == expected + len(examples[-1]["input_ids"])
+    # The output head sees the scored positions, plus one row per shared prompt (its forward keeps one position).
+    scored = sum(sum(label != -100 for label in e["labels"][1:]) for e in examples)
+    assert sum(calls["head_rows"]) == scored + len(QUESTIONS)
+
+
+def test_right_and_left_padding_do_not_change_a_row(model_and_examples, single_thread):
+    """A row's statistics are the same alone and in a batch that pads it on both sides (prefix left, answer right)."""
+    model, examples = model_and_examples
+    together = score_examples(model, examples, 0, batch_size=len(examples), show_progress=False)
+    alone = [score_examples(model, [e], 0, batch_size=1, show_progress=False)[0] for e in examples]
+    for a, b in zip(together, alone):
+        for key in a:
+            if isinstance(a[key], float) and math.isnan(a[key]):
+                assert math.isnan(b[key])
+            else:
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=2e-6, err_msg=key)
+
+
+def test_generation_with_rows_joining_and_leaving_equals_lone_generate(model_and_examples, tokenizer, single_thread):
+    """Greedy decoding through the growing KV buffer, with rows finishing, leaving and joining, matches HF generate."""
+    from hf_unlearn.benchmarks.engine import generate_greedy
+    from hf_unlearn.data import tokenize_prompt
+
+    model, _ = model_and_examples
+    prompts = [tokenize_prompt(tokenizer, q) for q in QUESTIONS + ["Name a book.", "Why?", "When was it written?"]]
+    caps = [45, 3, 70, 1, 12, 38]  # past the buffer's first spare room, and rows that end early
+    got = generate_greedy(model, tokenizer, prompts, caps, batch_size=2, show_progress=False)
+    for prompt, cap, text in zip(prompts, caps, got):
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=cap, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )[0, len(prompt) :].tolist()
+        if tokenizer.eos_token_id in out:
+            out = out[: out.index(tokenizer.eos_token_id)]
+        assert text == tokenizer.decode(out, skip_special_tokens=True)
+
+
+def test_mean_answer_loss_on_labelled_positions_equals_lone_forwards(model_and_examples, tokenizer, single_thread):
+    from hf_unlearn.benchmarks.nll import mean_answer_loss
+    from hf_unlearn.data import DataCollatorForUnlearning
+    from tests.helpers import mean_answer_nll
+
+    model, examples = model_and_examples
+    got = mean_answer_loss(model, examples, DataCollatorForUnlearning(tokenizer), batch_size=4)
+    assert got == pytest.approx(mean_answer_nll(model, examples), rel=1e-6)
