@@ -42,7 +42,8 @@ def sample_questions(source, per_set: int = QUESTIONS_PER_SET) -> list[dict[str,
 
     if not isinstance(source, TofuSource):
         return []
-    return tofu_questions(source.data_dir, source.forget_split, source.retain_split, per_set)
+    settings = source.settings
+    return tofu_questions(settings.data_dir, settings.forget_split, source.retain_split, per_set)
 
 
 def tofu_questions(data_dir, forget_split: str, retain_split: str, per_set: int = QUESTIONS_PER_SET) -> list[dict]:

@@ -186,7 +186,7 @@ def _run(recipe: Recipe, compute_budget: int | None, on_trainer: Callable | None
     model, _ = load_model_and_tokenizer(script.model_name_or_path, **trust)
     dataset = train_dataset(source, trainer_cls, config, tokenizer)
     samples = sample_answers(recipe, source)
-    qa_format = getattr(source, "qa_format", None)
+    qa_format = getattr(getattr(source, "settings", None), "qa_format", None)
     answers_fn = (lambda m: samples.generate(m, tokenizer, qa_format)) if samples.questions else None
     checks = robustness_callback(recipe, source, tokenizer, answers_fn) if script.robustness else None
     # eval_strategy evaluates with the recipe's own benchmark during training (what metric_for_best_model reads).

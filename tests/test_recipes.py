@@ -11,7 +11,10 @@ from hf_unlearn.recipes import LAUNCH_KEY, ScriptArguments, parse_recipe
 
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts)
+# Unlearning recipes name their method; recipes/smollm2/finetune.yaml is a `hf-unlearn finetune --config` file (TRL's).
+YAMLS = sorted(p for p in (ROOT / "recipes").rglob("*.yaml") if "accelerate_configs" not in p.parts)
+RECIPES = [p for p in YAMLS if "\nmethod: " in p.read_text()]
+FINETUNE_CONFIGS = [p for p in YAMLS if p not in RECIPES]
 
 
 def recipe_id(path: Path) -> str:
@@ -105,12 +108,14 @@ def test_the_checker_command_prints_one_line_per_recipe_outside_the_subset(tmp_p
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=recipe_id)
-def test_every_recipe_parses_into_its_method_config(recipe, tmp_path, tiny_model_dir, corpus):
+def test_every_recipe_parses_into_its_method_config(recipe, tmp_path, tiny_model_dir, corpus, synthetic_data_dir):
     # The recipes name Hub models and the user's corpora; local stand-ins here (the Hub is off in tests).
     flags = ["--use_cpu", "true", "--model_name_or_path", str(tiny_model_dir)]
     text = recipe.read_text()
     if any(f"data_source: {s}" in text for s in ("muse", "wmdp", "jsonl")):
         flags += ["--forget_file", str(corpus), "--retain_file", str(corpus)]
+    if "\nretain_model: " in text:  # the SmolLM2 sweep names the retain model and data its first stages write
+        flags += ["--retain_model", str(tiny_model_dir), "--data_dir", str(synthetic_data_dir)]
     if "method: altpo" in text:  # the recipe names the file `hf-unlearn alternates` would write
         alternates = tmp_path / "alternates.jsonl"
         alternates.write_text('{"question": "Q?", "answer": "A.", "alternate": "B."}\n')
@@ -118,6 +123,17 @@ def test_every_recipe_parses_into_its_method_config(recipe, tmp_path, tiny_model
     parsed = parse_recipe(recipe, flags)
     assert type(parsed.config).__name__.lower().startswith(parsed.script.method.replace("_", ""))
     assert parsed.config.remove_unused_columns is False
+
+
+def test_finetune_configs_parse_as_trl_configs(tmp_path, tiny_model_dir):
+    from hf_unlearn.finetune import parse_finetune_args
+
+    assert [recipe_id(p) for p in FINETUNE_CONFIGS] == ["smollm2/finetune.yaml"]
+    for path in FINETUNE_CONFIGS:
+        flags = ["--model_name_or_path", str(tiny_model_dir), "--output_dir", str(tmp_path / "out")]
+        script, config, model = parse_finetune_args(["--config", str(path), *flags])
+        assert script.forget_split == "forget01" and config.num_train_epochs == 4 and config.bf16
+        assert not config.gradient_checkpointing  # TRL turns it on by default; a 135M model does not need it
 
 
 def test_yaml_values_are_typed_and_flags_override(tmp_path, tiny_model_dir):
