@@ -44,10 +44,9 @@ def real_tofu_dir():
 
     folder = default_tofu_dir()  # set to a folder without TOFU's files: a one-line error
     if folder is None:
-        message = "needs the real TOFU data: set HF_UNLEARN_TOFU_DIR to a folder of TOFU <config>.json files"
         if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+            pytest.fail("needs the real TOFU data: set HF_UNLEARN_TOFU_DIR to a folder of TOFU <config>.json files")
+        pytest.skip(reason="needs the real TOFU data: set HF_UNLEARN_TOFU_DIR to a folder of TOFU <config>.json files")
     return folder
 
 
