@@ -129,6 +129,7 @@ def test_real_model_suite_writes_every_ratio_against_its_goal(cli, tiny_model_di
         "npo_step_vs_sft_step": 1.05,
         "hybrid_run_vs_adamw_run": 0.90,
         "answer_only_vs_full_vocabulary_scoring": None,
+        "answer_only_vs_full_vocabulary_training": None,
     }
     for name, goal in expected.items():
         ratio.check_ratio_entry(ratios[name])
@@ -287,7 +288,7 @@ def test_markdown_table_quotes_medians_with_spreads():
 def test_unknown_suite_row_is_refused_before_loading(tmp_path):
     from benchmarks_perf.real import bench_real_model
 
-    with pytest.raises(ValueError, match=r"Unknown bench rows \['zo'\]; choose from scoring, npo_step, zo_step"):
+    with pytest.raises(ValueError, match=r"Unknown bench rows \['zo'\]; choose from scoring, training_head, npo_step, zo_step"):
         bench_real_model(str(tmp_path / "no-model"), rows=("zo",))
 
 
@@ -296,3 +297,15 @@ def test_the_command_lists_every_measurement():
     from hf_unlearn.cli.bench import ENTRIES
 
     assert list(ENTRIES) == list(all_measurements())
+
+
+def test_the_rows_flag_offers_every_real_model_comparison_in_run_order():
+    import argparse
+
+    from benchmarks_perf.real import ROWS
+    from hf_unlearn.cli import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    (rows,) = [action for action in parser._actions if action.dest == "rows"]
+    assert list(rows.choices) == list(ROWS)
