@@ -15,7 +15,7 @@ Stages, each skipped when its output is complete (a killed run resumes where it 
 6. `hf-unlearn sweep` at that rate: NPO x AdamW, signAdam, Sophia, AdaZO, hybrid x 2 seeds, each cell attacked
    (relearning at 3 budgets, nf4, int8, codes changed), with the controls (target, retain model, matched noise).
 7. Two more regimes, one seed each: a small learning rate (2e-5, AdamW and hybrid), where few 4-bit codes change;
-   and a rate that keeps model utility within about 10% of the target's (3e-5, AdamW, signAdam and hybrid), with
+   and a rate that keeps model utility within about 10% of the target's (3e-5, AdamW and hybrid), with
    3 checkpoints per run for the utility-matched comparison.
 
 On CPU, cells run in two single-threaded worker processes (two threads in one process lose to two processes on a
@@ -49,7 +49,7 @@ CPU = {
     # (folder name, learning rate, optimizers, extra sweep flags): each one seed
     "regimes": [
         ("small_lr", 2e-5, ["adamw", "hybrid"], []),
-        ("kept_utility", 3e-5, ["adamw", "signadam", "hybrid"], ["--checkpoints", "3"]),
+        ("kept_utility", 3e-5, ["adamw", "hybrid"], ["--checkpoints", "3"]),
     ],
     "workers": 2,
     "forget_split": "forget01",
