@@ -21,14 +21,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 
 import torch
 
-from benchmarks_perf import subprocess_env
+from benchmarks_perf import peak_rss_kb, subprocess_env
 from benchmarks_perf.ratio import alternate, compare, ratio_entry, timed
 
 
@@ -302,7 +301,7 @@ def _memory_child(mode: str, folder: str, batch_size: int, seq_len: int, threads
             stepper = Stepper(model, tokenizer, data, out, batch_size, optimizer="zo_sgd", learning_rate=1e-7)
             plain = stepper.trainer.data_collator(examples[:batch_size])
             stepper.step(plain)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    peak = peak_rss_kb()
     print(json.dumps({"peak_above_base_mb": (peak - base) / 1024}))
 
 
@@ -374,7 +373,7 @@ def bench_real_model(
                 ),
                 "zo_sgd_peak_memory_vs_inference": lambda: compare(
                     "zo_sgd", memory["zo_sgd"], "inference", memory["inference"], GOALS["zo_memory"], repeats, 0,
-                    unit="mb", what="peak RSS (ru_maxrss) of a fresh process above its RSS before the model loads: "
+                    unit="mb", what="peak RSS (VmHWM) of a fresh process above its RSS before the model loads: "
                     "one ZO-SGD step against two no-grad forwards of the same loss, fp32",
                 ),
             }  # fmt: skip
