@@ -71,6 +71,12 @@ SAME_QUANTITY = {
     "wf_Truth_Ratio": "world_facts_truth_ratio",
     "model_utility": "model_utility",
 }
+OU_ROUGE_SETS = {
+    "forget_Q_A_ROUGE": "forget",
+    "retain_Q_A_ROUGE": "retain",
+    "ra_Q_A_ROUGE": "real_authors",
+    "wf_Q_A_ROUGE": "world_facts",
+}
 TOFU_FILES = ("forget10_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed", "holdout10")
 
 
@@ -152,6 +158,21 @@ def compare_values(ou_logs: dict, ours: dict) -> dict[str, dict]:
         diff = abs(theirs - mine) if isinstance(theirs, int | float) and isinstance(mine, int | float) else None
         rows[key] = {"hf_unlearn_key": our_key, "open_unlearning": theirs, "hf_unlearn": mine, "abs_diff": diff}
     return rows
+
+
+def mean_words(texts: list[str]) -> float:
+    """Mean whitespace-separated words of generated texts: how much each side generated, tokenizer-free."""
+    return round(sum(len(t.split()) for t in texts) / max(len(texts), 1), 2)
+
+
+def ou_generated_words(ou_logs: dict) -> dict[str, float]:
+    """open-unlearning's mean generated words per set, from its ROUGE metrics' logged generations."""
+    out = {}
+    for key, name in OU_ROUGE_SETS.items():
+        rows = (ou_logs.get(key) or {}).get("value_by_index") or {}
+        if rows:
+            out[name] = mean_words([row["generation"] for row in rows.values()])
+    return out
 
 
 # ---------------------------------------------------------------------------------------- child processes
@@ -260,6 +281,7 @@ def worker_ou_plan(args) -> None:
     if missing:
         raise SystemExit(f"open-unlearning's default TOFU suite has no {missing}; this script expects it to.")
     plan = {
+        "prompt_boundary": prompt_boundary(args, tofu_dir),
         "base": base[:-1] + sources,
         "retain_drop": [f"~eval.tofu.metrics.{m}" for m in metrics if m not in OU_RETAIN_KEEP],
         "default_metrics": metrics,
@@ -267,6 +289,25 @@ def worker_ou_plan(args) -> None:
         "template_args": OmegaConf.to_container(template, resolve=True),
     }
     Path(args.worker_out).write_text(json.dumps(plan, indent=1))
+
+
+def prompt_boundary(args, tofu_dir: Path) -> dict:
+    """How often the prompt's own tokens are not a prefix of prompt + answer's (the tokenizer merges across them).
+
+    There the sides differ by one token: open-unlearning masks the first len(prompt tokens) positions and generates
+    from the prompt's own tokens (its ``src/data/utils.py::preprocess_chat_instance``); hf_unlearn's labels start
+    after the longest common prefix and it generates from that prefix.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    rows = [json.loads(line) for line in (tofu_dir / f"forget{args.forget_split[6:]}_perturbed.json").open()]
+    merged = 0
+    for row in rows:
+        prompt = PLAIN_TEMPLATE.format(question=row["question"])
+        ids, full = tokenizer(prompt)["input_ids"], tokenizer(prompt + row["answer"])["input_ids"]
+        merged += full[: len(ids)] != ids
+    return {"forget_true_answers": len(rows), "prompt_tokens_not_a_prefix": merged}
 
 
 def worker_ou_run(args) -> None:
@@ -320,6 +361,11 @@ def worker_ours(args) -> None:
         "num_examples": result.num_examples,
         "timings": result.config.get("timings"),
         "qa_format": result.config.get("qa_format"),
+        "generated_words": {
+            name: mean_words([r["generation"] for r in rows])
+            for name, rows in result.per_example.items()
+            if rows and "generation" in rows[0]
+        },
     }
     Path(args.worker_out).write_text(json.dumps(report))
 
@@ -381,11 +427,13 @@ def work_done(plan: dict, ou_logs: dict, ours: dict) -> dict:
             "datasets": plan["datasets"],
             "retain_run_keeps": list(OU_RETAIN_KEEP),
             "template_args": plan["template_args"],
+            "generated_words_mean": ou_generated_words(ou_logs),
         },
         "hf_unlearn": {
             "sets_rows": ours["num_examples"],
             "summary_metrics": sorted(ours["metrics"]),
             "qa_format": ours["qa_format"],
+            "generated_words_mean": ours.get("generated_words"),
             "retain_statistics": "forget set scored (answer, paraphrase, perturbed) + holdout (answer)",
         },
     }

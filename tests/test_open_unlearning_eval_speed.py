@@ -121,3 +121,11 @@ def test_the_lm_eval_stub_refuses_to_be_used(speed, tmp_path, monkeypatch):
     exec(compile(source, "hf_vlms.py", "exec"), namespace)
     with pytest.raises(ImportError, match="stub"):
         namespace["HFLM"]()
+
+
+def test_generated_words_read_from_open_unlearnings_rouge_logs(speed):
+    logs = {
+        "forget_Q_A_ROUGE": {"value_by_index": {"0": {"generation": "a b c"}, "1": {"generation": "d"}}},
+        "wf_Q_A_ROUGE": {"value_by_index": {"5": {"generation": ""}}},
+    }
+    assert speed.ou_generated_words(logs) == {"forget": 2.0, "world_facts": 0.0}
