@@ -421,6 +421,7 @@ def work_done(plan: dict, ou_logs: dict, ours: dict) -> dict:
         k: len(v["value_by_index"]) for k, v in ou_logs.items() if isinstance(v, dict) and v.get("value_by_index")
     }
     return {
+        "prompt_boundary": plan.get("prompt_boundary"),
         "open_unlearning": {
             "default_metrics": plan["default_metrics"],
             "logged_metrics_with_rows": counts,
