@@ -52,3 +52,22 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     root = str(Path(__file__).resolve().parent.parent)
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def peak_rss_kb() -> int:
+    """This process's peak resident set size (kB) since it started its program.
+
+    ``VmHWM`` of ``/proc/self/status``, not ``getrusage``'s ``ru_maxrss``: Linux carries ``ru_maxrss`` over
+    ``exec`` from the forking process, so a child started by a process holding a loaded model reports that
+    process's peak, not its own. Elsewhere (no ``/proc``) ``ru_maxrss``, read in kB as Linux reports it.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

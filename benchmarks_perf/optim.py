@@ -8,14 +8,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import resource
 import subprocess
 import sys
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from benchmarks_perf import subprocess_env
+from benchmarks_perf import peak_rss_kb, subprocess_env
 from benchmarks_perf.ratio import compare, timed
 from hf_unlearn.optim import build_optimizer
 from hf_unlearn.optim.zo import derive_seed, projected_gradients
@@ -104,14 +103,14 @@ MODES = ("inference", "zo_sgd")
 def bench_zo_peak_memory(batch_size: int = 8, seq_len: int = 256, steps: int = 3, repeats: int = 5) -> dict:
     """Peak memory of a ZO-SGD phase over the peak of inference (no-grad forwards with the loss) on the same batch.
 
-    Measured as peak resident set size (``getrusage`` ``ru_maxrss``) of a fresh process, minus its RSS just before
+    Measured as peak resident set size (``VmHWM``) of a fresh process, minus its RSS just before
     the model is built: weights, activations and temporaries, not the interpreter. Each side runs in its own process
     because RSS peaks cannot be reset and freed memory is not always returned to the OS; the processes alternate.
     """
     peak = {mode: (lambda m=mode: _peak_in_subprocess(m, batch_size, seq_len, steps) / 1024) for mode in MODES}
     return compare(
         "zo_sgd", peak["zo_sgd"], "inference", peak["inference"], 1.05, repeats, 0, unit="mb",
-        method="peak RSS (getrusage ru_maxrss) of a fresh process above its RSS before the model is built",
+        method="peak RSS (VmHWM) of a fresh process above its RSS before the model is built",
         setup=_setup(bench_model(), batch_size, seq_len, steps=steps),
     )  # fmt: skip
 
@@ -187,7 +186,7 @@ def _memory_child(mode: str, batch_size: int, seq_len: int, steps: int) -> None:
         optimizer = build_optimizer(model, optimizer="zo_sgd", learning_rate=1e-6)
         for step in range(steps):
             _zo_step(model, optimizer, batch, step)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = peak_rss_kb()
     print(json.dumps({"peak_kb": peak - base}))
 
 

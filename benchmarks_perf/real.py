@@ -9,7 +9,8 @@ facts, a question, a short answer), every comparison alternates its sides after 
 - an NPO step (cached reference, AdamW) against a plain SFT step (mean answer NLL, AdamW) on the same forget +
   retain rows; goal ≤ 1.05;
 - a hybrid run (N AdamW steps then N AdaZO steps, NPO) against an AdamW run of as many steps; goal ≤ 0.90;
-- scoring answers with logits over every position against logits from the first answer position on; no goal.
+- scoring answers with logits over every position against logits from the first answer position on; no goal;
+- the same for a training forward + backward of the mean answer NLL (what every objective trains on); no goal.
 
 Every step goes through the library's trainer (``training_step`` then ``optimizer.step``), so what is timed is what
 a run pays, and options the engine gains reach the bench through its config fields alone.
@@ -20,19 +21,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 
 import torch
 
-from benchmarks_perf import subprocess_env
+from benchmarks_perf import peak_rss_kb, subprocess_env
 from benchmarks_perf.ratio import alternate, compare, ratio_entry, timed
 
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-GOALS = {"zo_step": 1.05, "zo_memory": 1.05, "npo_step": 1.05, "hybrid_run": 0.90, "answer_only_scoring": None}
+GOALS = {
+    "zo_step": 1.05,
+    "zo_memory": 1.05,
+    "npo_step": 1.05,
+    "hybrid_run": 0.90,
+    "answer_only_scoring": None,
+    "answer_only_training": None,
+}
 # Extra ZO rows: (row name, config fields). A row runs only when its fields exist in this version of the library, so
 # a ZO option added to the engine (e.g. ``zo_cache_directions``) is benched by adding one line here.
 ZO_VARIANTS = (
@@ -44,6 +51,7 @@ ZO_VARIANTS = (
 # --rows names -> the comparison each runs (cheapest first, the order of a run)
 ROWS = {
     "scoring": "answer_only_vs_full_vocabulary_scoring",
+    "training_head": "answer_only_vs_full_vocabulary_training",
     "npo_step": "npo_step_vs_sft_step",
     "zo_step": "zo_rows",
     "hybrid": "hybrid_run_vs_adamw_run",
@@ -221,6 +229,34 @@ def _scoring_row(model, plain, repeats, warmup, clock) -> dict:
     return entry
 
 
+def _training_head_row(model, plain, repeats, warmup, clock) -> dict:
+    from hf_unlearn.modeling import answer_token_nll, token_nll
+
+    labels = plain["labels"]
+    tokens = int((labels[:, 1:] != -100).sum())
+
+    def step(answer_only: bool):
+        model.zero_grad(set_to_none=True)
+        nll = answer_token_nll(model, plain) if answer_only else token_nll(model(**_inputs(plain)).logits, labels)
+        (nll.sum() / tokens).backward()
+
+    was_training = model.training
+    model.train()
+    try:
+        entry = compare(
+            "answer_only_head", timed(lambda: step(True), clock), "full_vocabulary_head",
+            timed(lambda: step(False), clock), GOALS["answer_only_training"], repeats, warmup,
+            answer_tokens=tokens, positions=labels.numel(),
+            what="forward + backward of the mean answer NLL of B rows: the output head on the answer positions only "
+            "(hf_unlearn.modeling.answer_token_nll, what every objective trains on) against the head at every "
+            "position",
+        )  # fmt: skip
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return entry
+
+
 def _inputs(batch):
     return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
 
@@ -265,7 +301,7 @@ def _memory_child(mode: str, folder: str, batch_size: int, seq_len: int, threads
             stepper = Stepper(model, tokenizer, data, out, batch_size, optimizer="zo_sgd", learning_rate=1e-7)
             plain = stepper.trainer.data_collator(examples[:batch_size])
             stepper.step(plain)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
+    peak = peak_rss_kb()
     print(json.dumps({"peak_above_base_mb": (peak - base) / 1024}))
 
 
@@ -325,6 +361,9 @@ def bench_real_model(
             # cheapest first: a run stopped early (a loaded machine) keeps the most comparisons
             comparisons = {
                 "answer_only_vs_full_vocabulary_scoring": lambda: _scoring_row(loaded, plain, repeats, warmup, clock),
+                "answer_only_vs_full_vocabulary_training": lambda: _training_head_row(
+                    loaded, plain, repeats, warmup, clock
+                ),
                 "npo_step_vs_sft_step": lambda: _npo_row(
                     loaded, tokenizer, data, out, batch_size, repeats, warmup, clock
                 ),
@@ -334,7 +373,7 @@ def bench_real_model(
                 ),
                 "zo_sgd_peak_memory_vs_inference": lambda: compare(
                     "zo_sgd", memory["zo_sgd"], "inference", memory["inference"], GOALS["zo_memory"], repeats, 0,
-                    unit="mb", what="peak RSS (ru_maxrss) of a fresh process above its RSS before the model loads: "
+                    unit="mb", what="peak RSS (VmHWM) of a fresh process above its RSS before the model loads: "
                     "one ZO-SGD step against two no-grad forwards of the same loss, fp32",
                 ),
             }  # fmt: skip

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from hf_unlearn.data import QAFormat, pad_batch, read_json_rows
+from hf_unlearn.modeling import eval_mode
 
 
 ALTERNATE_FIELDS = ("question", "answer", "alternate")
@@ -67,12 +68,10 @@ def generate_alternates(
     if tokenizer.pad_token_id is None:
         raise ValueError("The tokenizer has no pad token; set tokenizer.pad_token (e.g. to its eos token).")
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     torch.manual_seed(seed)
     sampling = {"do_sample": True, "temperature": temperature} if do_sample else {"do_sample": False}
     out = []
-    try:
+    with eval_mode(model):
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
             prompts = [
@@ -93,8 +92,6 @@ def generate_alternates(
             for row, tokens in zip(chunk, new_tokens.tolist()):
                 text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
                 out.append({"question": row["question"], "answer": row["answer"], "alternate": text})
-    finally:
-        model.train(was_training)
     return out
 
 

@@ -5,7 +5,8 @@
    QA pairs with its chat template (the target; no retain model, so forget quality is reported unavailable).
 3. Unlearn forget01 with NPO, once with AdamW and once with the FO-ZO hybrid (one seed), through `hf-unlearn
    sweep`: each run is attacked (relearning on the forget set, nf4 and int8 weights) and compared with the
-   target and with noise matched to the hybrid's weight change.
+   target and with noise matched to the hybrid's weight change. With two or more cores the two runs go side by
+   side in two processes (`sweep --only`), each with half the cores.
 4. Print the table and, for each run, the answers to a few forget and retain questions before unlearning, after it
    and after relearning.
 
@@ -134,6 +135,8 @@ def unlearn_and_attack(recipe: Path, out: Path, on_trainer=None) -> SweepReport:
     from hf_unlearn.sweep import SweepSettings, main_table, run_sweep
 
     print("Unlearning forget01 with NPO + AdamW and NPO + hybrid, then attacking each ...", flush=True)
+    if side_by_side_threads() is not None:
+        run_cells_side_by_side(recipe, out)
     settings = SweepSettings(
         recipe=str(recipe), optimizers=list(OPTIMIZERS), seeds=[0], output_dir=str(out / "sweep"),
         title="hf_unlearn real-model demo: SmolLM2-135M-Instruct on TOFU forget01",
@@ -144,3 +147,47 @@ def unlearn_and_attack(recipe: Path, out: Path, on_trainer=None) -> SweepReport:
         cell = UnlearnReport.load(out / "sweep" / f"{optimizer}_seed0")
         print(f"Answers, NPO + {optimizer}:\n\n{answers_section(cell)}\n", flush=True)
     return report
+
+
+def side_by_side_threads() -> int | None:
+    """Threads per run when the two runs go side by side in two processes; None to run them one after another.
+
+    On 2 CPU cores two single-threaded processes beat one process with two threads (the optimizer step, the
+    evaluation's generation and the attacks' reloads are mostly serial work); with one core there is nothing to share.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores // len(OPTIMIZERS) if cores >= len(OPTIMIZERS) else None
+
+
+def run_cells_side_by_side(recipe: Path, out: Path) -> None:
+    """Each optimizer's run (`hf-unlearn sweep --only OPT:0`) in its own process; the caller's sweep then finds
+    them done and adds the controls and the report. Logs go to ``<out>/logs/<optimizer>.log``."""
+    import subprocess
+    import sys
+    import time
+
+    threads = str(side_by_side_threads())
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    running = {}
+    began = time.perf_counter()
+    for optimizer in OPTIMIZERS:
+        if (out / "sweep" / f"{optimizer}_seed0" / "unlearn_report.json").is_file():
+            continue  # a resumed demo: this run finished
+        command = [sys.executable, "-m", "hf_unlearn", "sweep", str(recipe), "--optimizers", *OPTIMIZERS, "--seeds",
+                   "1", "--only", f"{optimizer}:0"]  # fmt: skip
+        log = open(logs / f"{optimizer}.log", "w")  # noqa: SIM115 - closed when the process ends
+        running[optimizer] = (subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+        print(f"[sweep] {optimizer}:0 started ({threads} thread(s); log: {logs / f'{optimizer}.log'})", flush=True)
+    failed = []
+    for optimizer, (process, log) in running.items():
+        code = process.wait()
+        log.close()
+        minutes = (time.perf_counter() - began) / 60
+        print(f"[sweep] {optimizer}:0 {'done' if code == 0 else 'FAILED'} after {minutes:.1f} min", flush=True)
+        if code != 0:
+            lines = (logs / f"{optimizer}.log").read_text().strip().splitlines() or ["no output"]
+            failed.append(f"{optimizer}: {lines[-1]}")
+    if failed:
+        raise RuntimeError(f"The demo's runs failed ({'; '.join(failed)}); see {logs}/.")

@@ -14,7 +14,9 @@ Stages, each skipped when its output is complete (a killed run resumes where it 
    probability at most half the target's) while keeping model utility within 10% of the target's is chosen.
 6. `hf-unlearn sweep` at that rate: NPO x AdamW, signAdam, Sophia, AdaZO, hybrid x 2 seeds, each cell attacked
    (relearning at 3 budgets, nf4, int8, codes changed), with the controls (target, retain model, matched noise).
-7. The small-learning-rate regime (lr 2e-5, AdamW and hybrid, one seed), where few 4-bit codes change.
+7. Two more regimes, one seed each: a small learning rate (2e-5, AdamW), where few 4-bit codes change;
+   and a rate that keeps model utility within about 10% of the target's (3e-5, AdamW and hybrid), with
+   3 checkpoints per run for the utility-matched comparison.
 
 On CPU, cells run in two single-threaded worker processes (two threads in one process lose to two processes on a
 shared 2-core machine). Everything lands under --output_dir (default outputs/smollm2); the wall time of each stage
@@ -44,8 +46,11 @@ CPU = {
     "optimizers": ["adamw", "signadam", "sophia", "adazo", "hybrid"],
     "seeds": 2,  # the recipe's seed (0) and the next
     "probe_lrs": [5e-5, 1e-4],
-    "small_lr": 2e-5,
-    "small_lr_optimizers": ["adamw", "hybrid"],
+    # (folder name, learning rate, optimizers, extra sweep flags): each one seed
+    "regimes": [
+        ("small_lr", 2e-5, ["adamw"], []),
+        ("kept_utility", 3e-5, ["adamw", "hybrid"], ["--checkpoints", "3"]),
+    ],
     "workers": 2,
     "forget_split": "forget01",
     "retain_authors": 10,
@@ -225,37 +230,37 @@ def main(argv: list[str] | None = None) -> int:
     record["learning_rate"] = lr
     print(f"[lr probe] chose learning rate {lr:g}: {json.dumps(record['lr_probe'])}", flush=True)
 
-    # 6-7. the sweep at the chosen rate, and the small-rate regime
+    # 6-7. the sweep at the chosen rate, and the other regimes (one seed each)
     seeds = str(plan["seeds"])  # a count: the recipe's seed (0) and the next ones
-    main_cells = [f"{o}:{s}" for s in range(plan["seeds"]) for o in plan["optimizers"]]
-    small = plan["small_lr"]
-    small_cells = [f"{o}:0" for o in plan["small_lr_optimizers"]]
-    small_folder = out / "sweep_small_lr"
-    jobs = [(folder_of(lr), lr, c) for c in main_cells] + [(small_folder, small, c) for c in small_cells]
-    todo = [job for job in jobs if not cell_done(job[0], job[2])]
-    workers = split(todo, plan["workers"])
+    sweeps = {"main": (folder_of(lr), lr, plan["optimizers"], seeds, [])}
+    for name, rate, optimizers, flags in plan["regimes"]:
+        sweeps[name] = (out / f"sweep_{name}", rate, optimizers, "1", flags)
+    jobs = [("main", f"{o}:{s}") for s in range(plan["seeds"]) for o in plan["optimizers"]]
+    jobs += [(name, f"{o}:0") for name, *_ in plan["regimes"] for o in sweeps[name][2]]
+    # cells of the main sweep and each regime's first optimizer first: a stopped run has the most to compare
+    jobs.sort(key=lambda job: (job[0] != "main", job[1] != f"{sweeps[job[0]][2][0]}:0"))
+
+    def sweep_of(name: str, *extra: str) -> list[str]:
+        folder, rate, optimizers, count, flags = sweeps[name]
+        return sweep(folder, rate, "--optimizers", *optimizers, "--seeds", count, *flags, *extra)
+
+    todo = [job for job in jobs if not cell_done(sweeps[job[0]][0], job[1])]
 
     def worker_command(batch) -> list[str]:
         # one process per worker runs its cells one after another (a sweep --only per folder, chained)
-        parts = []
-        for folder, rate, cell in batch:
-            opts, count = (plan["optimizers"], seeds) if folder != small_folder else (plan["small_lr_optimizers"], "1")
-            parts.append(shlex.join(sweep(folder, rate, "--optimizers", *opts, "--seeds", count, "--only", cell)))
-        return ["bash", "-c", " && ".join(parts)]
+        return ["bash", "-c", " && ".join(shlex.join(sweep_of(name, "--only", cell)) for name, cell in batch)]
 
+    workers = split(todo, plan["workers"])
     stages.parallel("sweep cells", {f"worker{i}": worker_command(b) for i, b in enumerate(workers)})
-    reports = {
-        "report_main": sweep(folder_of(lr), lr, "--optimizers", *plan["optimizers"], "--seeds", seeds),
-        "report_small_lr": sweep(small_folder, small, "--optimizers", *plan["small_lr_optimizers"], "--seeds", "1"),
-    }  # fmt: skip
+    reports = {f"report_{name}": sweep_of(name) for name in sweeps}
     stages.parallel("sweep reports", reports)
     if args.dry_run:
         return 0
-    record["sweeps"] = {"main": str(folder_of(lr)), "small_lr": str(small_folder)}
+    record["sweeps"] = {name: str(spec[0]) for name, spec in sweeps.items()}
     record["wall_time"] = stages.summary()
     (out / "paper_smollm2.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(f"Done in {record['wall_time']['total_min']:.1f} min: {folder_of(lr)}/sweep_report.md, "
-          f"{small_folder}/sweep_report.md, {out}/paper_smollm2.json", flush=True)  # fmt: skip
+    reports_md = ", ".join(f"{spec[0]}/sweep_report.md" for spec in sweeps.values())
+    print(f"Done in {record['wall_time']['total_min']:.1f} min: {reports_md}, {out}/paper_smollm2.json", flush=True)
     return 0
 
 

@@ -129,6 +129,7 @@ def test_real_model_suite_writes_every_ratio_against_its_goal(cli, tiny_model_di
         "npo_step_vs_sft_step": 1.05,
         "hybrid_run_vs_adamw_run": 0.90,
         "answer_only_vs_full_vocabulary_scoring": None,
+        "answer_only_vs_full_vocabulary_training": None,
     }
     for name, goal in expected.items():
         ratio.check_ratio_entry(ratios[name])
@@ -287,7 +288,8 @@ def test_markdown_table_quotes_medians_with_spreads():
 def test_unknown_suite_row_is_refused_before_loading(tmp_path):
     from benchmarks_perf.real import bench_real_model
 
-    with pytest.raises(ValueError, match=r"Unknown bench rows \['zo'\]; choose from scoring, npo_step, zo_step"):
+    refused = r"Unknown bench rows \['zo'\]; choose from scoring, training_head, npo_step, zo_step"
+    with pytest.raises(ValueError, match=refused):
         bench_real_model(str(tmp_path / "no-model"), rows=("zo",))
 
 
@@ -296,3 +298,32 @@ def test_the_command_lists_every_measurement():
     from hf_unlearn.cli.bench import ENTRIES
 
     assert list(ENTRIES) == list(all_measurements())
+
+
+def test_the_rows_flag_offers_every_real_model_comparison_in_run_order():
+    import argparse
+
+    from benchmarks_perf.real import ROWS
+    from hf_unlearn.cli import bench
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    (rows,) = [action for action in parser._actions if action.dest == "rows"]
+    assert list(rows.choices) == list(ROWS)
+
+
+def test_a_measuring_child_reports_its_own_peak_not_its_parents():
+    """Linux carries ru_maxrss over exec from the forking process: a memory child of a bench holding a loaded model
+    reported the bench's peak (8.5 GB on both sides of SmolLM2's ZO-memory row). The peak read is the child's own."""
+    import subprocess
+    import sys
+
+    from benchmarks_perf import subprocess_env
+
+    held = bytearray(700 * 2**20)  # the parent's peak: 700 MB touched
+    held[::4096] = b"x" * len(held[::4096])
+    code = "import resource; from benchmarks_perf import peak_rss_kb; print(peak_rss_kb(), resource.getrusage(0)[2])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env())
+    own, inherited = (int(v) / 1024 for v in out.stdout.split())
+    assert own < 100 < 700 <= inherited  # MB: a bare interpreter's peak; ru_maxrss shows the parent's
+    del held

@@ -151,6 +151,31 @@ def test_parallel_only_launches_do_not_refuse_each_others_cells(memorised_model_
     assert main([*argv, "--only", "adamw:0"]) == 2  # its own locked cell is still refused
 
 
+def test_the_recipes_own_folder_takes_parallel_only_launches_then_the_report(
+    memorised_model_dir, synthetic_data_dir, tmp_path, capsys
+):
+    """`hf-unlearn sweep RECIPE --only CELL` launches, then `hf-unlearn sweep RECIPE` for the report, with the sweep
+    folder the recipe's own output_dir (no --output_dir): the report run went on (it refused the folder as a run's,
+    since it holds the cells); a folder holding anything else is still refused."""
+    out = tmp_path / "sweep"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(DEMO_RECIPE.read_text().replace('output_dir: "outputs/demo/npo_hybrid"', f'output_dir: "{out}"'))
+    argv = sweep_argv(memorised_model_dir, synthetic_data_dir, out, "--checkpoints", "0", "--no_controls")
+    argv[1] = str(recipe)
+    del argv[argv.index("--output_dir") : argv.index("--output_dir") + 2]
+    argv[argv.index("--seeds") + 1] = "1"
+    for cell in ("adamw:0", "adazo:0"):
+        assert main([*argv, "--only", cell]) == 0
+    assert not (out / "sweep_report.json").exists()
+    assert main(argv) == 0
+    report = json.loads((out / "sweep_report.json").read_text())
+    assert [(c["optimizer"], c["seed"]) for c in report["cells"]] == [("adamw", 0), ("adazo", 0)]
+    (out / "notes.txt").write_text("someone else's")
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "holds files a sweep did not write (notes.txt)" in capsys.readouterr().err
+
+
 def test_bad_sweep_input_is_one_line(memorised_model_dir, synthetic_data_dir, tmp_path, capsys):
     argv = sweep_argv(memorised_model_dir, synthetic_data_dir, tmp_path / "x")
     argv[argv.index("adazo")] = "qadam:0"

@@ -20,7 +20,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from hf_unlearn.benchmarks.metrics import MIN_K_FRACTION, AnswerStats, packed_answer_stats
 from hf_unlearn.data import IGNORE_INDEX, pad_batch
-from hf_unlearn.modeling import answer_mask, eval_mode, model_device
+from hf_unlearn.modeling import eval_mode, labelled_logits, model_device, scored_positions
 
 
 def require_pad_token(tokenizer) -> int:
@@ -86,29 +86,6 @@ def _scoring_batches(examples: Sequence[dict[str, list[int]]], batch_size: int) 
 def _accepts_cache(model) -> bool:
     parameters = inspect.signature(model.forward).parameters
     return "cache" in parameters or "past_key_values" in parameters
-
-
-def labelled_logits(model, keep: torch.Tensor, **inputs) -> torch.Tensor:
-    """``[keep.sum(), vocab]`` logits at the True positions of ``keep``, in row-major order.
-
-    ``logits_to_keep=<bool mask>`` makes the model run its output head on those positions only; a model that
-    ignores it and returns every position is gathered here (same values, more work).
-    """
-    logits = model(**inputs, logits_to_keep=keep).logits
-    if logits.dim() == 3 and logits.shape[:2] == keep.shape:
-        return logits[keep]
-    if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):
-        raise ValueError(
-            f"{type(model).__name__} returned logits of shape {tuple(logits.shape)} for a boolean logits_to_keep "
-            f"{tuple(keep.shape)}: expected [{int(keep.sum())}, vocab] or every position."
-        )
-    return logits
-
-
-def scored_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions whose next token is scored, ``[batch, seq]`` (the last column False), and the shifted labels."""
-    mask = answer_mask(labels)
-    return torch.cat([mask, mask.new_zeros(mask.shape[0], 1)], dim=1), labels[:, 1:]
 
 
 def _score_whole(model, examples, rows, pad_token_id, device, k, min_k_at_least_one, vocab_stats) -> AnswerStats:

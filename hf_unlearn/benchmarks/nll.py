@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from hf_unlearn.benchmarks.base import Benchmark, BenchmarkResult
-from hf_unlearn.benchmarks.engine import labelled_logits, scored_positions
 from hf_unlearn.data import DataCollatorForUnlearning
-from hf_unlearn.modeling import eval_mode, model_device
+from hf_unlearn.modeling import eval_mode, labelled_logits, model_device, scored_positions
 
 
 @torch.no_grad()

@@ -72,8 +72,8 @@ def add_arguments(parser):
     parser.add_argument(
         "--rows",
         nargs="+",
-        choices=("scoring", "npo_step", "zo_step", "hybrid", "zo_memory"),
-        help="Real model: only these comparisons (default: all five, cheapest first).",
+        choices=("scoring", "training_head", "npo_step", "zo_step", "hybrid", "zo_memory"),
+        help="Real model: only these comparisons (default: all six, cheapest first).",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -173,6 +174,32 @@ def utility_matched(
     return out
 
 
+def check_sweep_folder(root: Path) -> None:
+    """A sweep writes into a folder that is new or holds only what sweeps write there (cell folders, the controls,
+    the report and its plots): a restart, or a report run after parallel ``--only`` launches, goes on; a folder
+    holding anything else is refused in one line before anything loads."""
+    from hf_unlearn.lock import LOCK_FILE
+
+    from .controls import CONTROLS_DIR
+    from .render import GRADE_PLOT, RELEARN_PLOT, SWEEP_MARKDOWN_FILE, TRADEOFF_PLOT
+    from .schema import SWEEP_REPORT_FILE
+
+    if not root.is_dir():
+        return
+    own = {CONTROLS_DIR, SWEEP_REPORT_FILE, SWEEP_MARKDOWN_FILE, GRADE_PLOT, RELEARN_PLOT, TRADEOFF_PLOT, LOCK_FILE}
+    foreign = sorted(
+        p.name for p in root.iterdir() if p.name not in own and not (p.is_dir() and _CELL.fullmatch(p.name))
+    )
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise FileExistsError(
+            f"The sweep folder {root} holds files a sweep did not write ({shown}); choose a new --output_dir."
+        )
+
+
+_CELL = re.compile(r".+_seed\d+")
+
+
 def run_sweep(settings: SweepSettings, on_cell=print, on_trainer=None) -> SweepReport | None:
     """Run every unfinished cell, then (unless `only` is given) the controls, the comparison and the report.
 
@@ -193,11 +220,13 @@ def run_sweep(settings: SweepSettings, on_cell=print, on_trainer=None) -> SweepR
     if not specs:
         raise ValueError("No optimizers: pass --optimizers adamw adazo ... or give the recipe a sweep: section")
     # The recipe as its first cell runs it: keys that only hold for the recipe's own optimizer (a hybrid schedule
-    # that max_steps must fit, say) are not checked for cells that do not use it.
-    base = parse_recipe(settings.recipe, [*settings.overrides, *specs[0].flags()])
+    # that max_steps must fit, say) are not checked for cells that do not use it. Its output_dir is the sweep's
+    # folder, not a run's: that folder is checked as one (check_sweep_folder), each cell's folder as a run's.
+    base = parse_recipe(settings.recipe, [*settings.overrides, *specs[0].flags(), "--overwrite_output_dir", "true"])
     settings.seeds = seeds = seeds_from(settings.seeds, base.config.seed)
     if settings.output_dir is None:
         settings.output_dir = base.config.output_dir
+    check_sweep_folder(Path(settings.output_dir))
     if settings.compute_budget is not None and settings.compute_budget < 1:
         raise ValueError(f"--compute_budget {settings.compute_budget}: must be >= 1 model pass")
     if settings.checkpoints < 0:

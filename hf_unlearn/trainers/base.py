@@ -19,7 +19,7 @@ from transformers.utils import is_peft_available
 from hf_unlearn.configs import UnlearnConfig
 from hf_unlearn.data import DataCollatorForUnlearning
 from hf_unlearn.loading import load_model, load_tokenizer
-from hf_unlearn.modeling import answer_token_nll, model_inputs
+from hf_unlearn.modeling import answer_token_nll, eval_mode, model_inputs
 from hf_unlearn.optim.factory import OptimizerFactoryMixin
 from hf_unlearn.paper import Paper
 from hf_unlearn.trainers.callbacks import DivergenceGuardCallback, HybridScheduleCallback, PairingEpochCallback
@@ -230,13 +230,8 @@ class UnlearnTrainer(BenchmarkEvaluationMixin, SmoothingMixin, ZerothOrderMixin,
         unwrapped = self.accelerator.unwrap_model(model)
         if not is_peft_model(unwrapped):
             raise RuntimeError(f"{self._name} asked for a reference model but none was prepared.")
-        was_training = model.training
-        model.eval()  # the reference is deterministic: no dropout
-        try:
-            with unwrapped.disable_adapter():
-                yield model
-        finally:
-            model.train(was_training)
+        with eval_mode(model, inference=False), unwrapped.disable_adapter():  # deterministic: no dropout
+            yield model
 
     # ---- Trainer hooks -----------------------------------------------------------------------------------------
 

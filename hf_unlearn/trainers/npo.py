@@ -11,6 +11,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from hf_unlearn.configs import UnlearnConfig, check_positive
+from hf_unlearn.modeling import eval_mode
 from hf_unlearn.paper import Paper
 from hf_unlearn.trainers.base import UnlearnTrainer
 from hf_unlearn.trainers.losses import sequence_log_prob
@@ -120,8 +121,8 @@ class NPOTrainer(UnlearnTrainer):
         model = self.model_wrapped if model is None else model
         size = self.args.per_device_eval_batch_size
         values = []
-        source = self.reference(model) if self.ref_model is not None else _in_eval_mode(model)
-        with source as ref:
+        reference = self.reference(model) if self.ref_model is not None else contextlib.nullcontext(model)
+        with reference as ref, eval_mode(ref, inference=False):  # the reference is deterministic: no dropout
             for start in range(0, len(forget_set), size):
                 items = [{**forget_set[i], "index": i} for i in range(start, min(start + size, len(forget_set)))]
                 batch = self._prepare_inputs(self.data_collator(items))
@@ -139,13 +140,3 @@ class CachedReferenceLogProbs(TrainerCallback, ExportableState):
 
     def state(self) -> dict:
         return {"args": {"values": self.values}, "attributes": {}}
-
-
-@contextlib.contextmanager
-def _in_eval_mode(model):
-    was_training = model.training
-    model.eval()  # the reference is deterministic: no dropout
-    try:
-        yield model
-    finally:
-        model.train(was_training)

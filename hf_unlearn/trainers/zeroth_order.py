@@ -15,6 +15,7 @@ import functools
 
 import torch
 
+from hf_unlearn.modeling import eval_mode
 from hf_unlearn.optim.hybrid import HybridOptimizer, unwrap_optimizer
 from hf_unlearn.optim.zero import attach_zero_masters, zo_step_under_deepspeed
 from hf_unlearn.optim.zo import ZerothOrderOptimizer, derive_seed, projected_gradients
@@ -69,13 +70,8 @@ class ZerothOrderMixin(TrainingStepMixin):
             attach_zero_masters(zo, self.optimizer)
         # the optimizer step follows this micro-batch directly (DDP's scalar all-reduce touches no weight)
         defer = bool(self.accelerator.sync_gradients)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.no_grad():
-                projected, loss = projected_gradients(zo, loss_fn, seeds, defer_restore=defer)
-        finally:
-            model.train(was_training)
+        with eval_mode(model, inference=False):
+            projected, loss = projected_gradients(zo, loss_fn, seeds, defer_restore=defer)
 
         if not self._zo_loss_is_scaled_for_ga(num_items_in_batch):
             projected = projected / self.current_gradient_accumulation_steps
