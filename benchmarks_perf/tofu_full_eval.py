@@ -53,10 +53,14 @@ def build_eval_model(data_dir: str | Path, finetune_epochs: float = 2.0, batch_s
     return model.eval(), tokenizer
 
 
-def time_tofu_evaluation(model, tokenizer, data_dir, forget_split="forget10", batch_size=32, max_new_tokens=200):
+def time_tofu_evaluation(
+    model, tokenizer, data_dir, forget_split="forget10", batch_size=32, max_new_tokens=200, qa_format=None,
+    max_examples=None,
+):  # fmt: skip
     """``(wall seconds, process CPU seconds, TOFU result)`` of retain statistics + evaluation.
 
     CPU time is reported beside wall time because it barely moves when other processes share the machine.
+    ``qa_format`` (a ``QAFormat``) and ``max_examples`` are passed on when given.
     """
     from hf_unlearn.benchmarks.tofu import TofuBenchmark
 
@@ -66,6 +70,8 @@ def time_tofu_evaluation(model, tokenizer, data_dir, forget_split="forget10", ba
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
         "show_progress": False,
+        **({"qa_format": qa_format} if qa_format is not None else {}),
+        **({"max_examples": max_examples} if max_examples is not None else {}),
     }
     start, cpu_start = time.perf_counter(), time.process_time()
     reference = TofuBenchmark(**settings).retain_statistics(model, tokenizer)
