@@ -10,8 +10,9 @@
 4. Print the table and, for each run, the answers to a few forget and retain questions before unlearning, after it
    and after relearning.
 
-About 15 minutes on 2 CPU cores; the numbers are one seed of a small model (the paper's experiment on this model,
-with seeds and the full optimizer grade, is `scripts/paper_smollm2.py`).
+About 16 minutes on 2 CPU cores (17 min 48 s with the install and the fetch, on a fresh clone); the numbers are one
+seed of a small model (the paper's experiment on this model, with seeds and the full optimizer grade, is
+`scripts/paper_smollm2.py`).
 """
 
 from __future__ import annotations
