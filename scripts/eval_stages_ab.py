@@ -1,7 +1,7 @@
 """The TOFU evaluation's stage breakdown of two versions of hf_unlearn, side by side on the same models, in one run.
 
-    git worktree add /tmp/hf_unlearn_before 7a5d640     # the engine before the evaluation-speed work
-    python scripts/eval_stages_ab.py --before /tmp/hf_unlearn_before \\
+    git worktree add ../hf_unlearn_before 76100c0     # the engine before the evaluation-speed work
+    python scripts/eval_stages_ab.py --before ../hf_unlearn_before \\
         --model 2m=/path/to/2m_model:forget10 --model smollm2=/path/to/smollm2_target:forget10:50 \\
         --tofu_dir "$HF_UNLEARN_TOFU_DIR" --rounds 3 --output eval_stages.json
 
@@ -40,7 +40,7 @@ def parse_model_spec(spec: str) -> dict:
     name, sep, rest = spec.partition("=")
     parts = rest.split(":")
     if not sep or not name or len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-        raise ValueError(f"--model {spec!r} is not {SPEC_HELP}, e.g. 2m=/tmp/model2m:forget10.")
+        raise ValueError(f"--model {spec!r} is not {SPEC_HELP}, e.g. 2m=path/to/model:forget10.")
     max_examples = None
     if len(parts) == 3:
         if not parts[2].isdigit() or int(parts[2]) < 1:

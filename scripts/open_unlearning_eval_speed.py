@@ -1,7 +1,7 @@
 """open-unlearning's TOFU evaluator against hf_unlearn's, side by side on one saved model, in one run.
 
-    nice -n 19 python scripts/open_unlearning_eval_speed.py --open_unlearning /tmp/ou_checkout \\
-        --model /tmp/evalspeed/model2m --tofu_dir /work/shared/data/tofu --ou_pythonpath /tmp/ou_deps \\
+    python scripts/open_unlearning_eval_speed.py --open_unlearning path/to/open-unlearning \\
+        --model path/to/model --tofu_dir "$HF_UNLEARN_TOFU_DIR" --ou_pythonpath path/to/ou_deps \\
         --rounds 2 --out ou_eval_speed.json
 
 Each round runs both sides, alternating which goes first, each in fresh processes pinned to one thread
@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     cli.add_argument("--rounds", type=int, default=2, help="Alternating rounds of both sides.")
     cli.add_argument("--out", default="ou_eval_speed.json", help="Where the JSON goes.")
     cli.add_argument("--overwrite", action="store_true", help="Replace --out if it exists.")
-    cli.add_argument("--ou_pythonpath", default="/tmp/ou_deps", help="open-unlearning's extra packages (hydra, ...).")
+    cli.add_argument("--ou_pythonpath", default="", help="open-unlearning's extra packages (hydra, ...).")
     cli.add_argument("--forget_split", default="forget10", choices=["forget01", "forget05", "forget10"])
     cli.add_argument("--max_examples", type=int, default=None, help="First N rows of each set (smoke runs).")
     cli.add_argument("--work_dir", default=None, help="Where runs write logs (default: a new temporary folder).")
