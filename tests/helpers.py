@@ -75,3 +75,15 @@ def memorised_model():
     with one_thread():
         model = memorise(build_tiny_model(tokenizer, "llama"), tokenizer, synthetic_splits()["full"], steps=150)
     return model, tokenizer
+
+
+def load_script(name: str):
+    """The module ``scripts/<name>.py`` of this checkout (the scripts folder is not a package), loaded by path."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

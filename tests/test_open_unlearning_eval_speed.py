@@ -5,16 +5,12 @@ from pathlib import Path
 
 import pytest
 
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "open_unlearning_eval_speed.py"
+from tests.helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def speed():
-    spec = importlib.util.spec_from_file_location("open_unlearning_eval_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("open_unlearning_eval_speed")
 
 
 @pytest.fixture

@@ -1,21 +1,15 @@
 """scripts/paper_smollm2.py: the experiment's plan (dry run) and its learning-rate rule, without running it."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "paper_smollm2.py"
+from tests.helpers import load_script
 
 
 @pytest.fixture(scope="module")
 def paper():
-    spec = importlib.util.spec_from_file_location("paper_smollm2", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("paper_smollm2")
 
 
 def test_choose_lr_takes_the_smallest_rate_that_forgets_and_keeps_utility(paper):

@@ -1,6 +1,5 @@
 """Recipe parsing: every shipped recipe parses, YAML values keep their types, every bad input fails in one line."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -8,6 +7,7 @@ import yaml
 
 from hf_unlearn.launch import NotSelfLaunching, check_self_launching
 from hf_unlearn.recipes import LAUNCH_KEY, ScriptArguments, parse_recipe
+from tests.helpers import load_script
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,9 +58,7 @@ def test_recipes_folder_holds_the_paper_settings():
 
 
 def test_committed_recipes_equal_the_generator_output():
-    spec = importlib.util.spec_from_file_location("make_recipes", ROOT / "scripts" / "make_recipes.py")
-    generator = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(generator)
+    generator = load_script("make_recipes")
     expected = generator.all_recipes()
     assert len(expected) == 69
     for relative, text in expected.items():
