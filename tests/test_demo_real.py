@@ -66,3 +66,12 @@ def test_real_demo_refuses_a_missing_tofu_folder_before_writing(tmp_path, cli):
     code, _, err = cli("demo", "--real", "--tofu_dir", tmp_path / "nowhere", "--output_dir", tmp_path / "demo")
     assert code == 2 and "is not a local TOFU folder" in err and "--tofu_dir DIR" in err
     assert not (tmp_path / "demo").exists()
+
+
+def test_a_failed_side_by_side_run_stops_the_demo_with_its_last_log_line(tmp_path):
+    """Each run's process writes its own log; a run that fails stops the demo naming the run and its error."""
+    out = tmp_path / "demo"
+    out.mkdir()
+    with pytest.raises(RuntimeError, match=r"The demo's runs failed \(adamw: .*nowhere\.yaml.*; hybrid: .*\); see "):
+        demo_real.run_cells_side_by_side(tmp_path / "nowhere.yaml", out)
+    assert {p.name for p in (out / "logs").iterdir()} == {"adamw.log", "hybrid.log"}
