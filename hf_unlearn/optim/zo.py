@@ -1,8 +1,9 @@
 """Zeroth-order engine: seeded in-place perturbations (MeZO) and the ZO optimizers that consume them.
 
 A ZO step never materialises a gradient or an activation graph. The trainer (``ZerothOrderMixin``) draws a seed,
-perturbs the weights in place by ``+μz``, ``−2μz``, ``+μz`` (``z`` regenerated from the seed, one tensor at a
-time), and records the projected gradient ``c = (f(θ+μz) − f(θ−μz)) / 2μ`` with :meth:`ZerothOrderOptimizer.record`.
+perturbs the weights in place by ``+μz``, ``−2μz``, ``+μz`` (``z`` regenerated from the seed, one chunk of a tensor
+at a time: ``hf_unlearn.optim.directions``), and records the projected gradient ``c = (f(θ+μz) − f(θ−μz)) / 2μ``
+with :meth:`ZerothOrderOptimizer.record`.
 :meth:`~ZerothOrderOptimizer.step` then regenerates each ``z`` once more and applies the update to the estimate
 ``ĝ = Σ_records c·z``. Regenerating ``z`` is the whole extra cost of a step over its forwards: one sweep for the
 sphere's norm (cached per seed), ``+μz``, ``−2μz``, then the restore and the update in one sweep (the trainer leaves
@@ -31,39 +32,11 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
-from .masters import FP32MasterCopy, MasterWeights, stochastic_round_
+from .directions import DIRECTIONS, SeededDirections, derive_seed, flat_view
+from .masters import FP32MasterCopy, stochastic_round_
 
 
-DIRECTIONS = ("sphere", "gaussian", "rademacher")
 DIFFERENCES = ("central", "forward")
-_MASK64 = (1 << 64) - 1
-
-
-def _splitmix64(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-def derive_seed(*parts: int) -> int:
-    """Hash integers (run seed, global step, direction, parameter index, ...) into one 63-bit seed.
-
-    A hash rather than ``seed + step`` so that neighbouring steps and neighbouring tensors get unrelated streams.
-    """
-    h = 0
-    for part in parts:
-        h = _splitmix64(h ^ (int(part) & _MASK64))
-    return h & ((1 << 63) - 1)
-
-
-def _shape(p: torch.Tensor) -> torch.Size:
-    # A DeepSpeed ZeRO-3 parameter is an empty placeholder outside its gathers; its true shape is ds_shape.
-    return p.ds_shape if hasattr(p, "ds_shape") else p.shape
-
-
-def _numel(p: torch.Tensor) -> int:
-    return p.ds_numel if hasattr(p, "ds_numel") else p.numel()
 
 
 def check_zo_settings(mu, num_directions, difference, direction: str = "sphere") -> None:
@@ -114,212 +87,6 @@ class ZOSettings:
         )
 
 
-_SIGN_BIT, _ONE_FP32 = -(1 << 31), 0x3F800000
-_SIGNS_PER_WORD = 31  # int32 random_() fills [0, 2^31): 31 uniform bits per word
-
-
-def _fill_rademacher(out: torch.Tensor, generator: torch.Generator) -> None:
-    """±1 into the 1-D ``out``: each random int32 word gives 31 signs, written as the bits of fp32 ±1.0.
-
-    One random word per 31 elements instead of one random number per element: the cost is three integer passes
-    over ``z``, about a quarter of ``normal_``'s (docs/zo_directions.md).
-    """
-    n = out.numel()
-    words = torch.empty(-(-n // _SIGNS_PER_WORD), 1, dtype=torch.int32, device=out.device).random_(generator=generator)
-    shifts = torch.arange(1, _SIGNS_PER_WORD + 1, dtype=torch.int32, device=out.device)  # bit k-1 to the sign bit
-    full = n // _SIGNS_PER_WORD
-    direct = out.dtype == torch.float32 and out.is_contiguous()
-    if direct and full:  # straight into out's bits, no temporary
-        bits = out[: full * _SIGNS_PER_WORD].view(torch.int32).view(full, _SIGNS_PER_WORD)
-        torch.bitwise_left_shift(words[:full], shifts, out=bits)
-        bits.bitwise_and_(_SIGN_BIT).bitwise_or_(_ONE_FP32)
-    start = full * _SIGNS_PER_WORD if direct else 0
-    if start < n:
-        rest = torch.bitwise_left_shift(words[start // _SIGNS_PER_WORD :], shifts)
-        rest.bitwise_and_(_SIGN_BIT).bitwise_or_(_ONE_FP32)
-        out[start:].copy_(rest.view(torch.float32).view(-1)[: n - start])
-
-
-class SeededDirections:
-    """Regenerates a random direction ``z`` over a list of tensors, one tensor at a time, from a seed.
-
-    Each tensor's slice of ``z`` comes from a private ``torch.Generator`` (one per device, never the global RNG)
-    seeded with ``derive_seed(seed, tensor_index)``, so any tensor's slice can be regenerated alone and in any order.
-
-    Kinds: ``gaussian`` (``N(0, I)``), ``rademacher`` (±1 with probability ½ each), ``sphere`` (uniform on the
-    sphere of radius ``√d``, ``d`` = number of elements: a normalised Gaussian). All three have ``E[z] = 0`` and
-    ``E[z zᵀ] = I``, so ``μ`` keeps a per-weight meaning and the estimate ``(zᵀg) z`` is unbiased. The sphere's
-    norm needs one extra generation sweep per seed; it is cached until :meth:`release`.
-
-    ``cache``: keep each tensor's ``z`` in bf16 from its first generation until :meth:`release`; later sweeps copy it
-    back instead of regenerating. Memory: 2 bytes per trainable weight per direction, allocated at the first step and
-    kept for the run. ``z`` is then the bf16-rounded
-    sample (the sphere normalised over the rounded values) in every sweep, the perturbations and the update alike.
-    """
-
-    def __init__(self, params: Iterable[torch.Tensor], kind: str = "sphere", cache: bool = False):
-        if kind not in DIRECTIONS:
-            raise ValueError(f"zo_direction must be one of {DIRECTIONS}, got {kind!r}")
-        self.params = list(params)
-        self.kind = kind
-        self.cache = cache
-        # the cache: bf16 buffers per (slot, tensor), allocated once and kept across steps (no page faults per step);
-        # a slot is the seed's place among those drawn since the last release
-        self._cache_slots: dict[int, int] = {}
-        self._cache_filled: set[tuple[int, int]] = set()
-        self._cache_buffers: dict[tuple[int, int], torch.Tensor] = {}
-        self.dim = sum(_numel(p) for p in self.params)
-        self._generators: dict[torch.device, torch.Generator] = {}
-        self._sphere_scale: dict[int, float] = {}
-        self._scratch: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-        # With fp32 masters (hf_unlearn.optim.masters) z is drawn in the masters' dtype and only over the pieces
-        # this process owns; see attach_masters.
-        self.masters: MasterWeights | None = None
-
-    def attach_masters(self, masters: MasterWeights) -> None:
-        """Perturb and update through ``masters`` from now on (drops cached norms: z's dtype may change)."""
-        if len(masters.pieces) != len(self.params):
-            raise ValueError(f"{len(masters.pieces)} master pieces for {len(self.params)} trainable tensors")
-        self.masters = masters
-        self.release()
-
-    def _dtype(self, index: int) -> torch.dtype:
-        return self.masters.dtype if self.masters is not None else self.params[index].dtype
-
-    def _generator(self, device: torch.device) -> torch.Generator:
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device)
-        return self._generators[device]
-
-    def _fill(self, seed: int, index: int, out: torch.Tensor) -> torch.Tensor:
-        # Always a contiguous 1-D fill then a view, so a scratch slice and a fresh tensor get the same values.
-        p = self.params[index]
-        if self.cache:
-            key = (self._cache_slots.setdefault(seed, len(self._cache_slots)), index)
-            if key in self._cache_filled:
-                return out.copy_(self._cache_buffers[key]).view(_shape(p))
-        gen = self._generator(p.device)
-        gen.manual_seed(derive_seed(seed, index))
-        if self.kind == "rademacher":
-            _fill_rademacher(out, gen)
-        else:
-            out.normal_(generator=gen)
-        if self.cache:  # from the first use on, z is the rounded sample: every sweep moves along the same z
-            if key not in self._cache_buffers:
-                self._cache_buffers[key] = torch.empty(out.numel(), dtype=torch.bfloat16, device=out.device)
-            out.copy_(self._cache_buffers[key].copy_(out))
-            self._cache_filled.add(key)
-        return out.view(_shape(p))
-
-    def scratch_direction(self, seed: int, index: int, scaled: bool = True) -> torch.Tensor:
-        """The slice of ``z`` for tensor ``index`` in a reused buffer, valid until the next call.
-
-        One buffer per (device, dtype), as large as the largest such tensor: it avoids an allocation (and its page
-        faults) per tensor per sweep, and is the only tensor-sized memory a perturbation needs.
-        """
-        scale = self.scale(seed) if scaled else 1.0  # first: computing it refills the scratch buffer
-        p = self.params[index]
-        key = (p.device, self._dtype(index))
-        if key not in self._scratch:
-            size = max(_numel(q) for i, q in enumerate(self.params) if (q.device, self._dtype(i)) == key)
-            self._scratch[key] = torch.empty(size, dtype=key[1], device=p.device)
-        z = self._fill(seed, index, self._scratch[key][: _numel(p)])
-        return z if scale == 1.0 else z.mul_(scale)
-
-    def sample(self, seed: int, index: int, fresh: bool = False) -> torch.Tensor:
-        """The unscaled sample behind ``z`` for tensor ``index``: in the scratch buffer, or a fresh tensor."""
-        if not fresh:
-            return self.scratch_direction(seed, index, scaled=False)
-        p = self.params[index]
-        return self._fill(seed, index, torch.empty(_numel(p), dtype=self._dtype(index), device=p.device))
-
-    def direction(self, seed: int, index: int) -> torch.Tensor:
-        """The slice of ``z`` for tensor ``index`` (a fresh tensor the caller may keep and modify)."""
-        scale = self.scale(seed)
-        p = self.params[index]
-        z = self._fill(seed, index, torch.empty(_numel(p), dtype=self._dtype(index), device=p.device))
-        return z if scale == 1.0 else z.mul_(scale)
-
-    def scale(self, seed: int) -> float:
-        """Factor that turns the raw sample into the direction (``√d/‖raw‖`` for the sphere, else 1)."""
-        if self.kind != "sphere":
-            return 1.0
-        if seed not in self._sphere_scale:
-            sq_norm = 0.0
-            for i in range(len(self.params)):
-                raw = self.scratch_direction(seed, i, scaled=False)
-                # accumulate half-precision samples in fp32; fp32/fp64 as they are
-                wide = torch.float32 if raw.dtype in (torch.float16, torch.bfloat16) else None
-                sq_norm += float(torch.linalg.vector_norm(raw, dtype=wide)) ** 2
-            self._sphere_scale[seed] = math.sqrt(self.dim / sq_norm)
-        return self._sphere_scale[seed]
-
-    @torch.no_grad()
-    def perturb_(self, seed: int, alpha: float) -> None:
-        """``θ ← θ + alpha·z`` in place, one tensor-sized ``z`` alive at a time."""
-        if self.masters is not None:
-            raise RuntimeError("with master weights, move the weights with move_(seed, to, at)")
-        alpha = alpha * self.scale(seed)
-        for index, p in enumerate(self.params):
-            with self.materialized(index):
-                p.add_(self.scratch_direction(seed, index, scaled=False), alpha=alpha)
-
-    @torch.no_grad()
-    def move_(self, seed: int, to: float, at: float) -> None:
-        """Weights at ``θ + at·z`` → ``θ + to·z``.
-
-        Without masters: ``θ ← θ + (to − at)·z`` in place. With separate masters: written as ``cast(master + to·z)``
-        (``cast(master)`` for ``to = 0``, which needs no ``z``), so each perturbed value is rounded once and
-        restoring is exact.
-        """
-        masters = self.masters
-        scale = self.scale(seed)
-        if masters is None:
-            for index, p in enumerate(self.params):
-                with self.materialized(index):
-                    p.add_(self.scratch_direction(seed, index, scaled=False), alpha=(to - at) * scale)
-            return
-        masters.before_write()
-        for index, piece in enumerate(masters.pieces):
-            if piece is None:
-                continue
-            if masters.absolute and to == 0:
-                piece.low.copy_(piece.master)
-                continue
-            raw = self._piece_of(self.scratch_direction(seed, index, scaled=False), piece)
-            if masters.absolute:
-                piece.low.copy_(raw.mul_(to * scale).add_(piece.master))
-            else:
-                piece.low.add_(raw, alpha=(to - at) * scale)
-        masters.after_write()
-
-    @staticmethod
-    def _piece_of(z: torch.Tensor, piece) -> torch.Tensor:
-        return z.view(-1)[piece.start : piece.start + piece.length]
-
-    def materialized(self, index: int):
-        """Context in which tensor ``index`` holds its full value and in-place changes to it persist.
-
-        A no-op for ordinary tensors. A DeepSpeed ZeRO-3 parameter is gathered for the duration and re-partitioned
-        from the modified copy on exit (``deepspeed.zero.GatheredParameters`` with a modifier rank: every rank
-        computes the same change, so the broadcast from rank 0 moves nothing new). One full tensor at a time.
-        """
-        p = self.params[index]
-        if not hasattr(p, "ds_id"):
-            return contextlib.nullcontext()
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters([p], modifier_rank=0)
-
-    def release(self) -> None:
-        """Forget cached per-seed norms and directions and free the scratch buffer (once the seeds' updates are
-        applied)."""
-        self._sphere_scale.clear()
-        self._scratch.clear()
-        self._cache_slots.clear()
-        self._cache_filled.clear()  # the cache's buffers stay allocated for the next step
-
-
 class ZerothOrderOptimizer(Optimizer):
     """Base class of the ZO optimizers: owns the perturbation engine and the pending (seed, c) records.
 
@@ -331,6 +98,8 @@ class ZerothOrderOptimizer(Optimizer):
     compute each update in fp32 and round it into the weights stochastically (no extra memory beyond fp32 moments).
     Under DeepSpeed ZeRO the engine's masters are attached instead (``hf_unlearn.optim.zero``).
     """
+
+    moment_buffers: tuple[str, ...] = ()  # per-weight state tensors, e.g. Adam's ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, defaults: dict, settings: ZOSettings | None = None, **fields):
         if settings is None:
@@ -436,10 +205,11 @@ class ZerothOrderOptimizer(Optimizer):
     def step(self, closure=None):
         """Apply the update for ``ĝ = Σ c·z`` over the recorded seeds and clear the records.
 
-        One sweep over ``z``: a perturbation left in place by :meth:`defer_restore_` is undone tensor by tensor in
+        One sweep over ``z``, chunk by chunk: a perturbation left in place by :meth:`defer_restore_` is undone in
         the same sweep, with the ``z`` of its (recorded) seed drawn once for both. Each weight then sees the same
         operations in the same order as restoring first, so the result is the same bit for bit. With masters the
-        update goes to the master and the weights are re-cast from it (which also restores them).
+        update goes to the master and the weights are re-cast from it (which also restores them). The update is
+        elementwise, so it runs on each chunk of ``ĝ`` as it is formed: no tensor-sized temporary.
         """
         if closure is not None:
             raise ValueError("ZO optimizers take no closure: record projected gradients with record(seed, c)")
@@ -453,9 +223,13 @@ class ZerothOrderOptimizer(Optimizer):
         masters = directions.masters
         absolute = masters is not None and masters.absolute
         pending, self._pending_restore = self._pending_restore, None
+        if absolute:
+            pending = None  # writing the weights from the masters restores them
         records = list(self._records.items())
-        first_seed = records[0][0]
-        fused = pending is not None and pending[0] in self._records
+        scales = [directions.scale(seed) for seed, _ in records]
+        if pending is not None and pending[0] not in self._records:  # a perturbation along an unrecorded seed
+            directions.move_(pending[0], 0.0, pending[1] * self.settings.mu)  # its own sweep, same float operations
+            pending = None
         if masters is not None:
             masters.before_write()
         for index, p in enumerate(directions.params):
@@ -464,51 +238,70 @@ class ZerothOrderOptimizer(Optimizer):
                 continue  # none of this tensor lives on this process
             group = self.param_groups[self._group_index[index]]
             with directions.materialized(index) if masters is None else contextlib.nullcontext():
-                low = p if piece is None else piece.low
-                if pending is not None and not fused and not absolute:  # a perturbation along an unrecorded seed
-                    raw = directions.scratch_direction(pending[0], index, scaled=False)
-                    self._restore_tensor(low, raw, piece, pending)
-                estimate = None
-                for k, (seed, c) in enumerate(records):
-                    scale = directions.scale(seed)  # first: computing it refills the scratch buffer
-                    # with q > 1 the first sample is the accumulator: a fresh tensor, as the others use the scratch
-                    raw = directions.sample(seed, index, fresh=k == 0 and len(records) > 1)
-                    if pending is not None and seed == pending[0] and not absolute:
-                        self._restore_tensor(low, raw, piece, pending)  # with z before scaling, as move_ does
-                    z = raw if scale == 1.0 else raw.mul_(scale)
-                    estimate = z.mul_(c) if k == 0 else estimate.add_(z, alpha=c)
-                self._apply(p, piece, estimate, group, first_seed, index)
+                self._step_tensor(index, p, piece, group, records, scales, pending)
         if masters is not None:
             masters.after_write()
         self._records.clear()
         directions.release()
         return None
 
-    def _restore_tensor(self, low: torch.Tensor, raw: torch.Tensor, piece, pending: tuple[int, float]) -> None:
-        # the same float operations as move_(seed, 0, at) on this tensor
-        seed, at = pending
-        z = raw if piece is None else SeededDirections._piece_of(raw, piece)
-        low.add_(z, alpha=(0.0 - at * self.settings.mu) * self.directions.scale(seed))
-
-    def _apply(self, p, piece, estimate, group, seed, index) -> None:
-        state = self.state[p]
-        if piece is None and not self.settings.stochastic_rounding:
-            self._update(p, estimate.view_as(p), group, state)
-        elif piece is None:  # bf16 weights: update in fp32, round at random so small updates survive on average
-            wide = p.float()
-            self._update(wide, estimate.view_as(p), group, state)
-            generator = self.directions._generator(p.device)
-            generator.manual_seed(derive_seed(seed, index, 0x5352))
-            stochastic_round_(p.data, wide, generator)
-        else:
-            piece_estimate = SeededDirections._piece_of(estimate, piece)
-            if piece.master is None:
-                self._update(piece.low, piece_estimate, group, state)
+    def _step_tensor(self, index, p, piece, group, records, scales, pending) -> None:
+        directions = self.directions
+        stochastic = piece is None and self.settings.stochastic_rounding
+        with flat_view(p) if piece is None else contextlib.nullcontext(piece.low) as low:
+            start = 0 if piece is None else piece.start
+            if piece is not None and piece.master is not None:
+                target = piece.master
             else:
-                self._update(piece.master, piece_estimate, group, state)
-                piece.low.copy_(piece.master)
+                target = low
+            t, moments = self._moments(p, torch.zeros_like(target, dtype=torch.float32) if stochastic else target)
+            if stochastic:
+                rounding = torch.Generator(device=p.device)
+                rounding.manual_seed(derive_seed(records[0][0], index, 0x5352))
+            stop = start + low.numel()
+            streams = [directions.stream(seed, index, start, stop) for seed, _ in records]
+            accumulator = directions.buffer("estimate", index) if len(records) > 1 else None
+            for offset, first in streams[0]:
+                part = slice(offset - start, offset - start + first.numel())
+                estimate = None
+                for k, (seed, c) in enumerate(records):
+                    # each stream's chunk is used before the next stream draws into the shared buffer
+                    raw = first if k == 0 else next(streams[k])[1]
+                    if pending is not None and seed == pending[0]:  # with z before scaling, as move_ does
+                        low[part].add_(raw, alpha=(0.0 - pending[1] * self.settings.mu) * scales[k])
+                    z = raw if scales[k] == 1.0 else raw.mul_(scales[k])
+                    if k == 0:
+                        estimate = (z if accumulator is None else accumulator[: z.numel()].copy_(z)).mul_(c)
+                    else:
+                        estimate.add_(z, alpha=c)
+                chunk = [m[part] for m in moments]
+                if stochastic:
+                    wide = low[part].float()
+                    self._update(wide, estimate, group, chunk, t)
+                    stochastic_round_(low[part], wide, rounding)
+                else:
+                    self._update(target[part], estimate, group, chunk, t)
+                    if target is not low:
+                        low[part].copy_(target[part])
 
-    def _update(self, p: torch.Tensor, estimate: torch.Tensor, group: dict, state: dict) -> None:
+    def _moments(self, p: torch.Tensor, like: torch.Tensor) -> tuple[int, list[torch.Tensor]]:
+        """This tensor's step count (advanced once per step) and flat views of its moment buffers (zeros like
+        ``like`` at the first step), for optimizers with ``moment_buffers``."""
+        if not self.moment_buffers:
+            return 0, []
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            for name in self.moment_buffers:
+                state[name] = torch.zeros_like(like)
+        state["step"] += 1
+        return state["step"], [state[name].view(-1) for name in self.moment_buffers]
+
+    def _update(
+        self, p: torch.Tensor, estimate: torch.Tensor, group: dict, moments: list[torch.Tensor], t: int
+    ) -> None:
+        """Update the 1-D chunk ``p`` of a tensor in place from the same chunk of ``ĝ`` and of its moment buffers
+        (step ``t``): elementwise, so chunk by chunk equals the whole tensor at once."""
         raise NotImplementedError
 
 
@@ -518,24 +311,16 @@ class ZOSGD(ZerothOrderOptimizer):
     def __init__(self, params, lr: float = 1e-6, weight_decay: float = 0.0, **zo_kwargs):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay}, **zo_kwargs)
 
-    def _update(self, p, estimate, group, state):
+    def _update(self, p, estimate, group, moments, t):
         if group["weight_decay"]:
             p.mul_(1 - group["lr"] * group["weight_decay"])
         p.add_(estimate, alpha=-group["lr"])
 
 
-def _advance_moments(p: torch.Tensor, state: dict) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """Adam-style per-parameter state: the incremented step count and the first and second moment buffers."""
-    if not state:
-        state["step"] = 0
-        state["exp_avg"] = torch.zeros_like(p)
-        state["exp_avg_sq"] = torch.zeros_like(p)
-    state["step"] += 1
-    return state["step"], state["exp_avg"], state["exp_avg_sq"]
-
-
 class ZOAdam(ZerothOrderOptimizer):
     """ZO-Adam: AdamW (bias-corrected, decoupled weight decay) fed with the ZO estimate ``ĝ``."""
+
+    moment_buffers = ("exp_avg", "exp_avg_sq")
 
     def __init__(
         self,
@@ -550,9 +335,9 @@ class ZOAdam(ZerothOrderOptimizer):
             params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}, **zo_kwargs
         )
 
-    def _update(self, p, estimate, group, state):
+    def _update(self, p, estimate, group, moments, t):
         beta1, beta2 = group["betas"]
-        t, m, v = _advance_moments(p, state)
+        m, v = moments
         m.mul_(beta1).add_(estimate, alpha=1 - beta1)
         v.mul_(beta2).addcmul_(estimate, estimate, value=1 - beta2)
         if group["weight_decay"]:
@@ -572,6 +357,8 @@ class AdaZO(ZerothOrderOptimizer):
     (default) ``m̂ = m/(1−β1ᵗ)`` feeds the second moment, ``v ← β2·v + (1−β2)·m̂²``, ``v̂ = v/(1−β2ᵗ)`` and
     ``θ ← θ − lr·m̂/(√v̂ + eps)``: the first step is ``lr`` per weight, as Adam's. Weight decay is decoupled.
     """
+
+    moment_buffers = ("exp_avg", "exp_avg_sq")
 
     def __init__(
         self,
@@ -595,9 +382,9 @@ class AdaZO(ZerothOrderOptimizer):
                 stacklevel=2,
             )
 
-    def _update(self, p, estimate, group, state):
+    def _update(self, p, estimate, group, moments, t):
         beta1, beta2 = group["betas"]
-        t, m, v = _advance_moments(p, state)
+        m, v = moments
         m.mul_(beta1).add_(estimate, alpha=1 - beta1)
         if group["weight_decay"]:
             p.mul_(1 - group["lr"] * group["weight_decay"])
