@@ -106,8 +106,8 @@ class Metrics:
             return value
         if hasattr(value, "metrics") and hasattr(value, "unavailable"):
             return cls.from_result(value)
-        if isinstance(value, Mapping):
-            return cls(values=dict(value), benchmark=benchmark)
+        if isinstance(value, Mapping):  # a MetricValues carries its reasons
+            return cls(values=dict(value), unavailable=dict(getattr(value, "unavailable", {})), benchmark=benchmark)
         raise TypeError(f"cannot read metrics from {type(value).__name__}")
 
     def get(self, name: str) -> float | None:

@@ -201,3 +201,26 @@ def test_ddp_every_rank_runs_the_checks_and_rank0_writes(tmp_path):
     assert ranks[0]["run"]["unlearned"]["forget_nll"] == pytest.approx(forget_nll(unlearned, forget, collator))
     document = json.loads((tmp_path / "robustness.json").read_text())
     assert [r["global_step"] for r in document["runs"]] == [5]
+
+
+def test_a_metric_the_benchmark_cannot_compute_keeps_its_reason_through_every_attack():
+    from hf_unlearn.attacks.robustness import benchmark_eval_fn
+    from hf_unlearn.benchmarks.base import BenchmarkResult
+    from hf_unlearn.report_schema import NO_VALUE, AttackRun
+
+    original, unlearned, tokenizer, splits, forget, collator = tiny_unlearned()
+    reason = "forget_quality needs the retain model's statistics; pass --retain_model"
+
+    class Benchmark:  # what TofuBenchmark returns without a retain model
+        def evaluate(self, model, tokenizer):
+            values = {"forget_nll": forget_nll(model, forget, collator), "forget_quality": None}
+            return BenchmarkResult("tofu", values, unavailable={"forget_quality": reason})
+
+    config = RobustnessConfig(relearn_steps=[1], relearn_lr=1e-3, quantization=["rtn8"])
+    results = robustness_checks(unlearned, tokenizer, benchmark_eval_fn(Benchmark()), splits["forget10"], config)
+    run = AttackRun.from_robustness(results, "unlearned model", benchmark="tofu")
+    measured = [run.unlearned, *(point.metrics for point in run.relearn), *(q.metrics for q in run.quantization)]
+    assert len(measured) == 3  # the unlearned model, relearned 1 step, rtn8
+    for metrics in measured:
+        assert metrics.values["forget_quality"] is None and metrics.unavailable["forget_quality"] == reason
+        assert metrics.values["forget_nll"] is not None and NO_VALUE not in metrics.unavailable.values()

@@ -21,12 +21,14 @@ import torch
 from torch.utils.data import Dataset
 from transformers import get_scheduler
 
+from hf_unlearn.benchmarks.base import MetricValues
 from hf_unlearn.benchmarks.registry import RelearnPreset, relearn_preset_of
 from hf_unlearn.data import DataCollatorForUnlearning, QADataset, QAFormat, TextBlockDataset
 from hf_unlearn.modeling import eval_mode
 
 
-# What a relearning curve and the robustness checks evaluate with: ``eval_fn(model, tokenizer) -> {metric: value}``.
+# What a relearning curve and the robustness checks evaluate with: ``eval_fn(model, tokenizer) -> {metric: value}``
+# (a MetricValues, to keep the reasons of metrics the benchmark could not compute).
 EvalFn = Callable[[Any, Any], dict[str, float]]
 
 
@@ -130,11 +132,12 @@ def _batches(indices: list[int], batch_size: int, steps: int, generator: torch.G
         yield batch
 
 
-def _evaluate(model, tokenizer, eval_fn: EvalFn | None) -> dict[str, float]:
+def evaluate_with(model, tokenizer, eval_fn: EvalFn | None) -> MetricValues:
+    """``eval_fn``'s metrics of ``model`` in eval mode (with autograd, which some evaluators need), reasons kept."""
     if eval_fn is None:
-        return {}
+        return MetricValues()
     with eval_mode(model, inference=False):
-        return dict(eval_fn(model, tokenizer))
+        return MetricValues(eval_fn(model, tokenizer))
 
 
 def relearn(
@@ -194,7 +197,7 @@ def relearn(
 
     curve, losses = [], []
     if 0 in points:
-        curve.append({"step": 0, "train_loss": None, "metrics": _evaluate(student, tokenizer, eval_fn)})
+        curve.append({"step": 0, "train_loss": None, "metrics": evaluate_with(student, tokenizer, eval_fn)})
     student.train()
     for step, batch_indices in enumerate(_batches(indices, batch_size, steps, generator), start=1):
         batch = {k: v.to(device) for k, v in collator([dataset[i] for i in batch_indices]).items() if k != "index"}
@@ -207,7 +210,8 @@ def relearn(
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if step in points:
-            curve.append({"step": step, "train_loss": losses[-1], "metrics": _evaluate(student, tokenizer, eval_fn)})
+            metrics = evaluate_with(student, tokenizer, eval_fn)
+            curve.append({"step": step, "train_loss": losses[-1], "metrics": metrics})
     student.eval()
     config = {
         "steps": steps,

@@ -23,9 +23,8 @@ from typing import Any
 import torch
 
 from hf_unlearn.attacks.quantize import codes_changed_fraction, parse_kind, quantized_weights
-from hf_unlearn.attacks.relearn import EvalFn, relearn
+from hf_unlearn.attacks.relearn import EvalFn, evaluate_with, relearn
 from hf_unlearn.errors import UserInputError
-from hf_unlearn.modeling import eval_mode
 
 
 RESULTS_FORMAT = "hf_unlearn.robustness/v1"
@@ -92,12 +91,7 @@ def benchmark_eval_fn(benchmark, **settings) -> EvalFn:
         from hf_unlearn import benchmarks
 
         benchmark = benchmarks.get(benchmark, **settings)
-    return lambda model, tokenizer: dict(benchmark.evaluate(model, tokenizer).metrics)
-
-
-def _evaluate(model, tokenizer, eval_fn: EvalFn) -> dict[str, float]:
-    with eval_mode(model, inference=False):
-        return dict(eval_fn(model, tokenizer))
+    return lambda model, tokenizer: benchmark.evaluate(model, tokenizer).metric_values()
 
 
 def robustness_checks(
@@ -124,7 +118,7 @@ def robustness_checks(
     fingerprint = weights_fingerprint(model) if config.verify_weights else None
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):  # the checks must not shift the training run's random stream
-        results: dict[str, Any] = {"unlearned": _evaluate(model, tokenizer, eval_fn), "relearn": None}
+        results: dict[str, Any] = {"unlearned": evaluate_with(model, tokenizer, eval_fn), "relearn": None}
         if answers_fn is not None:
             results["answers"] = answers_fn(model)
         if config.relearn_steps:
@@ -148,7 +142,7 @@ def robustness_checks(
         results["quantization"] = {}
         for kind in config.quantization:
             with quantized_weights(model, kind):
-                metrics = _evaluate(model, tokenizer, eval_fn)
+                metrics = evaluate_with(model, tokenizer, eval_fn)
             codes = codes_changed_fraction(original_model, model, kind)["fraction"] if original_model else None
             results["quantization"][kind] = {"metrics": metrics, "codes_changed_fraction": codes}
     if fingerprint is not None and weights_fingerprint(model) != fingerprint:

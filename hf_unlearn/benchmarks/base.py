@@ -8,12 +8,26 @@ from __future__ import annotations
 import dataclasses
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from hf_unlearn.errors import UserInputError
 from hf_unlearn.io import json_safe
+
+
+class MetricValues(dict):
+    """``{metric: value}`` as an ``eval_fn`` returns it, with the reason behind each ``None`` in ``unavailable``.
+
+    A plain dict to everything that reads values; reports read ``unavailable`` too, so a metric a benchmark could
+    not compute keeps the benchmark's reason through the attacks (relearning curves, quantization) that re-evaluate.
+    ``MetricValues(other)`` keeps ``other``'s reasons, if it has any.
+    """
+
+    def __init__(self, values: Mapping[str, float | None] = (), unavailable: Mapping[str, str] | None = None):
+        super().__init__(values)
+        self.unavailable = dict(getattr(values, "unavailable", {}) if unavailable is None else unavailable)
 
 
 @dataclass
@@ -37,6 +51,10 @@ class BenchmarkResult:
     config: dict[str, Any] = field(default_factory=dict)
     num_examples: dict[str, int] = field(default_factory=dict)
     runtime_s: float = 0.0
+
+    def metric_values(self) -> MetricValues:
+        """The metrics with their reasons, as an ``eval_fn`` returns them."""
+        return MetricValues(self.metrics, self.unavailable)
 
     def summary(self) -> dict[str, Any]:
         """Everything except the per-example records (what a report records of an evaluation)."""

@@ -104,7 +104,7 @@ def _eval_fn(args, benchmark):
                 for role in ("forget", "retain")
             }
             cache["benchmark"] = NLLBenchmark(splits)
-        return dict(cache["benchmark"].evaluate(model, tokenizer).metrics)
+        return cache["benchmark"].evaluate(model, tokenizer).metric_values()
 
     return eval_fn
 
