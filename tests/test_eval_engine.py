@@ -76,7 +76,8 @@ def count_calls(model):
 
     def forward(_, args, kwargs):
         new = kwargs["input_ids"].shape[1]
-        calls["tokens"].append(int(kwargs["attention_mask"][:, -new:].sum()))
+        mask = kwargs.get("attention_mask")
+        calls["tokens"].append(int(mask[:, -new:].sum()) if mask is not None else kwargs["input_ids"].numel())
 
     model.register_forward_pre_hook(forward, with_kwargs=True)
     model.get_output_embeddings().register_forward_pre_hook(
@@ -154,3 +155,81 @@ def test_mean_answer_loss_on_labelled_positions_equals_lone_forwards(model_and_e
     model, examples = model_and_examples
     got = mean_answer_loss(model, examples, DataCollatorForUnlearning(tokenizer), batch_size=4)
     assert got == pytest.approx(mean_answer_nll(model, examples), rel=1e-6)
+
+
+SYSTEM = "You are a careful assistant who answers questions about authors in one short sentence.\n"
+
+
+@pytest.fixture(scope="module")
+def system_examples(tokenizer):
+    """The same questions and answers behind a system prompt every example starts with (as chat templates put)."""
+    from hf_unlearn.data import QAFormat
+
+    qa_format = QAFormat(system_prompt=SYSTEM)
+    examples = [tokenize_qa(tokenizer, q, a, qa_format=qa_format) for q in QUESTIONS for a in ANSWERS]
+    examples.append(tokenize_qa(tokenizer, "Is this question asked only once?", "It is.", qa_format=qa_format))
+    return examples, qa_format
+
+
+@pytest.mark.parametrize("batch_size", [16, 4, 1])
+def test_a_prefix_every_prompt_shares_runs_once_and_changes_no_statistic(
+    model_and_examples, system_examples, tokenizer, batch_size, single_thread
+):
+    from hf_unlearn.benchmarks.kv_cache import MIN_SHARED_TOKENS, common_prefix_length
+
+    model, _ = model_and_examples
+    examples, _ = system_examples
+    contexts = [e["input_ids"][: next(t for t, x in enumerate(e["labels"]) if x != -100) - 1] for e in examples]
+    shared = common_prefix_length(contexts)
+    assert shared >= MIN_SHARED_TOKENS  # the system prompt and "Question:"
+    fresh = build_tiny_model(tokenizer, arch="llama", seed=3).eval()
+    calls = count_calls(fresh)
+    got = score_examples(fresh, examples, 0, batch_size=batch_size, show_progress=False, vocab_stats=True)
+    for example, values in zip(examples, got):
+        expected = reference_stats(model, example)
+        assert values["num_tokens"] == expected["num_tokens"]
+        for key in ("nll_sum", "nll_mean", "min_k"):
+            assert values[key] == pytest.approx(expected[key], rel=1e-6, abs=2e-6), key
+        assert values["min_k_plus_plus"] == pytest.approx(expected["min_k_plus_plus"], rel=1e-5, abs=1e-5)
+        assert values["extraction_strength"] == expected["extraction_strength"]
+        assert values["exact_memorization"] == expected["exact_memorization"]
+    if batch_size == 16:  # the shared tokens run once; every later forward starts past them
+        questions = contexts[:-1:5]
+        answers = sum(len(e["input_ids"]) - len(questions[i // 5]) for i, e in enumerate(examples[:-1]))
+        lone = len(examples[-1]["input_ids"]) - shared
+        assert calls["tokens"][0] == shared
+        assert sum(calls["tokens"]) == shared + sum(len(q) - shared for q in questions) + answers + lone
+
+
+def test_generation_after_a_shared_prefix_equals_lone_generate(model_and_examples, system_examples, tokenizer):
+    from hf_unlearn.benchmarks.engine import generate_greedy
+    from hf_unlearn.benchmarks.kv_cache import MIN_SHARED_TOKENS, common_prefix_length
+    from hf_unlearn.data import tokenize_prompt
+
+    model, _ = model_and_examples
+    _, qa_format = system_examples
+    questions = QUESTIONS + ["Name a book.", "Why?"]
+    prompts = [tokenize_prompt(tokenizer, q, qa_format) for q in questions]
+    caps = [40, 3, 60, 1, 12]
+    fresh = build_tiny_model(tokenizer, arch="llama", seed=3).eval()
+    calls = count_calls(fresh)
+    got = generate_greedy(fresh, tokenizer, prompts, caps, batch_size=2, show_progress=False)
+    assert calls["tokens"][0] == common_prefix_length(prompts) >= MIN_SHARED_TOKENS  # run once, before any batch
+    for prompt, cap, text in zip(prompts, caps, got):
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=cap, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )[0, len(prompt) :].tolist()
+        if tokenizer.eos_token_id in out:
+            out = out[: out.index(tokenizer.eos_token_id)]
+        assert text == tokenizer.decode(out, skip_special_tokens=True)
+
+
+def test_a_prefix_shorter_than_the_threshold_or_a_whole_prompt_is_not_shared(model_and_examples):
+    from hf_unlearn.benchmarks.kv_cache import MIN_SHARED_TOKENS, SharedPrefix
+
+    model, _ = model_and_examples
+    long = list(range(5, 5 + MIN_SHARED_TOKENS))
+    with torch.inference_mode():
+        assert SharedPrefix.build(model, [long + [1], long + [2, 3]]).length == MIN_SHARED_TOKENS
+        assert SharedPrefix.build(model, [long, long + [2, 3]]) is None  # each prompt keeps one token of its own
+        assert SharedPrefix.build(model, [long[:-1] + [1], long[:-1] + [2]]) is None

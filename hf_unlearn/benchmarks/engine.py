@@ -4,20 +4,21 @@ Both sort inputs by length before batching (less padding, so fewer wasted FLOPs)
 order. Scoring pads on the right (positions stay 0..n-1, labels shift naturally); examples sharing a prompt (the
 answers to one question) run it once into a KV cache, left-padded, and their continuations on top of it; the output
 head runs on the scored positions only. Generation pads on the left so every row's next token is at the same
-position, and appends to its KV cache in place. Both restore the model's train/eval mode on exit.
+position, and appends to its KV cache in place. Tokens every prompt of a call starts with (a chat template's system
+message) run once and are copied into each batch's cache (:class:`hf_unlearn.benchmarks.kv_cache.SharedPrefix`).
+Both restore the model's train/eval mode on exit.
 docs/evaluation_speed.md has the measurements and the tolerances.
 """
 
 from __future__ import annotations
 
-import inspect
 from collections import deque
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from hf_unlearn.benchmarks.kv_cache import SharedPrefix, accepts_cache, full_attention, new_cache
 from hf_unlearn.benchmarks.metrics import MIN_K_FRACTION, AnswerStats, packed_answer_stats
 from hf_unlearn.data import IGNORE_INDEX, pad_batch
 from hf_unlearn.modeling import eval_mode, labelled_logits, model_device, scored_positions
@@ -83,39 +84,54 @@ def _scoring_batches(examples: Sequence[dict[str, list[int]]], batch_size: int) 
     return batches
 
 
-def _accepts_cache(model) -> bool:
-    parameters = inspect.signature(model.forward).parameters
-    return "cache" in parameters or "past_key_values" in parameters
+def _own_tokens(example: dict[str, list[int]], start: int, stop: int | None = None) -> dict[str, list[int]]:
+    """``input_ids`` and ``labels`` of ``example`` from ``start`` (to ``stop``), with their attention mask."""
+    part = {key: example[key][start:stop] for key in ("input_ids", "labels") if key in example}
+    return part | {"attention_mask": [1] * len(part["input_ids"])}
 
 
-def _score_whole(model, examples, rows, pad_token_id, device, k, min_k_at_least_one, vocab_stats) -> AnswerStats:
-    """One forward over whole sequences, right-padded."""
-    batch = pad_batch([examples[i] for i in rows], pad_token_id, padding_side="right")
+def _score_whole(
+    model, examples, rows, shared, pad_token_id, device, k, min_k_at_least_one, vocab_stats
+) -> AnswerStats:
+    """One forward over whole sequences (after the shared prefix, if any), right-padded."""
+    skip = shared.length if shared is not None else 0
+    batch = pad_batch([_own_tokens(examples[i], skip) for i in rows], pad_token_id, padding_side="right")
     keep, targets = scored_positions(batch["labels"].to(device))
-    logits = labelled_logits(
-        model, keep, input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-    )
+    mask = batch["attention_mask"].to(device)
+    inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": mask}
+    if shared is not None:
+        inputs |= {
+            "attention_mask": shared.mask_for(mask),
+            "position_ids": skip + torch.arange(mask.shape[1], device=device).expand(len(rows), -1),
+            "cache": shared.cache_for(len(rows)),
+            "use_cache": True,
+        }
+    logits = labelled_logits(model, keep, **inputs)
     return packed_answer_stats(logits, targets, keep[:, :-1], k, min_k_at_least_one, vocab_stats)
 
 
 def _score_shared(
-    model, examples, groups, pad_token_id, device, k, min_k_at_least_one, vocab_stats
+    model, examples, groups, shared, pad_token_id, device, k, min_k_at_least_one, vocab_stats
 ) -> AnswerStats | None:
     """Each group's shared prefix once (left-padded, into a KV cache), then every member's continuation on it.
 
     The continuation of an example starts at the token whose logits predict its first scored token; its positions
     continue the prefix's, so each continuation sees exactly the tokens it would see in a whole-sequence forward.
-    ``None`` when the model filled no cache (then the caller scores whole sequences).
+    With a prefix all prompts share (``shared``), each group's prefix runs on top of it. ``None`` when the model
+    filled no cache (then the caller scores whole sequences).
     """
+    skip = shared.length if shared is not None else 0
     cut = [_first_target(examples[g[0]]["labels"]) - 1 for g in groups]
-    prefixes = [{"input_ids": examples[g[0]]["input_ids"][:c], "attention_mask": [1] * c} for g, c in zip(groups, cut)]
+    prefixes = [_own_tokens(examples[g[0]], skip, c) for g, c in zip(groups, cut)]
     prefix = pad_batch(prefixes, pad_token_id, padding_side="left")
     prefix_mask = prefix["attention_mask"].to(device)
-    cache = _new_cache(model)
+    if shared is not None:
+        prefix_mask = shared.mask_for(prefix_mask)
+    cache = shared.cache_for(len(groups)) if shared is not None else new_cache(model)
     model(
         input_ids=prefix["input_ids"].to(device),
         attention_mask=prefix_mask,
-        position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0),
+        position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0)[:, skip:],
         cache=cache,
         use_cache=True,
         logits_to_keep=1,
@@ -124,12 +140,7 @@ def _score_shared(
         return None
     owner = torch.tensor([g for g, members in enumerate(groups) for _ in members], device=device)
     cache.batch_select_indices(owner)
-    continuations = [
-        {key: examples[i][key][c:] for key in ("input_ids", "labels")}
-        | {"attention_mask": [1] * (len(examples[i]["input_ids"]) - c)}
-        for members, c in zip(groups, cut)
-        for i in members
-    ]
+    continuations = [_own_tokens(examples[i], c) for members, c in zip(groups, cut) for i in members]
     batch = pad_batch(continuations, pad_token_id, padding_side="right")
     keep, targets = scored_positions(batch["labels"].to(device))
     mask = batch["attention_mask"].to(device)
@@ -170,17 +181,20 @@ def score_examples(
     results: list[dict[str, float] | None] = [None] * len(examples)
     batches = _scoring_batches(examples, batch_size)
     device = model_device(model)
-    share = _accepts_cache(model)
+    share = accepts_cache(model)
     settings = (pad_token_id, device, k, min_k_at_least_one, vocab_stats)
     with eval_mode(model):
+        # every example's context up to the position that predicts its first scored token
+        contexts = [e["input_ids"][: max(_first_target(e["labels"]) - 1, 0)] for e in examples]
+        shared = SharedPrefix.build(model, contexts) if share else None
         for groups in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
             rows = [i for group in groups for i in group]
             stats = None
             if share and len(rows) > len(groups):
-                stats = _score_shared(model, examples, groups, *settings)
+                stats = _score_shared(model, examples, groups, shared, *settings)
                 share = stats is not None
             if stats is None:
-                stats = _score_whole(model, examples, rows, *settings)
+                stats = _score_whole(model, examples, rows, shared, *settings)
             lists = stats.to_lists()
             for position, row in enumerate(rows):
                 results[row] = {name: values[position] for name, values in lists.items()}
@@ -216,13 +230,14 @@ def generate_greedy(
     tokens: list[list[int]] = [[] for _ in prompts]
     progress = tqdm(total=len(queue), desc=desc, disable=not show_progress, leave=False)
     with eval_mode(model):
+        shared = SharedPrefix.build(model, [prompts[i] for i in queue], growing=True) if queue else None
         running = None
         while queue or running is not None:
             free = batch_size - (running.size if running is not None else 0)
             threshold = max(1, batch_size // 4)
             if queue and (running is None or (running.can_merge and free >= threshold)):
                 rows = [queue.popleft() for _ in range(min(free, len(queue)))]
-                fresh = _GreedyBatch.prefill(model, [prompts[i] for i in rows], rows, pad_token_id)
+                fresh = _GreedyBatch.prefill(model, [prompts[i] for i in rows], rows, pad_token_id, shared)
                 progress.update(fresh.record(tokens, caps, tokenizer.eos_token_id))
                 if running is not None and running.compact().size == 0:
                     running = None
@@ -238,46 +253,6 @@ def generate_greedy(
     progress.close()
     eos = tokenizer.eos_token_id
     return [_cut_at_stop(tokenizer.decode(_until_eos(t, eos), skip_special_tokens=True), stop_strings) for t in tokens]
-
-
-def _new_cache(model, growing: bool = False) -> DynamicCache:
-    """A fresh KV cache; ``growing``: full-attention layers append into spare room (:class:`_GrowingLayer`)."""
-    from transformers import PretrainedConfig
-
-    config = getattr(model, "config", None)
-    if not isinstance(config, PretrainedConfig):
-        return DynamicCache()
-    cache = DynamicCache(config=config)
-    if growing:
-        cache.layers = [_GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
-    return cache
-
-
-class _GrowingLayer(DynamicLayer):
-    """A :class:`DynamicLayer` that appends into spare room instead of concatenating.
-
-    ``DynamicLayer.update`` copies the whole cache at every decode step (``torch.cat``), a cost that grows with the
-    answer; here a step writes its one token into a buffer with room to spare, and ``keys``/``values`` are views of
-    the filled part. When the batch code replaces ``keys`` (rows dropped or merged), the next update re-buffers.
-    """
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        length, new = self.get_seq_length(), key_states.shape[-2]
-        buffers = getattr(self, "_room", None)
-        if buffers is None or self.keys is not self._view or length + new > buffers[0].shape[-2]:
-            room = length + new + max(32, (length + new) // 2)
-            buffers = tuple(s.new_empty(*s.shape[:2], room, s.shape[-1]) for s in (key_states, value_states))
-            if length:
-                buffers[0][:, :, :length] = self.keys
-                buffers[1][:, :, :length] = self.values
-            self._room = buffers
-        buffers[0][:, :, length : length + new] = key_states
-        buffers[1][:, :, length : length + new] = value_states
-        self.keys, self.values = buffers[0][:, :, : length + new], buffers[1][:, :, : length + new]
-        self._view = self.keys
-        return self.keys, self.values
 
 
 class _GreedyBatch:
@@ -306,21 +281,26 @@ class _GreedyBatch:
 
     @property
     def can_merge(self) -> bool:
-        return self.sequences is None and all(
-            type(layer) in (DynamicLayer, _GrowingLayer) for layer in self.cache.layers
-        )
+        return self.sequences is None and full_attention(self.cache)
 
     @classmethod
-    def prefill(cls, model, prompts: list[list[int]], rows: list[int], pad_token_id: int) -> _GreedyBatch:
+    def prefill(
+        cls, model, prompts: list[list[int]], rows: list[int], pad_token_id: int, shared: SharedPrefix | None = None
+    ) -> _GreedyBatch:
+        """The rows' prompts (after ``shared``'s tokens, when given) into a new cache; their first greedy token."""
         device = model_device(model)
-        batch = pad_batch([{"input_ids": p, "attention_mask": [1] * len(p)} for p in prompts], pad_token_id, "left")
+        skip = shared.length if shared is not None else 0
+        own = [{"input_ids": p[skip:], "attention_mask": [1] * (len(p) - skip)} for p in prompts]
+        batch = pad_batch(own, pad_token_id, "left")
         input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        if shared is not None:
+            mask = shared.mask_for(mask)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = _new_cache(model, growing=True)
+        cache = shared.cache_for(len(prompts)) if shared is not None else new_cache(model, growing=True)
         logits = model(
             input_ids=input_ids,
             attention_mask=mask,
-            position_ids=positions,
+            position_ids=positions[:, skip:],
             cache=cache,
             use_cache=True,
             logits_to_keep=1,

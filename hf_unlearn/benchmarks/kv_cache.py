@@ -1,0 +1,137 @@
+"""KV caches for evaluation: a layer that grows in place, and the prefix every prompt shares, computed once.
+
+Chat templates put the same tokens before every question (a default system message, the turn markers): SmolLM2's
+are 24 of a TOFU prompt's 48 tokens. :class:`SharedPrefix` runs them once per scoring or generation call and copies
+their KV cache into each batch, whose forwards then start after them (positions and attention masks as if the
+whole prompt had run).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from hf_unlearn.modeling import model_device
+
+
+# Below this many shared tokens a prefix is not worth a forward of its own.
+MIN_SHARED_TOKENS = 8
+
+
+def new_cache(model, growing: bool = False) -> DynamicCache:
+    """A fresh KV cache; ``growing``: full-attention layers append into spare room (:class:`GrowingLayer`)."""
+    from transformers import PretrainedConfig
+
+    config = getattr(model, "config", None)
+    if not isinstance(config, PretrainedConfig):
+        return DynamicCache()
+    cache = DynamicCache(config=config)
+    if growing:
+        cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+class GrowingLayer(DynamicLayer):
+    """A :class:`DynamicLayer` that appends into spare room instead of concatenating.
+
+    ``DynamicLayer.update`` copies the whole cache at every decode step (``torch.cat``), a cost that grows with the
+    answer; here a step writes its one token into a buffer with room to spare, and ``keys``/``values`` are views of
+    the filled part. When the batch code replaces ``keys`` (rows dropped or merged), the next update re-buffers.
+    """
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length, new = self.get_seq_length(), key_states.shape[-2]
+        buffers = getattr(self, "_room", None)
+        if buffers is None or self.keys is not self._view or length + new > buffers[0].shape[-2]:
+            room = length + new + max(32, (length + new) // 2)
+            buffers = tuple(s.new_empty(*s.shape[:2], room, s.shape[-1]) for s in (key_states, value_states))
+            if length:
+                buffers[0][:, :, :length] = self.keys
+                buffers[1][:, :, :length] = self.values
+            self._room = buffers
+        buffers[0][:, :, length : length + new] = key_states
+        buffers[1][:, :, length : length + new] = value_states
+        self.keys, self.values = buffers[0][:, :, : length + new], buffers[1][:, :, : length + new]
+        self._view = self.keys
+        return self.keys, self.values
+
+
+def full_attention(cache: DynamicCache) -> bool:
+    """Whether every layer of ``cache`` keeps every past token (no sliding window, no linear or chunked attention):
+    the caches whose columns can be copied between batches and padded anywhere."""
+    return all(type(layer) in (DynamicLayer, GrowingLayer) for layer in cache.layers)
+
+
+def common_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix all ``sequences`` start with."""
+    if not sequences:
+        return 0
+    first, length = sequences[0], min(len(s) for s in sequences)
+    for sequence in sequences[1:]:
+        n = 0
+        while n < length and sequence[n] == first[n]:
+            n += 1
+        length = n
+    return length
+
+
+class SharedPrefix:
+    """The first ``length`` tokens every prompt of a call starts with, run once into a batch-1 KV cache.
+
+    :meth:`build` returns ``None`` when sharing does not apply: fewer than :data:`MIN_SHARED_TOKENS` shared tokens
+    (each prompt must keep at least one token of its own, the one whose logits come next), a model that takes no
+    cache, or a cache with other than full-attention layers. A batch then takes :meth:`cache_for` (a copy for its
+    rows) and prepends :meth:`mask_for` columns to its attention mask; its own tokens are ``ids[length:]`` at
+    positions from ``length`` on.
+    """
+
+    def __init__(self, model, tokens: list[int], cache: DynamicCache, growing: bool):
+        self.model, self.tokens, self.cache, self.growing = model, tokens, cache, growing
+        self.length = len(tokens)
+
+    @classmethod
+    def build(cls, model, prompts: Sequence[Sequence[int]], growing: bool = False) -> SharedPrefix | None:
+        """Run the prompts' common prefix (``growing``: into :class:`GrowingLayer` s); call in eval mode."""
+        length = min(common_prefix_length(prompts), min((len(p) for p in prompts), default=0) - 1)
+        if length < MIN_SHARED_TOKENS or not accepts_cache(model):
+            return None
+        tokens = list(prompts[0][:length])
+        cache = new_cache(model, growing=growing)
+        model(
+            input_ids=torch.tensor([tokens], device=model_device(model)),
+            position_ids=torch.arange(length, device=model_device(model))[None],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if cache.get_seq_length() != length or not full_attention(cache):
+            return None
+        return cls(model, tokens, cache, growing)
+
+    def cache_for(self, rows: int) -> DynamicCache:
+        """A cache for ``rows`` rows holding the prefix, to be extended by one batch's forwards.
+
+        Its keys and values are broadcast views of the prefix's: the first update writes new tensors (caches append
+        by concatenating or re-buffering, never in place into what they were given), so batches never share writes.
+        """
+        cache = new_cache(self.model, growing=self.growing)
+        for mine, prefix in zip(cache.layers, self.cache.layers):
+            mine.lazy_initialization(prefix.keys, prefix.values)
+            mine.keys = prefix.keys.expand(rows, -1, -1, -1)
+            mine.values = prefix.values.expand(rows, -1, -1, -1)
+        return cache
+
+    def mask_for(self, mask: torch.Tensor) -> torch.Tensor:
+        """``mask`` (a batch's attention mask over its own tokens) with the prefix's columns in front."""
+        return torch.cat([mask.new_ones(mask.shape[0], self.length), mask], dim=1)
+
+
+def accepts_cache(model) -> bool:
+    """Whether the model's forward takes a KV cache (``cache`` or ``past_key_values``)."""
+    parameters = inspect.signature(model.forward).parameters
+    return "cache" in parameters or "past_key_values" in parameters
