@@ -90,6 +90,10 @@ def count_calls(model):
 def test_shared_prompt_scoring_equals_lone_unpadded_forwards(model_and_examples, batch_size, single_thread):
     model, examples = model_and_examples
     got = score_examples(model, examples, 0, batch_size=batch_size, show_progress=False, vocab_stats=True)
+    assert_matches_references(model, examples, got)
+
+
+def assert_matches_references(model, examples, got):
     for example, values in zip(examples, got):
         expected = reference_stats(model, example)
         assert values["num_tokens"] == expected["num_tokens"]
@@ -129,6 +133,19 @@ def test_right_and_left_padding_do_not_change_a_row(model_and_examples, single_t
                 np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=2e-6, err_msg=key)
 
 
+def lone_generations(model, tokenizer, prompts, caps) -> list[str]:
+    """Each prompt alone through HF generate (greedy), cut at EOS and decoded as the engine decodes."""
+    texts = []
+    for prompt, cap in zip(prompts, caps):
+        out = model.generate(
+            torch.tensor([prompt]), max_new_tokens=cap, do_sample=False, pad_token_id=tokenizer.pad_token_id
+        )[0, len(prompt) :].tolist()
+        if tokenizer.eos_token_id in out:
+            out = out[: out.index(tokenizer.eos_token_id)]
+        texts.append(tokenizer.decode(out, skip_special_tokens=True))
+    return texts
+
+
 def test_generation_with_rows_joining_and_leaving_equals_lone_generate(model_and_examples, tokenizer, single_thread):
     """Greedy decoding through the growing KV buffer, with rows finishing, leaving and joining, matches HF generate."""
     from hf_unlearn.benchmarks.engine import generate_greedy
@@ -138,13 +155,7 @@ def test_generation_with_rows_joining_and_leaving_equals_lone_generate(model_and
     prompts = [tokenize_prompt(tokenizer, q) for q in QUESTIONS + ["Name a book.", "Why?", "When was it written?"]]
     caps = [45, 3, 70, 1, 12, 38]  # past the buffer's first spare room, and rows that end early
     got = generate_greedy(model, tokenizer, prompts, caps, batch_size=2, show_progress=False)
-    for prompt, cap, text in zip(prompts, caps, got):
-        out = model.generate(
-            torch.tensor([prompt]), max_new_tokens=cap, do_sample=False, pad_token_id=tokenizer.pad_token_id
-        )[0, len(prompt) :].tolist()
-        if tokenizer.eos_token_id in out:
-            out = out[: out.index(tokenizer.eos_token_id)]
-        assert text == tokenizer.decode(out, skip_special_tokens=True)
+    assert got == lone_generations(model, tokenizer, prompts, caps)
 
 
 def test_mean_answer_loss_on_labelled_positions_equals_lone_forwards(model_and_examples, tokenizer, single_thread):
@@ -185,14 +196,7 @@ def test_a_prefix_every_prompt_shares_runs_once_and_changes_no_statistic(
     fresh = build_tiny_model(tokenizer, arch="llama", seed=3).eval()
     calls = count_calls(fresh)
     got = score_examples(fresh, examples, 0, batch_size=batch_size, show_progress=False, vocab_stats=True)
-    for example, values in zip(examples, got):
-        expected = reference_stats(model, example)
-        assert values["num_tokens"] == expected["num_tokens"]
-        for key in ("nll_sum", "nll_mean", "min_k"):
-            assert values[key] == pytest.approx(expected[key], rel=1e-6, abs=2e-6), key
-        assert values["min_k_plus_plus"] == pytest.approx(expected["min_k_plus_plus"], rel=1e-5, abs=1e-5)
-        assert values["extraction_strength"] == expected["extraction_strength"]
-        assert values["exact_memorization"] == expected["exact_memorization"]
+    assert_matches_references(model, examples, got)
     if batch_size == 16:  # the shared tokens run once; every later forward starts past them
         questions = contexts[:-1:5]
         answers = sum(len(e["input_ids"]) - len(questions[i // 5]) for i, e in enumerate(examples[:-1]))
@@ -215,13 +219,7 @@ def test_generation_after_a_shared_prefix_equals_lone_generate(model_and_example
     calls = count_calls(fresh)
     got = generate_greedy(fresh, tokenizer, prompts, caps, batch_size=2, show_progress=False)
     assert calls["tokens"][0] == common_prefix_length(prompts) >= MIN_SHARED_TOKENS  # run once, before any batch
-    for prompt, cap, text in zip(prompts, caps, got):
-        out = model.generate(
-            torch.tensor([prompt]), max_new_tokens=cap, do_sample=False, pad_token_id=tokenizer.pad_token_id
-        )[0, len(prompt) :].tolist()
-        if tokenizer.eos_token_id in out:
-            out = out[: out.index(tokenizer.eos_token_id)]
-        assert text == tokenizer.decode(out, skip_special_tokens=True)
+    assert got == lone_generations(model, tokenizer, prompts, caps)
 
 
 def test_a_prefix_shorter_than_the_threshold_or_a_whole_prompt_is_not_shared(model_and_examples):
