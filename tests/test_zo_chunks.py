@@ -133,3 +133,19 @@ def test_a_zo_step_holds_one_chunk_of_z_whatever_the_largest_tensor(small_chunks
     finally:
         SeededDirections.buffer = original
     assert sizes and max(sizes) < 16 * 31 * 4 + 16  # a chunk (plus a tail below 16), not 5,917 elements
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_moments_are_shaped_like_their_parameter_and_fp32_under_stochastic_rounding(small_chunks, dtype):
+    """As torch's optimizers keep them (and checkpoints saved before chunking hold them)."""
+    params = _params((61, 97), (5,), dtype=dtype)
+    optimizer = AdaZO(params, lr=1e-3, stochastic_rounding=dtype == torch.bfloat16)
+    for step in range(2):
+        optimizer.record(step, 0.5)
+        optimizer.step()
+    for p in params:
+        state = optimizer.state[p]
+        assert state["step"] == 2  # once per step, not once per chunk
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert state[name].shape == p.shape and state[name].dtype == torch.float32
+            assert bool(state[name].ne(0).all())  # every chunk's moments were updated

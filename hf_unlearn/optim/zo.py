@@ -254,7 +254,9 @@ class ZerothOrderOptimizer(Optimizer):
                 target = piece.master
             else:
                 target = low
-            t, moments = self._moments(p, torch.zeros_like(target, dtype=torch.float32) if stochastic else target)
+            # moments shaped like the parameter (or its piece), fp32 where updates are computed in fp32
+            like = p if piece is None else target
+            t, moments = self._moments(p, like, torch.float32 if stochastic else like.dtype)
             if stochastic:
                 rounding = torch.Generator(device=p.device)
                 rounding.manual_seed(derive_seed(records[0][0], index, 0x5352))
@@ -284,16 +286,16 @@ class ZerothOrderOptimizer(Optimizer):
                     if target is not low:
                         low[part].copy_(target[part])
 
-    def _moments(self, p: torch.Tensor, like: torch.Tensor) -> tuple[int, list[torch.Tensor]]:
+    def _moments(self, p: torch.Tensor, like: torch.Tensor, dtype: torch.dtype) -> tuple[int, list[torch.Tensor]]:
         """This tensor's step count (advanced once per step) and flat views of its moment buffers (zeros like
-        ``like`` at the first step), for optimizers with ``moment_buffers``."""
+        ``like`` in ``dtype`` at the first step), for optimizers with ``moment_buffers``."""
         if not self.moment_buffers:
             return 0, []
         state = self.state[p]
         if not state:
             state["step"] = 0
             for name in self.moment_buffers:
-                state[name] = torch.zeros_like(like)
+                state[name] = torch.zeros_like(like, dtype=dtype)
         state["step"] += 1
         return state["step"], [state[name].view(-1) for name in self.moment_buffers]
 
