@@ -90,9 +90,8 @@ class SharedPrefix:
     positions from ``length`` on.
     """
 
-    def __init__(self, model, tokens: list[int], cache: DynamicCache, growing: bool):
-        self.model, self.tokens, self.cache, self.growing = model, tokens, cache, growing
-        self.length = len(tokens)
+    def __init__(self, model, length: int, cache: DynamicCache, growing: bool):
+        self.model, self.length, self.cache, self.growing = model, length, cache, growing
 
     @classmethod
     def build(cls, model, prompts: Sequence[Sequence[int]], growing: bool = False) -> SharedPrefix | None:
@@ -111,7 +110,7 @@ class SharedPrefix:
         )
         if cache.get_seq_length() != length or not full_attention(cache):
             return None
-        return cls(model, tokens, cache, growing)
+        return cls(model, length, cache, growing)
 
     def cache_for(self, rows: int) -> DynamicCache:
         """A cache for ``rows`` rows holding the prefix, to be extended by one batch's forwards.
