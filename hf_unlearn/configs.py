@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from hf_unlearn.distributed import resolve_cpu_bf16, resolve_cpu_deepspeed_backend
+from hf_unlearn.distributed import resolve_cpu_bf16, resolve_cpu_launch
 from hf_unlearn.errors import UserInputError
 from hf_unlearn.optim.args import OptimizerArguments
 
@@ -123,7 +123,7 @@ class UnlearnConfig(TrainingArguments, OptimizerArguments):
         if self.retain_loss not in RETAIN_LOSSES:
             raise ValueError(f"retain_loss must be one of {', '.join(RETAIN_LOSSES)}, got {self.retain_loss!r}.")
         resolve_cpu_bf16(self)
-        resolve_cpu_deepspeed_backend(self)
+        resolve_cpu_launch(self)
         self.check_best_model_selection()
         super().__post_init__()
         self.check_optimizer_fields()

@@ -1,5 +1,12 @@
 """What `accelerate launch` leaves to the training script on a machine without CUDA, and how a launched rank ends.
 
+A data-parallel launch (`accelerate launch --multi_gpu`, or a MULTI_GPU config) on a machine without CUDA: accelerate
+takes its gloo (MULTI_CPU) path only when told `cpu=True`. Without it, `PartialState` finds no accelerator and
+records one process: every rank then trains alone, as "rank 0", on the whole data set and writes the outputs, while
+the launch looks like DDP. `resolve_cpu_launch` sets `use_cpu=True` for such a launch (TrainingArguments hands it
+to PartialState as `cpu=True`), and :func:`process_state` gives the commands that need the launch's state before any
+TrainingArguments exist the same count.
+
 Under a DeepSpeed accelerate config (`distributed_type: DEEPSPEED`) on CPU, `accelerate.PartialState` picks its
 backend from the accelerators it finds; with no CUDA it finds none, so it records "no backend" and counts ONE
 process, while DeepSpeed (which initialises the process group itself, over gloo) counts all of them. The `auto`
@@ -39,6 +46,14 @@ def deepspeed_requested(args) -> bool:
     return bool(args.deepspeed) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
+def wait_for_every_rank() -> None:
+    """A barrier across the launch's processes (nothing in a single process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def resolve_cpu_bf16(args) -> None:
     """Run a bf16 recipe on a machine without a bf16 GPU as CPU autocast (`use_cpu=True`), or refuse DeepSpeed.
 
@@ -73,8 +88,16 @@ def resolve_cpu_bf16(args) -> None:
         )
 
 
-def resolve_cpu_deepspeed_backend(args) -> None:
-    """Name gloo as the backend of a multi-process DeepSpeed launch on CPU, or fail at start where that cannot help.
+def process_state():
+    """accelerate's `PartialState` for this process, counting every launched process on a machine without CUDA too."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=launched_processes() > 1 and not cuda_available())
+
+
+def resolve_cpu_launch(args) -> None:
+    """Make a multi-process launch on a machine without CUDA a real one: DDP over gloo (`use_cpu=True`), or DeepSpeed
+    with gloo named as its backend; fail at start where neither can help.
 
     Called from `UnlearnConfig.__post_init__`, before the Trainer's distributed state exists.
     """
@@ -89,7 +112,8 @@ def resolve_cpu_deepspeed_backend(args) -> None:
             "recipes/accelerate_configs/zero2.yaml` (or zero3.yaml; `deepspeed_config_file:` there for a JSON)"
         )
     if not deepspeed_requested(args):
-        return  # DDP: `--multi_gpu` on CPU already runs gloo through accelerate's MULTI_CPU path
+        args.use_cpu = True  # accelerate's MULTI_CPU (gloo) path; without it every rank would train alone
+        return
     if args.ddp_backend is None:
         args.ddp_backend = "gloo"
     elif args.ddp_backend != "gloo":

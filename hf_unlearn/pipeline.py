@@ -42,9 +42,9 @@ def peft_config(script):
 
 def prepare_source(source: DataSource) -> None:
     """Write what the source writes (synthetic data) once, on the main process, before any process reads it."""
-    from accelerate import PartialState
+    from hf_unlearn.distributed import process_state
 
-    state = PartialState()
+    state = process_state()
     with state.main_process_first():
         if state.is_main_process:
             source.prepare()
@@ -149,11 +149,16 @@ def run(recipe: Recipe, compute_budget: int | None = None, on_trainer: Callable 
     """
     import os
 
+    from hf_unlearn.distributed import wait_for_every_rank
     from hf_unlearn.lock import output_lock
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # the other ranks of this launch must not refuse themselves
     with output_lock(recipe.config.output_dir, main_process=main_process):
-        return _run(recipe, compute_budget, on_trainer)
+        report = _run(recipe, compute_budget, on_trainer)
+    # Every rank returns once rank 0 has written the outputs and let go of the folder: a next run in this launch (a
+    # sweep's next cell) then starts on all ranks together.
+    wait_for_every_rank()
+    return report
 
 
 def _run(recipe: Recipe, compute_budget: int | None, on_trainer: Callable | None) -> UnlearnReport:

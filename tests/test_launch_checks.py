@@ -20,34 +20,38 @@ def cpu_launch(monkeypatch):
 
 
 def args(**values):
-    return SimpleNamespace(**{"deepspeed": None, "ddp_backend": None, **values})
+    return SimpleNamespace(**{"deepspeed": None, "ddp_backend": None, "use_cpu": False, **values})
 
 
 def test_deepspeed_config_launch_on_cpu_names_gloo(cpu_launch):
     config = args()
-    distributed.resolve_cpu_deepspeed_backend(config)
+    distributed.resolve_cpu_launch(config)
     assert config.ddp_backend == "gloo"  # accelerate then counts both processes, as DeepSpeed does
+    assert config.use_cpu is False  # use_cpu would switch DeepSpeed off
 
 
-@pytest.mark.parametrize(
-    "env,has_cuda",
-    [({"ACCELERATE_USE_DEEPSPEED": "false"}, False), ({"WORLD_SIZE": "1"}, False), ({}, True)],
-    ids=["ddp", "one_process", "cuda"],
-)
-def test_other_launches_keep_their_backend(cpu_launch, env, has_cuda):
+def test_ddp_launch_on_cpu_takes_accelerates_gloo_path(cpu_launch):
+    cpu_launch.setenv("ACCELERATE_USE_DEEPSPEED", "false")
+    config = args()
+    distributed.resolve_cpu_launch(config)
+    assert config.use_cpu is True and config.ddp_backend is None
+
+
+@pytest.mark.parametrize("env,has_cuda", [({"WORLD_SIZE": "1"}, False), ({}, True)], ids=["one_process", "cuda"])
+def test_other_launches_keep_their_settings(cpu_launch, env, has_cuda):
     cpu_launch.setattr(distributed, "cuda_available", lambda: has_cuda)
     for key, value in env.items():
         cpu_launch.setenv(key, value)
     config = args()
-    distributed.resolve_cpu_deepspeed_backend(config)
-    assert config.ddp_backend is None
+    distributed.resolve_cpu_launch(config)
+    assert config.ddp_backend is None and config.use_cpu is False
 
 
 def test_impossible_cpu_deepspeed_setups_fail_naming_the_fix(cpu_launch):
     with pytest.raises(ValueError, match="launch with `accelerate launch --config_file recipes/accelerate_configs/"):
-        distributed.resolve_cpu_deepspeed_backend(args(deepspeed="ds.json"))
+        distributed.resolve_cpu_launch(args(deepspeed="ds.json"))
     with pytest.raises(ValueError, match="ddp_backend='nccl' cannot run DeepSpeed .* set ddp_backend=gloo"):
-        distributed.resolve_cpu_deepspeed_backend(args(ddp_backend="nccl"))
+        distributed.resolve_cpu_launch(args(ddp_backend="nccl"))
 
 
 # ---- a bf16 recipe (written for GPUs) on a machine without one -------------------------------------------------

@@ -119,10 +119,12 @@ def launch(command: list[str], timeout: int = 300) -> None:
         raise AssertionError(result.stdout[-3000:] + result.stderr[-5000:])
 
 
-def check_run(out: Path, method: str = "npo") -> None:
-    """The run finished and wrote its outputs, and each ZO step moved the weights and stayed."""
+def check_run(out: Path, method: str = "npo", processes: int = 1) -> None:
+    """The run finished on `processes` processes and wrote its outputs, and each ZO step moved the weights and
+    stayed."""
     report = UnlearnReport.load(out)
     assert report.method == method and report.optimizer == "hybrid"
+    assert report.compute["num_processes"] == processes  # one data-parallel run, not `processes` runs alone
     assert report.training_log and all(math.isfinite(log["loss"]) for log in report.training_log if "loss" in log)
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
     logs = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())["log_history"]
@@ -170,7 +172,7 @@ def test_bf16_recipe_self_launches_without_a_gpu_as_cpu_autocast(tiny, tmp_path,
     assert result.returncode == 0, result.stderr[-5000:]
     assert "Your setup doesn't support bf16" not in result.stderr
     assert result.stderr.count("bf16 runs as CPU autocast (use_cpu=True)") == 1  # said once, by rank 0
-    check_run(out)
+    check_run(out, processes=2 if launcher else 1)
     config = UnlearnReport.load(out).config
     assert config["bf16"] is True and config["use_cpu"] is True
 
@@ -207,7 +209,7 @@ def test_two_process_launch(method, launcher, tiny, tmp_path):
     recipe = NPO_RECIPE if method == "npo" else method_recipe(tmp_path, method, tiny["data"])
     out = tmp_path / "out"
     launch([*LAUNCHERS[launcher], "-m", "hf_unlearn.run", str(recipe), *flags(tiny, out)])
-    check_run(out, method)
+    check_run(out, method, processes=2)
 
 
 @pytest.mark.slow
@@ -217,7 +219,7 @@ def test_every_method_under_one_zero3_launch(tiny, tmp_path):
     launcher = LAUNCHERS["zero3"]
     launch([*launcher, str(EVERY_METHOD), *recipes, "--", *flags(tiny, tmp_path / "out")], timeout=600)
     for method in METHOD_KEYS:
-        check_run(tmp_path / "out" / method, method)
+        check_run(tmp_path / "out" / method, method, processes=2)
 
 
 @pytest.mark.slow
@@ -227,6 +229,6 @@ def test_pdu_idk_nll_altpo_under_one_ddp_launch(tiny, tmp_path):
     recipes = [str(method_recipe(tmp_path, method, tiny["data"])) for method in methods]
     launch([*LAUNCHERS["multi_gpu"], str(EVERY_METHOD), *recipes, "--", *flags(tiny, tmp_path / "out")], timeout=600)
     for method in methods:
-        check_run(tmp_path / "out" / method, method)
+        check_run(tmp_path / "out" / method, method, processes=2)
     logs = UnlearnReport.load(tmp_path / "out" / "pdu").training_log
     assert [math.isfinite(log["pdu/lambda"]) and log["pdu/lambda"] >= 0 for log in logs if "loss" in log] == [True] * 4

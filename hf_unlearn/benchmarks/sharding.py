@@ -24,9 +24,9 @@ def process_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState  # initialises the process group from the launcher's variables
+        from hf_unlearn.distributed import process_state  # initialises the process group from the launcher's variables
 
-        state = PartialState()
+        state = process_state()
         return state.process_index, state.num_processes
     return 0, 1
 

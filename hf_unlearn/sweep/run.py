@@ -205,12 +205,11 @@ def run_sweep(settings: SweepSettings, on_cell=print, on_trainer=None) -> SweepR
 
     Returns the report (what ``sweep_report.json`` holds), or None when only some cells were run.
     """
-    from accelerate import PartialState
-
+    from hf_unlearn.distributed import process_state
     from hf_unlearn.recipes import parse_recipe
     from hf_unlearn.report import UnlearnReport
 
-    if PartialState().num_processes > 1 and not settings.only:
+    if process_state().num_processes > 1 and not settings.only:
         # The report's evaluations run on one process; the others would wait in the benchmark's gather forever.
         raise ValueError(
             "A multi-process launch runs single cells: add --only OPTIMIZER:SEED, then write the report with the same "
