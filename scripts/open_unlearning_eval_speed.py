@@ -17,7 +17,10 @@ Each round runs both sides, alternating which goes first, each in fresh processe
 
 Both read the local TOFU JSON files (open-unlearning's dataset configs are pointed at them with hydra overrides:
 ``path: json``, ``data_files``), batch 32, greedy generation of up to 200 new tokens, and TOFU's plain QA format
-(``Question: {q}\\nAnswer: `` + answer, prompt and answer tokenised as one text). The JSON written holds, per round and
+(``Question: {q}\\nAnswer: `` + answer, prompt and answer tokenised as one text), or with ``--chat_template`` the
+model's own chat template (``[user]`` + generation prompt, then ``[user, assistant]``; no system message of ours, so
+a template's default one applies on both sides): open-unlearning's Llama-3.2-Instruct model config with its system
+prompt unset, sdpa attention and float32. The JSON written holds, per round and
 side, the evaluation stage (the ``Evaluator.evaluate`` calls / the retain statistics + evaluation) and the whole
 processes, in wall and process-CPU seconds; medians, min-max and the ratio open-unlearning / hf_unlearn; and each
 side's summary values side by side (they agree where the work is the same).
@@ -46,6 +49,14 @@ PLAIN_TEMPLATE = "Question: {question}\nAnswer: "
 # open-unlearning's model config for a model without a chat template (configs/model/phi-1_5.yaml): the same plain
 # format; its template_args are checked against PLAIN_TEMPLATE before anything is timed.
 OU_MODEL_CONFIG = "phi-1_5"
+# With --chat_template: a model config that applies the tokenizer's chat template; its system prompt is unset (the
+# template's own default then applies, as on our side) and its GPU settings replaced for CPU float32.
+OU_CHAT_MODEL_CONFIG = "Llama-3.2-1B-Instruct"
+OU_CHAT_OVERRIDES = (
+    "model.template_args.system_prompt=null",
+    "model.model_args.attn_implementation=sdpa",
+    "model.model_args.torch_dtype=float32",
+)
 # The default suite's metrics that the retain model's logs are read for (configs/eval/tofu_metrics/forget_quality.yaml
 # and privleak.yaml: retain_model_logs include forget_truth_ratio and mia_min_k).
 OU_RETAIN_KEEP = ("forget_truth_ratio", "privleak")
@@ -229,8 +240,11 @@ def write_lm_eval_stub(folder: Path) -> str | None:
 def ou_base_overrides(args) -> list[str]:
     """Hydra overrides common to both open-unlearning runs: the model, CPU, float32, the suite's settings."""
     model = str(Path(args.model).resolve())
+    chat = (
+        [f"model={OU_CHAT_MODEL_CONFIG}", *OU_CHAT_OVERRIDES] if args.chat_template else [f"model={OU_MODEL_CONFIG}"]
+    )
     return [
-        f"model={OU_MODEL_CONFIG}",
+        *chat,
         f"model.model_args.pretrained_model_name_or_path={model}",
         f"model.tokenizer_args.pretrained_model_name_or_path={model}",
         "model.model_args.device_map=cpu",
@@ -251,9 +265,15 @@ def worker_ou_plan(args) -> None:
     with initialize_config_dir(config_dir=str(Path(args.open_unlearning, "configs").resolve()), version_base=None):
         cfg = compose("eval.yaml", overrides=base)
     template = cfg.model.template_args
-    rendered = template.user_start_tag + "{question}" + template.user_end_tag + template.asst_start_tag
-    if template.apply_chat_template or rendered != PLAIN_TEMPLATE:
-        raise SystemExit(f"open-unlearning's {OU_MODEL_CONFIG} template renders {rendered!r}, not {PLAIN_TEMPLATE!r}.")
+    if args.chat_template:
+        if not template.apply_chat_template or template.get("system_prompt"):
+            raise SystemExit(f"open-unlearning's {OU_CHAT_MODEL_CONFIG} config does not apply the bare chat template.")
+    else:
+        rendered = template.user_start_tag + "{question}" + template.user_end_tag + template.asst_start_tag
+        if template.apply_chat_template or rendered != PLAIN_TEMPLATE:
+            raise SystemExit(
+                f"open-unlearning's {OU_MODEL_CONFIG} template renders {rendered!r}, not {PLAIN_TEMPLATE!r}."
+            )
     data = []  # every dataset's hf_args, however deep under pre_compute it sits
 
     def walk(node, path):
@@ -304,10 +324,34 @@ def prompt_boundary(args, tofu_dir: Path) -> dict:
     rows = [json.loads(line) for line in (tofu_dir / f"forget{args.forget_split[6:]}_perturbed.json").open()]
     merged = 0
     for row in rows:
-        prompt = PLAIN_TEMPLATE.format(question=row["question"])
-        ids, full = tokenizer(prompt)["input_ids"], tokenizer(prompt + row["answer"])["input_ids"]
+        if args.chat_template:
+            user = [{"role": "user", "content": row["question"]}]
+            ids = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False)
+            full = tokenizer.apply_chat_template(
+                [*user, {"role": "assistant", "content": row["answer"]}], tokenize=True, return_dict=False
+            )
+        else:
+            prompt = PLAIN_TEMPLATE.format(question=row["question"])
+            ids, full = tokenizer(prompt)["input_ids"], tokenizer(prompt + row["answer"])["input_ids"]
         merged += full[: len(ids)] != ids
     return {"forget_true_answers": len(rows), "prompt_tokens_not_a_prefix": merged}
+
+
+def restore_chat_template_lists() -> None:
+    """transformers 4.x's ``apply_chat_template(tokenize=True)`` return, a list of ids, for open-unlearning's code.
+
+    open-unlearning pins transformers 4.45 and adds to that list (``chat_ids += [eos]``); transformers 5 returns a
+    ``BatchEncoding`` unless ``return_dict=False``. Only that default changes; the tokens are the same.
+    """
+    from transformers import PreTrainedTokenizerBase
+
+    original = PreTrainedTokenizerBase.apply_chat_template
+
+    def as_list(self, conversation, *args, **kwargs):
+        kwargs.setdefault("return_dict", False)
+        return original(self, conversation, *args, **kwargs)
+
+    PreTrainedTokenizerBase.apply_chat_template = as_list
 
 
 def worker_ou_run(args) -> None:
@@ -330,12 +374,23 @@ def worker_ou_run(args) -> None:
             timings.append({"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu})
 
     evals.base.Evaluator.evaluate = timed
+    restore_chat_template_lists()
     script = str(Path(args.open_unlearning, "src", "eval.py").resolve())
     sys.argv = [script, *json.loads(Path(args.worker_in).read_text())]
     runpy.run_path(script, run_name="__main__")
     if len(timings) != 1:
         raise SystemExit(f"expected one Evaluator.evaluate call, saw {len(timings)}.")
     Path(args.worker_out).write_text(json.dumps(timings[0]))
+
+
+def qa_format(args):
+    from hf_unlearn.data import QAFormat
+
+    return (
+        QAFormat(use_chat_template=True)
+        if args.chat_template
+        else QAFormat(template=PLAIN_TEMPLATE, use_chat_template=False)
+    )
 
 
 def worker_ours(args) -> None:
@@ -346,13 +401,12 @@ def worker_ours(args) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from benchmarks_perf.tofu_full_eval import time_tofu_evaluation
-    from hf_unlearn.data import QAFormat
 
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     wall, cpu, result = time_tofu_evaluation(
         model, tokenizer, args.tofu_dir, args.forget_split, BATCH_SIZE, MAX_NEW_TOKENS,
-        qa_format=QAFormat(template=PLAIN_TEMPLATE, use_chat_template=False), max_examples=args.max_examples,
+        qa_format=qa_format(args), max_examples=args.max_examples,
     )  # fmt: skip
     report = {
         "wall_s": wall,
@@ -410,7 +464,7 @@ def _process(measured: dict) -> dict:
 def worker_argv(args, worker: str, out: Path, worker_in: Path | None = None) -> list[str]:
     argv = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--worker_out", str(out)]
     argv += ["--open_unlearning", args.open_unlearning, "--model", args.model, "--tofu_dir", args.tofu_dir]
-    argv += ["--forget_split", args.forget_split]
+    argv += ["--forget_split", args.forget_split] + (["--chat_template"] if args.chat_template else [])
     argv += ["--max_examples", str(args.max_examples)] if args.max_examples is not None else []
     return argv + (["--worker_in", str(worker_in)] if worker_in else [])
 
@@ -443,7 +497,12 @@ def work_done(plan: dict, ou_logs: dict, ours: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict | None:
     cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_argument("--open_unlearning", required=True, help="A checkout of locuslab/open-unlearning.")
-    cli.add_argument("--model", required=True, help="A saved HF model + tokenizer folder (plain-format TOFU model).")
+    cli.add_argument("--model", required=True, help="A saved HF model + tokenizer folder (a TOFU fine-tuned model).")
+    cli.add_argument(
+        "--chat_template",
+        action="store_true",
+        help="Both sides format with the model's chat template, not the plain one.",
+    )
     cli.add_argument("--tofu_dir", required=True, help="Local TOFU <config>.json files.")
     cli.add_argument("--rounds", type=int, default=2, help="Alternating rounds of both sides.")
     cli.add_argument("--out", default="ou_eval_speed.json", help="Where the JSON goes.")
@@ -496,6 +555,7 @@ def build_result(args, work: Path, rounds: list[dict], values: dict, done: dict)
             "tofu_dir": str(Path(args.tofu_dir).resolve()),
             "forget_split": args.forget_split,
             "max_examples": args.max_examples,
+            "qa_format": "chat template" if args.chat_template else PLAIN_TEMPLATE,
             "batch_size": BATCH_SIZE,
             "max_new_tokens": MAX_NEW_TOKENS,
             "threads": 1,
