@@ -231,3 +231,50 @@ def test_a_prefix_shorter_than_the_threshold_or_a_whole_prompt_is_not_shared(mod
         assert SharedPrefix.build(model, [long + [1], long + [2, 3]]).length == MIN_SHARED_TOKENS
         assert SharedPrefix.build(model, [long, long + [2, 3]]) is None  # each prompt keeps one token of its own
         assert SharedPrefix.build(model, [long[:-1] + [1], long[:-1] + [2]]) is None
+
+
+@pytest.mark.parametrize("with_system", [False, True], ids=["plain", "shared_prefix"])
+@pytest.mark.parametrize("kept", ["all", "some", "none"])
+def test_generation_from_the_scoring_pass_prompts_skips_their_prefill_and_equals_lone_generate(
+    model_and_examples, system_examples, tokenizer, with_system, kept, single_thread
+):
+    """The true answers' prompts, run by scoring, are not run again: generation starts from their kept caches and
+    first tokens (decode forwards of one token only) and gives HF generate's text; those over the memory budget
+    prefill, in the same batches."""
+    from hf_unlearn.benchmarks.engine import generate_greedy
+    from hf_unlearn.benchmarks.kv_cache import PromptStates
+
+    model, plain = model_and_examples
+    examples = system_examples[0] if with_system else plain
+    answers = list(range(0, len(QUESTIONS) * len(ANSWERS), len(ANSWERS)))  # each question's first answer
+    starts = [next(t for t, label in enumerate(examples[i]["labels"]) if label != -100) for i in answers]
+    prompts = [examples[i]["input_ids"][:start] for i, start in zip(answers, starts)]
+    caps = [40, 3, 60]
+    fresh = build_tiny_model(tokenizer, arch="llama", seed=3).eval()
+    everything = PromptStates(answers)
+    score_examples(fresh, examples, 0, batch_size=16, show_progress=False, prompt_states=everything)
+    assert (everything.shared is not None) == with_system and sorted(everything.states) == answers
+    one = everything.bytes // len(answers)  # the prompts differ in length: some fit in 1.5 of the average, not all
+    states = PromptStates(answers, budget_bytes={"all": everything.bytes, "some": one * 3 // 2, "none": 0}[kept])
+    score_examples(fresh, examples, 0, batch_size=16, show_progress=False, prompt_states=states)
+    assert {"all": len(answers), "none": 0}.get(kept, len(states.states)) == len(states.states)
+    assert kept != "some" or 0 < len(states.states) < len(answers)
+    calls = count_calls(fresh)
+    got = generate_greedy(
+        fresh, tokenizer, prompts, caps, batch_size=3, show_progress=False, prompt_states=states.by_prompt(answers)
+    )
+    assert got == lone_generations(model, tokenizer, prompts, caps)
+    prefilled = sum(n for n in calls["tokens"] if n > 3)  # a decode step feeds one token per row (three at most)
+    own = {i: len(p) - (everything.shared.length if with_system else 0) for i, p in zip(answers, prompts)}
+    assert prefilled == sum(own[i] for i in answers if i not in states.states)
+
+
+def test_prompt_states_of_other_prompts_are_refused(model_and_examples, tokenizer):
+    from hf_unlearn.benchmarks.engine import generate_greedy
+    from hf_unlearn.benchmarks.kv_cache import PromptStates
+
+    model, examples = model_and_examples
+    states = PromptStates([0])
+    score_examples(model, examples, 0, batch_size=16, show_progress=False, prompt_states=states)
+    with pytest.raises(ValueError, match="caches of other lengths"):
+        generate_greedy(model, tokenizer, [[5, 6, 7]], 3, show_progress=False, prompt_states=states.by_prompt([0]))

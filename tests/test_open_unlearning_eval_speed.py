@@ -125,3 +125,30 @@ def test_generated_words_read_from_open_unlearnings_rouge_logs(speed):
         "wf_Q_A_ROUGE": {"value_by_index": {"5": {"generation": ""}}},
     }
     assert speed.ou_generated_words(logs) == {"forget": 2.0, "world_facts": 0.0}
+
+
+def test_chat_template_mode_picks_a_chat_config_and_both_sides_use_the_chat_format(speed, tmp_path):
+    from types import SimpleNamespace
+
+    from hf_unlearn.data import QAFormat
+
+    chat = SimpleNamespace(model=str(tmp_path), chat_template=True, forget_split="forget10")
+    plain = SimpleNamespace(**{**vars(chat), "chat_template": False})
+    overrides = speed.ou_base_overrides(chat)
+    assert overrides[0] == f"model={speed.OU_CHAT_MODEL_CONFIG}"
+    assert {"model.template_args.system_prompt=null", "model.model_args.torch_dtype=float32"} <= set(overrides)
+    assert speed.ou_base_overrides(plain)[0] == f"model={speed.OU_MODEL_CONFIG}"
+    assert speed.qa_format(chat) == QAFormat(use_chat_template=True)
+    assert speed.qa_format(plain).template == speed.PLAIN_TEMPLATE
+
+
+def test_open_unlearnings_chat_template_calls_get_token_lists_again(speed, tokenizer, monkeypatch):
+    from transformers import PreTrainedTokenizerBase
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "apply_chat_template", PreTrainedTokenizerBase.apply_chat_template)
+    chat = [{"role": "user", "content": "Who wrote it?"}]
+    assert not isinstance(tokenizer.apply_chat_template(chat, tokenize=True), list)  # transformers 5: a BatchEncoding
+    speed.restore_chat_template_lists()
+    ids = tokenizer.apply_chat_template(chat, tokenize=True)
+    text = tokenizer.apply_chat_template(chat, tokenize=False)
+    assert ids == tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from hf_unlearn.benchmarks.kv_cache import SharedPrefix, accepts_cache, full_attention, new_cache
+from hf_unlearn.benchmarks.kv_cache import PromptStates, SharedPrefix, accepts_cache, full_attention, new_cache
 from hf_unlearn.benchmarks.metrics import MIN_K_FRACTION, AnswerStats, packed_answer_stats
 from hf_unlearn.data import IGNORE_INDEX, pad_batch
 from hf_unlearn.modeling import eval_mode, labelled_logits, model_device, scored_positions
@@ -111,14 +111,15 @@ def _score_whole(
 
 
 def _score_shared(
-    model, examples, groups, shared, pad_token_id, device, k, min_k_at_least_one, vocab_stats
+    model, examples, groups, shared, pad_token_id, device, k, min_k_at_least_one, vocab_stats, prompt_states=None
 ) -> AnswerStats | None:
     """Each group's shared prefix once (left-padded, into a KV cache), then every member's continuation on it.
 
     The continuation of an example starts at the token whose logits predict its first scored token; its positions
     continue the prefix's, so each continuation sees exactly the tokens it would see in a whole-sequence forward.
     With a prefix all prompts share (``shared``), each group's prefix runs on top of it. ``None`` when the model
-    filled no cache (then the caller scores whole sequences).
+    filled no cache (then the caller scores whole sequences). Members in ``prompt_states.wanted`` leave their
+    prompt's cache columns and first greedy token there (:class:`hf_unlearn.benchmarks.kv_cache.PromptStates`).
     """
     skip = shared.length if shared is not None else 0
     cut = [_first_target(examples[g[0]]["labels"]) - 1 for g in groups]
@@ -154,7 +155,23 @@ def _score_shared(
         cache=cache,
         use_cache=True,
     )
+    if prompt_states is not None and full_attention(cache):
+        row_cuts = [c for members, c in zip(groups, cut) for _ in members]
+        rows = [i for members in groups for i in members]
+        _keep_prompts(prompt_states, rows, row_cuts, skip, prefix_mask.shape[1], cache, keep, logits)
     return packed_answer_stats(logits, targets, keep[:, :-1], k, min_k_at_least_one, vocab_stats)
+
+
+def _keep_prompts(prompt_states, rows, row_cuts, skip, prefix_end, cache, keep, logits) -> None:
+    """Hand ``prompt_states`` the wanted rows' prompts: the cache columns of their own prompt tokens (the group's
+    left-padded prefix, which ends at column ``prefix_end``, and the continuation's first column, the prompt's last
+    token) and the first greedy token, the argmax at the row's first scored position."""
+    counts = keep.sum(dim=1)
+    first = (counts.cumsum(0) - counts).tolist()  # each row's first row in the labelled logits
+    for row, (example, cut) in enumerate(zip(rows, row_cuts)):
+        if example in prompt_states.wanted and bool(keep[row, 0]):
+            token = int(logits[first[row]].argmax())
+            prompt_states.keep(example, cache, row, prefix_end - (cut - skip), prefix_end + 1, token)
 
 
 def score_examples(
@@ -167,6 +184,7 @@ def score_examples(
     show_progress: bool = True,
     min_k_at_least_one: bool = True,
     vocab_stats: bool = False,
+    prompt_states: PromptStates | None = None,
 ) -> list[dict[str, float]]:
     """Per-example answer statistics (``nll_sum``, ``nll_mean``, ``num_tokens``, ``min_k``, ``extraction_strength``,
     ``exact_memorization``; with ``vocab_stats`` also ``min_k_plus_plus``).
@@ -176,7 +194,8 @@ def score_examples(
     their prompt (the answers to one question) share one forward of it and its KV cache, and the output head and
     every statistic run on the scored positions only. ``min_k_at_least_one``: see
     :func:`hf_unlearn.benchmarks.metrics.min_k_scores`; ``vocab_stats``: see
-    :func:`hf_unlearn.benchmarks.metrics.answer_token_stats`.
+    :func:`hf_unlearn.benchmarks.metrics.answer_token_stats`. ``prompt_states``: keep the prompts of its wanted
+    examples for :func:`generate_greedy` (see :class:`hf_unlearn.benchmarks.kv_cache.PromptStates`).
     """
     results: list[dict[str, float] | None] = [None] * len(examples)
     batches = _scoring_batches(examples, batch_size)
@@ -187,11 +206,13 @@ def score_examples(
         # every example's context up to the position that predicts its first scored token
         contexts = [e["input_ids"][: max(_first_target(e["labels"]) - 1, 0)] for e in examples]
         shared = SharedPrefix.build(model, contexts) if share else None
+        if prompt_states is not None:
+            prompt_states.shared = shared
         for groups in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
             rows = [i for group in groups for i in group]
             stats = None
             if share and len(rows) > len(groups):
-                stats = _score_shared(model, examples, groups, shared, *settings)
+                stats = _score_shared(model, examples, groups, shared, *settings, prompt_states)
                 share = stats is not None
             if stats is None:
                 stats = _score_whole(model, examples, rows, shared, *settings)
@@ -210,6 +231,7 @@ def generate_greedy(
     stop_strings: Sequence[str] = (),
     desc: str = "generating",
     show_progress: bool = True,
+    prompt_states: PromptStates | None = None,
 ) -> list[str]:
     """Greedy continuations of tokenised ``prompts``, decoded without special tokens.
 
@@ -217,7 +239,8 @@ def generate_greedy(
     depend on which prompts share its batch. Generation stops at EOS; the text is then cut before the first
     of ``stop_strings``. At most ``batch_size`` prompts are decoded together: a row leaves the batch when it
     ends and the next prompts take its place (see :class:`_GreedyBatch`), so one long answer does not keep a
-    whole batch stepping.
+    whole batch stepping. ``prompt_states`` (keyed by prompt index, :meth:`PromptStates.by_prompt`): prompts the
+    scoring pass already ran start from their kept cache and first token instead of a prefill of their own.
     """
     pad_token_id = require_pad_token(tokenizer)
     if batch_size < 1:
@@ -230,14 +253,21 @@ def generate_greedy(
     tokens: list[list[int]] = [[] for _ in prompts]
     progress = tqdm(total=len(queue), desc=desc, disable=not show_progress, leave=False)
     with eval_mode(model):
-        shared = SharedPrefix.build(model, [prompts[i] for i in queue], growing=True) if queue else None
+        if prompt_states is None:
+            shared = SharedPrefix.build(model, [prompts[i] for i in queue], growing=True) if queue else None
+            states = {}
+        else:  # the scoring pass's prefix, which the kept caches continue
+            shared = prompt_states.shared.growing_copy() if prompt_states.shared is not None else None
+            if shared is not None and not all(shared.starts(prompts[i]) for i in queue):
+                raise ValueError("prompt_states come from a scoring pass whose prompts are not these prompts.")
+            states = prompt_states.states
         running = None
         while queue or running is not None:
             free = batch_size - (running.size if running is not None else 0)
             threshold = max(1, batch_size // 4)
             if queue and (running is None or (running.can_merge and free >= threshold)):
                 rows = [queue.popleft() for _ in range(min(free, len(queue)))]
-                fresh = _GreedyBatch.prefill(model, [prompts[i] for i in rows], rows, pad_token_id, shared)
+                fresh = _GreedyBatch.start(model, prompts, rows, pad_token_id, shared, states)
                 progress.update(fresh.record(tokens, caps, tokenizer.eos_token_id))
                 if running is not None and running.compact().size == 0:
                     running = None
@@ -282,6 +312,47 @@ class _GreedyBatch:
     @property
     def can_merge(self) -> bool:
         return self.sequences is None and full_attention(self.cache)
+
+    @classmethod
+    def start(cls, model, prompts, rows, pad_token_id, shared, states) -> _GreedyBatch:
+        """The rows' first greedy tokens: from their kept scoring states where there are, else by a prefill."""
+        kept, others = [r for r in rows if r in states], [r for r in rows if r not in states]
+        batches = []
+        if kept:
+            lengths = [len(prompts[r]) for r in kept]
+            batches.append(cls.from_states(model, [states[r] for r in kept], kept, lengths, shared))
+        if others:
+            batches.append(cls.prefill(model, [prompts[r] for r in others], others, pad_token_id, shared))
+        return batches[0] if len(batches) == 1 else batches[0].merge(batches[1])
+
+    @classmethod
+    def from_states(cls, model, states, rows: list[int], lengths: list[int], shared) -> _GreedyBatch:
+        """A batch of prompts scoring already ran (:class:`PromptStates`): their own keys and values, left-padded
+        after ``shared``'s, and the first greedy token scoring found."""
+        device = model_device(model)
+        skip = shared.length if shared is not None else 0
+        own = [keys[0].shape[-2] for keys, _, _ in states]
+        if any(n != length - skip for n, length in zip(own, lengths)):
+            raise ValueError("prompt_states hold caches of other lengths than these prompts; pass the scoring's own.")
+        width = max(own)
+        cache = shared.cache_for(len(rows)) if shared is not None else new_cache(model, growing=True)
+
+        def left_padded(tensors):
+            return torch.stack([torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0)) for t in tensors])
+
+        for index, layer in enumerate(cache.layers):
+            keys = left_padded([state[0][index] for state in states])
+            values = left_padded([state[1][index] for state in states])
+            if shared is not None:
+                keys, values = torch.cat([layer.keys, keys], dim=2), torch.cat([layer.values, values], dim=2)
+            else:
+                layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+        mask = torch.tensor([[0] * (width - n) + [1] * n for n in own], device=device)
+        if shared is not None:
+            mask = shared.mask_for(mask)
+        last = torch.tensor([token for _, _, token in states], device=device)
+        return cls(list(rows), cache, mask, torch.tensor(lengths, device=device), last, None)
 
     @classmethod
     def prefill(

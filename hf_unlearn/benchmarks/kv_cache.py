@@ -90,8 +90,16 @@ class SharedPrefix:
     positions from ``length`` on.
     """
 
-    def __init__(self, model, length: int, cache: DynamicCache, growing: bool):
-        self.model, self.length, self.cache, self.growing = model, length, cache, growing
+    def __init__(self, model, tokens: list[int], cache: DynamicCache, growing: bool):
+        self.model, self.tokens, self.cache, self.growing = model, tokens, cache, growing
+        self.length = len(tokens)
+
+    def growing_copy(self) -> SharedPrefix:
+        """The same prefix (the same cache tensors) handing out growing caches, for generation."""
+        return SharedPrefix(self.model, self.tokens, self.cache, growing=True)
+
+    def starts(self, prompt: Sequence[int]) -> bool:
+        return len(prompt) > self.length and list(prompt[: self.length]) == self.tokens
 
     @classmethod
     def build(cls, model, prompts: Sequence[Sequence[int]], growing: bool = False) -> SharedPrefix | None:
@@ -110,7 +118,7 @@ class SharedPrefix:
         )
         if cache.get_seq_length() != length or not full_attention(cache):
             return None
-        return cls(model, length, cache, growing)
+        return cls(model, tokens, cache, growing)
 
     def cache_for(self, rows: int) -> DynamicCache:
         """A cache for ``rows`` rows holding the prefix, to be extended by one batch's forwards.
@@ -134,3 +142,41 @@ def accepts_cache(model) -> bool:
     """Whether the model's forward takes a KV cache (``cache`` or ``past_key_values``)."""
     parameters = inspect.signature(model.forward).parameters
     return "cache" in parameters or "past_key_values" in parameters
+
+
+# Prompt caches kept between scoring and generation at most (SmolLM2 in float32: ~1.2 MB per TOFU question).
+PROMPT_STATES_BUDGET_BYTES = 256 * 2**20
+
+
+class PromptStates:
+    """Prompts that scoring has already run, kept for generation to start from instead of running them again.
+
+    Scoring a question's answers runs its prompt (the tokens before the first answer token) and, at the first answer
+    position, the logits whose argmax is the first greedy token. For the examples in ``wanted`` the scoring pass
+    stores the keys and values of the prompt's own tokens (after ``shared``, the prefix every context shares) and
+    that token; :func:`hf_unlearn.benchmarks.engine.generate_greedy` then skips their prefill. Kept until
+    ``budget_bytes`` is reached (the rest prefill as before), so memory stays bounded whatever the set's size.
+    """
+
+    def __init__(self, wanted: Sequence[int], budget_bytes: int = PROMPT_STATES_BUDGET_BYTES):
+        self.wanted, self.budget_bytes = set(wanted), budget_bytes
+        self.shared: SharedPrefix | None = None  # scoring's; generation starts from the same one
+        self.states: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], int]] = {}
+        self.bytes = 0
+
+    def by_prompt(self, examples: Sequence[int]) -> PromptStates:
+        """The same states keyed by prompt index, prompt ``i`` being example ``examples[i]``."""
+        keyed = PromptStates([], self.budget_bytes)
+        keyed.shared, keyed.bytes = self.shared, self.bytes
+        keyed.states = {i: self.states[e] for i, e in enumerate(examples) if e in self.states}
+        return keyed
+
+    def keep(self, example: int, cache: DynamicCache, row: int, start: int, stop: int, first_token: int) -> None:
+        """Store cache columns ``start:stop`` of batch row ``row`` as ``example``'s prompt (within the budget)."""
+        keys = [layer.keys[row, :, start:stop].clone() for layer in cache.layers]
+        values = [layer.values[row, :, start:stop].clone() for layer in cache.layers]
+        size = sum(t.numel() * t.element_size() for t in keys + values)
+        if self.bytes + size > self.budget_bytes:
+            return
+        self.bytes += size
+        self.states[example] = (keys, values, first_token)

@@ -28,6 +28,7 @@ from hf_unlearn.benchmarks import metrics
 from hf_unlearn.benchmarks import privacy as privacy_attacks
 from hf_unlearn.benchmarks.base import UNSET, Benchmark, BenchmarkResult, check_counts, show_progress_of
 from hf_unlearn.benchmarks.engine import generate_greedy, require_pad_token, score_examples
+from hf_unlearn.benchmarks.kv_cache import PromptStates
 from hf_unlearn.benchmarks.retain_stats import RetainReference
 from hf_unlearn.benchmarks.sharding import gather_in_order, process_info, shard
 from hf_unlearn.benchmarks.tofu_data import load_tofu, tofu_split_names
@@ -277,6 +278,10 @@ class TofuBenchmark(Benchmark):
             distinct = [None] * len(unique)
             for slot, sequence in zip(slots, sequences):
                 distinct[slot] = sequence
+        # Generation starts from the true answers' prompts, which scoring runs anyway: it keeps them for generation.
+        answer_slots = {position: slot for (position, variant, _), slot in zip(owners, slots) if variant == "answer"}
+        answer_slots = [answer_slots[position] for position in range(len(local))] if generate else []
+        prompt_states = PromptStates(answer_slots) if generate else None
         with timer("scoring", set_name):
             scores = score_examples(
                 model,
@@ -287,6 +292,7 @@ class TofuBenchmark(Benchmark):
                 f"TOFU {set_name}: scoring",
                 progress,
                 vocab_stats=attacked,
+                prompt_states=prompt_states,
             )
         by_row: list[dict[str, list[dict]]] = [{v: [] for v in variants} for _ in local]
         prompts: list[list[int] | None] = [None] * len(local)
@@ -315,6 +321,7 @@ class TofuBenchmark(Benchmark):
                     self.generation_batch_size,
                     desc=f"TOFU {set_name}: generating",
                     show_progress=progress,
+                    prompt_states=prompt_states.by_prompt(answer_slots),
                 )
         with timer("truth_ratio", set_name):
             records = [
