@@ -77,6 +77,8 @@ def count_calls(model):
     def forward(_, args, kwargs):
         new = kwargs["input_ids"].shape[1]
         mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() == 4:  # a decode step's prepared mask: its last query row
+            mask = mask[:, 0, -1]
         calls["tokens"].append(int(mask[:, -new:].sum()) if mask is not None else kwargs["input_ids"].numel())
 
     model.register_forward_pre_hook(forward, with_kwargs=True)

@@ -392,13 +392,26 @@ class _GreedyBatch:
         else:
             logits = model(
                 input_ids=self.last[:, None],
-                attention_mask=self.mask,
+                attention_mask=self.decode_mask(model),
                 position_ids=self.positions[:, None],
                 cache=self.cache,
                 use_cache=True,
             ).logits
         self.positions = self.positions + 1
         self.last = logits[:, -1].argmax(dim=-1)
+
+    def decode_mask(self, model) -> torch.Tensor | None:
+        """The attention mask of a one-token step, in the form sdpa takes it, or as given to the model.
+
+        Under sdpa with full-attention layers, transformers would turn the 2-D mask into the boolean
+        ``[rows, 1, 1, columns]`` mask built here (nothing, without padding) at every step, a per-step cost of the
+        same order as a small model's forward; a 4-D mask is taken as already prepared.
+        """
+        if getattr(getattr(model, "config", None), "_attn_implementation", None) != "sdpa":
+            return self.mask
+        if not full_attention(self.cache):
+            return self.mask
+        return None if bool(self.mask.all()) else self.mask.bool()[:, None, None, :]
 
     def record(self, tokens: list[list[int]], caps: list[int], eos_token_id: int | None) -> int:
         """Append each live row's new token; rows that produced EOS or reached their cap finish; return how many."""
