@@ -6,6 +6,8 @@ answers to one question) run it once into a KV cache, left-padded, and their con
 head runs on the scored positions only. Generation pads on the left so every row's next token is at the same
 position, and appends to its KV cache in place. Tokens every prompt of a call starts with (a chat template's system
 message) run once and are copied into each batch's cache (:class:`hf_unlearn.benchmarks.kv_cache.SharedPrefix`).
+Prompts the scoring pass already ran (the true answers') can be kept from it, with their first greedy token, so
+that generation starts from them without a prefill (:class:`hf_unlearn.benchmarks.kv_cache.PromptStates`).
 Both restore the model's train/eval mode on exit.
 docs/evaluation_speed.md has the measurements and the tolerances.
 """
