@@ -130,7 +130,12 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 
 def tokenize_qa(
-    tokenizer, question: str, answer: str, max_length: int = 512, qa_format: QAFormat | None = None
+    tokenizer,
+    question: str,
+    answer: str,
+    max_length: int = 512,
+    qa_format: QAFormat | None = None,
+    prompt: list[int] | None = None,
 ) -> dict[str, Any]:
     """``input_ids``, ``attention_mask`` and ``labels`` of one QA pair: prompt tokens -100, answer + eos labelled.
 
@@ -141,12 +146,13 @@ def tokenize_qa(
     the full text's tokens. That is the prompt's token count when the prompt's tokens are a prefix of the full
     text's; when the tokenizer merges across the boundary (e.g. a prompt's trailing space joins the answer's first
     word) it is where the two first differ, so no answer character goes unlabelled. ``prompt_mismatch`` says which
-    case it was. Sequences longer than ``max_length`` lose answer tokens from the right.
+    case it was. Sequences longer than ``max_length`` lose answer tokens from the right. ``prompt``: the prompt's
+    tokens (``qa_format.prompt_ids``), when the caller already has them.
     """
     qa_format = qa_format or QAFormat()
     if tokenizer.eos_token_id is None:
         raise ValueError("The tokenizer has no eos token; set tokenizer.eos_token before tokenising answers.")
-    prompt = qa_format.prompt_ids(tokenizer, question)
+    prompt = qa_format.prompt_ids(tokenizer, question) if prompt is None else prompt
     if len(prompt) >= max_length:
         raise ValueError(f"A prompt of {len(prompt)} tokens leaves no room for its answer; raise max_length.")
     if qa_format.separate_answer:
@@ -177,8 +183,14 @@ def tokenize_qa_rows(
     qa_format: QAFormat | None = None,
     source: str = "QA data",
 ) -> list[dict[str, list[int]]]:
-    """:func:`tokenize_qa` over ``(question, answer)`` pairs; one warning with the count of boundary merges."""
-    examples = [tokenize_qa(tokenizer, q, a, max_length, qa_format) for q, a in pairs]
+    """:func:`tokenize_qa` over ``(question, answer)`` pairs (each question's prompt tokenised once); one warning
+    with the count of boundary merges."""
+    qa_format = qa_format or QAFormat()
+    prompts: dict[str, list[int]] = {}
+    for question, _ in pairs:
+        if question not in prompts:
+            prompts[question] = qa_format.prompt_ids(tokenizer, question)
+    examples = [tokenize_qa(tokenizer, q, a, max_length, qa_format, prompts[q]) for q, a in pairs]
     merged = sum(e.pop("prompt_mismatch") for e in examples)
     if merged:
         warnings.warn(

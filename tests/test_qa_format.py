@@ -240,3 +240,15 @@ def test_eval_rejects_qa_format_flags_for_benchmarks_with_fixed_prompts():
     )
     with pytest.raises(ValueError, match="apply to TOFU; muse's prompts are fixed"):
         benchmark_settings(args)
+
+
+def test_rows_tokenise_each_questions_prompt_once_and_equal_one_pair_at_a_time(tokenizer, monkeypatch):
+    pairs = [("Who wrote it?", "Ava did."), ("Who wrote it?", "Bram did, in 1990."), ("Where?", "In Lagos.")]
+    expected = [tokenize_qa(tokenizer, q, a) for q, a in pairs]
+    for example in expected:
+        example.pop("prompt_mismatch")
+    asked = []
+    original = QAFormat.prompt_ids
+    monkeypatch.setattr(QAFormat, "prompt_ids", lambda self, tok, q: asked.append(q) or original(self, tok, q))
+    assert tokenize_qa_rows(tokenizer, pairs) == expected
+    assert asked == ["Who wrote it?", "Where?"]
