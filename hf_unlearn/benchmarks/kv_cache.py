@@ -173,10 +173,9 @@ class PromptStates:
 
     def keep(self, example: int, cache: DynamicCache, row: int, start: int, stop: int, first_token: int) -> None:
         """Store cache columns ``start:stop`` of batch row ``row`` as ``example``'s prompt (within the budget)."""
-        keys = [layer.keys[row, :, start:stop].clone() for layer in cache.layers]
-        values = [layer.values[row, :, start:stop].clone() for layer in cache.layers]
-        size = sum(t.numel() * t.element_size() for t in keys + values)
+        columns = [(layer.keys[row, :, start:stop], layer.values[row, :, start:stop]) for layer in cache.layers]
+        size = sum(t.numel() * t.element_size() for pair in columns for t in pair)
         if self.bytes + size > self.budget_bytes:
             return
         self.bytes += size
-        self.states[example] = (keys, values, first_token)
+        self.states[example] = ([k.clone() for k, _ in columns], [v.clone() for _, v in columns], first_token)

@@ -279,8 +279,8 @@ class TofuBenchmark(Benchmark):
             for slot, sequence in zip(slots, sequences):
                 distinct[slot] = sequence
         # Generation starts from the true answers' prompts, which scoring runs anyway: it keeps them for generation.
-        answer_slots = {position: slot for (position, variant, _), slot in zip(owners, slots) if variant == "answer"}
-        answer_slots = [answer_slots[position] for position in range(len(local))] if generate else []
+        answer_slot = {position: slot for (position, variant, _), slot in zip(owners, slots) if variant == "answer"}
+        answer_slots = [answer_slot[position] for position in range(len(local))] if generate else []
         prompt_states = PromptStates(answer_slots) if generate else None
         with timer("scoring", set_name):
             scores = score_examples(
