@@ -160,6 +160,29 @@ def test_generation_with_rows_joining_and_leaving_equals_lone_generate(model_and
     assert got == lone_generations(model, tokenizer, prompts, caps)
 
 
+def test_decode_steps_under_sdpa_get_a_prepared_mask_and_the_same_text(model_and_examples, tokenizer, single_thread):
+    """A one-token step hands sdpa the boolean [rows, 1, 1, columns] mask (none without padding), which transformers
+    takes as prepared instead of rebuilding it from a 2-D mask every step."""
+    from hf_unlearn.benchmarks.engine import generate_greedy
+    from hf_unlearn.data import tokenize_prompt
+
+    model, _ = model_and_examples
+    assert model.config._attn_implementation == "sdpa"
+    fresh = build_tiny_model(tokenizer, arch="llama", seed=3).eval()
+    masks = []
+    fresh.register_forward_pre_hook(
+        lambda _, args, kwargs: masks.append((kwargs["input_ids"].shape[1], kwargs.get("attention_mask"))),
+        with_kwargs=True,
+    )
+    prompts = [tokenize_prompt(tokenizer, q) for q in QUESTIONS]  # different lengths: left padding in one batch
+    got = generate_greedy(fresh, tokenizer, prompts, [20, 20, 20], batch_size=3, show_progress=False)
+    steps = [mask for new, mask in masks if new == 1]
+    prepared = [m is None or (m.dim() == 4 and m.dtype == torch.bool and m.shape[1:3] == (1, 1)) for m in steps]
+    assert steps and all(prepared)
+    assert any(m is not None for m in steps)  # padded rows are masked
+    assert got == lone_generations(model, tokenizer, prompts, [20, 20, 20])
+
+
 def test_mean_answer_loss_on_labelled_positions_equals_lone_forwards(model_and_examples, tokenizer, single_thread):
     from hf_unlearn.benchmarks.nll import mean_answer_loss
     from hf_unlearn.data import DataCollatorForUnlearning

@@ -37,6 +37,18 @@ def test_ddp_launch_on_cpu_takes_accelerates_gloo_path(cpu_launch):
     assert config.use_cpu is True and config.ddp_backend is None
 
 
+@pytest.mark.parametrize("world_size,has_cuda,cpu", [("2", False, True), ("1", False, False), ("2", True, False)])
+def test_process_state_counts_a_cpu_launch_through_accelerates_gloo_path(monkeypatch, world_size, has_cuda, cpu):
+    """The state the sweep guard, evaluation sharding and prepare_source read before any TrainingArguments exist."""
+    import accelerate
+
+    made = []
+    monkeypatch.setattr(accelerate, "PartialState", lambda **kwargs: made.append(kwargs) or "state")
+    monkeypatch.setattr(distributed, "cuda_available", lambda: has_cuda)
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    assert distributed.process_state() == "state" and made == [{"cpu": cpu}]
+
+
 @pytest.mark.parametrize("env,has_cuda", [({"WORLD_SIZE": "1"}, False), ({}, True)], ids=["one_process", "cuda"])
 def test_other_launches_keep_their_settings(cpu_launch, env, has_cuda):
     cpu_launch.setattr(distributed, "cuda_available", lambda: has_cuda)
