@@ -303,3 +303,49 @@ def test_prompt_states_of_other_prompts_are_refused(model_and_examples, tokenize
     score_examples(model, examples, 0, batch_size=16, show_progress=False, prompt_states=states)
     with pytest.raises(ValueError, match="caches of other lengths"):
         generate_greedy(model, tokenizer, [[5, 6, 7]], 3, show_progress=False, prompt_states=states.by_prompt([0]))
+
+
+def test_answers_of_different_lengths_run_in_runs_of_similar_length():
+    from hf_unlearn.benchmarks.engine import CHUNK_WORTH_TOKENS, _length_chunks
+
+    assert CHUNK_WORTH_TOKENS == 48
+    # Longest first: 60, 58 | 12, 11, 10 costs (2 * 60 + 48) + (3 * 12 + 48) = 252; one run 5 * 60 + 48 = 348;
+    # 60 | 58 | 12, 11, 10 costs 298.
+    assert _length_chunks([10, 60, 58, 12, 11]) == [[1, 2], [3, 4, 0]]
+    assert _length_chunks([7, 7, 7]) == [[0, 1, 2]]
+
+
+@pytest.mark.parametrize("with_system", [False, True], ids=["plain", "shared_prefix"])
+def test_continuations_split_into_runs_change_no_statistic_and_keep_the_prompts(
+    model_and_examples, system_examples, tokenizer, monkeypatch, with_system, single_thread
+):
+    """Every split worth it: each question's answers run in several forwards on copies of its prompt's cache; the
+    statistics are the lone forwards' and generation from the kept prompts is HF generate's."""
+    from hf_unlearn.benchmarks import engine
+    from hf_unlearn.benchmarks.kv_cache import PromptStates
+
+    monkeypatch.setattr(engine, "CHUNK_WORTH_TOKENS", 0)
+    model, plain = model_and_examples
+    examples = system_examples[0] if with_system else plain
+    fresh = build_tiny_model(tokenizer, arch="llama", seed=3).eval()
+    calls = count_calls(fresh)
+    answers = list(range(0, len(QUESTIONS) * len(ANSWERS), len(ANSWERS)))
+    states = PromptStates(answers)
+    got = score_examples(
+        fresh, examples, 0, batch_size=16, show_progress=False, vocab_stats=True, prompt_states=states
+    )
+    assert_matches_references(model, examples, got)
+    assert len(calls["tokens"]) > 2 + 1 + with_system  # 1 prompt forward and more than 1 for the 15 answers
+    assert sorted(states.states) == answers
+    starts = [next(t for t, label in enumerate(examples[i]["labels"]) if label != -100) for i in answers]
+    prompts = [examples[i]["input_ids"][:start] for i, start in zip(answers, starts)]
+    got = engine.generate_greedy(
+        fresh,
+        tokenizer,
+        prompts,
+        [30, 5, 40],
+        batch_size=3,
+        show_progress=False,
+        prompt_states=states.by_prompt(answers),
+    )
+    assert got == lone_generations(model, tokenizer, prompts, [30, 5, 40])

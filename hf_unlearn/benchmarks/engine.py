@@ -16,14 +16,33 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import torch
 from tqdm.auto import tqdm
 
-from hf_unlearn.benchmarks.kv_cache import PromptStates, SharedPrefix, accepts_cache, full_attention, new_cache
+from hf_unlearn.benchmarks.decode_attention import (
+    GROUPED_SDPA,
+    column_bytes,
+    decode_groups,
+    grouped_decoding,
+    takes_grouped_decoding,
+)
+from hf_unlearn.benchmarks.kv_cache import (
+    PromptStates,
+    SharedPrefix,
+    accepts_cache,
+    full_attention,
+    new_cache,
+    rows_of,
+)
 from hf_unlearn.benchmarks.metrics import MIN_K_FRACTION, AnswerStats, packed_answer_stats
 from hf_unlearn.data import IGNORE_INDEX, pad_batch
 from hf_unlearn.modeling import eval_mode, labelled_logits, model_device, scored_positions
+
+
+# Padding tokens a continuation forward must spare to be worth one more forward (a forward's fixed cost, in tokens).
+CHUNK_WORTH_TOKENS = 48
 
 
 def require_pad_token(tokenizer) -> int:
@@ -114,14 +133,16 @@ def _score_whole(
 
 def _score_shared(
     model, examples, groups, shared, pad_token_id, device, k, min_k_at_least_one, vocab_stats, prompt_states=None
-) -> AnswerStats | None:
+) -> list[tuple[list[int], AnswerStats]] | None:
     """Each group's shared prefix once (left-padded, into a KV cache), then every member's continuation on it.
 
     The continuation of an example starts at the token whose logits predict its first scored token; its positions
     continue the prefix's, so each continuation sees exactly the tokens it would see in a whole-sequence forward.
-    With a prefix all prompts share (``shared``), each group's prefix runs on top of it. ``None`` when the model
-    filled no cache (then the caller scores whole sequences). Members in ``prompt_states.wanted`` leave their
-    prompt's cache columns and first greedy token there (:class:`hf_unlearn.benchmarks.kv_cache.PromptStates`).
+    With a prefix all prompts share (``shared``), each group's prefix runs on top of it. The continuations run in
+    runs of similar length (:func:`_length_chunks`); returns each run's example indices and statistics, or ``None``
+    when the model filled no cache (then the caller scores whole sequences). Members in ``prompt_states.wanted``
+    leave their prompt's cache columns and first greedy token there
+    (:class:`hf_unlearn.benchmarks.kv_cache.PromptStates`).
     """
     skip = shared.length if shared is not None else 0
     cut = [_first_target(examples[g[0]]["labels"]) - 1 for g in groups]
@@ -141,27 +162,58 @@ def _score_shared(
     )
     if cache.get_seq_length() == 0:
         return None
-    owner = torch.tensor([g for g, members in enumerate(groups) for _ in members], device=device)
-    cache.batch_select_indices(owner)
-    continuations = [_own_tokens(examples[i], c) for members, c in zip(groups, cut) for i in members]
-    batch = pad_batch(continuations, pad_token_id, padding_side="right")
-    keep, targets = scored_positions(batch["labels"].to(device))
-    mask = batch["attention_mask"].to(device)
-    start = torch.tensor(cut, device=device)[owner]
-    logits = labelled_logits(
-        model,
-        keep,
-        input_ids=batch["input_ids"].to(device),
-        attention_mask=torch.cat([prefix_mask[owner], mask], dim=1),
-        position_ids=start[:, None] + torch.arange(mask.shape[1], device=device),
-        cache=cache,
-        use_cache=True,
-    )
-    if prompt_states is not None and full_attention(cache):
-        row_cuts = [c for members, c in zip(groups, cut) for _ in members]
-        rows = [i for members in groups for i in members]
-        _keep_prompts(prompt_states, rows, row_cuts, skip, prefix_mask.shape[1], cache, keep, logits)
-    return packed_answer_stats(logits, targets, keep[:, :-1], k, min_k_at_least_one, vocab_stats)
+    owner = [g for g, members in enumerate(groups) for _ in members]
+    rows = [i for members in groups for i in members]
+    row_cuts = [cut[g] for g in owner]
+    continuations = [_own_tokens(examples[i], c) for i, c in zip(rows, row_cuts)]
+    parts = []
+    for chunk in _length_chunks([len(c["input_ids"]) for c in continuations]):
+        batch = pad_batch([continuations[j] for j in chunk], pad_token_id, padding_side="right")
+        keep, targets = scored_positions(batch["labels"].to(device))
+        mask = batch["attention_mask"].to(device)
+        index = torch.tensor([owner[j] for j in chunk], device=device)
+        chunk_cache = rows_of(cache, index)
+        logits = labelled_logits(
+            model,
+            keep,
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=torch.cat([prefix_mask[index], mask], dim=1),
+            position_ids=torch.tensor([row_cuts[j] for j in chunk], device=device)[:, None]
+            + torch.arange(mask.shape[1], device=device),
+            cache=chunk_cache,
+            use_cache=True,
+        )
+        chunk_rows = [rows[j] for j in chunk]
+        if prompt_states is not None and full_attention(chunk_cache):
+            chunk_cuts = [row_cuts[j] for j in chunk]
+            _keep_prompts(prompt_states, chunk_rows, chunk_cuts, skip, prefix_mask.shape[1], chunk_cache, keep, logits)
+        parts.append(
+            (chunk_rows, packed_answer_stats(logits, targets, keep[:, :-1], k, min_k_at_least_one, vocab_stats))
+        )
+    return parts
+
+
+def _length_chunks(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices of ``lengths`` split into runs of similar length, each run one right-padded forward.
+
+    Longest first; a run ends where the padding the next rows would add costs more than one more forward
+    (:data:`CHUNK_WORTH_TOKENS`). The answers to one question differ in length (a true answer, its paraphrase, five
+    perturbed ones), so a batch of whole questions is ragged.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    best = [0.0] + [float("inf")] * len(order)
+    start_of = [0] * (len(order) + 1)
+    for stop in range(1, len(order) + 1):
+        for start in range(stop):
+            # sorted longest first: the run's width is its first row's length
+            cost = best[start] + (stop - start) * lengths[order[start]] + CHUNK_WORTH_TOKENS
+            if cost < best[stop]:
+                best[stop], start_of[stop] = cost, start
+    chunks, stop = [], len(order)
+    while stop > 0:
+        chunks.append(order[start_of[stop] : stop])
+        stop = start_of[stop]
+    return chunks[::-1]
 
 
 def _keep_prompts(prompt_states, rows, row_cuts, skip, prefix_end, cache, keep, logits) -> None:
@@ -212,15 +264,16 @@ def score_examples(
             prompt_states.shared = shared
         for groups in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
             rows = [i for group in groups for i in group]
-            stats = None
+            parts = None
             if share and len(rows) > len(groups):
-                stats = _score_shared(model, examples, groups, shared, *settings, prompt_states)
-                share = stats is not None
-            if stats is None:
-                stats = _score_whole(model, examples, rows, shared, *settings)
-            lists = stats.to_lists()
-            for position, row in enumerate(rows):
-                results[row] = {name: values[position] for name, values in lists.items()}
+                parts = _score_shared(model, examples, groups, shared, *settings, prompt_states)
+                share = parts is not None
+            if parts is None:
+                parts = [(rows, _score_whole(model, examples, rows, shared, *settings))]
+            for part_rows, stats in parts:
+                lists = stats.to_lists()
+                for position, row in enumerate(part_rows):
+                    results[row] = {name: values[position] for name, values in lists.items()}
     return results
 
 
@@ -254,7 +307,8 @@ def generate_greedy(
     queue = deque(sorted((i for i in range(len(prompts)) if caps[i] > 0), key=lambda i: -len(prompts[i])))
     tokens: list[list[int]] = [[] for _ in prompts]
     progress = tqdm(total=len(queue), desc=desc, disable=not show_progress, leave=False)
-    with eval_mode(model):
+    grouped = takes_grouped_decoding(model, model_device(model))
+    with eval_mode(model), grouped_decoding(model) if grouped else nullcontext():
         if prompt_states is None:
             shared = SharedPrefix.build(model, [prompts[i] for i in queue], growing=True) if queue else None
             states = {}
@@ -278,7 +332,7 @@ def generate_greedy(
             else:
                 if running.dead >= threshold or (not queue and running.dead and not running.can_merge):
                     running.compact()
-                running.step(model)
+                running.step(model, grouped)
                 progress.update(running.record(tokens, caps, tokenizer.eos_token_id))
                 if running.size == 0:
                     running = None
@@ -302,6 +356,8 @@ class _GreedyBatch:
         self.rows, self.cache, self.mask, self.positions, self.last = rows, cache, mask, positions, last
         self.alive = [True] * len(rows)
         self.sequences = sequences  # full token rows, only for models without a cache
+        self.groups: list[tuple[int, int, int]] | None = None  # for grouped decoding; recomputed when rows change
+        self.groups_stale = True
 
     @property
     def size(self) -> int:
@@ -329,30 +385,30 @@ class _GreedyBatch:
 
     @classmethod
     def from_states(cls, model, states, rows: list[int], lengths: list[int], shared) -> _GreedyBatch:
-        """A batch of prompts scoring already ran (:class:`PromptStates`): their own keys and values, left-padded
-        after ``shared``'s, and the first greedy token scoring found."""
+        """A batch of prompts scoring already ran (:class:`PromptStates`): ``shared``'s keys and values and their
+        own, left-padded, and the first greedy token scoring found."""
         device = model_device(model)
         skip = shared.length if shared is not None else 0
         own = [keys[0].shape[-2] for keys, _, _ in states]
         if any(n != length - skip for n, length in zip(own, lengths)):
             raise ValueError("prompt_states hold caches of other lengths than these prompts; pass the scoring's own.")
-        width = max(own)
-        cache = shared.cache_for(len(rows)) if shared is not None else new_cache(model, growing=True)
+        width = skip + max(own)
 
         def left_padded(tensors):
             return torch.stack([torch.nn.functional.pad(t, (0, 0, width - t.shape[-2], 0)) for t in tensors])
 
+        cache = new_cache(model, growing=True)
         for index, layer in enumerate(cache.layers):
-            keys = left_padded([state[0][index] for state in states])
-            values = left_padded([state[1][index] for state in states])
+            keys = [state[0][index] for state in states]
+            values = [state[1][index] for state in states]
             if shared is not None:
-                keys, values = torch.cat([layer.keys, keys], dim=2), torch.cat([layer.values, values], dim=2)
-            else:
-                layer.lazy_initialization(keys, values)
+                head = shared.cache.layers[index]
+                keys = [torch.cat([head.keys[0], k], dim=-2) for k in keys]
+                values = [torch.cat([head.values[0], v], dim=-2) for v in values]
+            keys, values = left_padded(keys), left_padded(values)
+            layer.lazy_initialization(keys, values)
             layer.keys, layer.values = keys, values
-        mask = torch.tensor([[0] * (width - n) + [1] * n for n in own], device=device)
-        if shared is not None:
-            mask = shared.mask_for(mask)
+        mask = torch.tensor([[0] * (width - skip - n) + [1] * (skip + n) for n in own], device=device)
         last = torch.tensor([token for _, _, token in states], device=device)
         return cls(list(rows), cache, mask, torch.tensor(lengths, device=device), last, None)
 
@@ -380,10 +436,13 @@ class _GreedyBatch:
         ).logits
         sequences = None if cache.get_seq_length() > 0 else input_ids
         last = logits[:, -1].argmax(dim=-1)
+        if shared is not None:
+            mask = _right_aligned(cache, mask)
         return cls(list(rows), cache, mask, positions[:, -1] + 1, last, sequences)
 
-    def step(self, model) -> None:
-        """One greedy token for every row."""
+    def step(self, model, grouped: bool = False) -> None:
+        """One greedy token for every row; ``grouped``: attention in runs of rows (see
+        :mod:`hf_unlearn.benchmarks.decode_attention`), the model being inside :func:`grouped_decoding`."""
         self.mask = torch.cat([self.mask, self.mask.new_ones(len(self.rows), 1)], dim=1)
         if self.sequences is not None:
             self.sequences = torch.cat([self.sequences, self.last[:, None]], dim=1)
@@ -392,12 +451,14 @@ class _GreedyBatch:
                 input_ids=self.sequences, attention_mask=self.mask, position_ids=positions, logits_to_keep=1
             ).logits
         else:
+            extra = {"decode_groups": self.decode_groups()} if grouped else {}
             logits = model(
                 input_ids=self.last[:, None],
                 attention_mask=self.decode_mask(model),
                 position_ids=self.positions[:, None],
                 cache=self.cache,
                 use_cache=True,
+                **extra,
             ).logits
         self.positions = self.positions + 1
         self.last = logits[:, -1].argmax(dim=-1)
@@ -409,11 +470,21 @@ class _GreedyBatch:
         ``[rows, 1, 1, columns]`` mask built here (nothing, without padding) at every step, a per-step cost of the
         same order as a small model's forward; a 4-D mask is taken as already prepared.
         """
-        if getattr(getattr(model, "config", None), "_attn_implementation", None) != "sdpa":
+        if getattr(getattr(model, "config", None), "_attn_implementation", None) not in ("sdpa", GROUPED_SDPA):
             return self.mask
         if not full_attention(self.cache):
             return self.mask
         return None if bool(self.mask.all()) else self.mask.bool()[:, None, None, :]
+
+    def decode_groups(self) -> list[tuple[int, int, int]] | None:
+        """The runs of rows whose attention reads only the columns from their first attended one on; the same
+        until rows leave or join (columns are only appended in between)."""
+        if self.groups_stale:
+            first_columns = self.mask.int().argmax(dim=1).tolist()
+            width = self.mask.shape[1]
+            self.groups = decode_groups(first_columns, self.alive, width, column_bytes(self.cache))
+            self.groups_stale = False
+        return self.groups
 
     def record(self, tokens: list[list[int]], caps: list[int], eos_token_id: int | None) -> int:
         """Append each live row's new token; rows that produced EOS or reached their cap finish; return how many."""
@@ -424,6 +495,7 @@ class _GreedyBatch:
             tokens[row].append(token)
             if token == eos_token_id or len(tokens[row]) >= caps[row]:
                 self.alive[slot] = False
+                self.groups_stale = True
                 finished += 1
         return finished
 
@@ -433,6 +505,7 @@ class _GreedyBatch:
             return self
         slots = [slot for slot, alive in enumerate(self.alive) if alive]
         self.rows, self.alive = [self.rows[s] for s in slots], [True] * len(slots)
+        self.groups_stale = True
         if not slots:
             return self
         index = torch.tensor(slots, device=self.mask.device)
@@ -469,7 +542,24 @@ class _GreedyBatch:
         self.positions = torch.cat([self.positions, other.positions])
         self.last = torch.cat([self.last, other.last])
         self.rows, self.alive = self.rows + other.rows, self.alive + other.alive
+        self.groups_stale = True
         return self
+
+
+def _right_aligned(cache, mask: torch.Tensor) -> torch.Tensor:
+    """Move each row's attended cache columns to the right end, in their order, and return the matching mask.
+
+    A shared prefix leaves a row's left padding between the prefix's columns and its own; with every row's columns
+    a suffix, a batch's rows differ only in where theirs start (what grouped decoding and :meth:`compact` use).
+    Attention does not depend on where a column is: the positions are in the keys already.
+    """
+    if bool(mask.all()):
+        return mask
+    order = torch.sort(mask.int(), dim=1, stable=True).indices  # padding first, then the attended columns
+    for layer in cache.layers:
+        index = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+        layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
+    return mask.gather(1, order)
 
 
 def _until_eos(tokens: list[int], eos_token_id: int | None) -> list[int]:

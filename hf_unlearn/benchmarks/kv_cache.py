@@ -8,6 +8,7 @@ whole prompt had run).
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 
@@ -59,6 +60,15 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = buffers[0][:, :, : length + new], buffers[1][:, :, : length + new]
         self._view = self.keys
         return self.keys, self.values
+
+
+def rows_of(cache: DynamicCache, index: torch.Tensor) -> DynamicCache:
+    """A cache holding rows ``index`` of ``cache``, which is left as it was (each layer keeps its own state, e.g. a
+    sliding window's position; what either cache appends later stays its own)."""
+    selected = copy.copy(cache)
+    selected.layers = [copy.copy(layer) for layer in cache.layers]
+    selected.batch_select_indices(index)
+    return selected
 
 
 def full_attention(cache: DynamicCache) -> bool:
