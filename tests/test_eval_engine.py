@@ -308,19 +308,20 @@ def test_prompt_states_of_other_prompts_are_refused(model_and_examples, tokenize
 def test_answers_of_different_lengths_run_in_runs_of_similar_length():
     from hf_unlearn.benchmarks.engine import CHUNK_WORTH_TOKENS, _length_chunks
 
-    assert CHUNK_WORTH_TOKENS == 48
-    # Longest first: 60, 58 | 12, 11, 10 costs (2 * 60 + 48) + (3 * 12 + 48) = 252; one run 5 * 60 + 48 = 348;
-    # 60 | 58 | 12, 11, 10 costs 298.
+    assert CHUNK_WORTH_TOKENS == 32
+    # Longest first: 60, 58 | 12, 11, 10 costs (2 * 60 + 32) + (3 * 12 + 32) = 220; one run 5 * 60 + 32 = 332;
+    # 60 | 58 | 12, 11, 10 and 60, 58 | 12 | 11, 10 cost 250.
     assert _length_chunks([10, 60, 58, 12, 11]) == [[1, 2], [3, 4, 0]]
     assert _length_chunks([7, 7, 7]) == [[0, 1, 2]]
 
 
 @pytest.mark.parametrize("with_system", [False, True], ids=["plain", "shared_prefix"])
-def test_continuations_split_into_runs_change_no_statistic_and_keep_the_prompts(
+def test_prompts_and_answers_split_into_runs_change_no_statistic_and_keep_the_prompts(
     model_and_examples, system_examples, tokenizer, monkeypatch, with_system, single_thread
 ):
-    """Every split worth it: each question's answers run in several forwards on copies of its prompt's cache; the
-    statistics are the lone forwards' and generation from the kept prompts is HF generate's."""
+    """Every split worth it: prompts of each length run apart and are stacked into one cache, each question's answers
+    run in several forwards on copies of its rows; the statistics are the lone forwards' and generation from the
+    kept prompts is HF generate's."""
     from hf_unlearn.benchmarks import engine
     from hf_unlearn.benchmarks.kv_cache import PromptStates
 
@@ -328,14 +329,19 @@ def test_continuations_split_into_runs_change_no_statistic_and_keep_the_prompts(
     model, plain = model_and_examples
     examples = system_examples[0] if with_system else plain
     fresh = build_tiny_model(tokenizer, arch="llama", seed=3).eval()
-    calls = count_calls(fresh)
+    forwards = []  # whether each forward keeps only its last position's logits (a prompt's forward)
+    fresh.register_forward_pre_hook(
+        lambda _, args, kwargs: forwards.append(isinstance(kwargs.get("logits_to_keep"), int)), with_kwargs=True
+    )
     answers = list(range(0, len(QUESTIONS) * len(ANSWERS), len(ANSWERS)))
     states = PromptStates(answers)
     got = score_examples(
         fresh, examples, 0, batch_size=16, show_progress=False, vocab_stats=True, prompt_states=states
     )
     assert_matches_references(model, examples, got)
-    assert len(calls["tokens"]) > 2 + 1 + with_system  # 1 prompt forward and more than 1 for the 15 answers
+    prompt_forwards = sum(forwards) - with_system  # less the shared prefix's own
+    assert prompt_forwards == len(QUESTIONS)  # three prompt lengths, three runs
+    assert len(forwards) - sum(forwards) > 2  # the 15 answers in more than one run, and the lone question
     assert sorted(states.states) == answers
     starts = [next(t for t, label in enumerate(examples[i]["labels"]) if label != -100) for i in answers]
     prompts = [examples[i]["input_ids"][:start] for i, start in zip(answers, starts)]

@@ -97,3 +97,22 @@ def test_modules_refuse_bad_input_with_the_fix(load):
     with pytest.raises(ValueError, match="choose one of"):
         path("rouge")
     assert set(MODULES) == {"truth_ratio", "forget_quality", "mia_auc", "privleak"}
+
+
+def test_vocabulary_statistics_reuse_one_log_softmax_and_change_no_log_probability():
+    """With Min-K%++ asked for, the token log-probabilities come from the same log-softmax as its z-scores: equal,
+    bit for bit, to the cross-entropy path's; the z-scores match a float64 reference."""
+    import torch
+
+    from hf_unlearn.benchmarks.metrics import labelled_token_values
+
+    torch.manual_seed(0)
+    logits, targets = torch.randn(6, 50) * 3, torch.randint(0, 50, (6,))
+    plain, predicted, _ = labelled_token_values(logits, targets)
+    logprobs, predicted_too, z = labelled_token_values(logits, targets, vocab_stats=True)
+    assert torch.equal(logprobs, plain) and torch.equal(predicted, predicted_too)
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    mean = (logp.exp() * logp).sum(-1)
+    std = (logp.exp() * (logp - mean[:, None]) ** 2).sum(-1).sqrt()
+    expected = (logp.gather(-1, targets[:, None]).squeeze(-1) - mean) / std
+    torch.testing.assert_close(z, expected, rtol=1e-5, atol=1e-5)

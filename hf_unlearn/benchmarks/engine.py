@@ -33,6 +33,7 @@ from hf_unlearn.benchmarks.kv_cache import (
     SharedPrefix,
     accepts_cache,
     full_attention,
+    left_padded_concat,
     new_cache,
     rows_of,
 )
@@ -41,8 +42,10 @@ from hf_unlearn.data import IGNORE_INDEX, pad_batch
 from hf_unlearn.modeling import eval_mode, labelled_logits, model_device, scored_positions
 
 
-# Padding tokens a continuation forward must spare to be worth one more forward (a forward's fixed cost, in tokens).
-CHUNK_WORTH_TOKENS = 48
+# Padding tokens a continuation forward must spare to be worth one more forward: a forward's fixed cost in tokens,
+# measured on one CPU thread at 31 for the 2M-parameter TOFU model (dispatch) and 21 for SmolLM2-135M (its weights'
+# read); see docs/evaluation_speed.md.
+CHUNK_WORTH_TOKENS = 32
 
 
 def require_pad_token(tokenizer) -> int:
@@ -147,21 +150,30 @@ def _score_shared(
     skip = shared.length if shared is not None else 0
     cut = [_first_target(examples[g[0]]["labels"]) - 1 for g in groups]
     prefixes = [_own_tokens(examples[g[0]], skip, c) for g, c in zip(groups, cut)]
-    prefix = pad_batch(prefixes, pad_token_id, padding_side="left")
-    prefix_mask = prefix["attention_mask"].to(device)
-    if shared is not None:
-        prefix_mask = shared.mask_for(prefix_mask)
-    cache = shared.cache_for(len(groups)) if shared is not None else new_cache(model)
-    model(
-        input_ids=prefix["input_ids"].to(device),
-        attention_mask=prefix_mask,
-        position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0)[:, skip:],
-        cache=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    if cache.get_seq_length() == 0:
-        return None
+    prefix_runs = _length_chunks([len(p["input_ids"]) for p in prefixes]) if full_attention(new_cache(model)) else []
+    if len(prefix_runs) < 2:  # one forward, in group order
+        prefix_runs = [list(range(len(groups)))]
+    caches, masks = [], []
+    for run in prefix_runs:
+        prefix = pad_batch([prefixes[g] for g in run], pad_token_id, padding_side="left")
+        prefix_mask = prefix["attention_mask"].to(device)
+        if shared is not None:
+            prefix_mask = shared.mask_for(prefix_mask)
+        cache = shared.cache_for(len(run)) if shared is not None else new_cache(model)
+        model(
+            input_ids=prefix["input_ids"].to(device),
+            attention_mask=prefix_mask,
+            position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0)[:, skip:],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if cache.get_seq_length() == 0:
+            return None
+        caches.append(cache)
+        masks.append(prefix_mask)
+    cache, prefix_mask = left_padded_concat(caches, masks) if len(caches) > 1 else (caches[0], masks[0])
+    row_of = {g: row for row, g in enumerate(g for run in prefix_runs for g in run)}  # group -> cache row
     owner = [g for g, members in enumerate(groups) for _ in members]
     rows = [i for members in groups for i in members]
     row_cuts = [cut[g] for g in owner]
@@ -171,7 +183,7 @@ def _score_shared(
         batch = pad_batch([continuations[j] for j in chunk], pad_token_id, padding_side="right")
         keep, targets = scored_positions(batch["labels"].to(device))
         mask = batch["attention_mask"].to(device)
-        index = torch.tensor([owner[j] for j in chunk], device=device)
+        index = torch.tensor([row_of[owner[j]] for j in chunk], device=device)
         chunk_cache = rows_of(cache, index)
         logits = labelled_logits(
             model,
@@ -525,20 +537,7 @@ class _GreedyBatch:
     def merge(self, other: _GreedyBatch) -> _GreedyBatch:
         """One batch of both sets of live rows; the shorter cache is left-padded with masked zeros."""
         other.compact()
-        length = max(self.mask.shape[1], other.mask.shape[1])
-
-        def left_pad(tensor, dim):
-            missing = length - tensor.shape[dim]
-            if missing == 0:
-                return tensor
-            shape = list(tensor.shape)
-            shape[dim] = missing
-            return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-        for mine, theirs in zip(self.cache.layers, other.cache.layers):
-            mine.keys = torch.cat([left_pad(mine.keys, 2), left_pad(theirs.keys, 2)])
-            mine.values = torch.cat([left_pad(mine.values, 2), left_pad(theirs.values, 2)])
-        self.mask = torch.cat([left_pad(self.mask, 1), left_pad(other.mask, 1)])
+        self.cache, self.mask = left_padded_concat([self.cache, other.cache], [self.mask, other.mask])
         self.positions = torch.cat([self.positions, other.positions])
         self.last = torch.cat([self.last, other.last])
         self.rows, self.alive = self.rows + other.rows, self.alive + other.alive

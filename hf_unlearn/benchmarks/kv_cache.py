@@ -71,6 +71,28 @@ def rows_of(cache: DynamicCache, index: torch.Tensor) -> DynamicCache:
     return selected
 
 
+def left_padded_concat(
+    caches: Sequence[DynamicCache], masks: Sequence[torch.Tensor]
+) -> tuple[DynamicCache, torch.Tensor]:
+    """The rows of full-attention ``caches`` in one cache (the first, refilled), each left-padded with masked zero
+    columns to the widest, and their attention ``masks`` likewise."""
+    width = max(mask.shape[1] for mask in masks)
+
+    def left_pad(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        missing = width - tensor.shape[dim]
+        if missing == 0:
+            return tensor
+        shape = list(tensor.shape)
+        shape[dim] = missing
+        return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+    merged = caches[0]
+    for index, layer in enumerate(merged.layers):
+        layer.keys = torch.cat([left_pad(cache.layers[index].keys, 2) for cache in caches])
+        layer.values = torch.cat([left_pad(cache.layers[index].values, 2) for cache in caches])
+    return merged, torch.cat([left_pad(mask, 1) for mask in masks])
+
+
 def full_attention(cache: DynamicCache) -> bool:
     """Whether every layer of ``cache`` keeps every past token (no sliding window, no linear or chunked attention):
     the caches whose columns can be copied between batches and padded anywhere."""

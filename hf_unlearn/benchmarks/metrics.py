@@ -176,17 +176,16 @@ def labelled_token_values(
     labelled positions first changes no value while sparing the prompt and padding positions the vocabulary work.
     """
     logits = logits.float()
-    logprobs = -F.cross_entropy(logits, targets, reduction="none")
     predictions = logits.argmax(dim=-1)
     if not vocab_stats:
-        return logprobs, predictions, None
-    logp = torch.log_softmax(logits, dim=-1)
+        return -F.cross_entropy(logits, targets, reduction="none"), predictions, None
+    logp = torch.log_softmax(logits, dim=-1)  # cross_entropy's own log-softmax: the same values, computed once
+    logprobs = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     probs = logp.exp()
     mean = (probs * logp).sum(dim=-1)
     # sum p (log p - mu)^2 equals sum p (log p)^2 - mu^2 without the float32 cancellation of the latter.
     variance = (probs * (logp - mean.unsqueeze(-1)).square()).sum(dim=-1)
-    target = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    z = (target.double() - mean.double()) / variance.double().clamp(min=1e-6).sqrt()
+    z = (logprobs.double() - mean.double()) / variance.double().clamp(min=1e-6).sqrt()
     return logprobs, predictions, z
 
 
