@@ -355,3 +355,50 @@ def test_prompts_and_answers_split_into_runs_change_no_statistic_and_keep_the_pr
         prompt_states=states.by_prompt(answers),
     )
     assert got == lone_generations(model, tokenizer, prompts, [30, 5, 40])
+
+
+@pytest.mark.parametrize("second", ["shorter_prefix", "no_prefix"])
+def test_states_of_several_scoring_passes_generate_together_as_lone_generate(
+    model_and_examples, tokenizer, second, single_thread
+):
+    """Two sets scored apart (one whose questions all start alike, so its shared prefix is longer; the other with a
+    shorter prefix or none) generate in one call from their combined states: no prompt prefills, HF's text."""
+    from hf_unlearn.benchmarks.engine import generate_greedy
+    from hf_unlearn.benchmarks.kv_cache import PromptStates
+    from hf_unlearn.data import QAFormat
+
+    model, _ = model_and_examples
+    system = QAFormat(system_prompt=SYSTEM)
+    alike = ["Where was Ava Varga born?", "Where was Bram Okafor raised?"]
+    sets = [
+        ([tokenize_qa(tokenizer, q, a, qa_format=system) for q in alike for a in ANSWERS[:3]], 3),
+        (
+            [
+                tokenize_qa(tokenizer, q, a, qa_format=system if second == "shorter_prefix" else None)
+                for q in QUESTIONS
+                for a in ANSWERS[:2]
+            ],
+            2,
+        ),
+    ]
+    fresh = build_tiny_model(tokenizer, arch="llama", seed=3).eval()
+    parts, prompts = [], []
+    for examples, per_question in sets:
+        firsts = list(range(0, len(examples), per_question))
+        states = PromptStates(firsts)
+        score_examples(fresh, examples, 0, batch_size=16, show_progress=False, prompt_states=states)
+        assert sorted(states.states) == firsts
+        parts.append(states.by_prompt(firsts))
+        for i in firsts:
+            prompts.append(
+                examples[i]["input_ids"][: next(t for t, x in enumerate(examples[i]["labels"]) if x != -100)]
+            )
+    assert parts[0].shared.length > (parts[1].shared.length if parts[1].shared is not None else 0)
+    combined = PromptStates.combine(parts)
+    assert sorted(combined.states) == list(range(len(prompts)))
+    assert (combined.shared is not None) == (second == "shorter_prefix")
+    calls = count_calls(fresh)
+    caps = [25, 4, 30, 12, 18]
+    got = generate_greedy(fresh, tokenizer, prompts, caps, batch_size=3, show_progress=False, prompt_states=combined)
+    assert all(n <= 3 for n in calls["tokens"])  # decode steps only
+    assert got == lone_generations(model, tokenizer, prompts, caps)

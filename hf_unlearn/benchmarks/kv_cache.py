@@ -130,6 +130,16 @@ class SharedPrefix:
         """The same prefix (the same cache tensors) handing out growing caches, for generation."""
         return SharedPrefix(self.model, self.tokens, self.cache, growing=True)
 
+    def truncated(self, length: int) -> SharedPrefix:
+        """The first ``length`` tokens of this prefix (a view of its cache's first columns)."""
+        if length == self.length:
+            return self
+        cache = new_cache(self.model, growing=self.growing)
+        for mine, full in zip(cache.layers, self.cache.layers):
+            mine.lazy_initialization(full.keys, full.values)
+            mine.keys, mine.values = full.keys[:, :, :length], full.values[:, :, :length]
+        return SharedPrefix(self.model, self.tokens[:length], cache, self.growing)
+
     def starts(self, prompt: Sequence[int]) -> bool:
         return len(prompt) > self.length and list(prompt[: self.length]) == self.tokens
 
@@ -195,11 +205,35 @@ class PromptStates:
         self.shared: SharedPrefix | None = None  # scoring's; generation starts from the same one
         self.states: dict[int, tuple[list[torch.Tensor], list[torch.Tensor], int]] = {}
         self.bytes = 0
+        self.size = 0  # prompts, once keyed by prompt (:meth:`by_prompt`)
+
+    @classmethod
+    def combine(cls, parts: Sequence[PromptStates]) -> PromptStates:
+        """The states of several scoring passes keyed by prompt index (:meth:`by_prompt` of each, in order), for one
+        generation over all their prompts. The prefix they start from is the longest the passes' prefixes share; the
+        columns a pass's longer prefix held past it are put in front of its states."""
+        shared = [part.shared for part in parts]
+        length = 0 if any(s is None for s in shared) else common_prefix_length([s.tokens for s in shared])
+        if length < MIN_SHARED_TOKENS:
+            length = 0
+        combined = cls([], sum(part.budget_bytes for part in parts))
+        combined.shared = shared[0].truncated(length) if length else None
+        offset = 0
+        for part, prefix in zip(parts, shared):
+            for prompt, (keys, values, token) in part.states.items():
+                if prefix is not None and prefix.length > length:
+                    heads = prefix.cache.layers
+                    keys = [torch.cat([head.keys[0, :, length:], k], dim=-2) for head, k in zip(heads, keys)]
+                    values = [torch.cat([head.values[0, :, length:], v], dim=-2) for head, v in zip(heads, values)]
+                combined.states[offset + prompt] = (keys, values, token)
+            offset += part.size
+        combined.bytes = sum(part.bytes for part in parts)
+        return combined
 
     def by_prompt(self, examples: Sequence[int]) -> PromptStates:
         """The same states keyed by prompt index, prompt ``i`` being example ``examples[i]``."""
         keyed = PromptStates([], self.budget_bytes)
-        keyed.shared, keyed.bytes = self.shared, self.bytes
+        keyed.shared, keyed.bytes, keyed.size = self.shared, self.bytes, len(examples)
         keyed.states = {i: self.states[e] for i, e in enumerate(examples) if e in self.states}
         return keyed
 

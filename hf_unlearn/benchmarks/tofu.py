@@ -28,7 +28,7 @@ from hf_unlearn.benchmarks import metrics
 from hf_unlearn.benchmarks import privacy as privacy_attacks
 from hf_unlearn.benchmarks.base import UNSET, Benchmark, BenchmarkResult, check_counts, show_progress_of
 from hf_unlearn.benchmarks.engine import generate_greedy, require_pad_token, score_examples
-from hf_unlearn.benchmarks.kv_cache import PromptStates
+from hf_unlearn.benchmarks.kv_cache import PROMPT_STATES_BUDGET_BYTES, PromptStates
 from hf_unlearn.benchmarks.retain_stats import RetainReference
 from hf_unlearn.benchmarks.sharding import gather_in_order, process_info, shard
 from hf_unlearn.benchmarks.tofu_data import load_tofu, tofu_split_names
@@ -202,9 +202,15 @@ class TofuBenchmark(Benchmark):
         start = time.perf_counter()
         require_pad_token(tokenizer)
         timer = StageTimer()
-        records = {
-            name: self._evaluate_set(model, tokenizer, name, generate=SETS[name][2], timer=timer) for name in SETS
-        }
+        # Every set is scored first, then every prompt generated in one call; the prompt caches scoring keeps for
+        # generation share one memory budget.
+        scored, budget = {}, PROMPT_STATES_BUDGET_BYTES
+        for name in SETS:
+            scored[name] = self._score_set(model, tokenizer, name, SETS[name][2], timer, budget)
+            budget -= scored[name].prompt_states.bytes if scored[name].prompt_states is not None else 0
+        generating = [scored[name] for name in SETS if SETS[name][2]]
+        generations = dict(zip((s.name for s in generating), self._generate(model, tokenizer, generating, timer)))
+        records = {name: self._records(model, tokenizer, scored[name], generations.get(name), timer) for name in SETS}
         with timer("retain_statistics"):
             reference, reason = self.reference_statistics(model)
         values, unavailable = summarise(records, reference, reason, self.args.use_stemmer, timer)
@@ -253,7 +259,15 @@ class TofuBenchmark(Benchmark):
     def _evaluate_set(
         self, model, tokenizer, set_name: str, generate: bool, timer: StageTimer | None = None
     ) -> list[dict[str, Any]]:
+        """One set's records; with ``generate``, its own greedy generation."""
         timer = timer or StageTimer()
+        scored = self._score_set(model, tokenizer, set_name, generate, timer, PROMPT_STATES_BUDGET_BYTES)
+        generations = self._generate(model, tokenizer, [scored], timer)[0] if generate else None
+        return self._records(model, tokenizer, scored, generations, timer)
+
+    def _score_set(
+        self, model, tokenizer, set_name: str, generate: bool, timer: StageTimer, states_budget: int
+    ) -> _ScoredSet:
         rows = self.load_rows(set_name)
         rank, world_size = process_info()
         local = shard(rows, rank, world_size)
@@ -281,7 +295,7 @@ class TofuBenchmark(Benchmark):
         # Generation starts from the true answers' prompts, which scoring runs anyway: it keeps them for generation.
         answer_slot = {position: slot for (position, variant, _), slot in zip(owners, slots) if variant == "answer"}
         answer_slots = [answer_slot[position] for position in range(len(local))] if generate else []
-        prompt_states = PromptStates(answer_slots) if generate else None
+        prompt_states = PromptStates(answer_slots, states_budget) if generate else None
         with timer("scoring", set_name):
             scores = score_examples(
                 model,
@@ -304,39 +318,68 @@ class TofuBenchmark(Benchmark):
                 # it in prompt + answer (the same as the prompt's own tokens unless the tokenizer merges there).
                 prompts[position] = sequence["input_ids"][: _label_start(sequence["labels"])]
                 answers[position] = sequence
+        states = prompt_states.by_prompt(answer_slots) if generate else None
+        return _ScoredSet(set_name, len(rows), world_size, local, by_row, prompts, answers, states, attacked, progress)
 
-        generations = [None] * len(local)
-        if generate:
-            with timer("generation", set_name):
-                caps = (
-                    [max(0, LEGACY_TOTAL_TOKENS - len(p)) for p in prompts]
-                    if self.args.legacy
-                    else self.args.max_new_tokens
-                )
-                generations = generate_greedy(
-                    model,
-                    tokenizer,
-                    prompts,
-                    caps,
-                    self.generation_batch_size,
-                    desc=f"TOFU {set_name}: generating",
-                    show_progress=progress,
-                    prompt_states=prompt_states.by_prompt(answer_slots),
-                )
-        with timer("truth_ratio", set_name):
+    def _generate(self, model, tokenizer, sets: list[_ScoredSet], timer: StageTimer) -> list[list[str]]:
+        """Greedy generations from every prompt of ``sets`` in one call (rows of one set finishing early make room
+        for the next set's, so decode steps stay full), split back per set."""
+        prompts = [prompt for scored in sets for prompt in scored.prompts]
+        with timer("generation", sets[0].name if len(sets) == 1 else None):
+            caps = (
+                [max(0, LEGACY_TOTAL_TOKENS - len(p)) for p in prompts]
+                if self.args.legacy
+                else self.args.max_new_tokens
+            )
+            names = ", ".join(scored.name for scored in sets)
+            generations = generate_greedy(
+                model,
+                tokenizer,
+                prompts,
+                caps,
+                self.generation_batch_size,
+                desc=f"TOFU {names}: generating",
+                show_progress=sets[0].progress,
+                prompt_states=PromptStates.combine([scored.prompt_states for scored in sets]),
+            )
+        split, start = [], 0
+        for scored in sets:
+            split.append(generations[start : start + len(scored.prompts)])
+            start += len(scored.prompts)
+        return split
+
+    def _records(self, model, tokenizer, scored: _ScoredSet, generations, timer: StageTimer) -> list[dict[str, Any]]:
+        generations = generations or [None] * len(scored.local)
+        with timer("truth_ratio", scored.name):
             records = [
-                (index, example_record(index, row, by_row[position], generations[position], set_name))
-                for position, (index, row) in enumerate(local)
+                (index, example_record(index, row, scored.by_row[position], generations[position], scored.name))
+                for position, (index, row) in enumerate(scored.local)
             ]
-        if attacked:
-            with timer("gradnorm", set_name):
-                for (_, record), sequence in zip(records, answers):
+        if scored.attacked:
+            with timer("gradnorm", scored.name):
+                for (_, record), sequence in zip(records, scored.answers):
                     ids, labels = sequence["input_ids"], sequence["labels"]
                     record["zlib_length"] = privacy_attacks.zlib_length(
                         privacy_attacks.labelled_text(tokenizer, ids, labels)
                     )
                     record["gradnorm"] = privacy_attacks.gradient_norm(model, ids, labels)
-        return gather_in_order(records, len(rows), world_size)
+        return gather_in_order(records, scored.total, scored.world_size)
+
+
+@dataclass
+class _ScoredSet:
+    """A set's scoring results, waiting for its generations (TOFU generates every set's prompts together)."""
+
+    name: str
+    total: int  # rows over every rank
+    world_size: int
+    local: list
+    by_row: list
+    prompts: list
+    answers: list
+    prompt_states: PromptStates | None  # keyed by prompt
+    attacked: bool
+    progress: bool
 
 
 def _label_start(labels: list[int]) -> int:
