@@ -2,10 +2,12 @@
 
 Both sort inputs by length before batching (less padding, so fewer wasted FLOPs) and return results in input
 order. Scoring pads on the right (positions stay 0..n-1, labels shift naturally); examples sharing a prompt (the
-answers to one question) run it once into a KV cache, left-padded, and their continuations on top of it; the output
-head runs on the scored positions only. Generation pads on the left so every row's next token is at the same
-position, and appends to its KV cache in place. Tokens every prompt of a call starts with (a chat template's system
-message) run once and are copied into each batch's cache (:class:`hf_unlearn.benchmarks.kv_cache.SharedPrefix`).
+answers to one question) run it once into a KV cache, left-padded, and their continuations on top of it, prompts and
+continuations each in runs of similar length; the output head runs on the scored positions only. Generation pads on
+the left so every row's next token is at the same position, appends to its KV cache in place, and on a CPU reads
+per run of rows only the cache columns they attend to (:mod:`hf_unlearn.benchmarks.decode_attention`).
+Tokens every prompt of a call starts with (a chat template's system message) run once and are copied into each
+batch's cache (:class:`hf_unlearn.benchmarks.kv_cache.SharedPrefix`).
 Prompts the scoring pass already ran (the true answers') can be kept from it, with their first greedy token, so
 that generation starts from them without a prefill (:class:`hf_unlearn.benchmarks.kv_cache.PromptStates`).
 Both restore the model's train/eval mode on exit.
@@ -150,30 +152,10 @@ def _score_shared(
     skip = shared.length if shared is not None else 0
     cut = [_first_target(examples[g[0]]["labels"]) - 1 for g in groups]
     prefixes = [_own_tokens(examples[g[0]], skip, c) for g, c in zip(groups, cut)]
-    prefix_runs = _length_chunks([len(p["input_ids"]) for p in prefixes]) if full_attention(new_cache(model)) else []
-    if len(prefix_runs) < 2:  # one forward, in group order
-        prefix_runs = [list(range(len(groups)))]
-    caches, masks = [], []
-    for run in prefix_runs:
-        prefix = pad_batch([prefixes[g] for g in run], pad_token_id, padding_side="left")
-        prefix_mask = prefix["attention_mask"].to(device)
-        if shared is not None:
-            prefix_mask = shared.mask_for(prefix_mask)
-        cache = shared.cache_for(len(run)) if shared is not None else new_cache(model)
-        model(
-            input_ids=prefix["input_ids"].to(device),
-            attention_mask=prefix_mask,
-            position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0)[:, skip:],
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        if cache.get_seq_length() == 0:
-            return None
-        caches.append(cache)
-        masks.append(prefix_mask)
-    cache, prefix_mask = left_padded_concat(caches, masks) if len(caches) > 1 else (caches[0], masks[0])
-    row_of = {g: row for row, g in enumerate(g for run in prefix_runs for g in run)}  # group -> cache row
+    prompts = _run_prompts(model, prefixes, shared, pad_token_id, device)
+    if prompts is None:
+        return None
+    cache, prefix_mask, row_of = prompts
     owner = [g for g, members in enumerate(groups) for _ in members]
     rows = [i for members in groups for i in members]
     row_cuts = [cut[g] for g in owner]
@@ -203,6 +185,37 @@ def _score_shared(
             (chunk_rows, packed_answer_stats(logits, targets, keep[:, :-1], k, min_k_at_least_one, vocab_stats))
         )
     return parts
+
+
+def _run_prompts(model, prompts, shared, pad_token_id, device):
+    """The groups' prompts (after ``shared``) into one left-padded KV cache, in runs of similar length
+    (:func:`_length_chunks`) stacked afterwards: ``(cache, attention mask, cache row of each group)``, or ``None``
+    when the model filled no cache."""
+    skip = shared.length if shared is not None else 0
+    runs = _length_chunks([len(p["input_ids"]) for p in prompts]) if full_attention(new_cache(model)) else []
+    if len(runs) < 2:  # one forward, in group order
+        runs = [list(range(len(prompts)))]
+    caches, masks = [], []
+    for run in runs:
+        batch = pad_batch([prompts[g] for g in run], pad_token_id, padding_side="left")
+        mask = batch["attention_mask"].to(device)
+        if shared is not None:
+            mask = shared.mask_for(mask)
+        cache = shared.cache_for(len(run)) if shared is not None else new_cache(model)
+        model(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, skip:],
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        if cache.get_seq_length() == 0:
+            return None
+        caches.append(cache)
+        masks.append(mask)
+    cache, mask = left_padded_concat(caches, masks) if len(caches) > 1 else (caches[0], masks[0])
+    return cache, mask, {g: row for row, g in enumerate(g for run in runs for g in run)}
 
 
 def _length_chunks(lengths: Sequence[int]) -> list[list[int]]:
