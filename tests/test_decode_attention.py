@@ -88,3 +88,17 @@ def test_a_prefilled_batch_behind_a_shared_prefix_keeps_each_rows_columns_as_a_s
     expected = torch.tensor([[0] * (width - n) + [1] * n for n in lengths])
     assert torch.equal(batch.mask, expected)
     assert batch.last.tolist() == alone
+
+
+def test_grouped_decoding_applies_to_sdpa_on_a_cpu_through_the_attention_interface_only(tokenizer, monkeypatch):
+    from hf_unlearn.benchmarks.decode_attention import takes_grouped_decoding
+
+    model = build_tiny_model(tokenizer, arch="llama", seed=3).eval()
+    cpu = torch.device("cpu")
+    assert takes_grouped_decoding(model, cpu)
+    assert not takes_grouped_decoding(model, torch.device("cuda"))
+    monkeypatch.setattr(type(model), "_supports_attention_backend", False)
+    assert not takes_grouped_decoding(model, cpu)  # attention layers of its own would never see the groups
+    monkeypatch.undo()
+    model.config._attn_implementation = "eager"
+    assert not takes_grouped_decoding(model, cpu)

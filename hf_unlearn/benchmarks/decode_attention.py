@@ -91,10 +91,13 @@ def column_bytes(cache) -> int:
 
 
 def takes_grouped_decoding(model, device: torch.device) -> bool:
-    """Whether :func:`grouped_decoding` applies: sdpa on a CPU, and a forward that hands extra keywords down to its
-    attention (transformers' ``**kwargs``)."""
+    """Whether :func:`grouped_decoding` applies: sdpa on a CPU, in a model whose attention layers go through
+    transformers' attention interface and whose forward hands extra keywords down to them (``**kwargs``)."""
     config = getattr(model, "config", None)
     if device.type != "cpu" or getattr(config, "_attn_implementation", None) != "sdpa":
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(type(base), "_supports_attention_backend", False):
         return False
     parameters = inspect.signature(type(model).forward).parameters.values()
     return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
