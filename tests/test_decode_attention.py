@@ -102,3 +102,13 @@ def test_grouped_decoding_applies_to_sdpa_on_a_cpu_through_the_attention_interfa
     monkeypatch.undo()
     model.config._attn_implementation = "eager"
     assert not takes_grouped_decoding(model, cpu)
+
+
+def test_runs_hold_at_most_max_group_rows_rows():
+    from hf_unlearn.benchmarks.decode_attention import MAX_GROUP_ROWS
+
+    rows = 2 * MAX_GROUP_ROWS + 5
+    groups = decode_groups([7] * rows, [True] * rows, 100, 1)
+    assert sorted(stop - start for start, stop, _ in groups) == [5, MAX_GROUP_ROWS, MAX_GROUP_ROWS]  # three calls
+    assert [start for start, _, _ in groups] == [0, groups[0][1], groups[1][1]]  # every row, in order
+    assert all(first == 7 for _, _, first in groups)

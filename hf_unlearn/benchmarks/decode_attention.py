@@ -30,6 +30,8 @@ GROUPED_SDPA = "hf_unlearn_grouped_sdpa"
 # Cache bytes a group must spare reading (per layer) to be worth one more attention call on a CPU: one call's fixed
 # cost (~20 us) at the ~8 GB/s a decode step's cache read reaches there (measured: see docs/evaluation_speed.md).
 GROUP_WORTH_BYTES = 160 * 1024
+# Rows in one run at most: keeps the search linear in the batch size (a longer run saves one call in that many rows).
+MAX_GROUP_ROWS = 64
 
 
 def grouped_sdpa_forward(module, query, key, value, attention_mask, *args, decode_groups=None, **kwargs):
@@ -66,7 +68,7 @@ def decode_groups(
         if not alive[stop - 1]:
             best[stop], choice[stop] = best[stop - 1], None
         first = width
-        for start in range(stop - 1, -1, -1):
+        for start in range(stop - 1, max(stop - 1 - MAX_GROUP_ROWS, -1), -1):
             first = min(first, first_columns[start])
             cost = best[start] + (stop - start) * (width - first) + penalty
             if cost < best[stop]:
