@@ -216,7 +216,7 @@ class PromptStates:
         length = 0 if any(s is None for s in shared) else common_prefix_length([s.tokens for s in shared])
         if length < MIN_SHARED_TOKENS:
             length = 0
-        combined = cls([], sum(part.budget_bytes for part in parts))
+        combined = cls([], sum(part.bytes for part in parts))  # a view for generation: it keeps nothing more
         combined.shared = shared[0].truncated(length) if length else None
         offset = 0
         for part, prefix in zip(parts, shared):
