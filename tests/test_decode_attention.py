@@ -112,3 +112,25 @@ def test_runs_hold_at_most_max_group_rows_rows():
     assert sorted(stop - start for start, stop, _ in groups) == [5, MAX_GROUP_ROWS, MAX_GROUP_ROWS]  # three calls
     assert [start for start, _, _ in groups] == [0, groups[0][1], groups[1][1]]  # every row, in order
     assert all(first == 7 for _, _, first in groups)
+
+
+def test_a_cache_with_sliding_window_layers_decodes_ungrouped_and_as_hf_generate(
+    tokenizer, monkeypatch, single_thread
+):
+    """Sliding-window layers keep their own (shorter) columns, which the batch's runs do not describe: such a batch
+    decodes with plain sdpa, whatever grouping would save."""
+    from hf_unlearn.benchmarks.engine import generate_greedy
+    from hf_unlearn.data import tokenize_prompt
+
+    monkeypatch.setattr(decode_attention, "GROUP_WORTH_BYTES", 0)
+    model = build_tiny_model(
+        tokenizer, arch="qwen2", seed=3, use_sliding_window=True, sliding_window=6, max_window_layers=1
+    ).eval()
+    assert "sliding_attention" in model.config.layer_types
+    seen = []
+    model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs.get("decode_groups")), with_kwargs=True)
+    prompts = [tokenize_prompt(tokenizer, q) for q in QUESTIONS + ["Name a book.", "Why?"]]
+    caps = [30, 3, 40, 1, 12]
+    got = generate_greedy(model, tokenizer, prompts, caps, batch_size=2, show_progress=False)
+    assert not any(seen)
+    assert got == lone_generations(model, tokenizer, prompts, caps)

@@ -476,7 +476,8 @@ class _GreedyBatch:
                 input_ids=self.sequences, attention_mask=self.mask, position_ids=positions, logits_to_keep=1
             ).logits
         else:
-            extra = {"decode_groups": self.decode_groups()} if grouped else {}
+            # runs are cut from the batch's mask, which only full-attention layers' columns follow
+            extra = {"decode_groups": self.decode_groups()} if grouped and self.can_merge else {}
             logits = model(
                 input_ids=self.last[:, None],
                 attention_mask=self.decode_mask(model),
