@@ -83,8 +83,8 @@ def test_eval_reproduces_training_probability_on_a_whitespace_attaching_tokenize
     assert summary["config"]["qa_format"]["template"] == TOFU_TEMPLATE
     assert summary["metrics"]["forget_prob"] == pytest.approx(sum(training_probs) / len(training_probs), rel=1e-4)
     assert summary["metrics"]["forget_rouge_l_recall"] > 0.95
-    assert set(summary["config"]["timings"]["sets_s"]["forget"]) >= {"scoring", "generation", "truth_ratio"}
-    assert "mia" in summary["config"]["timings"]["stages_s"]
+    assert set(summary["config"]["timings"]["sets_s"]["forget"]) >= {"scoring", "truth_ratio"}
+    assert {"generation", "mia"} <= set(summary["config"]["timings"]["stages_s"])  # one generation for every set
     cpu = summary["config"]["timings"]["stages_cpu_s"]
     assert cpu["scoring"] > 0 and cpu["generation"] > 0 and summary["config"]["timings"]["total_cpu_s"] > 0
     # The default template is TOFU's for a tokenizer without a chat template; eval says so on stderr.
