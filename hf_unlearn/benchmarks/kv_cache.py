@@ -216,7 +216,7 @@ class PromptStates:
         length = 0 if any(s is None for s in shared) else common_prefix_length([s.tokens for s in shared])
         if length < MIN_SHARED_TOKENS:
             length = 0
-        combined = cls([], sum(part.bytes for part in parts))  # a view for generation: it keeps nothing more
+        combined = cls([], budget_bytes=0)  # a view for generation: it keeps nothing more
         combined.shared = shared[0].truncated(length) if length else None
         offset = 0
         for part, prefix in zip(parts, shared):
@@ -227,7 +227,7 @@ class PromptStates:
                     values = [torch.cat([head.values[0, :, length:], v], dim=-2) for head, v in zip(heads, values)]
                 combined.states[offset + prompt] = (keys, values, token)
             offset += part.size
-        combined.bytes = sum(part.bytes for part in parts)
+        combined.bytes, combined.size = sum(part.bytes for part in parts), offset
         return combined
 
     def by_prompt(self, examples: Sequence[int]) -> PromptStates:
