@@ -11,6 +11,8 @@ import statistics
 import time
 from collections.abc import Callable
 
+from benchmarks_perf.journal import Journal
+
 
 # Process CPU time: at one intra-op thread it barely moves when other processes share the CPU, unlike wall time.
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -30,23 +32,39 @@ def timed(fn: Callable[[], object], clock: str = "cpu") -> Callable[[], float]:
     return measure
 
 
-def alternate(sides: dict[str, Callable[[], float]], repeats: int = 5, warmup: int = 1) -> dict[str, list[float]]:
+def alternate(
+    sides: dict[str, Callable[[], float]],
+    repeats: int = 5,
+    warmup: int = 1,
+    journal: Journal | None = None,
+    row: str = "",
+) -> dict[str, list[float]]:
     """Each side's measurements (a callable returning one value: seconds, megabytes), taken in rounds.
 
     ``warmup`` rounds run every side once in order and are discarded (allocator, page faults, lazy
     initialisation); then ``repeats`` rounds run every side once, in the order given: A B A B ... for two sides.
+
+    ``journal``: values already in it for comparison ``row`` are taken as measured (a resumed run continues at the
+    first missing one, in the same order) and each new value is recorded there as soon as it is taken. The warm-up
+    runs only when something is left to measure.
     """
     if not sides:
         raise ValueError("alternate() needs at least one side to measure.")
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0.")
+    values = {name: journal.values(row, name)[:repeats] if journal else [] for name in sides}
+    if all(len(measured) == repeats for measured in values.values()):
+        return values
     for _ in range(warmup):
         for measure in sides.values():
             measure()
-    values: dict[str, list[float]] = {name: [] for name in sides}
-    for _ in range(repeats):
+    for index in range(repeats):
         for name, measure in sides.items():
+            if index < len(values[name]):
+                continue
             values[name].append(float(measure()))
+            if journal is not None:
+                journal.record(row, name, values[name][-1])
     return values
 
 
@@ -95,10 +113,12 @@ def compare(
     repeats: int = 5,
     warmup: int = 1,
     unit: str = "seconds",
+    journal: Journal | None = None,
     **setup,
 ) -> dict:
-    """:func:`alternate` two sides (A first), then :func:`ratio_entry` of A over B."""
-    values = alternate({a_name: a, b_name: b}, repeats, warmup)
+    """:func:`alternate` two sides (A first; journaled as the row ``<a>_vs_<b>``), then :func:`ratio_entry` of A
+    over B."""
+    values = alternate({a_name: a, b_name: b}, repeats, warmup, journal, row=f"{a_name}_vs_{b_name}")
     return ratio_entry(a_name, values[a_name], b_name, values[b_name], goal, unit, warmup=warmup, **setup)
 
 

@@ -28,6 +28,7 @@ import tempfile
 import torch
 
 from benchmarks_perf import peak_rss_kb, subprocess_env
+from benchmarks_perf.journal import Journal
 from benchmarks_perf.ratio import alternate, compare, ratio_entry, timed
 
 
@@ -145,7 +146,25 @@ class Stepper:
 # ---- the comparisons -----------------------------------------------------------------------------------------------
 
 
-def _zo_rows(model, tokenizer, data, plain, out, batch_size, repeats, warmup, clock) -> tuple[dict, list[str]]:
+@dataclasses.dataclass(frozen=True)
+class Rounds:
+    """How every comparison is measured: alternating ``repeats`` after ``warmup`` rounds, on ``clock``, each value
+    journaled when a ``journal`` is given (a stopped run resumes)."""
+
+    repeats: int = 5
+    warmup: int = 1
+    clock: str = "cpu"
+    journal: Journal | None = None
+
+    def compare(self, a_name, a, b_name, b, goal, **setup) -> dict:
+        """:func:`benchmarks_perf.ratio.compare` of two callables timed on this clock."""
+        return compare(
+            a_name, timed(a, self.clock), b_name, timed(b, self.clock), goal, self.repeats, self.warmup,
+            journal=self.journal, **setup,
+        )  # fmt: skip
+
+
+def _zo_rows(model, tokenizer, data, plain, out, batch_size, rounds: Rounds) -> tuple[dict, list[str]]:
     available = config_fields()
     from hf_unlearn.optim.zo import DIRECTIONS
 
@@ -155,14 +174,20 @@ def _zo_rows(model, tokenizer, data, plain, out, batch_size, repeats, warmup, cl
         if set(fields) <= available and fields.get("zo_direction", "sphere") in DIRECTIONS
     }
     reference = Stepper(model, tokenizer, data, out, batch_size, optimizer="adamw")
-    sides = {"two_forwards": timed(lambda: [reference.no_grad_loss(plain) for _ in range(2)], clock)}
+    sides = {"two_forwards": timed(lambda: [reference.no_grad_loss(plain) for _ in range(2)], rounds.clock)}
     for name, fields in variants.items():
         stepper = Stepper(model, tokenizer, data, out, batch_size, optimizer="zo_sgd", learning_rate=1e-7, **fields)
-        sides[name] = timed(lambda s=stepper: s.step(plain), clock)
-    values = alternate(sides, repeats, warmup)
+        sides[name] = timed(lambda s=stepper: s.step(plain), rounds.clock)
+    values = alternate(sides, rounds.repeats, rounds.warmup, rounds.journal, row="zo_rows")
     rows = {
         f"{name}_vs_two_forwards": ratio_entry(
-            name, values[name], "two_forwards", values["two_forwards"], GOALS["zo_step"], warmup=warmup, **fields
+            name,
+            values[name],
+            "two_forwards",
+            values["two_forwards"],
+            GOALS["zo_step"],
+            warmup=rounds.warmup,
+            **fields,
         )
         for name, fields in variants.items()
     }
@@ -170,37 +195,35 @@ def _zo_rows(model, tokenizer, data, plain, out, batch_size, repeats, warmup, cl
     return rows, skipped
 
 
-def _npo_row(model, tokenizer, data, out, batch_size, repeats, warmup, clock) -> dict:
+def _npo_row(model, tokenizer, data, out, batch_size, rounds: Rounds) -> dict:
     stepper = Stepper(model, tokenizer, data, out, batch_size, optimizer="adamw")
     collate = stepper.trainer.data_collator
     pairs = collate([data[i] for i in range(batch_size)])
     rows = [data[i]["forget"] for i in range(batch_size)] + [data[i]["retain"] for i in range(batch_size)]
     plain = collate([{k: v for k, v in row.items() if k != "index"} for row in rows])
-    return compare(
-        "npo_step", timed(lambda: stepper.step(pairs), clock), "sft_step", timed(lambda: stepper.step(plain), clock),
-        GOALS["npo_step"], repeats, warmup,
+    return rounds.compare(
+        "npo_step", lambda: stepper.step(pairs), "sft_step", lambda: stepper.step(plain), GOALS["npo_step"],
         what="NPO (cached reference, beta 0.1, alpha 1) on B forget + B retain rows against the mean answer NLL of "
         "the same 2B rows in one batch; AdamW; the reference pass runs in the warm-up",
     )  # fmt: skip
 
 
-def _hybrid_row(model, tokenizer, data, out, batch_size, n, repeats, warmup, clock) -> dict:
+def _hybrid_row(model, tokenizer, data, out, batch_size, n, rounds: Rounds) -> dict:
     def run(**fields):
         from hf_unlearn.trainers import get_method
 
         args = _config(out, batch_size, max_steps=2 * n, **fields)
         get_method("npo")(model, args, train_dataset=data, processing_class=tokenizer).train()
 
-    return compare(
-        "hybrid_run", timed(lambda: run(optimizer="hybrid", hybrid_fo_steps=n), clock),
-        "adamw_run", timed(lambda: run(optimizer="adamw"), clock),
-        GOALS["hybrid_run"], repeats, warmup, hybrid_fo_steps=n, steps=2 * n,
+    return rounds.compare(
+        "hybrid_run", lambda: run(optimizer="hybrid", hybrid_fo_steps=n), "adamw_run", lambda: run(optimizer="adamw"),
+        GOALS["hybrid_run"], hybrid_fo_steps=n, steps=2 * n,
         what=f"whole NPO runs (trainer.train(), fresh optimizer, cached reference pass included): {n} AdamW + {n} "
         f"AdaZO steps against {2 * n} AdamW steps",
     )  # fmt: skip
 
 
-def _scoring_row(model, plain, repeats, warmup, clock) -> dict:
+def _scoring_row(model, plain, rounds: Rounds) -> dict:
     from hf_unlearn.data import IGNORE_INDEX
     from hf_unlearn.modeling import eval_mode, token_nll
 
@@ -218,18 +241,21 @@ def _scoring_row(model, plain, repeats, warmup, clock) -> dict:
             else:
                 results["full"] = float(token_nll(model(**_inputs(plain)).logits, labels).sum())
 
-    entry = compare(
-        "answer_only_logits", timed(lambda: score(True), clock), "full_vocabulary_logits",
-        timed(lambda: score(False), clock), GOALS["answer_only_scoring"], repeats, warmup,
+    entry = rounds.compare(
+        "answer_only_logits", lambda: score(True), "full_vocabulary_logits", lambda: score(False),
+        GOALS["answer_only_scoring"],
         positions_with_logits=keep, positions=labels.shape[1],
         what="answer NLL of B rows: the output head over the vocabulary at every position against only from the "
         "position before the first answer token on (logits_to_keep)",
     )  # fmt: skip
+    for answer_only, key in ((True, "answer_only"), (False, "full")):
+        if key not in results:  # every timing came from a resumed run's journal
+            score(answer_only)
     entry["nll_sum_difference"] = abs(results["answer_only"] - results["full"])
     return entry
 
 
-def _training_head_row(model, plain, repeats, warmup, clock) -> dict:
+def _training_head_row(model, plain, rounds: Rounds) -> dict:
     from hf_unlearn.modeling import answer_token_nll, token_nll
 
     labels = plain["labels"]
@@ -243,9 +269,9 @@ def _training_head_row(model, plain, repeats, warmup, clock) -> dict:
     was_training = model.training
     model.train()
     try:
-        entry = compare(
-            "answer_only_head", timed(lambda: step(True), clock), "full_vocabulary_head",
-            timed(lambda: step(False), clock), GOALS["answer_only_training"], repeats, warmup,
+        entry = rounds.compare(
+            "answer_only_head", lambda: step(True), "full_vocabulary_head", lambda: step(False),
+            GOALS["answer_only_training"],
             answer_tokens=tokens, positions=labels.numel(),
             what="forward + backward of the mean answer NLL of B rows: the output head on the answer positions only "
             "(hf_unlearn.modeling.answer_token_nll, what every objective trains on) against the head at every "
@@ -329,9 +355,11 @@ def bench_real_model(
     threads: int = 1,
     clock: str = "cpu",
     rows: tuple[str, ...] = (),
+    journal: Journal | None = None,
 ) -> dict:
     """Every comparison of the module docstring on ``model`` (a folder or a packaged model's name), in one run;
-    ``rows``: only these of :data:`ROWS` (default: all)."""
+    ``rows``: only these of :data:`ROWS` (default: all); ``journal``: where each value is kept as it is taken (values
+    already there are not measured again)."""
     unknown = set(rows) - set(ROWS)
     if unknown:
         raise ValueError(f"Unknown bench rows {sorted(unknown)}; choose from {', '.join(ROWS)}.")
@@ -355,26 +383,24 @@ def bench_real_model(
                 for mode in MEMORY_MODES
             }
 
+            rounds = Rounds(repeats, warmup, clock, journal)
+
             def zo_rows():
-                return _zo_rows(loaded, tokenizer, data, plain, out, batch_size, repeats, warmup, clock)
+                return _zo_rows(loaded, tokenizer, data, plain, out, batch_size, rounds)
 
             # cheapest first: a run stopped early (a loaded machine) keeps the most comparisons
             comparisons = {
-                "answer_only_vs_full_vocabulary_scoring": lambda: _scoring_row(loaded, plain, repeats, warmup, clock),
-                "answer_only_vs_full_vocabulary_training": lambda: _training_head_row(
-                    loaded, plain, repeats, warmup, clock
-                ),
-                "npo_step_vs_sft_step": lambda: _npo_row(
-                    loaded, tokenizer, data, out, batch_size, repeats, warmup, clock
-                ),
+                "answer_only_vs_full_vocabulary_scoring": lambda: _scoring_row(loaded, plain, rounds),
+                "answer_only_vs_full_vocabulary_training": lambda: _training_head_row(loaded, plain, rounds),
+                "npo_step_vs_sft_step": lambda: _npo_row(loaded, tokenizer, data, out, batch_size, rounds),
                 "zo_rows": zo_rows,
                 "hybrid_run_vs_adamw_run": lambda: _hybrid_row(
-                    loaded, tokenizer, data, out, batch_size, hybrid_steps, repeats, warmup, clock
+                    loaded, tokenizer, data, out, batch_size, hybrid_steps, rounds
                 ),
                 "zo_sgd_peak_memory_vs_inference": lambda: compare(
                     "zo_sgd", memory["zo_sgd"], "inference", memory["inference"], GOALS["zo_memory"], repeats, 0,
-                    unit="mb", what="peak RSS (VmHWM) of a fresh process above its RSS before the model loads: "
-                    "one ZO-SGD step against two no-grad forwards of the same loss, fp32",
+                    unit="mb", journal=journal, what="peak RSS (VmHWM) of a fresh process above its RSS before the "
+                    "model loads: one ZO-SGD step against two no-grad forwards of the same loss, fp32",
                 ),
             }  # fmt: skip
             ratios, skipped = {}, []
@@ -411,6 +437,7 @@ def bench_real_model(
         "rows": list(rows or ROWS),
         "zo_rows_not_in_this_library": skipped,
         "ratios": ratios,
+        **({"journal": journal.summary()} if journal is not None else {}),
     }
 
 

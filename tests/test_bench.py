@@ -11,6 +11,7 @@ from setuptools import find_packages
 
 import hf_unlearn
 from benchmarks_perf import ratio
+from benchmarks_perf.journal import Journal
 
 
 ROOT = Path(hf_unlearn.__file__).resolve().parent.parent
@@ -97,6 +98,76 @@ def test_compare_is_alternate_then_ratio_of_a_over_b():
     ratio.check_ratio_entry(entry)
 
 
+# ---- the journal: a stopped run resumes ------------------------------------------------------------------------
+
+
+def _counting_sides(calls, **values):
+    def side(name):
+        def measure():
+            calls.append(name)
+            return values[name] + len(calls)
+
+        return measure
+
+    return {name: side(name) for name in values}
+
+
+def test_a_journaled_run_continues_at_the_first_missing_value_in_the_same_order(tmp_path):
+    path = tmp_path / "bench.json.journal.jsonl"
+    journal = Journal(path, {"repeats": 3})
+    calls = []
+    stop_after = 5  # a, b, a measured, then the run is stopped before the second b
+
+    def measure_b():
+        if len(calls) == stop_after:
+            raise KeyboardInterrupt
+        calls.append("b")
+        return 200.0 + len(calls)
+
+    sides = _counting_sides(calls, a=100.0)
+    sides["b"] = measure_b
+    with pytest.raises(KeyboardInterrupt):
+        ratio.alternate(sides, repeats=3, warmup=1, journal=journal, row="a_vs_b")
+    assert calls == ["a", "b", "a", "b", "a"]  # warm-up a b, then a b a (its values: 103, 204, 105)
+
+    resumed = Journal(path, {"repeats": 3}, resume=True)
+    calls.clear()
+    values = ratio.alternate(_counting_sides(calls, a=1000.0, b=2000.0), 3, warmup=1, journal=resumed, row="a_vs_b")
+    # the warm-up again (a fresh process), then the missing b of round 2 and all of round 3, in A B order
+    assert calls == ["a", "b", "b", "a", "b"]
+    assert values == {"a": [103.0, 105.0, 1004.0], "b": [204.0, 2003.0, 2005.0]}
+    assert resumed.summary()["resumed"] and len(resumed.summary()["starts"]) == 2
+
+    calls.clear()  # all measured: nothing runs, not even the warm-up
+    again = Journal(path, {"repeats": 3}, resume=True)
+    assert ratio.alternate(_counting_sides(calls, a=0.0, b=0.0), 3, 1, again, "a_vs_b") == values and calls == []
+
+
+def test_the_journal_refuses_to_overwrite_a_stopped_run_or_to_mix_settings(tmp_path):
+    path = tmp_path / "j.jsonl"
+    with pytest.raises(FileNotFoundError, match="no stopped run to continue"):
+        Journal(path, {"repeats": 5}, resume=True)
+    Journal(path, {"repeats": 5, "rows": ("hybrid",)}).record("r", "a", 1.5)
+    with pytest.raises(FileExistsError, match="add --resume to continue it"):
+        Journal(path, {"repeats": 5, "rows": ("hybrid",)})
+    with pytest.raises(ValueError, match="measured repeats=5, this one asks for 6"):
+        Journal(path, {"repeats": 6, "rows": ("hybrid",)}, resume=True)
+    assert Journal(path, {"repeats": 5, "rows": ("hybrid",)}, resume=True).values("r", "a") == [1.5]
+
+
+def test_a_line_cut_by_the_stop_is_measured_again_and_a_corrupt_one_is_refused(tmp_path):
+    path = tmp_path / "j.jsonl"
+    journal = Journal(path, {})
+    journal.record("r", "a", 1.0)
+    journal.record("r", "a", 2.0)
+    text = path.read_text()
+    path.write_text(text[:-10])  # the last value half written
+    assert Journal(path, {}, resume=True).values("r", "a") == [1.0]
+    path.write_text("not json\n" + text)
+    with pytest.raises(ValueError, match="line 1 is not JSON"):
+        Journal(path, {}, resume=True)
+
+
 # ---- the real-model suite, on the tiny model -------------------------------------------------------------------
 
 
@@ -145,6 +216,44 @@ def test_real_model_suite_writes_every_ratio_against_its_goal(cli, tiny_model_di
     benched = {name.removesuffix("_vs_two_forwards") for name in ratios} & variants
     skipped = set(suite["zo_rows_not_in_this_library"])
     assert benched | skipped == variants and not benched & skipped
+
+
+def test_a_stopped_bench_resumes_from_its_journal_and_keeps_what_it_measured(
+    cli, tiny_model_dir, tmp_path, monkeypatch
+):
+    out = tmp_path / "bench.json"
+    journal_file = tmp_path / "bench.json.journal.jsonl"
+    flags = ("bench", "--model", tiny_model_dir, "--rows", "scoring", "--batch_size", "2", "--seq_len", "64",
+             "--repeats", "3", "--warmup", "0", "--output", out)  # fmt: skip
+    record = Journal.record
+    taken = []
+
+    def stop_after_three(self, row, side, value):
+        if len(taken) == 3:
+            raise KeyboardInterrupt  # what Ctrl-C, a session's end or a lost machine does to a long run
+        taken.append(value)
+        record(self, row, side, value)
+
+    monkeypatch.setattr(Journal, "record", stop_after_three)
+    assert cli(*flags)[0] == 130
+    assert journal_file.exists() and not out.exists()
+
+    code, _, stderr = cli(*flags)  # without --resume: refused, the stopped run's values kept
+    assert code == 2 and stderr.strip().count("\n") == 0 and "add --resume" in stderr
+    code, _, stderr = cli(*flags[:-2], "--repeats", "4", "--resume", "--output", out)
+    assert code == 2 and "measured repeats=3, this one asks for 4" in stderr
+
+    monkeypatch.setattr(Journal, "record", record)
+    code, _, stderr = cli(*flags, "--resume")
+    assert code == 0, stderr
+    suite = json.loads(out.read_text())["results"]["real_model"]
+    entry = suite["ratios"]["answer_only_vs_full_vocabulary_scoring"]
+    ratio.check_ratio_entry(entry)
+    # the first three values (A B A) are the stopped run's, the last three were measured after the resume
+    assert [entry["a_seconds"][0], entry["b_seconds"][0], entry["a_seconds"][1]] == [round(v, 4) for v in taken]
+    assert len(suite["journal"]["starts"]) == 2 and suite["journal"]["resumed"]
+    assert entry["nll_sum_difference"] < 1e-3
+    assert not journal_file.exists()  # its values are in the report
 
 
 def test_chat_examples_are_exactly_the_shape_with_the_answer_labelled_at_the_end(tokenizer):

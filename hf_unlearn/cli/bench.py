@@ -66,6 +66,19 @@ def add_arguments(parser):
         "--repeats", type=int, default=5, help="Real model: alternating repeats of each side after the warm-up (>= 2)."
     )
     parser.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="Real model: discarded rounds of every side before the timed ones (default 1). The hybrid row's sides "
+        "are whole 2N-step runs whose first steps pay the one-off costs anyway: --warmup 0 halves its time.",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="Real model: continue a stopped run. Every value is journaled beside --output "
+        "(<output>.journal.jsonl) as it is taken; with the same flags, --resume measures only what is missing.",
+    )
+    parser.add_argument(
         "--hybrid_steps", type=int, default=20, help="Real model: N of the hybrid run (N AdamW + N AdaZO steps)."
     )
     parser.add_argument("--threads", type=int, default=1, help="Real model: torch CPU threads (default 1).")
@@ -82,7 +95,8 @@ def check_real_settings(args) -> None:
     from hf_unlearn.loading import check_model_path
     from hf_unlearn.packaged_models import PACKAGED_MODELS
 
-    for flag, minimum in (("batch_size", 1), ("seq_len", 64), ("repeats", 2), ("hybrid_steps", 1), ("threads", 1)):
+    minimums = (("batch_size", 1), ("seq_len", 64), ("repeats", 2), ("warmup", 0), ("hybrid_steps", 1), ("threads", 1))
+    for flag, minimum in minimums:
         if getattr(args, flag) < minimum:
             raise ValueError(f"--{flag} {getattr(args, flag)} must be at least {minimum}.")
     model = args.model or REAL_DEFAULT_MODEL
@@ -111,6 +125,8 @@ def main(args):
         names = [n for n in ENTRIES if n not in ("shapes_6m_100m", "real_model")]
         names += (["shapes_6m_100m"] if args.scale else []) + (["real_model"] if args.real else [])
     settings = {}
+    if args.resume and "real_model" not in names:
+        raise ValueError("--resume continues a stopped real-model run: give --model (or --real) as that run did.")
     if "real_model" in names:
         check_real_settings(args)
         settings["real_model"] = {
@@ -118,11 +134,17 @@ def main(args):
             "batch_size": args.batch_size,
             "seq_len": args.seq_len,
             "repeats": args.repeats,
+            "warmup": args.warmup,
             "hybrid_steps": args.hybrid_steps,
             "threads": args.threads,
             "rows": tuple(args.rows or ()),
         }
     perf = load_perf_package()
+    journal = None
+    if "real_model" in names:
+        journals = importlib.import_module(f"{PERF_PACKAGE}.journal")
+        journal = journals.Journal(journals.journal_path(args.output), settings["real_model"], resume=args.resume)
+        settings["real_model"]["journal"] = journal
     report = {
         "machine": {
             "platform": platform.platform(),
@@ -136,4 +158,6 @@ def main(args):
         "results": perf.run_measurements(names, settings),
     }
     atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
+    if journal is not None:
+        journal.remove()  # its values are in the report now
     print(f"Wrote {args.output}")
