@@ -143,6 +143,40 @@ class Stepper:
             self.trainer.compute_loss(self.trainer.model, batch)
 
 
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What every comparison runs on: the model, its tokenizer and forget/retain data, a scratch folder for the
+    trainers, the rows per side, and the device the trainers place the run on (``cpu`` or ``cuda``)."""
+
+    model: object
+    tokenizer: object
+    data: object
+    out: str
+    batch_size: int
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    @property
+    def zo_fields(self) -> dict:
+        """What a ZO step adds on these weights: on bf16, stochastic rounding of the in-place moves (without it
+        updates below bf16's spacing vanish; fp32 masters would double the weights' memory, the cost ZO avoids)."""
+        return {"zo_stochastic_rounding": True} if self.dtype == "bfloat16" else {}
+
+    def config(self, **fields):
+        """The trainer config of a run here (``fields`` over the bench's defaults)."""
+        return _config(self.out, self.batch_size, **self._placed(fields))
+
+    def stepper(self, **fields) -> Stepper:
+        return Stepper(self.model, self.tokenizer, self.data, self.out, self.batch_size, **self._placed(fields))
+
+    def _placed(self, fields: dict) -> dict:
+        return {"use_cpu": self.device == "cpu", **fields}
+
+    def on_device(self, batch: dict) -> dict:
+        """``batch`` on the model's device (what the trainer's ``training_step`` does to its inputs)."""
+        return {key: value.to(self.device) for key, value in batch.items()}
+
+
 # ---- the comparisons -----------------------------------------------------------------------------------------------
 
 
@@ -164,7 +198,7 @@ class Rounds:
         )  # fmt: skip
 
 
-def _zo_rows(model, tokenizer, data, plain, out, batch_size, rounds: Rounds) -> tuple[dict, list[str]]:
+def _zo_rows(ctx: Context, plain, rounds: Rounds) -> tuple[dict, list[str]]:
     available = config_fields()
     from hf_unlearn.optim.zo import DIRECTIONS
 
@@ -173,10 +207,10 @@ def _zo_rows(model, tokenizer, data, plain, out, batch_size, rounds: Rounds) -> 
         for name, fields in ZO_VARIANTS
         if set(fields) <= available and fields.get("zo_direction", "sphere") in DIRECTIONS
     }
-    reference = Stepper(model, tokenizer, data, out, batch_size, optimizer="adamw")
+    reference = ctx.stepper(optimizer="adamw")
     sides = {"two_forwards": timed(lambda: [reference.no_grad_loss(plain) for _ in range(2)], rounds.clock)}
     for name, fields in variants.items():
-        stepper = Stepper(model, tokenizer, data, out, batch_size, optimizer="zo_sgd", learning_rate=1e-7, **fields)
+        stepper = ctx.stepper(optimizer="zo_sgd", learning_rate=1e-7, **ctx.zo_fields, **fields)
         sides[name] = timed(lambda s=stepper: s.step(plain), rounds.clock)
     values = alternate(sides, rounds.repeats, rounds.warmup, rounds.journal, row="zo_rows")
     rows = {
@@ -187,6 +221,7 @@ def _zo_rows(model, tokenizer, data, plain, out, batch_size, rounds: Rounds) -> 
             values["two_forwards"],
             GOALS["zo_step"],
             warmup=rounds.warmup,
+            **ctx.zo_fields,
             **fields,
         )
         for name, fields in variants.items()
@@ -195,9 +230,9 @@ def _zo_rows(model, tokenizer, data, plain, out, batch_size, rounds: Rounds) -> 
     return rows, skipped
 
 
-def _npo_row(model, tokenizer, data, out, batch_size, rounds: Rounds) -> dict:
-    stepper = Stepper(model, tokenizer, data, out, batch_size, optimizer="adamw")
-    collate = stepper.trainer.data_collator
+def _npo_row(ctx: Context, rounds: Rounds) -> dict:
+    stepper = ctx.stepper(optimizer="adamw")
+    collate, data, batch_size = stepper.trainer.data_collator, ctx.data, ctx.batch_size
     pairs = collate([data[i] for i in range(batch_size)])
     rows = [data[i]["forget"] for i in range(batch_size)] + [data[i]["retain"] for i in range(batch_size)]
     plain = collate([{k: v for k, v in row.items() if k != "index"} for row in rows])
@@ -208,16 +243,16 @@ def _npo_row(model, tokenizer, data, out, batch_size, rounds: Rounds) -> dict:
     )  # fmt: skip
 
 
-def _hybrid_row(model, tokenizer, data, out, batch_size, n, rounds: Rounds) -> dict:
+def _hybrid_row(ctx: Context, n: int, rounds: Rounds) -> dict:
     def run(**fields):
         from hf_unlearn.trainers import get_method
 
-        args = _config(out, batch_size, max_steps=2 * n, **fields)
-        get_method("npo")(model, args, train_dataset=data, processing_class=tokenizer).train()
+        args = ctx.config(max_steps=2 * n, **fields)
+        get_method("npo")(ctx.model, args, train_dataset=ctx.data, processing_class=ctx.tokenizer).train()
 
     return rounds.compare(
-        "hybrid_run", lambda: run(optimizer="hybrid", hybrid_fo_steps=n), "adamw_run", lambda: run(optimizer="adamw"),
-        GOALS["hybrid_run"], hybrid_fo_steps=n, steps=2 * n,
+        "hybrid_run", lambda: run(optimizer="hybrid", hybrid_fo_steps=n, **ctx.zo_fields), "adamw_run",
+        lambda: run(optimizer="adamw"), GOALS["hybrid_run"], hybrid_fo_steps=n, steps=2 * n, **ctx.zo_fields,
         what=f"whole NPO runs (trainer.train(), fresh optimizer, cached reference pass included): {n} AdamW + {n} "
         f"AdaZO steps against {2 * n} AdamW steps",
     )  # fmt: skip
@@ -290,14 +325,19 @@ def _inputs(batch):
 # ---- peak memory, one fresh process per measurement ----------------------------------------------------------------
 
 MEMORY_MODES = ("inference", "zo_sgd")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DEVICES = ("cpu", "cuda")
 
 
-def _memory_in_subprocess(mode: str, folder: str, batch_size: int, seq_len: int, threads: int) -> float:
-    """Peak RSS (MB) of a fresh process running ``mode`` once, above its RSS before the model is loaded."""
+def _memory_in_subprocess(
+    mode: str, folder: str, batch_size: int, seq_len: int, threads: int, device: str = "cpu", dtype: str = "float32"
+) -> float:
+    """Peak memory (MB) of a fresh process running ``mode`` once, above what it held before the model loaded: RSS
+    on a CPU, allocated GPU memory on CUDA."""
     # tensors above 128 KiB are mmap'd and unmapped when freed: RSS then follows live memory
     env = subprocess_env(MALLOC_MMAP_THRESHOLD_="131072")
     command = [sys.executable, "-m", "benchmarks_perf.real", "memory", mode, folder, str(batch_size), str(seq_len)]
-    command.append(str(threads))
+    command += [str(threads), device, dtype]
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -305,7 +345,9 @@ def _memory_in_subprocess(mode: str, folder: str, batch_size: int, seq_len: int,
     return json.loads(done.stdout.strip().splitlines()[-1])["peak_above_base_mb"]
 
 
-def _memory_child(mode: str, folder: str, batch_size: int, seq_len: int, threads: int) -> None:
+def _memory_child(
+    mode: str, folder: str, batch_size: int, seq_len: int, threads: int, device: str, dtype: str
+) -> None:
     """Both modes import and build the same things before the baseline; only the model and its work follow it."""
     torch.set_num_threads(threads)
     import hf_unlearn.trainers  # noqa: F401  (the trainer's modules are in the baseline, as the interpreter is)
@@ -315,20 +357,23 @@ def _memory_child(mode: str, folder: str, batch_size: int, seq_len: int, threads
     tokenizer = load_tokenizer(folder)
     examples = chat_examples(tokenizer, 2 * batch_size, seq_len)
     data = ForgetRetainDataset(examples[:batch_size], examples[batch_size:], seed=0)
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.init()  # the CUDA context is not the model's memory: created before the baseline
     with tempfile.TemporaryDirectory() as out:
-        base = _rss_kb()
-        model = load_model(folder, dtype=torch.float32)
+        base = torch.cuda.memory_allocated() if cuda else _rss_kb() * 1024
+        loaded = load_model(folder, dtype=DTYPES[dtype]).to(device)
+        ctx = Context(loaded, tokenizer, data, out, batch_size, device, dtype)
         if mode == "inference":
-            stepper = Stepper(model, tokenizer, data, out, batch_size, optimizer="adamw")  # no step: no state
-            plain = stepper.trainer.data_collator(examples[:batch_size])
+            stepper = ctx.stepper(optimizer="adamw")  # no step: no optimizer state
+            plain = ctx.on_device(stepper.trainer.data_collator(examples[:batch_size]))
             for _ in range(2):
                 stepper.no_grad_loss(plain)
         else:
-            stepper = Stepper(model, tokenizer, data, out, batch_size, optimizer="zo_sgd", learning_rate=1e-7)
-            plain = stepper.trainer.data_collator(examples[:batch_size])
-            stepper.step(plain)
-    peak = peak_rss_kb()
-    print(json.dumps({"peak_above_base_mb": (peak - base) / 1024}))
+            stepper = ctx.stepper(optimizer="zo_sgd", learning_rate=1e-7, **ctx.zo_fields)
+            stepper.step(stepper.trainer.data_collator(examples[:batch_size]))
+    peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_kb() * 1024
+    print(json.dumps({"peak_above_base_mb": (peak - base) / 2**20}))
 
 
 def _progress(rows: dict) -> None:
@@ -353,16 +398,26 @@ def bench_real_model(
     warmup: int = 1,
     hybrid_steps: int = 20,
     threads: int = 1,
-    clock: str = "cpu",
+    clock: str | None = None,
     rows: tuple[str, ...] = (),
     journal: Journal | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> dict:
     """Every comparison of the module docstring on ``model`` (a folder or a packaged model's name), in one run;
     ``rows``: only these of :data:`ROWS` (default: all); ``journal``: where each value is kept as it is taken (values
-    already there are not measured again)."""
+    already there are not measured again).
+
+    ``device``: ``cpu`` or ``cuda``; ``dtype``: the weights' (``float32``, ``bfloat16``: every side trains and
+    scores in it, as a model loaded in bf16 does). ``clock``: process CPU seconds on a CPU, wall seconds between two
+    ``torch.cuda.synchronize()`` on CUDA (:data:`benchmarks_perf.ratio.CLOCKS`).
+    """
     unknown = set(rows) - set(ROWS)
     if unknown:
         raise ValueError(f"Unknown bench rows {sorted(unknown)}; choose from {', '.join(ROWS)}.")
+    if device not in DEVICES or dtype not in DTYPES:
+        raise ValueError(f"device={device!r}, dtype={dtype!r}: choose from {DEVICES} and {tuple(DTYPES)}.")
+    clock = clock or ("cuda" if device == "cuda" else "cpu")
     from hf_unlearn.data import ForgetRetainDataset
     from hf_unlearn.loading import check_model_path, load_model, load_tokenizer
 
@@ -373,34 +428,27 @@ def bench_real_model(
         tokenizer = load_tokenizer(folder)
         examples = chat_examples(tokenizer, 2 * batch_size, seq_len)
         data = ForgetRetainDataset(examples[:batch_size], examples[batch_size:], seed=0)
-        loaded = load_model(folder, dtype=torch.float32)
+        loaded = load_model(folder, dtype=DTYPES[dtype]).to(device)
         with tempfile.TemporaryDirectory() as out:
-            plain = Stepper(loaded, tokenizer, data, out, batch_size, optimizer="adamw").trainer.data_collator(
-                examples[:batch_size]
-            )
+            ctx = Context(loaded, tokenizer, data, out, batch_size, device, dtype)
+            plain = ctx.on_device(ctx.stepper(optimizer="adamw").trainer.data_collator(examples[:batch_size]))
             memory = {
-                mode: (lambda m=mode: _memory_in_subprocess(m, folder, batch_size, seq_len, threads))
+                mode: (lambda m=mode: _memory_in_subprocess(m, folder, batch_size, seq_len, threads, device, dtype))
                 for mode in MEMORY_MODES
             }
-
             rounds = Rounds(repeats, warmup, clock, journal)
-
-            def zo_rows():
-                return _zo_rows(loaded, tokenizer, data, plain, out, batch_size, rounds)
-
+            peak = "peak allocated CUDA memory" if device == "cuda" else "peak RSS (VmHWM)"
             # cheapest first: a run stopped early (a loaded machine) keeps the most comparisons
             comparisons = {
                 "answer_only_vs_full_vocabulary_scoring": lambda: _scoring_row(loaded, plain, rounds),
                 "answer_only_vs_full_vocabulary_training": lambda: _training_head_row(loaded, plain, rounds),
-                "npo_step_vs_sft_step": lambda: _npo_row(loaded, tokenizer, data, out, batch_size, rounds),
-                "zo_rows": zo_rows,
-                "hybrid_run_vs_adamw_run": lambda: _hybrid_row(
-                    loaded, tokenizer, data, out, batch_size, hybrid_steps, rounds
-                ),
+                "npo_step_vs_sft_step": lambda: _npo_row(ctx, rounds),
+                "zo_rows": lambda: _zo_rows(ctx, plain, rounds),
+                "hybrid_run_vs_adamw_run": lambda: _hybrid_row(ctx, hybrid_steps, rounds),
                 "zo_sgd_peak_memory_vs_inference": lambda: compare(
                     "zo_sgd", memory["zo_sgd"], "inference", memory["inference"], GOALS["zo_memory"], repeats, 0,
-                    unit="mb", journal=journal, what="peak RSS (VmHWM) of a fresh process above its RSS before the "
-                    "model loads: one ZO-SGD step against two no-grad forwards of the same loss, fp32",
+                    unit="mb", journal=journal, what=f"{peak} of a fresh process above what it held before the "
+                    f"model loaded: one ZO-SGD step against two no-grad forwards of the same loss, {dtype}",
                 ),
             }  # fmt: skip
             ratios, skipped = {}, []
@@ -422,7 +470,8 @@ def bench_real_model(
         "folder": folder,
         "parameters": parameters,
         "vocabulary": loaded.config.vocab_size,
-        "dtype": "float32",
+        "dtype": dtype,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "shape": {
             "batch_size": batch_size,
             "seq_len": seq_len,
@@ -442,7 +491,7 @@ def bench_real_model(
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 7 and sys.argv[1] == "memory":
-        _memory_child(sys.argv[2], sys.argv[3], *map(int, sys.argv[4:]))
+    if len(sys.argv) == 9 and sys.argv[1] == "memory":
+        _memory_child(sys.argv[2], sys.argv[3], *map(int, sys.argv[4:7]), sys.argv[7], sys.argv[8])
     else:
         print(json.dumps(bench_real_model(), indent=1))

@@ -269,11 +269,61 @@ def test_chat_examples_are_exactly_the_shape_with_the_answer_labelled_at_the_end
 
 
 @pytest.mark.slow
-def test_memory_process_reports_a_peak_above_the_loaded_baseline(tiny_model_dir):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_memory_process_reports_a_peak_above_the_loaded_baseline(tiny_model_dir, dtype):
     from benchmarks_perf.real import _memory_in_subprocess
 
-    peak = _memory_in_subprocess("zo_sgd", str(tiny_model_dir), 2, 64, 1)
+    peak = _memory_in_subprocess("zo_sgd", str(tiny_model_dir), 2, 64, 1, "cpu", dtype)
     assert 0 < peak < 2000
+
+
+def test_bf16_weights_run_every_side_in_bf16(cli, tiny_model_dir, tmp_path, monkeypatch):
+    import torch
+
+    from benchmarks_perf import real
+    from hf_unlearn import loading
+
+    load, dtypes = loading.load_model, []
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: dtypes.append(load(*a, **k).dtype) or load(*a, **k))
+    monkeypatch.setattr(real, "_memory_in_subprocess", lambda mode, *args: {"inference": 10.0, "zo_sgd": 10.1}[mode])
+    stepped = []
+    step = real.Stepper.step
+    monkeypatch.setattr(
+        real.Stepper, "step", lambda self, batch: stepped.append(self.trainer.model.dtype) or step(self, batch)
+    )
+    out = tmp_path / "bench.json"
+    code, _, stderr = cli(
+        "bench", "--model", tiny_model_dir, "--dtype", "bfloat16", "--rows", "npo_step", "zo_step", "hybrid",
+        "--repeats", "2", "--warmup", "0", "--hybrid_steps", "1", "--batch_size", "2", "--seq_len", "64",
+        "--output", out,
+    )  # fmt: skip
+    assert code == 0, stderr
+    suite = json.loads(out.read_text())["results"]["real_model"]
+    assert dtypes == [torch.bfloat16]  # loaded once, in bf16
+    assert set(stepped) == {torch.bfloat16} and len(stepped) == 2 * (2 + len(real.ZO_VARIANTS))  # NPO, SFT, ZO rows
+    assert suite["dtype"] == "bfloat16" and suite["device"] == "cpu" and suite["clock"] == "cpu"
+    for name, entry in suite["ratios"].items():
+        ratio.check_ratio_entry(entry)
+        # ZO moves bf16 weights with stochastic rounding (the setup that keeps ZO's memory), and says so
+        assert entry.get("zo_stochastic_rounding", False) is name.startswith(("zo_sgd", "hybrid")), name
+
+
+def test_the_cuda_clock_waits_for_the_gpu_before_and_after(monkeypatch):
+    import torch
+
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: events.append("sync"))
+    ratio.timed(lambda: events.append("work"), "cuda")()
+    assert events == ["sync", "work", "sync"]
+
+
+def test_asking_for_cuda_without_a_gpu_is_one_line(cli, tiny_model_dir, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, stderr = cli("bench", "--model", tiny_model_dir, "--device", "cuda", "--output", tmp_path / "b.json")
+    assert code == 2 and stderr.strip().count("\n") == 0 and "use --device cpu" in stderr
+    assert not (tmp_path / "b.json").exists() and not (tmp_path / "b.json.journal.jsonl").exists()
 
 
 # ---- the command's errors, before any loading --------------------------------------------------------------------

@@ -83,6 +83,20 @@ def add_arguments(parser):
     )
     parser.add_argument("--threads", type=int, default=1, help="Real model: torch CPU threads (default 1).")
     parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="Real model: where to run (auto: cuda when a GPU is visible). Times are process CPU seconds on a CPU, "
+        "wall seconds between CUDA synchronisations on a GPU; memory is RSS on a CPU, allocated CUDA memory on a GPU.",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="Real model: the weights' dtype for every side (bfloat16: the model loaded in bf16, as open-unlearning "
+        "loads it; default float32).",
+    )
+    parser.add_argument(
         "--rows",
         nargs="+",
         choices=("scoring", "training_head", "npo_step", "zo_step", "hybrid", "zo_memory"),
@@ -106,6 +120,15 @@ def check_real_settings(args) -> None:
             "folder; `hf-unlearn models list` shows the packaged ones."
         )
     check_model_path(model, "--model")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here; use --device cpu (or auto).")
+
+
+def resolve_device(device: str) -> str:
+    """``auto``: ``cuda`` when torch sees a GPU, else ``cpu``."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
 
 
 def _cpu_name() -> str:
@@ -138,6 +161,8 @@ def main(args):
             "hybrid_steps": args.hybrid_steps,
             "threads": args.threads,
             "rows": tuple(args.rows or ()),
+            "device": resolve_device(args.device),
+            "dtype": args.dtype,
         }
     perf = load_perf_package()
     journal = None
