@@ -486,3 +486,24 @@ def test_a_measuring_child_reports_its_own_peak_not_its_parents():
     own, inherited = (int(v) / 1024 for v in out.stdout.split())
     assert own < 100 < 700 <= inherited  # MB: a bare interpreter's peak; ru_maxrss shows the parent's
     del held
+
+
+@pytest.mark.slow  # a subprocess running the bench
+def test_the_gpu_script_benches_a_shape_built_from_the_config_in_bf16(tiny_model_dir, tmp_path):
+    """scripts/gpu_real_bench.py checked on a CPU: the shape is the config's (random weights), the bench runs on it in
+    bf16 and writes one JSON per shape."""
+    import importlib.util
+
+    from transformers import AutoModelForCausalLM
+
+    spec = importlib.util.spec_from_file_location("gpu_real_bench", ROOT / "scripts" / "gpu_real_bench.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--like", str(tiny_model_dir), "--output_dir", str(tmp_path), "--shapes", "smollm2_135m",
+            "--repeats", "2", "--device", "cpu", "--bench_args", "--rows", "scoring", "--batch_size", "2",
+            "--seq_len", "64"]  # fmt: skip
+    assert script.main(argv) == 0
+    suite = json.loads((tmp_path / "bench_gpu_smollm2_135m.json").read_text())["results"]["real_model"]
+    assert suite["dtype"] == "bfloat16"
+    assert suite["parameters"] == AutoModelForCausalLM.from_pretrained(tiny_model_dir).num_parameters()
+    ratio.check_ratio_entry(suite["ratios"]["answer_only_vs_full_vocabulary_scoring"])
