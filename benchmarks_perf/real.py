@@ -146,7 +146,8 @@ class Stepper:
 @dataclasses.dataclass(frozen=True)
 class Context:
     """What every comparison runs on: the model, its tokenizer and forget/retain data, a scratch folder for the
-    trainers, the rows per side, and the device the trainers place the run on (``cpu`` or ``cuda``)."""
+    trainers, the rows per side, the device the trainers place the run on (``cpu`` or ``cuda``) and the weights'
+    dtype."""
 
     model: object
     tokenizer: object
@@ -239,7 +240,7 @@ def _npo_row(ctx: Context, rounds: Rounds) -> dict:
     return rounds.compare(
         "npo_step", lambda: stepper.step(pairs), "sft_step", lambda: stepper.step(plain), GOALS["npo_step"],
         what="NPO (cached reference, beta 0.1, alpha 1) on B forget + B retain rows against the mean answer NLL of "
-        "the same 2B rows in one batch; AdamW; the reference pass runs in the warm-up",
+        "the same 2B rows in one batch; AdamW; the reference pass runs in NPO's first call (the warm-up, if any)",
     )  # fmt: skip
 
 
