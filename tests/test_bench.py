@@ -143,6 +143,11 @@ def test_a_journaled_run_continues_at_the_first_missing_value_in_the_same_order(
     assert ratio.alternate(_counting_sides(calls, a=0.0, b=0.0), 3, 1, again, "a_vs_b") == values and calls == []
 
 
+def test_resume_without_a_real_model_run_is_one_line(cli, tmp_path):
+    code, _, stderr = cli("bench", "--only", "zo_step_vs_forwards", "--resume", "--output", tmp_path / "b.json")
+    assert code == 2 and stderr.strip().count("\n") == 0 and "give --model (or --real)" in stderr
+
+
 def test_the_journal_refuses_to_overwrite_a_stopped_run_or_to_mix_settings(tmp_path):
     path = tmp_path / "j.jsonl"
     with pytest.raises(FileNotFoundError, match="no stopped run to continue"):
