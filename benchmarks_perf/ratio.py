@@ -52,24 +52,24 @@ def alternate(
     ``warmup`` rounds run every side once in order and are discarded (allocator, page faults, lazy
     initialisation); then ``repeats`` rounds run every side once, in the order given: A B A B ... for two sides.
 
-    ``journal``: values already in it for comparison ``row`` are taken as measured (a resumed run continues at the
-    first missing one, in the same order) and each new value is recorded there as soon as it is taken. The warm-up
-    runs only when something is left to measure.
+    ``journal``: the rounds already in it whole for comparison ``row`` are taken as measured (a resumed run
+    continues at the first round missing, and a round cut by the stop is measured again whole: A_i / B_i pairs values
+    of one sitting) and each new value is recorded there as soon as it is taken. The warm-up runs only when something
+    is left to measure.
     """
     if not sides:
         raise ValueError("alternate() needs at least one side to measure.")
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0.")
-    values = {name: journal.values(row, name)[:repeats] if journal else [] for name in sides}
-    if all(len(measured) == repeats for measured in values.values()):
+    values = journal.whole_rounds(row, list(sides), repeats) if journal else {name: [] for name in sides}
+    rounds_measured = len(next(iter(values.values())))  # whole rounds: every side has as many values
+    if rounds_measured == repeats:
         return values
     for _ in range(warmup):
         for measure in sides.values():
             measure()
-    for index in range(repeats):
+    for _ in range(rounds_measured, repeats):
         for name, measure in sides.items():
-            if index < len(values[name]):
-                continue
             values[name].append(float(measure()))
             if journal is not None:
                 journal.record(row, name, values[name][-1])

@@ -112,7 +112,7 @@ def _counting_sides(calls, **values):
     return {name: side(name) for name in values}
 
 
-def test_a_journaled_run_continues_at_the_first_missing_value_in_the_same_order(tmp_path):
+def test_a_journaled_run_continues_at_the_first_missing_round_and_measures_a_cut_round_again_whole(tmp_path):
     path = tmp_path / "bench.json.journal.jsonl"
     journal = Journal(path, {"repeats": 3})
     calls = []
@@ -133,14 +133,28 @@ def test_a_journaled_run_continues_at_the_first_missing_value_in_the_same_order(
     resumed = Journal(path, {"repeats": 3}, resume=True)
     calls.clear()
     values = ratio.alternate(_counting_sides(calls, a=1000.0, b=2000.0), 3, warmup=1, journal=resumed, row="a_vs_b")
-    # the warm-up again (a fresh process), then the missing b of round 2 and all of round 3, in A B order
-    assert calls == ["a", "b", "b", "a", "b"]
-    assert values == {"a": [103.0, 105.0, 1004.0], "b": [204.0, 2003.0, 2005.0]}
-    assert resumed.summary()["resumed"] and len(resumed.summary()["starts"]) == 2
+    # the warm-up again (a fresh process), then round 2 again whole (its a, 105, came from the stopped sitting and
+    # A_2 / B_2 must pair values of one sitting) and round 3, in A B order
+    assert calls == ["a", "b", "a", "b", "a", "b"]
+    assert values == {"a": [103.0, 1003.0, 1005.0], "b": [204.0, 2004.0, 2006.0]}
+    summary = resumed.summary()
+    assert summary["resumed"] and len(summary["starts"]) == 2
+    assert summary["discarded_rounds"] == [{"row": "a_vs_b", "round": 2, "discarded": {"a": [105.0]}}]
 
-    calls.clear()  # all measured: nothing runs, not even the warm-up
+    calls.clear()  # all measured: nothing runs, not even the warm-up, and the discard reads back from the file
     again = Journal(path, {"repeats": 3}, resume=True)
     assert ratio.alternate(_counting_sides(calls, a=0.0, b=0.0), 3, 1, again, "a_vs_b") == values and calls == []
+    assert again.summary()["discarded_rounds"] == summary["discarded_rounds"]
+
+
+def test_a_resume_on_another_machine_is_said_and_each_start_names_its_machine(tmp_path, capsys):
+    path = tmp_path / "j.jsonl"
+    Journal(path, {}, machine={"host": "a", "cpu": "EPYC"}).record("r", "a", 1.0)
+    Journal(path, {}, resume=True, machine={"host": "a", "cpu": "EPYC"})
+    assert capsys.readouterr().err == ""
+    moved = Journal(path, {}, resume=True, machine={"host": "b", "cpu": "EPYC"})
+    assert "this start runs on {'host': 'b'" in capsys.readouterr().err
+    assert [start["machine"]["host"] for start in moved.summary()["starts"]] == ["a", "a", "b"]
 
 
 def test_resume_without_a_real_model_run_is_one_line(cli, tmp_path):
@@ -254,9 +268,13 @@ def test_a_stopped_bench_resumes_from_its_journal_and_keeps_what_it_measured(
     suite = json.loads(out.read_text())["results"]["real_model"]
     entry = suite["ratios"]["answer_only_vs_full_vocabulary_scoring"]
     ratio.check_ratio_entry(entry)
-    # the first three values (A B A) are the stopped run's, the last three were measured after the resume
-    assert [entry["a_seconds"][0], entry["b_seconds"][0], entry["a_seconds"][1]] == [round(v, 4) for v in taken]
-    assert len(suite["journal"]["starts"]) == 2 and suite["journal"]["resumed"]
+    # round 1 (A B) is the stopped run's; round 2 was cut after its A, so it was measured again whole
+    assert [entry["a_seconds"][0], entry["b_seconds"][0]] == [round(v, 4) for v in taken[:2]]
+    (discard,) = suite["journal"]["discarded_rounds"]
+    assert discard["round"] == 2 and list(discard["discarded"].values()) == [[taken[2]]]
+    starts = suite["journal"]["starts"]
+    assert len(starts) == 2 and suite["journal"]["resumed"] and starts[0]["machine"] == starts[1]["machine"]
+    assert {"host", "cpu", "cores", "torch"} <= set(starts[0]["machine"])
     assert entry["nll_sum_difference"] < 1e-3
     assert not journal_file.exists()  # its values are in the report
 

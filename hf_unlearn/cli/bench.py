@@ -131,6 +131,12 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def machine_identity(device: str = "cpu") -> dict:
+    """What tells one machine from another in a journal's starts: a resumed run on another host says so."""
+    identity = {"host": platform.node(), "cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__}
+    return {**identity, "gpu": torch.cuda.get_device_name()} if device == "cuda" else identity
+
+
 def _cpu_name() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
@@ -168,7 +174,10 @@ def main(args):
     journal = None
     if "real_model" in names:
         journals = importlib.import_module(f"{PERF_PACKAGE}.journal")
-        journal = journals.Journal(journals.journal_path(args.output), settings["real_model"], resume=args.resume)
+        journal = journals.Journal(
+            journals.journal_path(args.output), settings["real_model"], resume=args.resume,
+            machine=machine_identity(settings["real_model"]["device"]),
+        )  # fmt: skip
         settings["real_model"]["journal"] = journal
     report = {
         "machine": {
