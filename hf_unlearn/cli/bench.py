@@ -171,21 +171,19 @@ def main(args):
             "dtype": args.dtype,
         }
     perf = load_perf_package()
+    identity = machine_identity(settings["real_model"]["device"] if "real_model" in names else "cpu")
     journal = None
     if "real_model" in names:
         journals = importlib.import_module(f"{PERF_PACKAGE}.journal")
         journal = journals.Journal(
-            journals.journal_path(args.output), settings["real_model"], resume=args.resume,
-            machine=machine_identity(settings["real_model"]["device"]),
-        )  # fmt: skip
+            journals.journal_path(args.output), settings["real_model"], resume=args.resume, machine=identity
+        )
         settings["real_model"]["journal"] = journal
     report = {
         "machine": {
             "platform": platform.platform(),
-            "cpu": _cpu_name(),
-            "cores": os.cpu_count(),
+            **identity,
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-            "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "cuda": torch.cuda.is_available(),
         },
